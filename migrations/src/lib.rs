@@ -1,0 +1,408 @@
+//! Creates the resources outboxtable needs, whatever of them is missing.
+//!
+//! The shapes live as JSON files beside this crate (`migrations/dynamodb`,
+//! `migrations/sqs`), compiled in so that the binary carries them; the
+//! names come from the caller, so that tests and several deployments can
+//! share one account or one emulator. Everything here is idempotent: a
+//! resource that exists is left as it is and reported as such, except that
+//! a stream missing from the api's table is switched on, since the relay
+//! cannot work without it.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use aws_config::SdkConfig;
+use aws_sdk_dynamodb::error::SdkError;
+use aws_sdk_dynamodb::types::{
+    AttributeDefinition, BillingMode, KeySchemaElement, KeyType, ScalarAttributeType,
+    StreamSpecification, StreamViewType, TableStatus,
+};
+use aws_sdk_sqs::types::QueueAttributeName;
+use serde::Deserialize;
+
+/// The shape of a DynamoDB table, as written in `migrations/dynamodb/*.json`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TableSpec {
+    pub description: String,
+    pub default_name: String,
+    pub partition_key: KeySpec,
+    #[serde(default)]
+    pub sort_key: Option<KeySpec>,
+    /// Present when the table needs a stream.
+    #[serde(default)]
+    pub stream_view_type: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KeySpec {
+    pub name: String,
+    #[serde(rename = "type")]
+    pub kind: String,
+}
+
+/// The FIFO queue and its dead-letter queue, as in `migrations/sqs/events.json`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct QueuesSpec {
+    pub description: String,
+    pub queue: QueueSpec,
+    pub dead_letter_queue: QueueSpec,
+    pub max_receive_count: u32,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct QueueSpec {
+    pub default_name: String,
+    pub attributes: HashMap<String, String>,
+}
+
+/// The specs compiled into this crate.
+pub mod specs {
+    use super::*;
+
+    fn parse<T: serde::de::DeserializeOwned>(file: &str, text: &str) -> T {
+        // The files are part of the build and checked by a unit test.
+        serde_json::from_str(text).unwrap_or_else(|e| panic!("migrations/{file} is invalid: {e}"))
+    }
+
+    pub fn spending_table() -> TableSpec {
+        parse("dynamodb/spending.json", include_str!("../dynamodb/spending.json"))
+    }
+    pub fn relay_checkpoints_table() -> TableSpec {
+        parse(
+            "dynamodb/relay_checkpoints.json",
+            include_str!("../dynamodb/relay_checkpoints.json"),
+        )
+    }
+    pub fn consumer_table() -> TableSpec {
+        parse(
+            "dynamodb/consumer_spending.json",
+            include_str!("../dynamodb/consumer_spending.json"),
+        )
+    }
+    pub fn queues() -> QueuesSpec {
+        parse("sqs/events.json", include_str!("../sqs/events.json"))
+    }
+}
+
+/// The names of the resources to create.
+#[derive(Debug, Clone)]
+pub struct Names {
+    pub table: String,
+    pub checkpoint_table: String,
+    pub consumer_table: String,
+    pub queue: String,
+    pub dead_letter_queue: String,
+}
+
+impl Default for Names {
+    /// The names in the spec files.
+    fn default() -> Self {
+        Self {
+            table: specs::spending_table().default_name,
+            checkpoint_table: specs::relay_checkpoints_table().default_name,
+            consumer_table: specs::consumer_table().default_name,
+            queue: specs::queues().queue.default_name,
+            dead_letter_queue: specs::queues().dead_letter_queue.default_name,
+        }
+    }
+}
+
+/// Settings that deployments (and tests) change without editing the files.
+#[derive(Debug, Clone, Default)]
+pub struct Overrides {
+    /// Receives before a message moves to the dead-letter queue.
+    pub max_receive_count: Option<u32>,
+    /// The queue's visibility timeout, in seconds.
+    pub visibility_timeout_secs: Option<u32>,
+}
+
+/// What [`apply`] found and did.
+#[derive(Debug, Clone)]
+pub struct Report {
+    pub steps: Vec<Step>,
+    /// The stream of the api's table, for the relay.
+    pub stream_arn: String,
+    pub queue_url: String,
+    pub dead_letter_queue_url: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    Created,
+    Existed,
+    StreamEnabled,
+}
+
+#[derive(Debug, Clone)]
+pub struct Step {
+    pub resource: String,
+    pub outcome: Outcome,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum MigrateError {
+    #[error("DynamoDB call {call} on table {table} failed: {source}")]
+    DynamoDb {
+        call: &'static str,
+        table: String,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    #[error("SQS call {call} on queue {queue} failed: {source}")]
+    Sqs {
+        call: &'static str,
+        queue: String,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    #[error("table {table} did not become ACTIVE within {secs} s")]
+    NotActive { table: String, secs: u64 },
+    #[error("table {table} has no stream after it was enabled")]
+    NoStream { table: String },
+    #[error("invalid spec {file}: {reason}")]
+    InvalidSpec { file: &'static str, reason: String },
+}
+
+const ACTIVE_DEADLINE: Duration = Duration::from_secs(300);
+
+/// Creates whatever of the tables and queues is missing.
+pub async fn apply(
+    config: &SdkConfig,
+    names: &Names,
+    overrides: &Overrides,
+) -> Result<Report, MigrateError> {
+    let dynamodb = aws_sdk_dynamodb::Client::new(config);
+    let sqs = aws_sdk_sqs::Client::new(config);
+    let mut steps = Vec::new();
+
+    let mut stream_arn = None;
+    for (spec, name) in [
+        (specs::spending_table(), &names.table),
+        (specs::relay_checkpoints_table(), &names.checkpoint_table),
+        (specs::consumer_table(), &names.consumer_table),
+    ] {
+        let (outcome, arn) = ensure_table(&dynamodb, &spec, name).await?;
+        steps.push(Step { resource: format!("dynamodb table {name}"), outcome });
+        if name == &names.table {
+            stream_arn = arn;
+        }
+    }
+    let stream_arn = stream_arn.ok_or_else(|| MigrateError::NoStream { table: names.table.clone() })?;
+
+    let queues = specs::queues();
+    let (outcome, dead_letter_queue_url) =
+        ensure_queue(&sqs, &names.dead_letter_queue, queues.dead_letter_queue.attributes.clone()).await?;
+    steps.push(Step { resource: format!("sqs queue {}", names.dead_letter_queue), outcome });
+    let dlq_arn = queue_arn(&sqs, &names.dead_letter_queue, &dead_letter_queue_url).await?;
+
+    let mut attributes = queues.queue.attributes.clone();
+    let max_receive_count = overrides.max_receive_count.unwrap_or(queues.max_receive_count);
+    attributes.insert(
+        "RedrivePolicy".to_owned(),
+        serde_json::json!({ "deadLetterTargetArn": dlq_arn, "maxReceiveCount": max_receive_count })
+            .to_string(),
+    );
+    if let Some(secs) = overrides.visibility_timeout_secs {
+        attributes.insert("VisibilityTimeout".to_owned(), secs.to_string());
+    }
+    let (outcome, queue_url) = ensure_queue(&sqs, &names.queue, attributes).await?;
+    steps.push(Step { resource: format!("sqs queue {}", names.queue), outcome });
+
+    Ok(Report { steps, stream_arn, queue_url, dead_letter_queue_url })
+}
+
+fn dynamo_err<E: std::error::Error + Send + Sync + 'static>(
+    call: &'static str,
+    table: &str,
+) -> impl FnOnce(E) -> MigrateError {
+    let table = table.to_owned();
+    move |e| MigrateError::DynamoDb { call, table, source: Box::new(e) }
+}
+
+fn sqs_err<E: std::error::Error + Send + Sync + 'static>(
+    call: &'static str,
+    queue: &str,
+) -> impl FnOnce(E) -> MigrateError {
+    let queue = queue.to_owned();
+    move |e| MigrateError::Sqs { call, queue, source: Box::new(e) }
+}
+
+fn key_type(file: &'static str, kind: &str) -> Result<ScalarAttributeType, MigrateError> {
+    match kind {
+        "S" => Ok(ScalarAttributeType::S),
+        "N" => Ok(ScalarAttributeType::N),
+        "B" => Ok(ScalarAttributeType::B),
+        other => Err(MigrateError::InvalidSpec { file, reason: format!("unknown key type {other}") }),
+    }
+}
+
+/// Returns what it did and the table's stream ARN, if it has one.
+async fn ensure_table(
+    client: &aws_sdk_dynamodb::Client,
+    spec: &TableSpec,
+    name: &str,
+) -> Result<(Outcome, Option<String>), MigrateError> {
+    let described = client.describe_table().table_name(name).send().await;
+    let existing = match described {
+        Ok(out) => out.table,
+        Err(SdkError::ServiceError(e)) if e.err().is_resource_not_found_exception() => None,
+        Err(e) => return Err(dynamo_err("DescribeTable", name)(e)),
+    };
+    let view = spec.stream_view_type.as_deref().map(StreamViewType::from);
+    let outcome = match existing {
+        Some(table) => {
+            let has_stream = table
+                .stream_specification()
+                .is_some_and(|s| s.stream_enabled());
+            match (&view, has_stream) {
+                (Some(view), false) => {
+                    wait_active(client, name).await?;
+                    client
+                        .update_table()
+                        .table_name(name)
+                        .stream_specification(stream_spec(view.clone()))
+                        .send()
+                        .await
+                        .map_err(dynamo_err("UpdateTable", name))?;
+                    Outcome::StreamEnabled
+                }
+                _ => Outcome::Existed,
+            }
+        }
+        None => {
+            let mut keys = vec![&spec.partition_key];
+            keys.extend(spec.sort_key.as_ref());
+            let mut create = client
+                .create_table()
+                .table_name(name)
+                .billing_mode(BillingMode::PayPerRequest);
+            for (i, key) in keys.into_iter().enumerate() {
+                let file = "dynamodb/*.json";
+                create = create
+                    .attribute_definitions(
+                        AttributeDefinition::builder()
+                            .attribute_name(&key.name)
+                            .attribute_type(key_type(file, &key.kind)?)
+                            .build()
+                            .map_err(|e| MigrateError::InvalidSpec { file, reason: e.to_string() })?,
+                    )
+                    .key_schema(
+                        KeySchemaElement::builder()
+                            .attribute_name(&key.name)
+                            .key_type(if i == 0 { KeyType::Hash } else { KeyType::Range })
+                            .build()
+                            .map_err(|e| MigrateError::InvalidSpec { file, reason: e.to_string() })?,
+                    );
+            }
+            if let Some(view) = &view {
+                create = create.stream_specification(stream_spec(view.clone()));
+            }
+            match create.send().await {
+                Ok(_) => Outcome::Created,
+                // Another migrate run got there first: fine.
+                Err(SdkError::ServiceError(e)) if e.err().is_resource_in_use_exception() => Outcome::Existed,
+                Err(e) => return Err(dynamo_err("CreateTable", name)(e)),
+            }
+        }
+    };
+    let table = wait_active(client, name).await?;
+    Ok((outcome, table.latest_stream_arn().map(str::to_owned)))
+}
+
+fn stream_spec(view: StreamViewType) -> StreamSpecification {
+    StreamSpecification::builder()
+        .stream_enabled(true)
+        .stream_view_type(view)
+        .build()
+        .unwrap_or_else(|e| unreachable!("stream_enabled is set: {e}"))
+}
+
+async fn wait_active(
+    client: &aws_sdk_dynamodb::Client,
+    name: &str,
+) -> Result<aws_sdk_dynamodb::types::TableDescription, MigrateError> {
+    let started = Instant::now();
+    loop {
+        let out = client
+            .describe_table()
+            .table_name(name)
+            .send()
+            .await
+            .map_err(dynamo_err("DescribeTable", name))?;
+        if let Some(table) = out.table {
+            if table.table_status() == Some(&TableStatus::Active) {
+                return Ok(table);
+            }
+        }
+        if started.elapsed() > ACTIVE_DEADLINE {
+            return Err(MigrateError::NotActive { table: name.to_owned(), secs: ACTIVE_DEADLINE.as_secs() });
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+async fn ensure_queue(
+    client: &aws_sdk_sqs::Client,
+    name: &str,
+    attributes: HashMap<String, String>,
+) -> Result<(Outcome, String), MigrateError> {
+    match client.get_queue_url().queue_name(name).send().await {
+        Ok(out) => {
+            if let Some(url) = out.queue_url {
+                return Ok((Outcome::Existed, url));
+            }
+        }
+        Err(SdkError::ServiceError(e)) if e.err().is_queue_does_not_exist() => {}
+        Err(e) => return Err(sqs_err("GetQueueUrl", name)(e)),
+    }
+    let mut create = client.create_queue().queue_name(name);
+    for (key, value) in attributes {
+        create = create.attributes(QueueAttributeName::from(key.as_str()), value);
+    }
+    let out = create.send().await.map_err(sqs_err("CreateQueue", name))?;
+    let url = out.queue_url.ok_or_else(|| MigrateError::Sqs {
+        call: "CreateQueue",
+        queue: name.to_owned(),
+        source: "the response has no QueueUrl".into(),
+    })?;
+    Ok((Outcome::Created, url))
+}
+
+async fn queue_arn(client: &aws_sdk_sqs::Client, name: &str, url: &str) -> Result<String, MigrateError> {
+    let out = client
+        .get_queue_attributes()
+        .queue_url(url)
+        .attribute_names(QueueAttributeName::QueueArn)
+        .send()
+        .await
+        .map_err(sqs_err("GetQueueAttributes", name))?;
+    out.attributes
+        .and_then(|mut a| a.remove(&QueueAttributeName::QueueArn))
+        .ok_or_else(|| MigrateError::Sqs {
+            call: "GetQueueAttributes",
+            queue: name.to_owned(),
+            source: "the response has no QueueArn".into(),
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_spec_files_parse_and_name_fifo_queues() {
+        let names = Names::default();
+        assert!(names.queue.ends_with(".fifo"));
+        assert!(names.dead_letter_queue.ends_with(".fifo"));
+        assert_eq!(specs::spending_table().stream_view_type.as_deref(), Some("NEW_AND_OLD_IMAGES"));
+        assert_eq!(specs::queues().queue.attributes.get("FifoQueue").map(String::as_str), Some("true"));
+        assert_eq!(
+            specs::queues().dead_letter_queue.attributes.get("FifoQueue").map(String::as_str),
+            Some("true")
+        );
+    }
+}

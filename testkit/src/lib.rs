@@ -1,0 +1,183 @@
+//! Test support shared by the crates' integration tests and the end-to-end
+//! tests. Everything here talks to the real emulators that `scripts/test.sh`
+//! starts; nothing is mocked.
+//!
+//! - [`aws`]: the SDK configuration for the emulators, or a clear panic
+//!   saying how to start them.
+//! - [`Stack`]: a fresh set of tables and queues with unique names, so that
+//!   tests run in parallel on one emulator without seeing each other.
+//! - [`eventually`]: waits for a condition with a deadline (never a bare
+//!   sleep).
+//! - [`Service`]: one of the workspace's binaries as a child process, killed
+//!   when dropped.
+
+use std::future::Future;
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use aws_config::SdkConfig;
+use tokio::process::{Child, Command};
+
+/// The SDK configuration for the emulators started by `scripts/test.sh`.
+pub async fn aws() -> SdkConfig {
+    for var in ["AWS_ENDPOINT_URL_DYNAMODB", "AWS_ENDPOINT_URL_SQS"] {
+        if std::env::var_os(var).is_none() {
+            panic!(
+                "{var} is not set: these tests need the emulators. Run them with scripts/test.sh, \
+                 which starts DynamoDB Local and fauxqs and sets the AWS_ENDPOINT_URL_* variables."
+            );
+        }
+    }
+    aws_config::load_from_env().await
+}
+
+/// A name no other test uses: `prefix` and a random suffix.
+pub fn unique(prefix: &str) -> String {
+    format!("{prefix}-{}", uuid::Uuid::new_v4().simple())
+}
+
+/// A fresh set of the project's tables and queues.
+pub struct Stack {
+    pub config: SdkConfig,
+    pub names: obt_migrate::Names,
+    pub stream_arn: String,
+    pub queue_url: String,
+    pub dead_letter_queue_url: String,
+}
+
+impl Stack {
+    /// Creates every resource under unique names with `max_receive_count`
+    /// receives before the dead-letter queue.
+    pub async fn create(max_receive_count: u32) -> Self {
+        let config = aws().await;
+        let id = unique("t");
+        let names = obt_migrate::Names {
+            table: format!("{id}-spending"),
+            checkpoint_table: format!("{id}-checkpoints"),
+            consumer_table: format!("{id}-consumer"),
+            queue: format!("{id}-events.fifo"),
+            dead_letter_queue: format!("{id}-dlq.fifo"),
+        };
+        let overrides = obt_migrate::Overrides {
+            max_receive_count: Some(max_receive_count),
+            visibility_timeout_secs: Some(5),
+        };
+        let report = obt_migrate::apply(&config, &names, &overrides)
+            .await
+            .unwrap_or_else(|e| panic!("creating the test stack failed: {e}"));
+        Self {
+            config,
+            names,
+            stream_arn: report.stream_arn,
+            queue_url: report.queue_url,
+            dead_letter_queue_url: report.dead_letter_queue_url,
+        }
+    }
+
+    pub fn dynamodb(&self) -> aws_sdk_dynamodb::Client {
+        aws_sdk_dynamodb::Client::new(&self.config)
+    }
+
+    pub fn sqs(&self) -> aws_sdk_sqs::Client {
+        aws_sdk_sqs::Client::new(&self.config)
+    }
+
+    /// The environment that points a service binary at this stack.
+    pub fn service_env(&self) -> Vec<(&'static str, String)> {
+        vec![
+            ("OBT_TABLE", self.names.table.clone()),
+            ("OBT_CHECKPOINT_TABLE", self.names.checkpoint_table.clone()),
+            ("OBT_CONSUMER_TABLE", self.names.consumer_table.clone()),
+            ("OBT_QUEUE_NAME", self.names.queue.clone()),
+        ]
+    }
+}
+
+/// Polls `check` until it returns `Some`, or panics after `deadline` with
+/// `what` and the last value seen by `describe`.
+pub async fn eventually<T, F, Fut>(what: &str, deadline: Duration, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, String>>,
+{
+    let started = Instant::now();
+    let mut pause = Duration::from_millis(20);
+    loop {
+        match check().await {
+            Ok(value) => return value,
+            Err(last) if started.elapsed() >= deadline => {
+                panic!("timed out after {deadline:?} waiting for {what}; last seen: {last}")
+            }
+            Err(_) => {}
+        }
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(Duration::from_millis(250));
+    }
+}
+
+/// The path of one of the workspace's binaries, built by `cargo build` into
+/// the same target directory as the running test.
+pub fn bin_path(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("the test binary has a path");
+    // target/<profile>/deps/<test> -> target/<profile>/<name>
+    let dir = exe
+        .parent()
+        .and_then(|deps| deps.parent())
+        .expect("the test binary lives in target/<profile>/deps");
+    let path = dir.join(name);
+    assert!(
+        path.exists(),
+        "{} does not exist: build the binaries first (cargo build --workspace --bins), as scripts/test.sh does",
+        path.display()
+    );
+    path
+}
+
+/// A service binary running as a child process; SIGKILLed when dropped.
+pub struct Service {
+    pub name: String,
+    child: Child,
+}
+
+impl Service {
+    /// Starts `name` with the current environment plus `env`. Its output
+    /// goes to the test's own (shown when the test fails).
+    pub fn start(name: &str, env: &[(&str, String)]) -> Self {
+        let mut command = Command::new(bin_path(name));
+        command
+            .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
+            .env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "info".to_owned()))
+            .stdin(Stdio::null())
+            .kill_on_drop(true);
+        let child = command.spawn().unwrap_or_else(|e| panic!("starting {name}: {e}"));
+        Self { name: name.to_owned(), child }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id().expect("the service is running")
+    }
+
+    /// SIGKILL: the process gets no chance to clean up.
+    pub async fn kill(mut self) {
+        self.child.kill().await.expect("SIGKILL the service");
+    }
+
+    /// SIGTERM, then waits for the exit status (SIGKILL after `deadline`).
+    pub async fn terminate(mut self, deadline: Duration) -> std::process::ExitStatus {
+        let pid = self.pid();
+        let _ = std::process::Command::new("kill").args(["-TERM", &pid.to_string()]).status();
+        match tokio::time::timeout(deadline, self.child.wait()).await {
+            Ok(status) => status.expect("wait for the service"),
+            Err(_) => {
+                let _ = self.child.kill().await;
+                panic!("{} did not exit within {deadline:?} of SIGTERM", self.name)
+            }
+        }
+    }
+
+    /// Whether the process has exited on its own.
+    pub fn try_exited(&mut self) -> Option<std::process::ExitStatus> {
+        self.child.try_wait().ok().flatten()
+    }
+}
