@@ -10,9 +10,21 @@ EMULATORS_PIDS=()
 
 emulators_log() { printf '[emulators] %s\n' "$*" >&2; }
 
+# apt_install PACKAGE...: Debian packages, when running as root (as on a fresh
+# machine of this project's kind); otherwise says what to install.
+apt_install() {
+  if [ "$(id -u)" -ne 0 ] || ! command -v apt-get >/dev/null; then
+    emulators_log "please install: $*"
+    return 1
+  fi
+  emulators_log "installing $* with apt-get"
+  DEBIAN_FRONTEND=noninteractive apt-get update -qq >&2
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >&2
+}
+
 emulators_install() {
-  command -v java >/dev/null || { emulators_log "java is needed for DynamoDB Local: apt-get install -y openjdk-17-jre-headless"; return 1; }
-  command -v npm >/dev/null || { emulators_log "node and npm are needed for the emulators: apt-get install -y nodejs npm"; return 1; }
+  command -v java >/dev/null || apt_install openjdk-17-jre-headless
+  command -v npm >/dev/null || apt_install nodejs npm
   if [ ! -f "$EMULATORS_DIR/node_modules/.package-lock.json" ] ||
      [ "$EMULATORS_DIR/package-lock.json" -nt "$EMULATORS_DIR/node_modules/.package-lock.json" ]; then
     emulators_log "installing from tools/emulators/package-lock.json (npm ci)"

@@ -122,7 +122,9 @@ impl Envelope {
     pub fn decode(body: &str) -> Result<Self, DecodeError> {
         let envelope: Self = serde_json::from_str(body)?;
         if envelope.schema_version != SCHEMA_VERSION {
-            return Err(DecodeError::UnsupportedVersion { found: envelope.schema_version });
+            return Err(DecodeError::UnsupportedVersion {
+                found: envelope.schema_version,
+            });
         }
         if envelope.seq == 0 {
             return Err(DecodeError::ZeroSeq);
@@ -141,7 +143,8 @@ impl Envelope {
 /// store and format it passes through unchanged.
 fn now_millis() -> OffsetDateTime {
     let now = OffsetDateTime::now_utc();
-    now.replace_nanosecond(now.millisecond() as u32 * 1_000_000).unwrap_or(now)
+    now.replace_nanosecond(now.millisecond() as u32 * 1_000_000)
+        .unwrap_or(now)
 }
 
 #[cfg(test)]
@@ -163,7 +166,10 @@ mod tests {
     #[test]
     fn an_envelope_round_trips_through_its_json_form() {
         let envelope = sample();
-        assert_eq!(Envelope::decode(&envelope.encode()).expect("decodes"), envelope);
+        assert_eq!(
+            Envelope::decode(&envelope.encode()).expect("decodes"),
+            envelope
+        );
     }
 
     #[test]

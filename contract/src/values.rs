@@ -129,7 +129,10 @@ impl Amount {
             None => (unsigned, None),
         };
         let all_digits = |s: &str| s.bytes().all(|b| b.is_ascii_digit());
-        if int.is_empty() || !all_digits(int) || frac.is_some_and(|f| f.is_empty() || !all_digits(f)) {
+        if int.is_empty()
+            || !all_digits(int)
+            || frac.is_some_and(|f| f.is_empty() || !all_digits(f))
+        {
             return Err(AmountError::NotANumber);
         }
         if frac.map_or(0, str::len) > Self::MAX_FRACTION_DIGITS {
@@ -217,7 +220,11 @@ mod tests {
             ("AB1\n", Err(IdentityError::InvalidCharacter)),
         ];
         for (input, expected) in cases {
-            assert_eq!(Identity::parse(input).map(|_| ()), *expected, "input {input:?}");
+            assert_eq!(
+                Identity::parse(input).map(|_| ()),
+                *expected,
+                "input {input:?}"
+            );
         }
     }
 
@@ -234,7 +241,11 @@ mod tests {
             ("Mar\u{85}tin", Err(NameError::ControlCharacter)),
         ];
         for (input, expected) in cases {
-            assert_eq!(PersonName::parse(input).map(|_| ()), *expected, "input {input:?}");
+            assert_eq!(
+                PersonName::parse(input).map(|_| ()),
+                *expected,
+                "input {input:?}"
+            );
         }
     }
 
@@ -274,14 +285,21 @@ mod tests {
             ("--1", AmountError::NotANumber),
         ];
         for (input, expected) in rejected {
-            assert_eq!(Amount::parse(input), Err(expected.clone()), "input {input:?}");
+            assert_eq!(
+                Amount::parse(input),
+                Err(expected.clone()),
+                "input {input:?}"
+            );
         }
     }
 
     #[test]
     fn amounts_serialize_as_two_digit_strings() {
         let amount = Amount::parse("51.3").expect("valid");
-        assert_eq!(serde_json::to_string(&amount).expect("serializes"), r#""51.30""#);
+        assert_eq!(
+            serde_json::to_string(&amount).expect("serializes"),
+            r#""51.30""#
+        );
         let back: Amount = serde_json::from_str(r#""51.30""#).expect("parses");
         assert_eq!(back, amount);
         assert!(serde_json::from_str::<Amount>(r#""-1""#).is_err());

@@ -69,7 +69,10 @@ pub mod specs {
     }
 
     pub fn spending_table() -> TableSpec {
-        parse("dynamodb/spending.json", include_str!("../dynamodb/spending.json"))
+        parse(
+            "dynamodb/spending.json",
+            include_str!("../dynamodb/spending.json"),
+        )
     }
     pub fn relay_checkpoints_table() -> TableSpec {
         parse(
@@ -186,21 +189,35 @@ pub async fn apply(
         (specs::consumer_table(), &names.consumer_table),
     ] {
         let (outcome, arn) = ensure_table(&dynamodb, &spec, name).await?;
-        steps.push(Step { resource: format!("dynamodb table {name}"), outcome });
+        steps.push(Step {
+            resource: format!("dynamodb table {name}"),
+            outcome,
+        });
         if name == &names.table {
             stream_arn = arn;
         }
     }
-    let stream_arn = stream_arn.ok_or_else(|| MigrateError::NoStream { table: names.table.clone() })?;
+    let stream_arn = stream_arn.ok_or_else(|| MigrateError::NoStream {
+        table: names.table.clone(),
+    })?;
 
     let queues = specs::queues();
-    let (outcome, dead_letter_queue_url) =
-        ensure_queue(&sqs, &names.dead_letter_queue, queues.dead_letter_queue.attributes.clone()).await?;
-    steps.push(Step { resource: format!("sqs queue {}", names.dead_letter_queue), outcome });
+    let (outcome, dead_letter_queue_url) = ensure_queue(
+        &sqs,
+        &names.dead_letter_queue,
+        queues.dead_letter_queue.attributes.clone(),
+    )
+    .await?;
+    steps.push(Step {
+        resource: format!("sqs queue {}", names.dead_letter_queue),
+        outcome,
+    });
     let dlq_arn = queue_arn(&sqs, &names.dead_letter_queue, &dead_letter_queue_url).await?;
 
     let mut attributes = queues.queue.attributes.clone();
-    let max_receive_count = overrides.max_receive_count.unwrap_or(queues.max_receive_count);
+    let max_receive_count = overrides
+        .max_receive_count
+        .unwrap_or(queues.max_receive_count);
     attributes.insert(
         "RedrivePolicy".to_owned(),
         serde_json::json!({ "deadLetterTargetArn": dlq_arn, "maxReceiveCount": max_receive_count })
@@ -210,9 +227,17 @@ pub async fn apply(
         attributes.insert("VisibilityTimeout".to_owned(), secs.to_string());
     }
     let (outcome, queue_url) = ensure_queue(&sqs, &names.queue, attributes).await?;
-    steps.push(Step { resource: format!("sqs queue {}", names.queue), outcome });
+    steps.push(Step {
+        resource: format!("sqs queue {}", names.queue),
+        outcome,
+    });
 
-    Ok(Report { steps, stream_arn, queue_url, dead_letter_queue_url })
+    Ok(Report {
+        steps,
+        stream_arn,
+        queue_url,
+        dead_letter_queue_url,
+    })
 }
 
 fn dynamo_err<E: std::error::Error + Send + Sync + 'static>(
@@ -220,7 +245,11 @@ fn dynamo_err<E: std::error::Error + Send + Sync + 'static>(
     table: &str,
 ) -> impl FnOnce(E) -> MigrateError {
     let table = table.to_owned();
-    move |e| MigrateError::DynamoDb { call, table, source: Box::new(e) }
+    move |e| MigrateError::DynamoDb {
+        call,
+        table,
+        source: Box::new(e),
+    }
 }
 
 fn sqs_err<E: std::error::Error + Send + Sync + 'static>(
@@ -228,7 +257,11 @@ fn sqs_err<E: std::error::Error + Send + Sync + 'static>(
     queue: &str,
 ) -> impl FnOnce(E) -> MigrateError {
     let queue = queue.to_owned();
-    move |e| MigrateError::Sqs { call, queue, source: Box::new(e) }
+    move |e| MigrateError::Sqs {
+        call,
+        queue,
+        source: Box::new(e),
+    }
 }
 
 fn key_type(file: &'static str, kind: &str) -> Result<ScalarAttributeType, MigrateError> {
@@ -236,7 +269,10 @@ fn key_type(file: &'static str, kind: &str) -> Result<ScalarAttributeType, Migra
         "S" => Ok(ScalarAttributeType::S),
         "N" => Ok(ScalarAttributeType::N),
         "B" => Ok(ScalarAttributeType::B),
-        other => Err(MigrateError::InvalidSpec { file, reason: format!("unknown key type {other}") }),
+        other => Err(MigrateError::InvalidSpec {
+            file,
+            reason: format!("unknown key type {other}"),
+        }),
     }
 }
 
@@ -288,14 +324,24 @@ async fn ensure_table(
                             .attribute_name(&key.name)
                             .attribute_type(key_type(file, &key.kind)?)
                             .build()
-                            .map_err(|e| MigrateError::InvalidSpec { file, reason: e.to_string() })?,
+                            .map_err(|e| MigrateError::InvalidSpec {
+                                file,
+                                reason: e.to_string(),
+                            })?,
                     )
                     .key_schema(
                         KeySchemaElement::builder()
                             .attribute_name(&key.name)
-                            .key_type(if i == 0 { KeyType::Hash } else { KeyType::Range })
+                            .key_type(if i == 0 {
+                                KeyType::Hash
+                            } else {
+                                KeyType::Range
+                            })
                             .build()
-                            .map_err(|e| MigrateError::InvalidSpec { file, reason: e.to_string() })?,
+                            .map_err(|e| MigrateError::InvalidSpec {
+                                file,
+                                reason: e.to_string(),
+                            })?,
                     );
             }
             if let Some(view) = &view {
@@ -304,7 +350,9 @@ async fn ensure_table(
             match create.send().await {
                 Ok(_) => Outcome::Created,
                 // Another migrate run got there first: fine.
-                Err(SdkError::ServiceError(e)) if e.err().is_resource_in_use_exception() => Outcome::Existed,
+                Err(SdkError::ServiceError(e)) if e.err().is_resource_in_use_exception() => {
+                    Outcome::Existed
+                }
                 Err(e) => return Err(dynamo_err("CreateTable", name)(e)),
             }
         }
@@ -339,7 +387,10 @@ async fn wait_active(
             }
         }
         if started.elapsed() > ACTIVE_DEADLINE {
-            return Err(MigrateError::NotActive { table: name.to_owned(), secs: ACTIVE_DEADLINE.as_secs() });
+            return Err(MigrateError::NotActive {
+                table: name.to_owned(),
+                secs: ACTIVE_DEADLINE.as_secs(),
+            });
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
@@ -372,7 +423,11 @@ async fn ensure_queue(
     Ok((Outcome::Created, url))
 }
 
-async fn queue_arn(client: &aws_sdk_sqs::Client, name: &str, url: &str) -> Result<String, MigrateError> {
+async fn queue_arn(
+    client: &aws_sdk_sqs::Client,
+    name: &str,
+    url: &str,
+) -> Result<String, MigrateError> {
     let out = client
         .get_queue_attributes()
         .queue_url(url)
@@ -398,10 +453,24 @@ mod tests {
         let names = Names::default();
         assert!(names.queue.ends_with(".fifo"));
         assert!(names.dead_letter_queue.ends_with(".fifo"));
-        assert_eq!(specs::spending_table().stream_view_type.as_deref(), Some("NEW_AND_OLD_IMAGES"));
-        assert_eq!(specs::queues().queue.attributes.get("FifoQueue").map(String::as_str), Some("true"));
         assert_eq!(
-            specs::queues().dead_letter_queue.attributes.get("FifoQueue").map(String::as_str),
+            specs::spending_table().stream_view_type.as_deref(),
+            Some("NEW_AND_OLD_IMAGES")
+        );
+        assert_eq!(
+            specs::queues()
+                .queue
+                .attributes
+                .get("FifoQueue")
+                .map(String::as_str),
+            Some("true")
+        );
+        assert_eq!(
+            specs::queues()
+                .dead_letter_queue
+                .attributes
+                .get("FifoQueue")
+                .map(String::as_str),
             Some("true")
         );
     }

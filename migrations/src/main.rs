@@ -13,10 +13,18 @@ struct Args {
     #[arg(long, env = "OBT_TABLE", default_value = "obt-spending")]
     table: String,
     /// The relay's checkpoint table.
-    #[arg(long, env = "OBT_CHECKPOINT_TABLE", default_value = "obt-relay-checkpoints")]
+    #[arg(
+        long,
+        env = "OBT_CHECKPOINT_TABLE",
+        default_value = "obt-relay-checkpoints"
+    )]
     checkpoint_table: String,
     /// The consumer's table.
-    #[arg(long, env = "OBT_CONSUMER_TABLE", default_value = "obt-consumer-spending")]
+    #[arg(
+        long,
+        env = "OBT_CONSUMER_TABLE",
+        default_value = "obt-consumer-spending"
+    )]
     consumer_table: String,
     /// The FIFO queue the relay publishes to (must end in .fifo).
     #[arg(long, env = "OBT_QUEUE_NAME", default_value = "obt-events.fifo")]
@@ -35,10 +43,15 @@ struct Args {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt().with_writer(std::io::stderr).init();
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .init();
     let args = Args::parse();
     for name in [&args.queue_name, &args.dlq_name] {
-        anyhow::ensure!(name.ends_with(".fifo"), "queue name {name:?} must end in .fifo: outboxtable needs FIFO queues");
+        anyhow::ensure!(
+            name.ends_with(".fifo"),
+            "queue name {name:?} must end in .fifo: outboxtable needs FIFO queues"
+        );
     }
     let config = aws_config::load_from_env().await;
     let names = obt_migrate::Names {

@@ -147,11 +147,19 @@ impl Service {
         let mut command = Command::new(bin_path(name));
         command
             .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
-            .env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "info".to_owned()))
+            .env(
+                "RUST_LOG",
+                std::env::var("RUST_LOG").unwrap_or_else(|_| "info".to_owned()),
+            )
             .stdin(Stdio::null())
             .kill_on_drop(true);
-        let child = command.spawn().unwrap_or_else(|e| panic!("starting {name}: {e}"));
-        Self { name: name.to_owned(), child }
+        let child = command
+            .spawn()
+            .unwrap_or_else(|e| panic!("starting {name}: {e}"));
+        Self {
+            name: name.to_owned(),
+            child,
+        }
     }
 
     pub fn pid(&self) -> u32 {
@@ -166,7 +174,9 @@ impl Service {
     /// SIGTERM, then waits for the exit status (SIGKILL after `deadline`).
     pub async fn terminate(mut self, deadline: Duration) -> std::process::ExitStatus {
         let pid = self.pid();
-        let _ = std::process::Command::new("kill").args(["-TERM", &pid.to_string()]).status();
+        let _ = std::process::Command::new("kill")
+            .args(["-TERM", &pid.to_string()])
+            .status();
         match tokio::time::timeout(deadline, self.child.wait()).await {
             Ok(status) => status.expect("wait for the service"),
             Err(_) => {

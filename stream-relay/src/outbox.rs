@@ -1,0 +1,126 @@
+//! The relay's reads and writes on the api's table: what an identity still
+//! has pending, and the acknowledgement that removes published events.
+
+use aws_sdk_dynamodb::Client;
+use aws_sdk_dynamodb::error::{DisplayErrorContext, SdkError};
+use aws_sdk_dynamodb::types::AttributeValue;
+use obt_contract::outbox::{IDENTITY_ATTR, OUTBOX_ATTR, VERSION_ATTR, outbox_key};
+
+#[derive(Debug, thiserror::Error)]
+pub enum OutboxError {
+    #[error("DynamoDB {call} on table {table} for identity {identity} failed: {message}")]
+    DynamoDb {
+        call: &'static str,
+        table: String,
+        identity: String,
+        message: String,
+    },
+    #[error("the item of identity {identity} in table {table} has a malformed {attribute}")]
+    Malformed {
+        table: String,
+        identity: String,
+        attribute: &'static str,
+    },
+}
+
+/// The api's table, as the relay uses it.
+#[derive(Debug, Clone)]
+pub struct OutboxTable {
+    client: Client,
+    table: String,
+}
+
+impl OutboxTable {
+    pub fn new(client: Client, table: String) -> Self {
+        Self { client, table }
+    }
+
+    fn error<E: std::error::Error + 'static>(
+        &self,
+        call: &'static str,
+        identity: &str,
+    ) -> impl FnOnce(SdkError<E, aws_sdk_dynamodb::config::http::HttpResponse>) -> OutboxError {
+        let (table, identity) = (self.table.clone(), identity.to_owned());
+        move |e| OutboxError::DynamoDb {
+            call,
+            table,
+            identity,
+            message: DisplayErrorContext(&e).to_string(),
+        }
+    }
+
+    /// The highest `seq` of `identity` known to be published: every event
+    /// below the oldest one still pending was acknowledged, which the relay
+    /// does only after SQS accepted it. 0 when the item does not exist.
+    #[tracing::instrument(skip_all, fields(identity))]
+    pub async fn published_up_to(&self, identity: &str) -> Result<u64, OutboxError> {
+        let out = self
+            .client
+            .get_item()
+            .table_name(&self.table)
+            .key(IDENTITY_ATTR, AttributeValue::S(identity.to_owned()))
+            .consistent_read(true)
+            .projection_expression("#v, #o")
+            .expression_attribute_names("#v", VERSION_ATTR)
+            .expression_attribute_names("#o", OUTBOX_ATTR)
+            .send()
+            .await
+            .map_err(self.error("GetItem", identity))?;
+        let Some(item) = out.item else { return Ok(0) };
+        let malformed = |attribute| OutboxError::Malformed {
+            table: self.table.clone(),
+            identity: identity.to_owned(),
+            attribute,
+        };
+        let oldest_pending = match item.get(OUTBOX_ATTR) {
+            Some(AttributeValue::M(outbox)) => {
+                let seqs: Result<Vec<u64>, _> = outbox.keys().map(|k| k.parse::<u64>()).collect();
+                seqs.map_err(|_| malformed(OUTBOX_ATTR))?.into_iter().min()
+            }
+            None => None,
+            Some(_) => return Err(malformed(OUTBOX_ATTR)),
+        };
+        match oldest_pending {
+            Some(seq) => Ok(seq.saturating_sub(1)),
+            None => match item.get(VERSION_ATTR) {
+                Some(AttributeValue::N(n)) => n.parse().map_err(|_| malformed(VERSION_ATTR)),
+                _ => Err(malformed(VERSION_ATTR)),
+            },
+        }
+    }
+
+    /// Removes the events `seqs` of `identity` from its outbox. Removing a
+    /// key that is gone already is a no-op, so this is idempotent, and it
+    /// can only remove what it names. A deleted item stays deleted.
+    #[tracing::instrument(skip_all, fields(identity, count = seqs.len()))]
+    pub async fn acknowledge(&self, identity: &str, seqs: &[u64]) -> Result<(), OutboxError> {
+        if seqs.is_empty() {
+            return Ok(());
+        }
+        let mut request = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .key(IDENTITY_ATTR, AttributeValue::S(identity.to_owned()))
+            .condition_expression("attribute_exists(#id)")
+            .expression_attribute_names("#id", IDENTITY_ATTR)
+            .expression_attribute_names("#o", OUTBOX_ATTR);
+        let mut paths = Vec::with_capacity(seqs.len());
+        for (i, seq) in seqs.iter().enumerate() {
+            request = request.expression_attribute_names(format!("#k{i}"), outbox_key(*seq));
+            paths.push(format!("#o.#k{i}"));
+        }
+        let result = request
+            .update_expression(format!("REMOVE {}", paths.join(", ")))
+            .send()
+            .await;
+        match result {
+            Ok(_) => Ok(()),
+            Err(SdkError::ServiceError(e)) if e.err().is_conditional_check_failed_exception() => {
+                tracing::warn!(identity, "the item is gone; nothing to acknowledge");
+                Ok(())
+            }
+            Err(e) => Err(self.error("UpdateItem", identity)(e)),
+        }
+    }
+}

@@ -1,0 +1,232 @@
+//! Publishing to the SQS FIFO queue.
+//!
+//! `SendMessageBatch` can fail for some entries and succeed for others. If
+//! one batch held two events of one identity and only the first failed, the
+//! second would be in the queue ahead of it, and no retry could restore the
+//! order. So a batch never holds two events of one message group: an
+//! identity's next event goes into a later batch, and a batch is sent only
+//! when every entry of the batches before it was accepted.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use aws_sdk_sqs::Client;
+use aws_sdk_sqs::types::SendMessageBatchRequestEntry;
+use obt_contract::Envelope;
+
+use crate::relay::Backoff;
+
+/// The most entries SQS accepts in one `SendMessageBatch`.
+pub const MAX_BATCH: usize = 10;
+
+/// Attempts at one batch before the publisher gives up and reports the
+/// failure (the caller retries the whole change set later).
+const ATTEMPTS: u32 = 5;
+
+#[derive(Debug, thiserror::Error)]
+pub enum PublishError {
+    #[error("SendMessageBatch to {queue_url} failed: {source}")]
+    Call {
+        queue_url: String,
+        #[source]
+        source: Box<
+            aws_sdk_sqs::error::SdkError<
+                aws_sdk_sqs::operation::send_message_batch::SendMessageBatchError,
+            >,
+        >,
+    },
+    #[error(
+        "SQS rejected event {event_id} of identity {identity} (seq {seq}) {attempts} times: {code}: {message}"
+    )]
+    Rejected {
+        event_id: String,
+        identity: String,
+        seq: u64,
+        attempts: u32,
+        code: String,
+        message: String,
+    },
+    #[error("could not build a SendMessageBatch entry: {0}")]
+    Entry(String),
+}
+
+/// Sends events to one FIFO queue.
+#[derive(Debug, Clone)]
+pub struct Publisher {
+    client: Client,
+    queue_url: String,
+}
+
+impl Publisher {
+    pub fn new(client: Client, queue_url: String) -> Self {
+        Self { client, queue_url }
+    }
+
+    /// Publishes `events`, which are in order per identity, keeping that
+    /// order. Returns when SQS has accepted all of them.
+    pub async fn publish(&self, events: &[Envelope]) -> Result<(), PublishError> {
+        for batch in plan_batches(events) {
+            self.send_batch(&batch).await?;
+        }
+        Ok(())
+    }
+
+    /// Sends one batch, retrying the entries SQS did not accept.
+    async fn send_batch(&self, batch: &[&Envelope]) -> Result<(), PublishError> {
+        let mut pending: Vec<&Envelope> = batch.to_vec();
+        let mut backoff = Backoff::new(Duration::from_millis(50), Duration::from_secs(2));
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let entries = pending
+                .iter()
+                .enumerate()
+                .map(|(i, event)| entry(i, event))
+                .collect::<Result<Vec<_>, _>>()?;
+            let result = self
+                .client
+                .send_message_batch()
+                .queue_url(&self.queue_url)
+                .set_entries(Some(entries))
+                .send()
+                .await;
+            let output = match result {
+                Ok(output) => output,
+                Err(e) if attempt < ATTEMPTS => {
+                    tracing::warn!(error = %aws_sdk_sqs::error::DisplayErrorContext(&e), attempt, "SendMessageBatch failed, retrying");
+                    backoff.wait().await;
+                    continue;
+                }
+                Err(e) => {
+                    return Err(PublishError::Call {
+                        queue_url: self.queue_url.clone(),
+                        source: Box::new(e),
+                    });
+                }
+            };
+            if output.failed().is_empty() {
+                return Ok(());
+            }
+            // Ids are indexes into `pending`; keep the failed ones, in order.
+            let mut failed: Vec<(usize, &aws_sdk_sqs::types::BatchResultErrorEntry)> = output
+                .failed()
+                .iter()
+                .filter_map(|f| f.id().parse::<usize>().ok().map(|i| (i, f)))
+                .filter(|(i, _)| *i < pending.len())
+                .collect();
+            failed.sort_by_key(|(i, _)| *i);
+            let (first_index, first) = failed[0];
+            let event = pending[first_index];
+            tracing::warn!(
+                event_id = %event.event_id, identity = %event.identity, seq = event.seq,
+                code = first.code(), message = first.message().unwrap_or_default(), sender_fault = first.sender_fault(),
+                failed = failed.len(), attempt, "SQS did not accept some entries"
+            );
+            if first.sender_fault() || attempt >= ATTEMPTS {
+                return Err(PublishError::Rejected {
+                    event_id: event.event_id.to_string(),
+                    identity: event.identity.to_string(),
+                    seq: event.seq,
+                    attempts: attempt,
+                    code: first.code().to_owned(),
+                    message: first.message().unwrap_or_default().to_owned(),
+                });
+            }
+            pending = failed.iter().map(|(i, _)| pending[*i]).collect();
+            backoff.wait().await;
+        }
+    }
+}
+
+fn entry(index: usize, event: &Envelope) -> Result<SendMessageBatchRequestEntry, PublishError> {
+    SendMessageBatchRequestEntry::builder()
+        .id(index.to_string())
+        .message_body(event.encode())
+        .message_group_id(event.identity.as_str())
+        .message_deduplication_id(event.event_id.to_string())
+        .build()
+        .map_err(|e| PublishError::Entry(e.to_string()))
+}
+
+/// Splits `events` into batches of at most [`MAX_BATCH`], with no two
+/// events of one identity in a batch and each identity's events in
+/// increasing batch order.
+pub fn plan_batches(events: &[Envelope]) -> Vec<Vec<&Envelope>> {
+    let mut batches: Vec<Vec<&Envelope>> = Vec::new();
+    let mut last_batch_of: HashMap<&str, usize> = HashMap::new();
+    for event in events {
+        let group = event.identity.as_str();
+        let earliest = last_batch_of.get(group).map_or(0, |b| b + 1);
+        let index = (earliest..batches.len())
+            .find(|&b| batches[b].len() < MAX_BATCH)
+            .unwrap_or_else(|| {
+                batches.push(Vec::new());
+                batches.len() - 1
+            });
+        batches[index].push(event);
+        last_batch_of.insert(group, index);
+    }
+    batches
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use obt_contract::{Amount, Identity, PersonName, SpendingRecorded};
+
+    fn event(identity: &str, seq: u64) -> Envelope {
+        Envelope::spending_recorded(
+            Identity::parse(identity).expect("valid"),
+            seq,
+            SpendingRecorded {
+                name: PersonName::parse("N").expect("valid"),
+                surname: PersonName::parse("S").expect("valid"),
+                amount: Amount::parse("1").expect("valid"),
+            },
+        )
+    }
+
+    #[test]
+    fn a_batch_never_holds_two_events_of_one_identity_and_order_is_kept() {
+        let mut events = Vec::new();
+        for seq in 1..=4 {
+            for identity in ["A", "B", "C"] {
+                events.push(event(identity, seq));
+            }
+        }
+        for identity in 0..15 {
+            events.push(event(&format!("X{identity}"), 1));
+        }
+        let batches = plan_batches(&events);
+        let mut seen = 0;
+        let mut last_seq: HashMap<String, (usize, u64)> = HashMap::new();
+        for (b, batch) in batches.iter().enumerate() {
+            assert!(batch.len() <= MAX_BATCH);
+            let mut groups: Vec<&str> = batch.iter().map(|e| e.identity.as_str()).collect();
+            groups.sort_unstable();
+            groups.dedup();
+            assert_eq!(groups.len(), batch.len(), "batch {b} repeats an identity");
+            for e in batch {
+                if let Some((prev_batch, prev_seq)) = last_seq.get(e.identity.as_str()) {
+                    assert!(
+                        *prev_batch < b && *prev_seq < e.seq,
+                        "{} out of order",
+                        e.identity
+                    );
+                }
+                last_seq.insert(e.identity.to_string(), (b, e.seq));
+                seen += 1;
+            }
+        }
+        assert_eq!(seen, events.len(), "every event is planned once");
+        // One identity's 4 events need 4 batches; the other 23 fill them.
+        assert_eq!(batches.len(), 4);
+    }
+
+    #[test]
+    fn distinct_identities_fill_batches_of_ten() {
+        let events: Vec<Envelope> = (0..25).map(|i| event(&format!("I{i}"), 1)).collect();
+        let sizes: Vec<usize> = plan_batches(&events).iter().map(Vec::len).collect();
+        assert_eq!(sizes, vec![10, 10, 5]);
+    }
+}

@@ -1,0 +1,161 @@
+//! The core of the relay, shared by every driver: given stream changes in
+//! shard order, publish the events they add, in `seq` order per identity,
+//! then acknowledge them on the item.
+//!
+//! Which events to publish: every pending event of the changed item above
+//! the identity's "published up to" mark, not just the one the write added.
+//! Normally that is the same thing; but when the stream lost a record (data
+//! trimmed after 24 h, a stream re-created) the older event is still
+//! pending on the item and goes out first, so the consumer never sees a
+//! gap. The mark is kept in memory and, when unknown (a restart, a new
+//! identity), read from the item: an event below the oldest pending one was
+//! acknowledged, hence published. Re-sending is always safe (SQS
+//! deduplicates by event id for 5 minutes, the consumer for ever); losing
+//! is not, so every failure leaves the mark and the checkpoint where they
+//! were and the caller retries.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use obt_contract::Envelope;
+use rand::Rng;
+
+use crate::change::Change;
+use crate::outbox::{OutboxError, OutboxTable};
+use crate::publisher::{PublishError, Publisher};
+
+/// Identities whose mark is kept in memory; past that the cache starts
+/// afresh (a miss only costs one read).
+const MARK_CACHE_LIMIT: usize = 100_000;
+
+#[derive(Debug, thiserror::Error)]
+pub enum RelayError {
+    #[error(transparent)]
+    Publish(#[from] PublishError),
+    #[error(transparent)]
+    Outbox(#[from] OutboxError),
+}
+
+/// Publishes and acknowledges outbox events. Cheap to share (`Arc`).
+#[derive(Debug)]
+pub struct Relay {
+    publisher: Publisher,
+    outbox: OutboxTable,
+    /// Per identity, the highest seq known to be published.
+    published: Mutex<HashMap<String, u64>>,
+}
+
+impl Relay {
+    pub fn new(publisher: Publisher, outbox: OutboxTable) -> Self {
+        Self {
+            publisher,
+            outbox,
+            published: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn cached_mark(&self, identity: &str) -> Option<u64> {
+        self.published
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(identity)
+            .copied()
+    }
+
+    fn raise_marks(&self, marks: &HashMap<String, u64>) {
+        let mut published = self.published.lock().unwrap_or_else(|p| p.into_inner());
+        if published.len() + marks.len() > MARK_CACHE_LIMIT {
+            published.clear();
+        }
+        for (identity, seq) in marks {
+            let mark = published.entry(identity.clone()).or_default();
+            *mark = (*mark).max(*seq);
+        }
+    }
+
+    /// Handles `changes` (in shard order). On `Ok`, every event they add has
+    /// been accepted by SQS and acknowledged; the caller may checkpoint past
+    /// the last change.
+    pub async fn handle(&self, changes: &[Change]) -> Result<Summary, RelayError> {
+        // Per identity: the mark before this call, then raised as planned.
+        let mut marks: HashMap<String, u64> = HashMap::new();
+        let mut to_publish: Vec<Envelope> = Vec::new();
+        let mut to_acknowledge: HashMap<String, Vec<u64>> = HashMap::new();
+        let mut summary = Summary::default();
+
+        for change in changes {
+            if !change.adds_events {
+                summary.skipped += 1;
+                continue;
+            }
+            let mark = match marks.get(&change.identity) {
+                Some(mark) => *mark,
+                None => match self.cached_mark(&change.identity) {
+                    Some(mark) => mark,
+                    None => self.outbox.published_up_to(&change.identity).await?,
+                },
+            };
+            let mut new_mark = mark;
+            for event in &change.pending {
+                if event.seq > new_mark {
+                    to_publish.push(event.clone());
+                    new_mark = event.seq;
+                }
+            }
+            marks.insert(change.identity.clone(), new_mark);
+            let acks = to_acknowledge.entry(change.identity.clone()).or_default();
+            acks.extend(
+                change
+                    .pending
+                    .iter()
+                    .map(|e| e.seq)
+                    .filter(|seq| *seq <= new_mark),
+            );
+        }
+
+        self.publisher.publish(&to_publish).await?;
+        summary.published = to_publish.len();
+        for (identity, mut seqs) in to_acknowledge {
+            seqs.sort_unstable();
+            seqs.dedup();
+            self.outbox.acknowledge(&identity, &seqs).await?;
+        }
+        self.raise_marks(&marks);
+        Ok(summary)
+    }
+}
+
+/// What one [`Relay::handle`] did.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Summary {
+    /// Events accepted by SQS.
+    pub published: usize,
+    /// Changes that added no event (acknowledgements).
+    pub skipped: usize,
+}
+
+/// Exponential backoff with full jitter.
+#[derive(Debug)]
+pub struct Backoff {
+    next: Duration,
+    max: Duration,
+}
+
+impl Backoff {
+    pub fn new(first: Duration, max: Duration) -> Self {
+        Self { next: first, max }
+    }
+
+    /// Waits a random time up to the current step, then doubles the step.
+    pub async fn wait(&mut self) {
+        let millis = self.next.as_millis().max(1) as u64;
+        let pause = Duration::from_millis(rand::rng().random_range(millis / 2..=millis));
+        self.next = (self.next * 2).min(self.max);
+        tokio::time::sleep(pause).await;
+    }
+
+    pub fn reset(&mut self, first: Duration) {
+        self.next = first;
+    }
+}

@@ -1,0 +1,105 @@
+//! Builds the relay from its settings: SDK clients made once, the queue
+//! URL and the stream ARN resolved, with errors that say what to fix.
+
+use std::sync::Arc;
+
+use aws_config::SdkConfig;
+use aws_sdk_dynamodb::error::DisplayErrorContext;
+
+use crate::checkpoint::Checkpoints;
+use crate::config::Settings;
+use crate::daemon::Daemon;
+use crate::outbox::OutboxTable;
+use crate::publisher::Publisher;
+use crate::relay::Relay;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartupError {
+    #[error(
+        "cannot find the queue {name}: {message}. Create it with obt-migrate, or set OBT_QUEUE_URL"
+    )]
+    Queue { name: String, message: String },
+    #[error(
+        "cannot describe table {table}: {message}. Create it with obt-migrate, or set OBT_STREAM_ARN"
+    )]
+    Table { table: String, message: String },
+    #[error(
+        "table {table} has no stream. Enable one with view type NEW_AND_OLD_IMAGES (obt-migrate does)"
+    )]
+    NoStream { table: String },
+}
+
+/// The queue URL from the settings, or looked up by name.
+pub async fn queue_url(
+    sqs: &aws_sdk_sqs::Client,
+    settings: &Settings,
+) -> Result<String, StartupError> {
+    if let Some(url) = &settings.queue_url {
+        return Ok(url.clone());
+    }
+    let error = |message: String| StartupError::Queue {
+        name: settings.queue_name.clone(),
+        message,
+    };
+    let out = sqs
+        .get_queue_url()
+        .queue_name(&settings.queue_name)
+        .send()
+        .await
+        .map_err(|e| error(aws_sdk_sqs::error::DisplayErrorContext(&e).to_string()))?;
+    out.queue_url
+        .ok_or_else(|| error("the response has no QueueUrl".to_owned()))
+}
+
+/// The stream ARN from the settings, or the table's latest stream.
+pub async fn stream_arn(
+    dynamodb: &aws_sdk_dynamodb::Client,
+    settings: &Settings,
+) -> Result<String, StartupError> {
+    if let Some(arn) = &settings.stream_arn {
+        return Ok(arn.clone());
+    }
+    let out = dynamodb
+        .describe_table()
+        .table_name(&settings.table)
+        .send()
+        .await
+        .map_err(|e| StartupError::Table {
+            table: settings.table.clone(),
+            message: DisplayErrorContext(&e).to_string(),
+        })?;
+    out.table
+        .and_then(|t| t.latest_stream_arn)
+        .ok_or_else(|| StartupError::NoStream {
+            table: settings.table.clone(),
+        })
+}
+
+/// The transport-independent relay core.
+pub async fn relay(config: &SdkConfig, settings: &Settings) -> Result<Relay, StartupError> {
+    let sqs = aws_sdk_sqs::Client::new(config);
+    let queue_url = queue_url(&sqs, settings).await?;
+    let outbox = OutboxTable::new(
+        aws_sdk_dynamodb::Client::new(config),
+        settings.table.clone(),
+    );
+    Ok(Relay::new(Publisher::new(sqs, queue_url), outbox))
+}
+
+/// The daemon, ready to run.
+pub async fn daemon(config: &SdkConfig, settings: &Settings) -> Result<Daemon, StartupError> {
+    let dynamodb = aws_sdk_dynamodb::Client::new(config);
+    let stream_arn = stream_arn(&dynamodb, settings).await?;
+    Ok(Daemon {
+        streams: aws_sdk_dynamodbstreams::Client::new(config),
+        relay: Arc::new(relay(config, settings).await?),
+        checkpoints: Checkpoints::new(
+            dynamodb,
+            settings.checkpoint_table.clone(),
+            stream_arn.clone(),
+        ),
+        stream_arn,
+        idle_poll: settings.idle_poll(),
+        discover_interval: settings.discover_interval(),
+    })
+}

@@ -1,0 +1,370 @@
+//! The relay against the real emulators: DynamoDB Local's stream and
+//! fauxqs. Items are written here the way the api writes them (one
+//! conditional UpdateItem adding the event to the outbox map); the api's
+//! own writes are covered by the end-to-end tests.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::Duration;
+
+use aws_sdk_dynamodb::types::AttributeValue;
+use obt_contract::outbox::{OutboxImage, outbox_key};
+use obt_contract::{Amount, Envelope, Identity, PersonName, SpendingRecorded};
+use obt_stream_relay::config::Settings;
+use obt_stream_relay::{Change, startup};
+use obt_testkit::{Stack, eventually};
+use tokio_util::sync::CancellationToken;
+
+const DEADLINE: Duration = Duration::from_secs(30);
+
+fn event(identity: &str, seq: u64) -> Envelope {
+    Envelope::spending_recorded(
+        Identity::parse(identity).expect("valid identity"),
+        seq,
+        SpendingRecorded {
+            name: PersonName::parse("Martin").expect("valid"),
+            surname: PersonName::parse("Robi").expect("valid"),
+            amount: Amount::parse(&format!("{seq}.25")).expect("valid"),
+        },
+    )
+}
+
+/// Appends `event` to its identity's outbox, as the api does.
+async fn write(stack: &Stack, event: &Envelope) {
+    let value = serde_dynamo::aws_sdk_dynamodb_1::to_attribute_value(event).expect("serializes");
+    let update = stack
+        .dynamodb()
+        .update_item()
+        .table_name(&stack.names.table)
+        .key("identity", AttributeValue::S(event.identity.to_string()))
+        .expression_attribute_names("#v", "version")
+        .expression_attribute_names("#o", "outbox")
+        .expression_attribute_values(":seq", AttributeValue::N(event.seq.to_string()));
+    let update = if event.seq == 1 {
+        update
+            .update_expression("SET #v = :seq, #o = :outbox")
+            .condition_expression("attribute_not_exists(#v)")
+            .expression_attribute_values(
+                ":outbox",
+                AttributeValue::M(HashMap::from([(outbox_key(1), value)])),
+            )
+    } else {
+        update
+            .update_expression("SET #v = :seq, #o.#k = :event")
+            .condition_expression("#v = :prev")
+            .expression_attribute_names("#k", outbox_key(event.seq))
+            .expression_attribute_values(":event", value)
+            .expression_attribute_values(":prev", AttributeValue::N((event.seq - 1).to_string()))
+    };
+    update.send().await.expect("write the event");
+}
+
+async fn outbox_of(stack: &Stack, identity: &str) -> BTreeMap<String, Envelope> {
+    let out = stack
+        .dynamodb()
+        .get_item()
+        .table_name(&stack.names.table)
+        .key("identity", AttributeValue::S(identity.to_owned()))
+        .consistent_read(true)
+        .send()
+        .await
+        .expect("get item");
+    let item = out.item.expect("the item exists");
+    let image: OutboxImage = serde_dynamo::aws_sdk_dynamodb_1::from_item(item).expect("decodes");
+    image.outbox
+}
+
+/// Receives and deletes until `count` messages came: the envelopes in the
+/// order received.
+async fn drain(stack: &Stack, count: usize) -> Vec<Envelope> {
+    let sqs = stack.sqs();
+    let started = std::time::Instant::now();
+    let mut seen = Vec::new();
+    while seen.len() < count {
+        assert!(
+            started.elapsed() < DEADLINE,
+            "timed out waiting for {count} messages; got {}",
+            seen.len()
+        );
+        let out = sqs
+            .receive_message()
+            .queue_url(&stack.queue_url)
+            .max_number_of_messages(10)
+            .wait_time_seconds(1)
+            .send()
+            .await
+            .expect("receive");
+        for message in out.messages() {
+            seen.push(Envelope::decode(message.body().unwrap_or_default()).expect("an envelope"));
+            sqs.delete_message()
+                .queue_url(&stack.queue_url)
+                .receipt_handle(message.receipt_handle().unwrap_or_default())
+                .send()
+                .await
+                .expect("delete");
+        }
+    }
+    seen
+}
+
+async fn queue_is_empty(stack: &Stack) -> bool {
+    let out = stack
+        .sqs()
+        .receive_message()
+        .queue_url(&stack.queue_url)
+        .max_number_of_messages(10)
+        .wait_time_seconds(1)
+        .send()
+        .await
+        .expect("receive");
+    out.messages().is_empty()
+}
+
+fn settings(stack: &Stack) -> Settings {
+    Settings {
+        table: stack.names.table.clone(),
+        stream_arn: None,
+        checkpoint_table: stack.names.checkpoint_table.clone(),
+        queue_url: Some(stack.queue_url.clone()),
+        queue_name: stack.names.queue.clone(),
+        idle_poll_ms: 50,
+        discover_interval_secs: 1,
+        log_format: obt_runtime::LogFormat::Text,
+    }
+}
+
+/// Runs the daemon in this process until the returned token is cancelled.
+async fn start_daemon(stack: &Stack) -> (CancellationToken, tokio::task::JoinHandle<()>) {
+    let daemon = startup::daemon(&stack.config, &settings(stack))
+        .await
+        .expect("daemon starts");
+    let token = CancellationToken::new();
+    let handle = tokio::spawn(Arc::new(daemon).run(token.clone()));
+    (token, handle)
+}
+
+fn assert_in_order_per_identity(events: &[Envelope], expected_per_identity: &[(&str, u64)]) {
+    let mut seqs: HashMap<String, Vec<u64>> = HashMap::new();
+    for e in events {
+        seqs.entry(e.identity.to_string()).or_default().push(e.seq);
+    }
+    for (identity, count) in expected_per_identity {
+        let expected: Vec<u64> = (1..=*count).collect();
+        assert_eq!(seqs.get(*identity), Some(&expected), "identity {identity}");
+    }
+    assert_eq!(
+        seqs.len(),
+        expected_per_identity.len(),
+        "no other identity: {seqs:?}"
+    );
+}
+
+#[tokio::test]
+async fn the_daemon_publishes_every_event_once_in_seq_order_and_empties_the_outbox() {
+    let stack = Stack::create(3).await;
+    let identities = ["A1", "B2", "C3"];
+    for seq in 1..=5 {
+        for identity in identities {
+            write(&stack, &event(identity, seq)).await;
+        }
+    }
+    let (stop, daemon) = start_daemon(&stack).await;
+
+    let published = drain(&stack, 15).await;
+    assert_in_order_per_identity(&published, &[("A1", 5), ("B2", 5), ("C3", 5)]);
+    for e in &published {
+        assert_eq!(
+            e.data.amount,
+            Amount::parse(&format!("{}.25", e.seq)).expect("valid")
+        );
+    }
+    for identity in identities {
+        eventually(
+            &format!("the outbox of {identity} to be empty"),
+            DEADLINE,
+            || async {
+                let outbox = outbox_of(&stack, identity).await;
+                if outbox.is_empty() {
+                    Ok(())
+                } else {
+                    Err(format!("{:?}", outbox.keys()))
+                }
+            },
+        )
+        .await;
+    }
+    assert!(queue_is_empty(&stack).await, "nothing else was published");
+    stop.cancel();
+    daemon.await.expect("the daemon stops");
+}
+
+#[tokio::test]
+async fn a_restarted_daemon_resumes_from_its_checkpoint() {
+    let stack = Stack::create(3).await;
+    for seq in 1..=3 {
+        write(&stack, &event("R1", seq)).await;
+    }
+    let (stop, daemon) = start_daemon(&stack).await;
+    assert_in_order_per_identity(&drain(&stack, 3).await, &[("R1", 3)]);
+    eventually("the outbox to be empty", DEADLINE, || async {
+        let outbox = outbox_of(&stack, "R1").await;
+        if outbox.is_empty() {
+            Ok(())
+        } else {
+            Err(format!("{:?}", outbox.keys()))
+        }
+    })
+    .await;
+    stop.cancel();
+    daemon.await.expect("the daemon stops");
+
+    let checkpoints = stack
+        .dynamodb()
+        .scan()
+        .table_name(&stack.names.checkpoint_table)
+        .send()
+        .await
+        .expect("scan checkpoints");
+    assert!(
+        checkpoints
+            .items()
+            .iter()
+            .any(|item| item.contains_key("checkpoint")),
+        "a checkpoint was saved"
+    );
+
+    for seq in 4..=6 {
+        write(&stack, &event("R1", seq)).await;
+    }
+    let (stop, daemon) = start_daemon(&stack).await;
+    let after_restart = drain(&stack, 3).await;
+    let seqs: Vec<u64> = after_restart.iter().map(|e| e.seq).collect();
+    assert_eq!(seqs, [4, 5, 6], "only what came after the checkpoint");
+    assert!(queue_is_empty(&stack).await);
+    stop.cancel();
+    daemon.await.expect("the daemon stops");
+}
+
+fn change(sequence_number: &str, identity: &str, pending: Vec<Envelope>) -> Change {
+    Change {
+        sequence_number: sequence_number.to_owned(),
+        identity: identity.to_owned(),
+        adds_events: true,
+        pending,
+    }
+}
+
+#[tokio::test]
+async fn events_older_than_the_change_that_are_still_pending_go_out_first() {
+    // The stream lost the record of event 1 (trimmed, say); the record of
+    // event 2 shows both pending. Both must go out, 1 before 2.
+    let stack = Stack::create(3).await;
+    let (e1, e2, e3) = (event("L1", 1), event("L1", 2), event("L1", 3));
+    write(&stack, &e1).await;
+    write(&stack, &e2).await;
+    let relay = startup::relay(&stack.config, &settings(&stack))
+        .await
+        .expect("relay");
+
+    let summary = relay
+        .handle(&[change("2", "L1", vec![e1.clone(), e2.clone()])])
+        .await
+        .expect("handled");
+    assert_eq!(summary.published, 2);
+    let seqs: Vec<u64> = drain(&stack, 2).await.iter().map(|e| e.seq).collect();
+    assert_eq!(seqs, [1, 2]);
+    assert!(
+        outbox_of(&stack, "L1").await.is_empty(),
+        "both acknowledged"
+    );
+
+    // A later change still showing event 2 (captured before the
+    // acknowledgement) publishes only event 3.
+    write(&stack, &e3).await;
+    let summary = relay
+        .handle(&[change("3", "L1", vec![e2, e3])])
+        .await
+        .expect("handled");
+    assert_eq!(summary.published, 1);
+    let seqs: Vec<u64> = drain(&stack, 1).await.iter().map(|e| e.seq).collect();
+    assert_eq!(seqs, [3]);
+}
+
+#[tokio::test]
+async fn a_fresh_relay_does_not_republish_what_was_acknowledged() {
+    let stack = Stack::create(3).await;
+    let (e1, e2) = (event("F1", 1), event("F1", 2));
+    write(&stack, &e1).await;
+    write(&stack, &e2).await;
+    let first = startup::relay(&stack.config, &settings(&stack))
+        .await
+        .expect("relay");
+    first
+        .handle(&[change("1", "F1", vec![e1.clone()])])
+        .await
+        .expect("handled");
+    assert_eq!(drain(&stack, 1).await[0].seq, 1);
+
+    // A new process (empty memory) replays the record of event 1, then
+    // handles event 2: it learns from the item that 1 was acknowledged.
+    let second = startup::relay(&stack.config, &settings(&stack))
+        .await
+        .expect("relay");
+    let summary = second
+        .handle(&[
+            change("1", "F1", vec![e1.clone()]),
+            change("2", "F1", vec![e1, e2]),
+        ])
+        .await
+        .expect("handled");
+    assert_eq!(summary.published, 1, "only event 2");
+    assert_eq!(drain(&stack, 1).await[0].seq, 2);
+}
+
+#[tokio::test]
+async fn when_sqs_fails_nothing_is_acknowledged_and_a_retry_publishes_in_order() {
+    let stack = Stack::create(3).await;
+    let (e1, e2) = (event("P1", 1), event("P1", 2));
+    write(&stack, &e1).await;
+    write(&stack, &e2).await;
+    let mut broken = settings(&stack);
+    broken.queue_url = Some(format!(
+        "{}-missing.fifo",
+        stack.queue_url.trim_end_matches(".fifo")
+    ));
+    let relay = startup::relay(&stack.config, &broken).await.expect("relay");
+    let changes = [
+        change("1", "P1", vec![e1.clone()]),
+        change("2", "P1", vec![e1, e2]),
+    ];
+    assert!(
+        relay.handle(&changes).await.is_err(),
+        "publishing to a missing queue fails"
+    );
+    assert_eq!(
+        outbox_of(&stack, "P1").await.len(),
+        2,
+        "nothing acknowledged"
+    );
+
+    let relay = startup::relay(&stack.config, &settings(&stack))
+        .await
+        .expect("relay");
+    relay.handle(&changes).await.expect("the retry succeeds");
+    let seqs: Vec<u64> = drain(&stack, 2).await.iter().map(|e| e.seq).collect();
+    assert_eq!(seqs, [1, 2]);
+    assert!(outbox_of(&stack, "P1").await.is_empty());
+}
+
+#[tokio::test]
+async fn acknowledgements_are_skipped() {
+    let stack = Stack::create(3).await;
+    let relay = startup::relay(&stack.config, &settings(&stack))
+        .await
+        .expect("relay");
+    let mut ack = change("9", "K1", vec![]);
+    ack.adds_events = false;
+    let summary = relay.handle(&[ack]).await.expect("handled");
+    assert_eq!((summary.published, summary.skipped), (0, 1));
+    assert!(queue_is_empty(&stack).await);
+}
