@@ -1,0 +1,36 @@
+//! The outboxtable consumer: receives `SpendingRecorded` envelopes from the
+//! SQS FIFO queue and applies each to the consumer's own table exactly once
+//! and, per identity, in `seq` order.
+//!
+//! Module map, from the edge inwards:
+//! - [`config`]: the [`Settings`] (flags and environment variables).
+//! - [`queue`]: the SQS side: long-poll receive, delete after commit,
+//!   release (visibility 0) of poison messages. [`Received`] is a message
+//!   reduced to what the consumer needs.
+//! - [`batch`]: the order-keeping core, free of AWS: groups a received
+//!   batch by `MessageGroupId`, runs groups concurrently and each group's
+//!   messages one by one, and stops a group at its first failure so that
+//!   nothing later in it is applied before it.
+//! - [`store`]: the consumer's table: one conditional `TransactWriteItems`
+//!   per event, and the classification of a refused write as a duplicate,
+//!   a gap, a conflict or a transient failure.
+//! - [`read_model`]: what the table holds, read back ([`AppliedIdentity`]),
+//!   for tests, end-to-end checks and operators.
+//! - [`consumer`]: ties them together: the pollers, the handling of one
+//!   message, graceful shutdown ([`Consumer::serve`]).
+
+pub mod batch;
+pub mod config;
+pub mod consumer;
+pub mod queue;
+pub mod read_model;
+mod sdk_error;
+pub mod store;
+
+pub use config::Settings;
+pub use consumer::{Consumer, PoisonReason, RunError, StartupError, StopReason};
+pub use queue::{Queue, QueueError, Received};
+pub use read_model::{
+    AppliedIdentity, AppliedSpending, IdentityHead, list_identities, load_identity,
+};
+pub use store::{Applied, ApplyError, SpendingTable, StoreError};

@@ -1,0 +1,271 @@
+//! The consumer's table read back: what has been applied, per identity.
+//! Used by the tests and the end-to-end checks, and handy for operators;
+//! the consumer itself never needs it.
+//!
+//! Every read is strongly consistent, so that a check made right after a
+//! write sees it.
+
+use std::collections::HashMap;
+use std::str::FromStr;
+
+use aws_sdk_dynamodb::types::AttributeValue;
+use rust_decimal::Decimal;
+use time::OffsetDateTime;
+use time::format_description::well_known::Rfc3339;
+
+use crate::store::{HEAD_SEQ, SpendingTable, StoreError, attr, dynamo_error, n, s};
+
+type Item = HashMap<String, AttributeValue>;
+
+/// An identity's head item: where it stands and its running totals.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IdentityHead {
+    pub identity: String,
+    /// The name and surname of the last applied event.
+    pub name: String,
+    pub surname: String,
+    /// The seq of the last applied event.
+    pub last_seq: u64,
+    /// The sum of the applied amounts, with two fraction digits.
+    pub total: Decimal,
+    /// How many events were applied.
+    pub count: u64,
+    pub updated_at: OffsetDateTime,
+}
+
+/// Everything applied for one identity.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AppliedIdentity {
+    pub identity: String,
+    pub name: String,
+    pub surname: String,
+    pub last_seq: u64,
+    pub total: Decimal,
+    pub count: u64,
+    pub updated_at: OffsetDateTime,
+    /// The applied events, in seq order.
+    pub spendings: Vec<AppliedSpending>,
+}
+
+/// One applied event.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AppliedSpending {
+    pub seq: u64,
+    pub event_id: String,
+    pub name: String,
+    pub surname: String,
+    /// With two fraction digits, as published.
+    pub amount: Decimal,
+    pub occurred_at: OffsetDateTime,
+    pub applied_at: OffsetDateTime,
+}
+
+/// Everything applied for `identity` in `table`, or `None` if nothing is.
+pub async fn load_identity(
+    client: &aws_sdk_dynamodb::Client,
+    table: &str,
+    identity: &str,
+) -> Result<Option<AppliedIdentity>, StoreError> {
+    SpendingTable::new(client.clone(), table)
+        .load_identity(identity)
+        .await
+}
+
+/// The heads of every identity in `table`, sorted by identity.
+pub async fn list_identities(
+    client: &aws_sdk_dynamodb::Client,
+    table: &str,
+) -> Result<Vec<IdentityHead>, StoreError> {
+    SpendingTable::new(client.clone(), table)
+        .list_identities()
+        .await
+}
+
+impl SpendingTable {
+    /// Everything applied for `identity`, or `None` if nothing is.
+    pub async fn load_identity(
+        &self,
+        identity: &str,
+    ) -> Result<Option<AppliedIdentity>, StoreError> {
+        let mut head = None;
+        let mut spendings = Vec::new();
+        let mut start = None;
+        loop {
+            let out = self
+                .client
+                .query()
+                .table_name(&self.name)
+                .key_condition_expression("#identity = :identity")
+                .expression_attribute_names("#identity", attr::IDENTITY)
+                .expression_attribute_values(":identity", s(identity))
+                .consistent_read(true)
+                .set_exclusive_start_key(start.take())
+                .send()
+                .await
+                .map_err(dynamo_error("Query", &self.name))?;
+            for item in out.items.unwrap_or_default() {
+                let reader = Reader::new(self, &item)?;
+                if reader.seq == HEAD_SEQ {
+                    head = Some(reader.head()?);
+                } else {
+                    spendings.push(reader.spending()?);
+                }
+            }
+            match out.last_evaluated_key {
+                Some(key) if !key.is_empty() => start = Some(key),
+                _ => break,
+            }
+        }
+        let Some(head) = head else {
+            return match spendings.first() {
+                None => Ok(None),
+                Some(first) => {
+                    Err(self.malformed(identity, first.seq, "the identity has no head item"))
+                }
+            };
+        };
+        spendings.sort_by_key(|spending| spending.seq);
+        Ok(Some(AppliedIdentity {
+            identity: head.identity,
+            name: head.name,
+            surname: head.surname,
+            last_seq: head.last_seq,
+            total: head.total,
+            count: head.count,
+            updated_at: head.updated_at,
+            spendings,
+        }))
+    }
+
+    /// The heads of every identity, sorted by identity. A full scan: for
+    /// tests and checks, not for a request path.
+    pub async fn list_identities(&self) -> Result<Vec<IdentityHead>, StoreError> {
+        let mut heads = Vec::new();
+        let mut start = None;
+        loop {
+            let out = self
+                .client
+                .scan()
+                .table_name(&self.name)
+                .filter_expression("#seq = :head")
+                .expression_attribute_names("#seq", attr::SEQ)
+                .expression_attribute_values(":head", n(HEAD_SEQ))
+                .consistent_read(true)
+                .set_exclusive_start_key(start.take())
+                .send()
+                .await
+                .map_err(dynamo_error("Scan", &self.name))?;
+            for item in out.items.unwrap_or_default() {
+                heads.push(Reader::new(self, &item)?.head()?);
+            }
+            match out.last_evaluated_key {
+                Some(key) if !key.is_empty() => start = Some(key),
+                _ => break,
+            }
+        }
+        heads.sort_by(|a, b| a.identity.cmp(&b.identity));
+        Ok(heads)
+    }
+}
+
+/// Reads the attributes of one item, naming the item in every error.
+struct Reader<'a> {
+    table: &'a SpendingTable,
+    item: &'a Item,
+    identity: String,
+    seq: u64,
+}
+
+impl<'a> Reader<'a> {
+    fn new(table: &'a SpendingTable, item: &'a Item) -> Result<Self, StoreError> {
+        let identity = match item.get(attr::IDENTITY) {
+            Some(AttributeValue::S(identity)) => identity.clone(),
+            _ => return Err(table.malformed("?", HEAD_SEQ, "identity is missing")),
+        };
+        let seq = match item.get(attr::SEQ) {
+            Some(AttributeValue::N(text)) => text.parse().ok(),
+            _ => None,
+        };
+        let Some(seq) = seq else {
+            return Err(StoreError::Malformed {
+                table: table.name.clone(),
+                identity,
+                seq: "?".to_owned(),
+                reason: "seq is missing or not a whole number".to_owned(),
+            });
+        };
+        Ok(Self {
+            table,
+            item,
+            identity,
+            seq,
+        })
+    }
+
+    fn error(&self, reason: String) -> StoreError {
+        self.table.malformed(&self.identity, self.seq, &reason)
+    }
+
+    fn text(&self, name: &str) -> Result<String, StoreError> {
+        match self.item.get(name) {
+            Some(AttributeValue::S(text)) => Ok(text.clone()),
+            Some(_) => Err(self.error(format!("{name} is not a string"))),
+            None => Err(self.error(format!("{name} is missing"))),
+        }
+    }
+
+    fn number_text(&self, name: &str) -> Result<&'a str, StoreError> {
+        match self.item.get(name) {
+            Some(AttributeValue::N(text)) => Ok(text),
+            Some(_) => Err(self.error(format!("{name} is not a number"))),
+            None => Err(self.error(format!("{name} is missing"))),
+        }
+    }
+
+    fn whole(&self, name: &str) -> Result<u64, StoreError> {
+        let text = self.number_text(name)?;
+        text.parse()
+            .map_err(|e| self.error(format!("{name} = {text}: {e}")))
+    }
+
+    /// DynamoDB hands numbers back normalised ("51.3" for "51.30"); the
+    /// read model shows money with two fraction digits again.
+    fn money(&self, name: &str) -> Result<Decimal, StoreError> {
+        let text = self.number_text(name)?;
+        let mut value = Decimal::from_str(text)
+            .or_else(|_| Decimal::from_scientific(text))
+            .map_err(|e| self.error(format!("{name} = {text}: {e}")))?;
+        value.rescale(2);
+        Ok(value)
+    }
+
+    fn time(&self, name: &str) -> Result<OffsetDateTime, StoreError> {
+        let text = self.text(name)?;
+        OffsetDateTime::parse(&text, &Rfc3339)
+            .map_err(|e| self.error(format!("{name} = {text}: {e}")))
+    }
+
+    fn head(&self) -> Result<IdentityHead, StoreError> {
+        Ok(IdentityHead {
+            identity: self.identity.clone(),
+            name: self.text(attr::NAME)?,
+            surname: self.text(attr::SURNAME)?,
+            last_seq: self.whole(attr::LAST_SEQ)?,
+            total: self.money(attr::TOTAL)?,
+            count: self.whole(attr::COUNT)?,
+            updated_at: self.time(attr::UPDATED_AT)?,
+        })
+    }
+
+    fn spending(&self) -> Result<AppliedSpending, StoreError> {
+        Ok(AppliedSpending {
+            seq: self.seq,
+            event_id: self.text(attr::EVENT_ID)?,
+            name: self.text(attr::NAME)?,
+            surname: self.text(attr::SURNAME)?,
+            amount: self.money(attr::AMOUNT)?,
+            occurred_at: self.time(attr::OCCURRED_AT)?,
+            applied_at: self.time(attr::APPLIED_AT)?,
+        })
+    }
+}

@@ -1,0 +1,265 @@
+//! What the tests share: a consumer running in-process against a fresh
+//! [`Stack`], events, sending, reading the queue and the table, and the
+//! consumer's log lines.
+
+use std::io::Write;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use aws_sdk_sqs::types::{MessageSystemAttributeName, QueueAttributeName};
+use obt_consumer::{AppliedIdentity, Consumer, RunError, Settings};
+use obt_contract::{Amount, Envelope, Identity, PersonName, SpendingRecorded};
+use obt_testkit::Stack;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tracing::instrument::WithSubscriber;
+use tracing_subscriber::EnvFilter;
+
+/// The consumer's log lines, captured for the test that installed it.
+///
+/// It is the default subscriber of the test's thread only; the consumer
+/// carries it into the tasks it spawns, so that tests running in parallel
+/// each see their own consumer's logs. Printed when the test fails.
+pub struct Logs {
+    buffer: Arc<Mutex<Vec<u8>>>,
+    _guard: tracing::subscriber::DefaultGuard,
+}
+
+#[derive(Clone)]
+struct Sink(Arc<Mutex<Vec<u8>>>);
+
+impl Write for Sink {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        self.0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .extend_from_slice(bytes);
+        Ok(bytes.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Logs {
+    pub fn capture() -> Self {
+        let buffer = Arc::new(Mutex::new(Vec::new()));
+        let sink = Sink(buffer.clone());
+        let subscriber = tracing_subscriber::fmt()
+            .with_env_filter(EnvFilter::new("info,obt_consumer=debug"))
+            .with_ansi(false)
+            .with_writer(move || sink.clone())
+            .finish();
+        Self {
+            buffer,
+            _guard: tracing::subscriber::set_default(subscriber),
+        }
+    }
+
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.buffer.lock().unwrap_or_else(|p| p.into_inner())).into_owned()
+    }
+
+    /// The lines that contain every one of `parts`.
+    pub fn lines_with(&self, parts: &[&str]) -> Vec<String> {
+        self.text()
+            .lines()
+            .filter(|line| parts.iter().all(|part| line.contains(part)))
+            .map(str::to_owned)
+            .collect()
+    }
+}
+
+impl Drop for Logs {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!("---- the consumer's logs ----\n{}", self.text());
+        }
+    }
+}
+
+/// A consumer running in-process, the way the binary runs it.
+pub struct Running {
+    shutdown: CancellationToken,
+    task: JoinHandle<Result<(), RunError>>,
+}
+
+impl Running {
+    /// The settings the tests run with: the stack's queue (found by name,
+    /// as in production) and table.
+    pub fn settings(stack: &Stack) -> Settings {
+        Settings {
+            queue_name: stack.names.queue.clone(),
+            table: stack.names.consumer_table.clone(),
+            ..Settings::defaults()
+        }
+    }
+
+    pub async fn start(stack: &Stack) -> Self {
+        let consumer = Consumer::connect(&stack.config, &Self::settings(stack))
+            .await
+            .unwrap_or_else(|e| panic!("starting the consumer: {e}"));
+        let shutdown = CancellationToken::new();
+        let serve = consumer.serve(shutdown.clone().cancelled_owned(), Duration::from_secs(20));
+        let task = tokio::spawn(serve.with_current_subscriber());
+        Self { shutdown, task }
+    }
+
+    /// Shuts down as on SIGTERM and checks that it went cleanly.
+    pub async fn stop(self) {
+        self.shutdown.cancel();
+        let result = tokio::time::timeout(Duration::from_secs(25), self.task)
+            .await
+            .expect("the consumer stops within its grace period")
+            .expect("the consumer task does not panic");
+        result.unwrap_or_else(|e| panic!("the consumer stopped with an error: {e}"));
+    }
+}
+
+pub fn identity(prefix: &str) -> Identity {
+    let unique = obt_testkit::unique(prefix);
+    Identity::parse(&unique[..unique.len().min(Identity::MAX_LEN)]).expect("a valid identity")
+}
+
+pub fn event(identity: &Identity, seq: u64, amount: &str) -> Envelope {
+    Envelope::spending_recorded(
+        identity.clone(),
+        seq,
+        SpendingRecorded {
+            name: PersonName::parse(&format!("Name{seq}")).expect("valid"),
+            surname: PersonName::parse("Surname").expect("valid"),
+            amount: Amount::parse(amount).expect("valid"),
+        },
+    )
+}
+
+/// Publishes `event` as the relay does.
+pub async fn send(stack: &Stack, event: &Envelope) {
+    send_raw(
+        stack,
+        event.identity.as_str(),
+        &event.event_id.to_string(),
+        &event.encode(),
+    )
+    .await;
+}
+
+/// Publishes any body under any group and deduplication id.
+pub async fn send_raw(stack: &Stack, group: &str, deduplication_id: &str, body: &str) {
+    stack
+        .sqs()
+        .send_message()
+        .queue_url(&stack.queue_url)
+        .message_group_id(group)
+        .message_deduplication_id(deduplication_id)
+        .message_body(body)
+        .send()
+        .await
+        .unwrap_or_else(|e| {
+            panic!(
+                "SendMessage: {}",
+                aws_sdk_sqs::error::DisplayErrorContext(&e)
+            )
+        });
+}
+
+pub async fn load(stack: &Stack, identity: &Identity) -> Option<AppliedIdentity> {
+    obt_consumer::load_identity(
+        &stack.dynamodb(),
+        &stack.names.consumer_table,
+        identity.as_str(),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("loading {identity}: {e}"))
+}
+
+/// Waits until `identity`'s head has reached `seq`.
+pub async fn wait_applied(
+    stack: &Stack,
+    identity: &Identity,
+    seq: u64,
+    deadline: Duration,
+) -> AppliedIdentity {
+    obt_testkit::eventually(
+        &format!("{identity} to reach seq {seq}"),
+        deadline,
+        || async {
+            match load(stack, identity).await {
+                Some(applied) if applied.last_seq >= seq => Ok(applied),
+                other => Err(format!("{:?}", other.map(|a| a.last_seq))),
+            }
+        },
+    )
+    .await
+}
+
+/// (visible, in flight) messages of the main queue.
+pub async fn queue_depth(stack: &Stack) -> (u64, u64) {
+    let out = stack
+        .sqs()
+        .get_queue_attributes()
+        .queue_url(&stack.queue_url)
+        .attribute_names(QueueAttributeName::ApproximateNumberOfMessages)
+        .attribute_names(QueueAttributeName::ApproximateNumberOfMessagesNotVisible)
+        .send()
+        .await
+        .unwrap_or_else(|e| {
+            panic!(
+                "GetQueueAttributes: {}",
+                aws_sdk_sqs::error::DisplayErrorContext(&e)
+            )
+        });
+    let count = |name: QueueAttributeName| {
+        out.attributes()
+            .and_then(|a| a.get(&name))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("the queue reports {name:?}"))
+    };
+    (
+        count(QueueAttributeName::ApproximateNumberOfMessages),
+        count(QueueAttributeName::ApproximateNumberOfMessagesNotVisible),
+    )
+}
+
+pub async fn wait_queue_empty(stack: &Stack, deadline: Duration) {
+    obt_testkit::eventually(
+        "the queue to be empty, nothing in flight",
+        deadline,
+        || async {
+            match queue_depth(stack).await {
+                (0, 0) => Ok(()),
+                depth => Err(format!("(visible, in flight) = {depth:?}")),
+            }
+        },
+    )
+    .await
+}
+
+/// A message of the dead-letter queue: (group, body).
+pub async fn receive_dead_letter(stack: &Stack, deadline: Duration) -> (String, String) {
+    obt_testkit::eventually("a message in the dead-letter queue", deadline, || async {
+        let out = stack
+            .sqs()
+            .receive_message()
+            .queue_url(&stack.dead_letter_queue_url)
+            .max_number_of_messages(1)
+            .wait_time_seconds(1)
+            .message_system_attribute_names(MessageSystemAttributeName::MessageGroupId)
+            .send()
+            .await
+            .map_err(|e| aws_sdk_sqs::error::DisplayErrorContext(&e).to_string())?;
+        let message = out
+            .messages
+            .unwrap_or_default()
+            .into_iter()
+            .next()
+            .ok_or("none yet")?;
+        let group = message
+            .attributes()
+            .and_then(|a| a.get(&MessageSystemAttributeName::MessageGroupId))
+            .cloned()
+            .unwrap_or_default();
+        Ok((group, message.body.unwrap_or_default()))
+    })
+    .await
+}

@@ -1,0 +1,305 @@
+//! The whole pipeline as users run it: the real `api`, `stream-relay` and
+//! `consumer` binaries as processes, against DynamoDB Local and fauxqs.
+//! Each test has its own tables and queues.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use obt_consumer::read_model::{AppliedIdentity, load_identity};
+use obt_contract::{Envelope, EventId, EventType, Identity, PersonName, SCHEMA_VERSION};
+use obt_testkit::{Service, Stack, eventually};
+use serde_json::{Value, json};
+
+const DEADLINE: Duration = Duration::from_secs(60);
+
+/// The three services on one stack.
+struct Pipeline {
+    stack: Stack,
+    api_url: String,
+    _api: Service,
+    relay: Option<Service>,
+    _consumer: Service,
+    http: reqwest::Client,
+}
+
+fn free_port() -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind a free port");
+    listener.local_addr().expect("local address").port()
+}
+
+/// Speeds up idle polling so that tests converge quickly; the behaviour
+/// is the same as with the defaults.
+fn env(stack: &Stack, extra: &[(&'static str, String)]) -> Vec<(&'static str, String)> {
+    let mut env = stack.service_env();
+    env.extend([
+        ("OBT_IDLE_POLL_MS", "50".to_owned()),
+        ("OBT_DISCOVER_INTERVAL_SECS", "1".to_owned()),
+    ]);
+    env.extend([("OBT_WAIT_TIME_SECS", "1".to_owned())]);
+    env.extend(extra.iter().cloned());
+    env
+}
+
+impl Pipeline {
+    async fn start(max_receive_count: u32) -> Self {
+        let stack = Stack::create(max_receive_count).await;
+        let port = free_port();
+        let api = Service::start(
+            "api",
+            &env(&stack, &[("OBT_LISTEN", format!("127.0.0.1:{port}"))]),
+        );
+        let relay = Service::start("stream-relay", &env(&stack, &[]));
+        let consumer = Service::start("consumer", &env(&stack, &[]));
+        let pipeline = Self {
+            api_url: format!("http://127.0.0.1:{port}"),
+            stack,
+            _api: api,
+            relay: Some(relay),
+            _consumer: consumer,
+            http: reqwest::Client::new(),
+        };
+        eventually("the api to be ready", DEADLINE, || async {
+            let response = pipeline
+                .http
+                .get(format!("{}/health/ready", pipeline.api_url))
+                .send()
+                .await
+                .map_err(|e| e.to_string())?;
+            if response.status().is_success() {
+                Ok(())
+            } else {
+                Err(response.status().to_string())
+            }
+        })
+        .await;
+        pipeline
+    }
+
+    async fn post(&self, identity: &str, amount: &str) -> Value {
+        let body = format!(
+            r#"{{"identity":"{identity}","name":"Martin","surname":"Robi","amount":{amount}}}"#
+        );
+        let response = self
+            .http
+            .post(format!("{}/api/v1/spending", self.api_url))
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+            .await
+            .expect("POST reaches the api");
+        assert_eq!(response.status(), 201, "POST {identity} {amount}");
+        response.json().await.expect("a JSON body")
+    }
+
+    async fn applied(&self, identity: &str) -> Option<AppliedIdentity> {
+        load_identity(
+            &self.stack.dynamodb(),
+            &self.stack.names.consumer_table,
+            identity,
+        )
+        .await
+        .expect("read the consumer's table")
+    }
+
+    /// Waits until the consumer has applied `count` events of `identity`.
+    async fn wait_applied(&self, identity: &str, count: u64) -> AppliedIdentity {
+        eventually(
+            &format!("{count} events of {identity} at the consumer"),
+            DEADLINE,
+            || async {
+                match self.applied(identity).await {
+                    Some(applied) if applied.count >= count => Ok(applied),
+                    other => Err(format!("{:?}", other.map(|a| a.count))),
+                }
+            },
+        )
+        .await
+    }
+}
+
+/// Asserts that the consumer holds exactly the `posted` responses of
+/// `identity`, each once, applied in seq order.
+fn assert_exactly_once_in_order(applied: &AppliedIdentity, posted: &[Value]) {
+    let seqs: Vec<u64> = applied.spendings.iter().map(|s| s.seq).collect();
+    let expected: Vec<u64> = (1..=posted.len() as u64).collect();
+    assert_eq!(seqs, expected, "{}: every seq once", applied.identity);
+    assert_eq!(applied.count, posted.len() as u64);
+    assert_eq!(applied.last_seq, posted.len() as u64);
+    let mut by_seq: HashMap<u64, &Value> = HashMap::new();
+    for response in posted {
+        by_seq.insert(response["seq"].as_u64().expect("seq"), response);
+    }
+    let mut total = rust_decimal::Decimal::ZERO;
+    for spending in &applied.spendings {
+        let response = by_seq[&spending.seq];
+        assert_eq!(
+            spending.event_id,
+            response["event_id"].as_str().expect("event_id")
+        );
+        assert_eq!(
+            spending.amount.to_string(),
+            response["amount"].as_str().expect("amount")
+        );
+        total += spending.amount;
+    }
+    assert_eq!(
+        applied.total, total,
+        "{}: the total is the sum",
+        applied.identity
+    );
+    for pair in applied.spendings.windows(2) {
+        assert!(
+            pair[0].applied_at <= pair[1].applied_at,
+            "{}: seq {} was applied after seq {}",
+            applied.identity,
+            pair[0].seq,
+            pair[1].seq
+        );
+    }
+}
+
+#[tokio::test]
+async fn posts_over_several_identities_reach_the_consumer_exactly_once_in_seq_order() {
+    let pipeline = Pipeline::start(5).await;
+    let identities = ["E2E-A", "E2E-B", "E2E-C", "E2E-D"];
+    let mut posted: HashMap<&str, Vec<Value>> = HashMap::new();
+    for round in 1..=8 {
+        let responses = futures::future::join_all(identities.iter().map(|identity| {
+            let pipeline = &pipeline;
+            async move {
+                (
+                    *identity,
+                    pipeline.post(identity, &format!("{round}.{round}5")).await,
+                )
+            }
+        }))
+        .await;
+        for (identity, response) in responses {
+            posted.entry(identity).or_default().push(response);
+        }
+    }
+    for identity in identities {
+        let applied = pipeline.wait_applied(identity, 8).await;
+        assert_exactly_once_in_order(&applied, &posted[identity]);
+    }
+}
+
+#[tokio::test]
+async fn a_relay_killed_mid_run_and_restarted_still_delivers_exactly_once() {
+    let mut pipeline = Pipeline::start(5).await;
+    let identities = ["KILL-A", "KILL-B", "KILL-C"];
+    let mut posted: HashMap<&str, Vec<Value>> = HashMap::new();
+    for round in 1..=12 {
+        if round == 5 {
+            // Mid-run: some events published, some not yet, some maybe
+            // published but not acknowledged or checkpointed.
+            pipeline.relay.take().expect("the relay runs").kill().await;
+        }
+        if round == 9 {
+            pipeline.relay = Some(Service::start("stream-relay", &env(&pipeline.stack, &[])));
+        }
+        for identity in identities {
+            let response = pipeline.post(identity, &format!("{round}.01")).await;
+            posted.entry(identity).or_default().push(response);
+        }
+    }
+    for identity in identities {
+        let applied = pipeline.wait_applied(identity, 12).await;
+        assert_exactly_once_in_order(&applied, &posted[identity]);
+    }
+}
+
+#[tokio::test]
+async fn a_message_sent_twice_by_hand_is_applied_once() {
+    let pipeline = Pipeline::start(5).await;
+    let first = pipeline.post("DUP-1", "10.00").await;
+    pipeline.wait_applied("DUP-1", 1).await;
+
+    // The same event again, as a redelivery from a second relay would be,
+    // with a new deduplication id so that SQS delivers it.
+    let duplicate = Envelope {
+        event_id: first["event_id"]
+            .as_str()
+            .expect("event_id")
+            .parse::<EventId>()
+            .expect("a uuid"),
+        event_type: EventType::SpendingRecorded,
+        schema_version: SCHEMA_VERSION,
+        identity: Identity::parse("DUP-1").expect("valid"),
+        seq: 1,
+        occurred_at: time::OffsetDateTime::parse(
+            first["created_at"].as_str().expect("created_at"),
+            &time::format_description::well_known::Rfc3339,
+        )
+        .expect("RFC 3339"),
+        data: obt_contract::SpendingRecorded {
+            name: PersonName::parse("Martin").expect("valid"),
+            surname: PersonName::parse("Robi").expect("valid"),
+            amount: obt_contract::Amount::parse("10.00").expect("valid"),
+        },
+    };
+    pipeline
+        .stack
+        .sqs()
+        .send_message()
+        .queue_url(&pipeline.stack.queue_url)
+        .message_group_id("DUP-1")
+        .message_deduplication_id("a-different-dedup-id")
+        .message_body(duplicate.encode())
+        .send()
+        .await
+        .expect("send the duplicate");
+    // FIFO: once the next event is applied, the duplicate before it was
+    // handled too.
+    let second = pipeline.post("DUP-1", "5.00").await;
+    let applied = pipeline.wait_applied("DUP-1", 2).await;
+    assert_exactly_once_in_order(&applied, &[first, second]);
+    assert_eq!(applied.total.to_string(), "15.00");
+}
+
+#[tokio::test]
+async fn a_poison_message_ends_in_the_dead_letter_queue_while_other_identities_flow() {
+    let pipeline = Pipeline::start(2).await;
+    pipeline
+        .stack
+        .sqs()
+        .send_message()
+        .queue_url(&pipeline.stack.queue_url)
+        .message_group_id("POISON")
+        .message_deduplication_id("poison-1")
+        .message_body(json!({"not": "an envelope"}).to_string())
+        .send()
+        .await
+        .expect("send the poison message");
+    let posted = vec![
+        pipeline.post("CLEAN-1", "1.50").await,
+        pipeline.post("CLEAN-1", "2.50").await,
+    ];
+    let applied = pipeline.wait_applied("CLEAN-1", 2).await;
+    assert_exactly_once_in_order(&applied, &posted);
+
+    let sqs = pipeline.stack.sqs();
+    let dead = eventually(
+        "the poison message in the dead-letter queue",
+        DEADLINE,
+        || async {
+            let out = sqs
+                .receive_message()
+                .queue_url(&pipeline.stack.dead_letter_queue_url)
+                .wait_time_seconds(1)
+                .send()
+                .await
+                .map_err(|e| e.to_string())?;
+            out.messages()
+                .first()
+                .and_then(|m| m.body().map(str::to_owned))
+                .ok_or_else(|| "empty".to_owned())
+        },
+    )
+    .await;
+    assert_eq!(dead, json!({"not": "an envelope"}).to_string());
+    assert!(
+        pipeline.applied("POISON").await.is_none(),
+        "nothing applied for the poison group"
+    );
+}
