@@ -30,4 +30,12 @@ step "starting the emulators"
 emulators_start "$run_dir"
 
 step "tests"
-cargo test --workspace "$@"
+# The runner prints one "test result:" line per test binary; the sum is
+# the suite's closing line.
+set +e
+cargo test --workspace --no-fail-fast "$@" 2>&1 | tee "$run_dir/cargo-test.log"
+status=${PIPESTATUS[0]}
+set -e
+awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i) ~ /^passed;?$/) p += $(i-1); if ($(i) ~ /^failed;?$/) f += $(i-1) } }
+     END { printf "\ntests: %d passed, %d failed\n", p, f }' "$run_dir/cargo-test.log"
+exit "$status"

@@ -1,1 +1,22 @@
-fn main() {}
+//! The `api` binary: settings, logging, AWS configuration, then the server
+//! of [`obt_api`] until SIGTERM or SIGINT.
+
+use anyhow::Context;
+use clap::Parser;
+use obt_api::{Application, Settings};
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let settings = Settings::parse();
+    obt_runtime::init_tracing(settings.log_format);
+    let aws = obt_runtime::aws_config().await;
+    let app = Application::build(&settings, &aws)
+        .await
+        .context("starting the api")?;
+    tracing::info!(address = %app.local_addr(), table = %settings.table, "listening");
+    app.run_until(obt_runtime::shutdown_signal())
+        .await
+        .context("serving the api")?;
+    tracing::info!("stopped");
+    Ok(())
+}

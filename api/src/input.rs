@@ -1,0 +1,261 @@
+//! From request body to [`NewSpending`].
+//!
+//! The body is not deserialized into a struct with `f64` fields: an amount
+//! such as `0.1` must reach [`Amount::parse`] as the text the client wrote,
+//! never as the nearest binary float. So the body is read into its members
+//! as raw JSON text ([`RawValue`]) and each field is checked on its own,
+//! which also lets the answer list every broken rule at once, and lets a
+//! key that appears twice be rejected rather than silently take the last
+//! value (what a derived `Deserialize` would do).
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use obt_contract::{Amount, Identity, PersonName};
+use serde::Deserialize;
+use serde::de::{Deserializer, MapAccess, Visitor};
+use serde_json::value::RawValue;
+
+use crate::error::{ApiError, FieldErrors};
+
+/// A spending as the client asked for it, every field valid.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewSpending {
+    pub identity: Identity,
+    pub name: PersonName,
+    pub surname: PersonName,
+    pub amount: Amount,
+}
+
+const IDENTITY: &str = "identity";
+const NAME: &str = "name";
+const SURNAME: &str = "surname";
+const AMOUNT: &str = "amount";
+const FIELDS: [&str; 4] = [IDENTITY, NAME, SURNAME, AMOUNT];
+
+impl NewSpending {
+    /// Parses and validates a request body.
+    ///
+    /// Not JSON (or not UTF-8) is a 400; JSON that is not an object, or an
+    /// object that breaks any rule, is a 422 listing every broken rule.
+    pub fn from_json(body: &[u8]) -> Result<Self, ApiError> {
+        let malformed = |reason: String| ApiError::BadRequest(FieldErrors::single("body", reason));
+        let text =
+            std::str::from_utf8(body).map_err(|e| malformed(format!("is not valid UTF-8: {e}")))?;
+        // Checks the whole document's syntax before looking at its shape,
+        // so that a syntax error anywhere is a 400, never a 422.
+        let document: &RawValue =
+            serde_json::from_str(text).map_err(|e| malformed(format!("is not valid JSON: {e}")))?;
+        if !document.get().trim_start().starts_with('{') {
+            return Err(ApiError::Validation(FieldErrors::single(
+                "body",
+                "must be a JSON object",
+            )));
+        }
+        let Members(members) = serde_json::from_str(document.get())
+            .map_err(|e| malformed(format!("is not valid JSON: {e}")))?;
+        validate(members).map_err(ApiError::Validation)
+    }
+}
+
+fn validate(members: Vec<(String, &RawValue)>) -> Result<NewSpending, FieldErrors> {
+    let mut errors = FieldErrors::new();
+    let mut by_key: BTreeMap<String, Vec<&RawValue>> = BTreeMap::new();
+    for (key, value) in members {
+        by_key.entry(key).or_default().push(value);
+    }
+    for (key, values) in &by_key {
+        if !FIELDS.contains(&key.as_str()) {
+            errors.add(key.as_str(), "is not a known field");
+        } else if values.len() > 1 {
+            errors.add(key.as_str(), "must appear only once");
+        }
+    }
+    // The one value of a known field, or None after recording why not.
+    let mut single = |field: &str| -> Option<&RawValue> {
+        match by_key.get(field).map(Vec::as_slice) {
+            None => {
+                errors.add(field, "is required");
+                None
+            }
+            Some([value]) => Some(*value),
+            Some(_) => None, // reported above
+        }
+    };
+    let identity = single(IDENTITY);
+    let name = single(NAME);
+    let surname = single(SURNAME);
+    let amount = single(AMOUNT);
+
+    let identity = identity.and_then(|v| check(&mut errors, IDENTITY, v, Identity::parse));
+    let name = name.and_then(|v| check(&mut errors, NAME, v, PersonName::parse));
+    let surname = surname.and_then(|v| check(&mut errors, SURNAME, v, PersonName::parse));
+    let amount = amount.and_then(|v| match parse_amount(v) {
+        Ok(amount) => Some(amount),
+        Err(message) => {
+            errors.add(AMOUNT, message);
+            None
+        }
+    });
+    match (identity, name, surname, amount) {
+        (Some(identity), Some(name), Some(surname), Some(amount)) if errors.is_empty() => {
+            Ok(NewSpending {
+                identity,
+                name,
+                surname,
+                amount,
+            })
+        }
+        _ => Err(errors),
+    }
+}
+
+/// Parses a field that must be a JSON string with `parse`, recording the
+/// error under `field`.
+fn check<T, E: fmt::Display>(
+    errors: &mut FieldErrors,
+    field: &str,
+    value: &RawValue,
+    parse: impl FnOnce(&str) -> Result<T, E>,
+) -> Option<T> {
+    let result = json_string(value)
+        .ok_or_else(|| "must be a string".to_owned())
+        .and_then(|s| parse(&s).map_err(|e| e.to_string()));
+    match result {
+        Ok(value) => Some(value),
+        Err(message) => {
+            errors.add(field, message);
+            None
+        }
+    }
+}
+
+/// The amount: a JSON number, whose text goes to [`Amount::parse`] as it
+/// was written, or a JSON string holding a decimal.
+fn parse_amount(value: &RawValue) -> Result<Amount, String> {
+    let text = value.get().trim();
+    let starts_number = text.starts_with(|c: char| c == '-' || c.is_ascii_digit());
+    if starts_number {
+        Amount::parse(text).map_err(|e| e.to_string())
+    } else if let Some(s) = json_string(value) {
+        Amount::parse(&s).map_err(|e| e.to_string())
+    } else {
+        Err("must be a number, or a string holding a decimal number such as \"51.30\"".to_owned())
+    }
+}
+
+/// The text of a JSON string value; `None` for any other JSON type.
+fn json_string(value: &RawValue) -> Option<String> {
+    if value.get().trim_start().starts_with('"') {
+        serde_json::from_str(value.get()).ok()
+    } else {
+        None
+    }
+}
+
+/// A JSON object's members in document order, duplicate keys kept.
+struct Members<'a>(Vec<(String, &'a RawValue)>);
+
+impl<'de> Deserialize<'de> for Members<'de> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct MembersVisitor;
+
+        impl<'de> Visitor<'de> for MembersVisitor {
+            type Value = Members<'de>;
+
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a JSON object")
+            }
+
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+                let mut members = Vec::new();
+                while let Some(member) = map.next_entry::<String, &'de RawValue>()? {
+                    members.push(member);
+                }
+                Ok(Members(members))
+            }
+        }
+
+        deserializer.deserialize_map(MembersVisitor)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn errors_of(body: &str) -> FieldErrors {
+        match NewSpending::from_json(body.as_bytes()) {
+            Err(ApiError::Validation(errors)) => errors,
+            other => panic!("{body}: expected a validation error, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_valid_body_keeps_the_amount_exact() {
+        let body = r#"{"identity":"AB1","name":"Martin","surname":"Robi","amount":0.1}"#;
+        let spending = NewSpending::from_json(body.as_bytes()).expect("valid");
+        assert_eq!(spending.amount.to_string(), "0.10");
+        assert_eq!(spending.identity.as_str(), "AB1");
+    }
+
+    #[test]
+    fn every_broken_rule_is_reported_at_once() {
+        let errors = errors_of(r#"{"identity":"","name":1,"amount":-1,"extra":true}"#);
+        assert_eq!(
+            errors.get("identity"),
+            Some(&["must not be empty".to_owned()][..])
+        );
+        assert_eq!(
+            errors.get("name"),
+            Some(&["must be a string".to_owned()][..])
+        );
+        assert_eq!(errors.get("surname"), Some(&["is required".to_owned()][..]));
+        assert_eq!(
+            errors.get("amount"),
+            Some(&["must be greater than zero".to_owned()][..])
+        );
+        assert_eq!(
+            errors.get("extra"),
+            Some(&["is not a known field".to_owned()][..])
+        );
+    }
+
+    #[test]
+    fn a_key_given_twice_is_rejected_whatever_its_values() {
+        let errors =
+            errors_of(r#"{"identity":"AB1","name":"A","name":"A","surname":"Robi","amount":1}"#);
+        assert_eq!(
+            errors.get("name"),
+            Some(&["must appear only once".to_owned()][..])
+        );
+    }
+
+    #[test]
+    fn escaped_keys_are_compared_after_unescaping() {
+        let errors = errors_of(
+            r#"{"identity":"AB1","na\u006de":"A","name":"B","surname":"Robi","amount":1}"#,
+        );
+        assert_eq!(
+            errors.get("name"),
+            Some(&["must appear only once".to_owned()][..])
+        );
+    }
+
+    #[test]
+    fn syntax_errors_are_bad_requests_even_after_valid_members() {
+        let body = r#"{"identity":"AB1","name":"Martin","surname":"Robi","amount":1,}"#;
+        assert!(matches!(
+            NewSpending::from_json(body.as_bytes()),
+            Err(ApiError::BadRequest(_))
+        ));
+        assert!(matches!(
+            NewSpending::from_json(b"\xff"),
+            Err(ApiError::BadRequest(_))
+        ));
+        assert!(matches!(
+            NewSpending::from_json(b"{} {}"),
+            Err(ApiError::BadRequest(_))
+        ));
+    }
+}

@@ -1,0 +1,33 @@
+//! The outboxtable api: records a spending and its `SpendingRecorded` event
+//! in one atomic DynamoDB write, and reports an identity's totals.
+//!
+//! Map of the modules:
+//!
+//! - [`settings`]: the command line and environment ([`Settings`]).
+//! - [`startup`]: builds the router ([`app`]), binds the listener and runs
+//!   the server until a shutdown signal ([`Application`]).
+//! - [`routes`]: the HTTP handlers; they parse and answer, nothing more.
+//! - [`input`]: turns a request body into a validated [`input::NewSpending`]
+//!   without letting money pass through a float, collecting every field
+//!   error.
+//! - [`store`]: the only module that speaks DynamoDB: the aggregate item,
+//!   its outbox, optimistic concurrency and the conflict retries.
+//! - [`error`]: the one error type of the HTTP layer ([`ApiError`]) and how
+//!   each variant answers.
+//!
+//! The invariant this crate owns is atomicity: a POST is exactly one
+//! conditional UpdateItem that updates the totals and adds the event to the
+//! item's outbox, so the spending and its event are stored together or not
+//! at all, and a rejected request writes nothing.
+
+pub mod error;
+pub mod input;
+pub mod routes;
+pub mod settings;
+pub mod startup;
+pub mod store;
+
+pub use error::ApiError;
+pub use settings::Settings;
+pub use startup::{AppState, Application, app};
+pub use store::{RetryPolicy, SpendingStore, StoreError, StoreOptions};

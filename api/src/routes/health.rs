@@ -1,0 +1,41 @@
+//! Probes for the orchestrator: `live` says the process serves HTTP,
+//! `ready` that it can reach its table too.
+
+use std::time::Duration;
+
+use axum::Json;
+use axum::extract::State;
+use axum::http::StatusCode;
+use serde_json::{Value, json};
+
+use crate::error::chain;
+use crate::startup::AppState;
+
+/// A ready probe that hangs is as bad as a failing one; answer before the
+/// orchestrator's own probe timeout would.
+const READY_TIMEOUT: Duration = Duration::from_secs(2);
+
+pub async fn live() -> Json<Value> {
+    Json(json!({ "status": "ok" }))
+}
+
+pub async fn ready(State(state): State<AppState>) -> (StatusCode, Json<Value>) {
+    let unavailable = || {
+        let body = json!({
+            "status": "unavailable",
+            "errors": { "dynamodb": ["the table does not answer"] },
+        });
+        (StatusCode::SERVICE_UNAVAILABLE, Json(body))
+    };
+    match tokio::time::timeout(READY_TIMEOUT, state.store.ready()).await {
+        Ok(Ok(())) => (StatusCode::OK, Json(json!({ "status": "ok" }))),
+        Ok(Err(e)) => {
+            tracing::warn!(error = %chain(&e), "not ready");
+            unavailable()
+        }
+        Err(_) => {
+            tracing::warn!(timeout = ?READY_TIMEOUT, "not ready: DescribeTable timed out");
+            unavailable()
+        }
+    }
+}

@@ -1,0 +1,166 @@
+//! A pass-through HTTP proxy in front of DynamoDB Local, with a hook that
+//! runs before each request and may answer instead of DynamoDB.
+//!
+//! It lets a test put something at an exact point between the api's
+//! requests (another instance's write between our read and our write; a
+//! request held until the test lets it go; an error answer) without any
+//! test hook in the api's own code: the api under test is unchanged, only
+//! its DynamoDB endpoint differs.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use aws_sdk_dynamodb::config::retry::RetryConfig;
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::http::header::{CONTENT_LENGTH, HOST, TRANSFER_ENCODING};
+use axum::http::{HeaderValue, StatusCode};
+use axum::response::Response;
+use obt_testkit::Stack;
+use tokio::net::TcpListener;
+use tokio::sync::{Semaphore, mpsc};
+use tokio::task::JoinHandle;
+
+pub type HookFuture = Pin<Box<dyn Future<Output = Option<Response>> + Send>>;
+/// Called with the DynamoDB operation (`GetItem`, `UpdateItem`, ...) of
+/// each request; `Some` is answered instead of forwarding.
+pub type Hook = Arc<dyn Fn(String) -> HookFuture + Send + Sync>;
+
+struct Inner {
+    upstream: String,
+    client: reqwest::Client,
+    hook: Hook,
+}
+
+pub struct DynamoProxy {
+    pub url: String,
+    task: JoinHandle<()>,
+}
+
+impl Drop for DynamoProxy {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl DynamoProxy {
+    pub async fn start(hook: Hook) -> Self {
+        let upstream = std::env::var("AWS_ENDPOINT_URL_DYNAMODB")
+            .expect("AWS_ENDPOINT_URL_DYNAMODB points at DynamoDB Local");
+        let inner = Arc::new(Inner {
+            upstream,
+            client: reqwest::Client::new(),
+            hook,
+        });
+        let router = Router::new().fallback(forward).with_state(inner);
+        let listener = TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind the proxy");
+        let url = format!(
+            "http://{}",
+            listener.local_addr().expect("the proxy's address")
+        );
+        let task = tokio::spawn(async move {
+            let _ = axum::serve(listener, router).await;
+        });
+        Self { url, task }
+    }
+
+    /// A DynamoDB client for `stack` that goes through this proxy and
+    /// never retries on its own (so that an injected error is final).
+    pub fn client(&self, stack: &Stack) -> aws_sdk_dynamodb::Client {
+        let config = aws_sdk_dynamodb::config::Builder::from(&stack.config)
+            .endpoint_url(&self.url)
+            .retry_config(RetryConfig::disabled())
+            .build();
+        aws_sdk_dynamodb::Client::from_conf(config)
+    }
+}
+
+/// A hook from an async closure.
+pub fn hook<F, Fut>(f: F) -> Hook
+where
+    F: Fn(String) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Option<Response>> + Send + 'static,
+{
+    Arc::new(move |operation| Box::pin(f(operation)))
+}
+
+/// The error answer DynamoDB gives, with the given `__type`.
+pub fn dynamodb_error(status: StatusCode, error_type: &str, message: &str) -> Response {
+    let body = serde_json::json!({
+        "__type": format!("com.amazonaws.dynamodb.v20120810#{error_type}"),
+        "message": message,
+    });
+    let mut response = Response::new(Body::from(body.to_string()));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        "content-type",
+        HeaderValue::from_static("application/x-amz-json-1.0"),
+    );
+    response
+}
+
+/// A proxy in front of DynamoDB Local that reports each UpdateItem on the returned receiver and
+/// forwards it only once the semaphore gives a permit.
+pub async fn holding_proxy() -> (DynamoProxy, mpsc::UnboundedReceiver<()>, Arc<Semaphore>) {
+    let (arrived_tx, arrived) = mpsc::unbounded_channel();
+    let gate = Arc::new(Semaphore::new(0));
+    let held = gate.clone();
+    let proxy = DynamoProxy::start(hook(move |operation| {
+        let arrived_tx = arrived_tx.clone();
+        let held = held.clone();
+        async move {
+            if operation == "UpdateItem" {
+                let _ = arrived_tx.send(());
+                if let Ok(permit) = held.acquire().await {
+                    permit.forget();
+                }
+            }
+            None
+        }
+    }))
+    .await;
+    (proxy, arrived, gate)
+}
+
+async fn forward(State(inner): State<Arc<Inner>>, request: Request) -> Response {
+    let operation = request
+        .headers()
+        .get("x-amz-target")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|target| target.rsplit('.').next())
+        .unwrap_or_default()
+        .to_owned();
+    if let Some(answer) = (inner.hook)(operation).await {
+        return answer;
+    }
+    let (parts, body) = request.into_parts();
+    let body = axum::body::to_bytes(body, usize::MAX)
+        .await
+        .expect("read the request");
+    let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+    let mut upstream = inner
+        .client
+        .request(parts.method, format!("{}{path}", inner.upstream));
+    for (name, value) in &parts.headers {
+        if name != HOST && name != CONTENT_LENGTH {
+            upstream = upstream.header(name, value);
+        }
+    }
+    let answer = upstream
+        .body(body)
+        .send()
+        .await
+        .expect("DynamoDB Local answers");
+    let mut response = Response::builder().status(answer.status());
+    for (name, value) in answer.headers() {
+        if name != CONTENT_LENGTH && name != TRANSFER_ENCODING {
+            response = response.header(name, value);
+        }
+    }
+    let bytes = answer.bytes().await.expect("read DynamoDB Local's answer");
+    response.body(Body::from(bytes)).expect("a valid response")
+}

@@ -1,0 +1,201 @@
+//! Conflicts and DynamoDB failures, made to happen at an exact point by a
+//! proxy in front of DynamoDB Local (see `proxy.rs`): deterministic, and
+//! the api's code is the production code.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use axum::http::StatusCode;
+use obt_api::{RetryPolicy, StoreOptions};
+
+use crate::helpers::{
+    TestApp, item_count, number, outbox, post_request, send, spending, state, state_on,
+};
+use crate::proxy::{DynamoProxy, dynamodb_error, hook};
+
+fn retries(max_retries: u32) -> StoreOptions {
+    StoreOptions {
+        retry: RetryPolicy {
+            max_retries,
+            ..RetryPolicy::default()
+        },
+        ..StoreOptions::default()
+    }
+}
+
+/// A proxy that, before forwarding each of the first `races` UpdateItems
+/// it sees, has another instance of the api record a spending for `AB1`,
+/// so that the write it then forwards finds the version changed.
+async fn racing_proxy(app: &TestApp, races: u32) -> (DynamoProxy, Arc<AtomicU32>) {
+    let other = obt_api::app(state_on(&app.stack, StoreOptions::default()));
+    let raced = Arc::new(AtomicU32::new(0));
+    let counter = raced.clone();
+    let proxy = DynamoProxy::start(hook(move |operation| {
+        let other = other.clone();
+        let counter = counter.clone();
+        async move {
+            if operation == "UpdateItem" && counter.fetch_add(1, Ordering::SeqCst) < races {
+                let response = send(
+                    &other,
+                    post_request(Some("application/json"), &spending("AB1", "Winner", "1")),
+                )
+                .await;
+                assert_eq!(response.status, StatusCode::CREATED, "{}", response.text);
+            }
+            None
+        }
+    }))
+    .await;
+    (proxy, raced)
+}
+
+#[tokio::test]
+async fn a_write_that_loses_every_race_is_answered_503_with_retry_after_and_writes_nothing() {
+    let app = TestApp::new().await;
+    let (proxy, raced) = racing_proxy(&app, u32::MAX).await;
+    let loser = obt_api::app(state(
+        proxy.client(&app.stack),
+        &app.stack.names.table,
+        retries(2),
+    ));
+
+    let response = send(
+        &loser,
+        post_request(Some("application/json"), &spending("AB1", "Loser", "7")),
+    )
+    .await;
+
+    assert_eq!(
+        response.status,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "{}",
+        response.text
+    );
+    assert_eq!(response.header("retry-after"), Some("1"));
+    assert_eq!(
+        response.errors("server"),
+        ["too many concurrent writes for this identity; retry later"]
+    );
+    assert_eq!(
+        raced.load(Ordering::SeqCst),
+        3,
+        "the first attempt and 2 retries"
+    );
+    let item = app.item("AB1").await.expect("the other instance wrote");
+    assert_eq!(
+        number(&item, "count"),
+        "3",
+        "only the other instance's spendings"
+    );
+    assert_eq!(number(&item, "total"), "3");
+    let names: Vec<String> = outbox(&item)
+        .values()
+        .map(|event| format!("{event:?}"))
+        .filter(|event| event.contains("Loser"))
+        .collect();
+    assert!(
+        names.is_empty(),
+        "the losing event is not in the outbox: {names:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_write_that_loses_a_race_is_retried_and_takes_the_next_seq() {
+    let app = TestApp::new().await;
+    let (proxy, raced) = racing_proxy(&app, 2).await;
+    let retrying = obt_api::app(state(
+        proxy.client(&app.stack),
+        &app.stack.names.table,
+        retries(2),
+    ));
+
+    let response = send(
+        &retrying,
+        post_request(Some("application/json"), &spending("AB1", "Patient", "7")),
+    )
+    .await;
+
+    assert_eq!(response.status, StatusCode::CREATED, "{}", response.text);
+    assert_eq!(
+        response.json["seq"], 3,
+        "after the two spendings that won the races"
+    );
+    assert_eq!(raced.load(Ordering::SeqCst), 3);
+    let summary = app.get("/api/v1/spending/AB1").await;
+    assert_eq!(summary.json["count"], 3);
+    assert_eq!(summary.json["total"], "9.00");
+    assert_eq!(summary.json["name"], "Patient");
+}
+
+#[tokio::test]
+async fn a_failing_database_is_a_500_that_tells_nothing_internal() {
+    let app = TestApp::new().await;
+    let proxy = DynamoProxy::start(hook(|operation| async move {
+        (operation == "UpdateItem").then(|| {
+            dynamodb_error(
+                StatusCode::BAD_REQUEST,
+                "ValidationException",
+                "secret internal detail",
+            )
+        })
+    }))
+    .await;
+    let failing = obt_api::app(state(
+        proxy.client(&app.stack),
+        &app.stack.names.table,
+        retries(2),
+    ));
+
+    let response = send(
+        &failing,
+        post_request(Some("application/json"), &spending("AB1", "Martin", "1")),
+    )
+    .await;
+
+    assert_eq!(response.status, StatusCode::INTERNAL_SERVER_ERROR);
+    assert_eq!(
+        response.json,
+        serde_json::json!({"errors": {"server": ["internal error"]}})
+    );
+    assert!(!response.text.contains("secret"));
+    assert_eq!(item_count(&app.stack).await, 0);
+}
+
+#[tokio::test]
+async fn a_throttled_write_is_a_503_with_retry_after() {
+    let app = TestApp::new().await;
+    let proxy = DynamoProxy::start(hook(|operation| async move {
+        (operation == "UpdateItem").then(|| {
+            dynamodb_error(
+                StatusCode::BAD_REQUEST,
+                "ProvisionedThroughputExceededException",
+                "slow down",
+            )
+        })
+    }))
+    .await;
+    let throttled = obt_api::app(state(
+        proxy.client(&app.stack),
+        &app.stack.names.table,
+        retries(2),
+    ));
+
+    let response = send(
+        &throttled,
+        post_request(Some("application/json"), &spending("AB1", "Martin", "1")),
+    )
+    .await;
+
+    assert_eq!(
+        response.status,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "{}",
+        response.text
+    );
+    assert_eq!(response.header("retry-after"), Some("1"));
+    assert_eq!(
+        response.errors("server"),
+        ["the database is busy; retry later"]
+    );
+    assert_eq!(item_count(&app.stack).await, 0);
+}
