@@ -238,17 +238,13 @@ async fn a_message_sent_twice_by_hand_is_applied_once() {
             amount: obt_contract::Amount::parse("10.00").expect("valid"),
         },
     };
-    pipeline
-        .stack
-        .sqs()
-        .send_message()
-        .queue_url(&pipeline.stack.queue_url)
-        .message_group_id("DUP-1")
-        .message_deduplication_id("a-different-dedup-id")
-        .message_body(duplicate.encode())
-        .send()
-        .await
-        .expect("send the duplicate");
+    obt_testkit::send_raw(
+        &pipeline.stack,
+        "DUP-1",
+        "a-different-dedup-id",
+        &duplicate.encode(),
+    )
+    .await;
     // FIFO: once the next event is applied, the duplicate before it was
     // handled too.
     let second = pipeline.post("DUP-1", "5.00").await;
@@ -260,17 +256,8 @@ async fn a_message_sent_twice_by_hand_is_applied_once() {
 #[tokio::test]
 async fn a_poison_message_ends_in_the_dead_letter_queue_while_other_identities_flow() {
     let pipeline = Pipeline::start(2).await;
-    pipeline
-        .stack
-        .sqs()
-        .send_message()
-        .queue_url(&pipeline.stack.queue_url)
-        .message_group_id("POISON")
-        .message_deduplication_id("poison-1")
-        .message_body(json!({"not": "an envelope"}).to_string())
-        .send()
-        .await
-        .expect("send the poison message");
+    let poison = json!({"not": "an envelope"}).to_string();
+    obt_testkit::send_raw(&pipeline.stack, "POISON", "poison-1", &poison).await;
     let posted = vec![
         pipeline.post("CLEAN-1", "1.50").await,
         pipeline.post("CLEAN-1", "2.50").await,
@@ -278,26 +265,8 @@ async fn a_poison_message_ends_in_the_dead_letter_queue_while_other_identities_f
     let applied = pipeline.wait_applied("CLEAN-1", 2).await;
     assert_exactly_once_in_order(&applied, &posted);
 
-    let sqs = pipeline.stack.sqs();
-    let dead = eventually(
-        "the poison message in the dead-letter queue",
-        DEADLINE,
-        || async {
-            let out = sqs
-                .receive_message()
-                .queue_url(&pipeline.stack.dead_letter_queue_url)
-                .wait_time_seconds(1)
-                .send()
-                .await
-                .map_err(|e| e.to_string())?;
-            out.messages()
-                .first()
-                .and_then(|m| m.body().map(str::to_owned))
-                .ok_or_else(|| "empty".to_owned())
-        },
-    )
-    .await;
-    assert_eq!(dead, json!({"not": "an envelope"}).to_string());
+    let (group, body) = obt_testkit::receive_dead_letter(&pipeline.stack, DEADLINE).await;
+    assert_eq!((group.as_str(), body.as_str()), ("POISON", poison.as_str()));
     assert!(
         pipeline.applied("POISON").await.is_none(),
         "nothing applied for the poison group"

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use aws_sdk_dynamodb::types::AttributeValue;
 use obt_contract::outbox::{OutboxImage, outbox_key};
-use obt_contract::{Amount, Envelope, Identity, PersonName, SpendingRecorded};
+use obt_contract::{Amount, Envelope, Identity};
 use obt_stream_relay::config::Settings;
 use obt_stream_relay::{Change, startup};
 use obt_testkit::{Stack, eventually};
@@ -17,16 +17,10 @@ use tokio_util::sync::CancellationToken;
 
 const DEADLINE: Duration = Duration::from_secs(30);
 
+/// Event `seq` of `identity`, for `seq`.25.
 fn event(identity: &str, seq: u64) -> Envelope {
-    Envelope::spending_recorded(
-        Identity::parse(identity).expect("valid identity"),
-        seq,
-        SpendingRecorded {
-            name: PersonName::parse("Martin").expect("valid"),
-            surname: PersonName::parse("Robi").expect("valid"),
-            amount: Amount::parse(&format!("{seq}.25")).expect("valid"),
-        },
-    )
+    let identity = Identity::parse(identity).expect("a valid identity");
+    obt_testkit::event(&identity, seq, &format!("{seq}.25"))
 }
 
 /// Appends `event` to its identity's outbox, as the api does.
@@ -77,47 +71,15 @@ async fn outbox_of(stack: &Stack, identity: &str) -> BTreeMap<String, Envelope> 
 /// Receives and deletes until `count` messages came: the envelopes in the
 /// order received.
 async fn drain(stack: &Stack, count: usize) -> Vec<Envelope> {
-    let sqs = stack.sqs();
-    let started = std::time::Instant::now();
-    let mut seen = Vec::new();
-    while seen.len() < count {
-        assert!(
-            started.elapsed() < DEADLINE,
-            "timed out waiting for {count} messages; got {}",
-            seen.len()
-        );
-        let out = sqs
-            .receive_message()
-            .queue_url(&stack.queue_url)
-            .max_number_of_messages(10)
-            .wait_time_seconds(1)
-            .send()
-            .await
-            .expect("receive");
-        for message in out.messages() {
-            seen.push(Envelope::decode(message.body().unwrap_or_default()).expect("an envelope"));
-            sqs.delete_message()
-                .queue_url(&stack.queue_url)
-                .receipt_handle(message.receipt_handle().unwrap_or_default())
-                .send()
-                .await
-                .expect("delete");
-        }
-    }
-    seen
+    obt_testkit::drain(stack, &stack.queue_url, count, DEADLINE)
+        .await
+        .iter()
+        .map(|body| Envelope::decode(body).expect("an envelope"))
+        .collect()
 }
 
 async fn queue_is_empty(stack: &Stack) -> bool {
-    let out = stack
-        .sqs()
-        .receive_message()
-        .queue_url(&stack.queue_url)
-        .max_number_of_messages(10)
-        .wait_time_seconds(1)
-        .send()
-        .await
-        .expect("receive");
-    out.messages().is_empty()
+    obt_testkit::receives_nothing(stack, &stack.queue_url).await
 }
 
 fn settings(stack: &Stack) -> Settings {

@@ -10,6 +10,8 @@
 //!   sleep).
 //! - [`Service`]: one of the workspace's binaries as a child process, killed
 //!   when dropped.
+//! - [`event`], [`send`], [`send_raw`], [`drain`], [`receive_dead_letter`]:
+//!   events and queue traffic as the relay and the consumer see them.
 
 use std::future::Future;
 use std::path::PathBuf;
@@ -17,6 +19,8 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use aws_config::SdkConfig;
+use aws_sdk_sqs::types::MessageSystemAttributeName;
+use obt_contract::{Amount, Envelope, Identity, PersonName, SpendingRecorded};
 use tokio::process::{Child, Command};
 
 /// The SDK configuration for the emulators started by `scripts/test.sh`.
@@ -190,4 +194,149 @@ impl Service {
     pub fn try_exited(&mut self) -> Option<std::process::ExitStatus> {
         self.child.try_wait().ok().flatten()
     }
+}
+
+/// An identity no other test uses, starting with `prefix`.
+pub fn identity(prefix: &str) -> Identity {
+    let unique = unique(prefix);
+    Identity::parse(&unique[..unique.len().min(Identity::MAX_LEN)]).expect("a valid identity")
+}
+
+/// A `SpendingRecorded` event of `identity` at `seq` for `amount`.
+pub fn event(identity: &Identity, seq: u64, amount: &str) -> Envelope {
+    Envelope::spending_recorded(
+        identity.clone(),
+        seq,
+        SpendingRecorded {
+            name: PersonName::parse(&format!("Name{seq}")).expect("valid"),
+            surname: PersonName::parse("Surname").expect("valid"),
+            amount: Amount::parse(amount).expect("a valid amount"),
+        },
+    )
+}
+
+/// Publishes `event` as the relay does (group = identity, deduplication
+/// id = event id).
+pub async fn send(stack: &Stack, event: &Envelope) {
+    send_raw(
+        stack,
+        event.identity.as_str(),
+        &event.event_id.to_string(),
+        &event.encode(),
+    )
+    .await;
+}
+
+/// Publishes any body under any group and deduplication id.
+pub async fn send_raw(stack: &Stack, group: &str, deduplication_id: &str, body: &str) {
+    stack
+        .sqs()
+        .send_message()
+        .queue_url(&stack.queue_url)
+        .message_group_id(group)
+        .message_deduplication_id(deduplication_id)
+        .message_body(body)
+        .send()
+        .await
+        .unwrap_or_else(|e| {
+            panic!(
+                "SendMessage: {}",
+                aws_sdk_sqs::error::DisplayErrorContext(&e)
+            )
+        });
+}
+
+/// Receives and deletes messages of `queue_url` until `count` came; their
+/// bodies in the order received. Panics after `deadline`.
+pub async fn drain(
+    stack: &Stack,
+    queue_url: &str,
+    count: usize,
+    deadline: Duration,
+) -> Vec<String> {
+    let sqs = stack.sqs();
+    let started = Instant::now();
+    let mut bodies = Vec::new();
+    while bodies.len() < count {
+        assert!(
+            started.elapsed() < deadline,
+            "timed out after {deadline:?} waiting for {count} messages; got {bodies:?}"
+        );
+        let out = sqs
+            .receive_message()
+            .queue_url(queue_url)
+            .max_number_of_messages(10)
+            .wait_time_seconds(1)
+            .send()
+            .await
+            .unwrap_or_else(|e| {
+                panic!(
+                    "ReceiveMessage: {}",
+                    aws_sdk_sqs::error::DisplayErrorContext(&e)
+                )
+            });
+        for message in out.messages.unwrap_or_default() {
+            sqs.delete_message()
+                .queue_url(queue_url)
+                .receipt_handle(message.receipt_handle.unwrap_or_default())
+                .send()
+                .await
+                .unwrap_or_else(|e| {
+                    panic!(
+                        "DeleteMessage: {}",
+                        aws_sdk_sqs::error::DisplayErrorContext(&e)
+                    )
+                });
+            bodies.push(message.body.unwrap_or_default());
+        }
+    }
+    bodies
+}
+
+/// Whether `queue_url` hands out nothing within a one-second long poll.
+pub async fn receives_nothing(stack: &Stack, queue_url: &str) -> bool {
+    let out = stack
+        .sqs()
+        .receive_message()
+        .queue_url(queue_url)
+        .max_number_of_messages(10)
+        .wait_time_seconds(1)
+        .send()
+        .await
+        .unwrap_or_else(|e| {
+            panic!(
+                "ReceiveMessage: {}",
+                aws_sdk_sqs::error::DisplayErrorContext(&e)
+            )
+        });
+    out.messages().is_empty()
+}
+
+/// A message of the dead-letter queue: (group, body).
+pub async fn receive_dead_letter(stack: &Stack, deadline: Duration) -> (String, String) {
+    eventually("a message in the dead-letter queue", deadline, || async {
+        let out = stack
+            .sqs()
+            .receive_message()
+            .queue_url(&stack.dead_letter_queue_url)
+            .max_number_of_messages(1)
+            .wait_time_seconds(1)
+            .message_system_attribute_names(MessageSystemAttributeName::MessageGroupId)
+            .send()
+            .await
+            .map_err(|e| aws_sdk_sqs::error::DisplayErrorContext(&e).to_string())?;
+        let message = out
+            .messages
+            .unwrap_or_default()
+            .into_iter()
+            .next()
+            .ok_or("none yet")?;
+        let group = message
+            .attributes()
+            .and_then(|a| a.get(&MessageSystemAttributeName::MessageGroupId))
+            .cloned()
+            .unwrap_or_default();
+        Ok((group, message.body.unwrap_or_default()))
+    })
+    .await
 }

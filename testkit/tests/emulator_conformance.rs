@@ -13,16 +13,7 @@ use obt_testkit::{Stack, eventually};
 const DEADLINE: Duration = Duration::from_secs(20);
 
 async fn send(stack: &Stack, group: &str, dedup: &str, body: &str) {
-    stack
-        .sqs()
-        .send_message()
-        .queue_url(&stack.queue_url)
-        .message_group_id(group)
-        .message_deduplication_id(dedup)
-        .message_body(body)
-        .send()
-        .await
-        .expect("send");
+    obt_testkit::send_raw(stack, group, dedup, body).await;
 }
 
 /// Receives up to `max` messages without waiting: (body, receipt handle).
@@ -55,26 +46,7 @@ fn bodies(messages: &[(String, String)]) -> Vec<&str> {
 /// (fauxqs hands out one message of a group per receive; SQS may hand out
 /// several. Neither is promised, so the tests don't count on either.)
 async fn drain(stack: &Stack, queue_url: &str, count: usize) -> Vec<String> {
-    let started = std::time::Instant::now();
-    let mut seen = Vec::new();
-    while seen.len() < count {
-        assert!(
-            started.elapsed() < DEADLINE,
-            "timed out waiting for {count} messages; got {seen:?}"
-        );
-        for (body, receipt) in receive(stack, queue_url, 10).await {
-            seen.push(body);
-            stack
-                .sqs()
-                .delete_message()
-                .queue_url(queue_url)
-                .receipt_handle(receipt)
-                .send()
-                .await
-                .expect("delete");
-        }
-    }
-    seen
+    obt_testkit::drain(stack, queue_url, count, DEADLINE).await
 }
 
 async fn make_visible(stack: &Stack, receipt: &str) {

@@ -6,10 +6,11 @@ use std::io::Write;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use aws_sdk_sqs::types::{MessageSystemAttributeName, QueueAttributeName};
+use aws_sdk_sqs::types::QueueAttributeName;
 use obt_consumer::{AppliedIdentity, Consumer, RunError, Settings};
-use obt_contract::{Amount, Envelope, Identity, PersonName, SpendingRecorded};
+use obt_contract::Identity;
 use obt_testkit::Stack;
+pub use obt_testkit::{event, identity, receive_dead_letter, send, send_raw};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::instrument::WithSubscriber;
@@ -116,53 +117,6 @@ impl Running {
     }
 }
 
-pub fn identity(prefix: &str) -> Identity {
-    let unique = obt_testkit::unique(prefix);
-    Identity::parse(&unique[..unique.len().min(Identity::MAX_LEN)]).expect("a valid identity")
-}
-
-pub fn event(identity: &Identity, seq: u64, amount: &str) -> Envelope {
-    Envelope::spending_recorded(
-        identity.clone(),
-        seq,
-        SpendingRecorded {
-            name: PersonName::parse(&format!("Name{seq}")).expect("valid"),
-            surname: PersonName::parse("Surname").expect("valid"),
-            amount: Amount::parse(amount).expect("valid"),
-        },
-    )
-}
-
-/// Publishes `event` as the relay does.
-pub async fn send(stack: &Stack, event: &Envelope) {
-    send_raw(
-        stack,
-        event.identity.as_str(),
-        &event.event_id.to_string(),
-        &event.encode(),
-    )
-    .await;
-}
-
-/// Publishes any body under any group and deduplication id.
-pub async fn send_raw(stack: &Stack, group: &str, deduplication_id: &str, body: &str) {
-    stack
-        .sqs()
-        .send_message()
-        .queue_url(&stack.queue_url)
-        .message_group_id(group)
-        .message_deduplication_id(deduplication_id)
-        .message_body(body)
-        .send()
-        .await
-        .unwrap_or_else(|e| {
-            panic!(
-                "SendMessage: {}",
-                aws_sdk_sqs::error::DisplayErrorContext(&e)
-            )
-        });
-}
-
 pub async fn load(stack: &Stack, identity: &Identity) -> Option<AppliedIdentity> {
     obt_consumer::load_identity(
         &stack.dynamodb(),
@@ -232,34 +186,5 @@ pub async fn wait_queue_empty(stack: &Stack, deadline: Duration) {
             }
         },
     )
-    .await
-}
-
-/// A message of the dead-letter queue: (group, body).
-pub async fn receive_dead_letter(stack: &Stack, deadline: Duration) -> (String, String) {
-    obt_testkit::eventually("a message in the dead-letter queue", deadline, || async {
-        let out = stack
-            .sqs()
-            .receive_message()
-            .queue_url(&stack.dead_letter_queue_url)
-            .max_number_of_messages(1)
-            .wait_time_seconds(1)
-            .message_system_attribute_names(MessageSystemAttributeName::MessageGroupId)
-            .send()
-            .await
-            .map_err(|e| aws_sdk_sqs::error::DisplayErrorContext(&e).to_string())?;
-        let message = out
-            .messages
-            .unwrap_or_default()
-            .into_iter()
-            .next()
-            .ok_or("none yet")?;
-        let group = message
-            .attributes()
-            .and_then(|a| a.get(&MessageSystemAttributeName::MessageGroupId))
-            .cloned()
-            .unwrap_or_default();
-        Ok((group, message.body.unwrap_or_default()))
-    })
     .await
 }
