@@ -330,3 +330,51 @@ async fn acknowledgements_are_skipped() {
     assert_eq!((summary.published, summary.skipped), (0, 1));
     assert!(queue_is_empty(&stack).await);
 }
+
+#[tokio::test]
+async fn the_daemon_binary_exits_cleanly_on_sigterm_with_its_checkpoint_saved() {
+    let stack = Stack::create(3).await;
+    for seq in 1..=3 {
+        write(&stack, &event("T1", seq)).await;
+    }
+    let mut env = stack.service_env();
+    env.push(("OBT_IDLE_POLL_MS", "50".to_owned()));
+    let relay = obt_testkit::Service::start("stream-relay", &env);
+    assert_in_order_per_identity(&drain(&stack, 3).await, &[("T1", 3)]);
+    eventually("a checkpoint", DEADLINE, || async {
+        let out = stack
+            .dynamodb()
+            .scan()
+            .table_name(&stack.names.checkpoint_table)
+            .send()
+            .await
+            .map_err(|e| e.to_string())?;
+        if out.items().is_empty() {
+            Err("none".to_owned())
+        } else {
+            Ok(())
+        }
+    })
+    .await;
+    let status = relay.terminate(Duration::from_secs(10)).await;
+    assert!(status.success(), "exit status {status}");
+}
+
+#[tokio::test]
+async fn the_daemon_refuses_to_start_without_its_table_and_says_how_to_fix_it() {
+    let stack = Stack::create(3).await;
+    let output = tokio::process::Command::new(obt_testkit::bin_path("stream-relay"))
+        .env("OBT_TABLE", "no-such-table")
+        .env("OBT_QUEUE_URL", &stack.queue_url)
+        .env("OBT_CHECKPOINT_TABLE", &stack.names.checkpoint_table)
+        .env("RUST_BACKTRACE", "0")
+        .output()
+        .await
+        .expect("run stream-relay");
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("no-such-table") && stderr.contains("obt-migrate"),
+        "the error names the table and the fix: {stderr}"
+    );
+}
