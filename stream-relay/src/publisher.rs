@@ -7,7 +7,7 @@
 //! identity's next event goes into a later batch, and a batch is sent only
 //! when every entry of the batches before it was accepted.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
 use aws_sdk_sqs::Client;
@@ -104,35 +104,40 @@ impl Publisher {
                     });
                 }
             };
-            if output.failed().is_empty() {
+            // Ids are indexes into `pending`. Whatever SQS did not confirm
+            // as successful is sent again: a duplicate is harmless, a loss
+            // is not.
+            let accepted: HashSet<&str> = output.successful().iter().map(|e| e.id()).collect();
+            let failed: Vec<usize> = (0..pending.len())
+                .filter(|i| !accepted.contains(i.to_string().as_str()))
+                .collect();
+            let Some(&first_index) = failed.first() else {
                 return Ok(());
-            }
-            // Ids are indexes into `pending`; keep the failed ones, in order.
-            let mut failed: Vec<(usize, &aws_sdk_sqs::types::BatchResultErrorEntry)> = output
+            };
+            let event = pending[first_index];
+            let report = output
                 .failed()
                 .iter()
-                .filter_map(|f| f.id().parse::<usize>().ok().map(|i| (i, f)))
-                .filter(|(i, _)| *i < pending.len())
-                .collect();
-            failed.sort_by_key(|(i, _)| *i);
-            let (first_index, first) = failed[0];
-            let event = pending[first_index];
+                .find(|f| f.id() == first_index.to_string());
+            let code = report.map_or("NotConfirmed", |f| f.code());
+            let message = report.and_then(|f| f.message()).unwrap_or_default();
+            let sender_fault = report.is_some_and(|f| f.sender_fault());
             tracing::warn!(
                 event_id = %event.event_id, identity = %event.identity, seq = event.seq,
-                code = first.code(), message = first.message().unwrap_or_default(), sender_fault = first.sender_fault(),
-                failed = failed.len(), attempt, "SQS did not accept some entries"
+                code, message, sender_fault, failed = failed.len(), attempt,
+                "SQS did not accept some entries"
             );
-            if first.sender_fault() || attempt >= ATTEMPTS {
+            if sender_fault || attempt >= ATTEMPTS {
                 return Err(PublishError::Rejected {
                     event_id: event.event_id.to_string(),
                     identity: event.identity.to_string(),
                     seq: event.seq,
                     attempts: attempt,
-                    code: first.code().to_owned(),
-                    message: first.message().unwrap_or_default().to_owned(),
+                    code: code.to_owned(),
+                    message: message.to_owned(),
                 });
             }
-            pending = failed.iter().map(|(i, _)| pending[*i]).collect();
+            pending = failed.iter().map(|&i| pending[i]).collect();
             backoff.wait().await;
         }
     }

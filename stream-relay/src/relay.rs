@@ -14,16 +14,21 @@
 //! is not, so every failure leaves the mark and the checkpoint where they
 //! were and the caller retries.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Mutex;
 use std::time::Duration;
 
+use futures::{StreamExt, TryStreamExt, stream};
 use obt_contract::Envelope;
 use rand::Rng;
 
 use crate::change::Change;
 use crate::outbox::{OutboxError, OutboxTable};
 use crate::publisher::{PublishError, Publisher};
+
+/// DynamoDB calls on different items made at once (mark look-ups,
+/// acknowledgements): a batch of records may touch hundreds of items.
+const CONCURRENT_ITEM_CALLS: usize = 32;
 
 /// Identities whose mark is kept in memory; past that the cache starts
 /// afresh (a miss only costs one read).
@@ -74,12 +79,42 @@ impl Relay {
         }
     }
 
+    /// The marks of every identity that `changes` add events to: from
+    /// memory, or read from the items (concurrently) when unknown.
+    async fn marks_before(&self, changes: &[Change]) -> Result<HashMap<String, u64>, RelayError> {
+        let mut marks = HashMap::new();
+        let mut unknown = HashSet::new();
+        for change in changes.iter().filter(|c| c.adds_events) {
+            if marks.contains_key(&change.identity) || unknown.contains(&change.identity) {
+                continue;
+            }
+            match self.cached_mark(&change.identity) {
+                Some(mark) => {
+                    marks.insert(change.identity.clone(), mark);
+                }
+                None => {
+                    unknown.insert(change.identity.clone());
+                }
+            }
+        }
+        let fetched: Vec<(String, u64)> = stream::iter(unknown)
+            .map(|identity| async move {
+                let mark = self.outbox.published_up_to(&identity).await?;
+                Ok::<_, RelayError>((identity, mark))
+            })
+            .buffer_unordered(CONCURRENT_ITEM_CALLS)
+            .try_collect()
+            .await?;
+        marks.extend(fetched);
+        Ok(marks)
+    }
+
     /// Handles `changes` (in shard order). On `Ok`, every event they add has
     /// been accepted by SQS and acknowledged; the caller may checkpoint past
     /// the last change.
     pub async fn handle(&self, changes: &[Change]) -> Result<Summary, RelayError> {
-        // Per identity: the mark before this call, then raised as planned.
-        let mut marks: HashMap<String, u64> = HashMap::new();
+        // Per identity: the mark before this call, raised as events are planned.
+        let mut marks = self.marks_before(changes).await?;
         let mut to_publish: Vec<Envelope> = Vec::new();
         let mut to_acknowledge: HashMap<String, Vec<u64>> = HashMap::new();
         let mut summary = Summary::default();
@@ -89,38 +124,35 @@ impl Relay {
                 summary.skipped += 1;
                 continue;
             }
-            let mark = match marks.get(&change.identity) {
-                Some(mark) => *mark,
-                None => match self.cached_mark(&change.identity) {
-                    Some(mark) => mark,
-                    None => self.outbox.published_up_to(&change.identity).await?,
-                },
-            };
-            let mut new_mark = mark;
+            let mark = marks.entry(change.identity.clone()).or_default();
             for event in &change.pending {
-                if event.seq > new_mark {
+                if event.seq > *mark {
                     to_publish.push(event.clone());
-                    new_mark = event.seq;
+                    *mark = event.seq;
                 }
             }
-            marks.insert(change.identity.clone(), new_mark);
+            let published_up_to = *mark;
             let acks = to_acknowledge.entry(change.identity.clone()).or_default();
             acks.extend(
                 change
                     .pending
                     .iter()
                     .map(|e| e.seq)
-                    .filter(|seq| *seq <= new_mark),
+                    .filter(|seq| *seq <= published_up_to),
             );
         }
 
         self.publisher.publish(&to_publish).await?;
         summary.published = to_publish.len();
-        for (identity, mut seqs) in to_acknowledge {
-            seqs.sort_unstable();
-            seqs.dedup();
-            self.outbox.acknowledge(&identity, &seqs).await?;
-        }
+        stream::iter(to_acknowledge)
+            .map(|(identity, mut seqs)| async move {
+                seqs.sort_unstable();
+                seqs.dedup();
+                self.outbox.acknowledge(&identity, &seqs).await
+            })
+            .buffer_unordered(CONCURRENT_ITEM_CALLS)
+            .try_collect::<()>()
+            .await?;
         self.raise_marks(&marks);
         Ok(summary)
     }
