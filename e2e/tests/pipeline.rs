@@ -272,3 +272,26 @@ async fn a_poison_message_ends_in_the_dead_letter_queue_while_other_identities_f
         "nothing applied for the poison group"
     );
 }
+
+#[tokio::test]
+async fn a_rejected_post_publishes_nothing() {
+    let pipeline = Pipeline::start(5).await;
+    let rejected = pipeline
+        .http
+        .post(format!("{}/api/v1/spending", pipeline.api_url))
+        .header("content-type", "application/json")
+        .body(r#"{"identity":"REJ-1","name":"Martin","surname":"Robi","amount":-5}"#)
+        .send()
+        .await
+        .expect("POST reaches the api");
+    assert_eq!(rejected.status(), 422);
+    // The stream is read in order: once a later write has gone all the way
+    // through, an earlier one would have too.
+    let accepted = pipeline.post("REJ-2", "5.00").await;
+    let applied = pipeline.wait_applied("REJ-2", 1).await;
+    assert_exactly_once_in_order(&applied, &[accepted]);
+    assert!(
+        pipeline.applied("REJ-1").await.is_none(),
+        "nothing of the rejected POST arrived"
+    );
+}

@@ -145,15 +145,16 @@ pub struct Service {
 }
 
 impl Service {
-    /// Starts `name` with the current environment plus `env`. Its output
-    /// goes to the test's own (shown when the test fails).
+    /// Starts `name` with the current environment plus `env`. Its log
+    /// goes to the test's stderr, at `warn` unless `RUST_LOG` says
+    /// otherwise (`RUST_LOG=info scripts/test.sh` to see everything).
     pub fn start(name: &str, env: &[(&str, String)]) -> Self {
         let mut command = Command::new(bin_path(name));
         command
             .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
             .env(
                 "RUST_LOG",
-                std::env::var("RUST_LOG").unwrap_or_else(|_| "info".to_owned()),
+                std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".to_owned()),
             )
             .stdin(Stdio::null())
             .kill_on_drop(true);
