@@ -1,0 +1,132 @@
+//! `obt-migrate` against the emulators: it creates what is missing and
+//! nothing else, however often it runs.
+
+use aws_sdk_dynamodb::types::{
+    AttributeDefinition, KeySchemaElement, KeyType, ScalarAttributeType,
+};
+use obt_migrate::{Names, Outcome, Overrides, apply};
+use obt_testkit::{aws, unique};
+
+fn names() -> Names {
+    let id = unique("m");
+    Names {
+        table: format!("{id}-spending"),
+        checkpoint_table: format!("{id}-checkpoints"),
+        consumer_table: format!("{id}-consumer"),
+        queue: format!("{id}-events.fifo"),
+        dead_letter_queue: format!("{id}-dlq.fifo"),
+    }
+}
+
+fn outcomes(report: &obt_migrate::Report) -> Vec<Outcome> {
+    report.steps.iter().map(|s| s.outcome.clone()).collect()
+}
+
+#[tokio::test]
+async fn a_second_run_finds_everything_and_changes_nothing() {
+    let config = aws().await;
+    let names = names();
+    let overrides = Overrides {
+        max_receive_count: Some(3),
+        visibility_timeout_secs: None,
+    };
+    let first = apply(&config, &names, &overrides).await.expect("first run");
+    assert_eq!(outcomes(&first), vec![Outcome::Created; 5]);
+    let second = apply(&config, &names, &overrides)
+        .await
+        .expect("second run");
+    assert_eq!(outcomes(&second), vec![Outcome::Existed; 5]);
+    assert_eq!(
+        first.stream_arn, second.stream_arn,
+        "the stream was not re-created"
+    );
+    assert_eq!(first.queue_url, second.queue_url);
+
+    let sqs = aws_sdk_sqs::Client::new(&config);
+    let attributes = sqs
+        .get_queue_attributes()
+        .queue_url(&first.queue_url)
+        .attribute_names(aws_sdk_sqs::types::QueueAttributeName::All)
+        .send()
+        .await
+        .expect("queue attributes");
+    let attributes = attributes.attributes().expect("attributes");
+    let get = |name: &str| {
+        attributes
+            .get(&aws_sdk_sqs::types::QueueAttributeName::from(name))
+            .cloned()
+            .unwrap_or_default()
+    };
+    assert_eq!(get("FifoQueue"), "true");
+    let redrive: serde_json::Value =
+        serde_json::from_str(&get("RedrivePolicy")).expect("a redrive policy");
+    assert_eq!(
+        redrive["maxReceiveCount"].to_string().trim_matches('"'),
+        "3"
+    );
+    assert!(
+        redrive["deadLetterTargetArn"]
+            .as_str()
+            .is_some_and(|arn| arn.ends_with(&names.dead_letter_queue))
+    );
+}
+
+#[tokio::test]
+async fn a_table_that_exists_without_its_stream_gets_one() {
+    let config = aws().await;
+    let names = names();
+    let dynamodb = aws_sdk_dynamodb::Client::new(&config);
+    dynamodb
+        .create_table()
+        .table_name(&names.table)
+        .billing_mode(aws_sdk_dynamodb::types::BillingMode::PayPerRequest)
+        .attribute_definitions(
+            AttributeDefinition::builder()
+                .attribute_name("identity")
+                .attribute_type(ScalarAttributeType::S)
+                .build()
+                .expect("definition"),
+        )
+        .key_schema(
+            KeySchemaElement::builder()
+                .attribute_name("identity")
+                .key_type(KeyType::Hash)
+                .build()
+                .expect("key"),
+        )
+        .send()
+        .await
+        .expect("create a table without a stream");
+    let report = apply(&config, &names, &Overrides::default())
+        .await
+        .expect("run");
+    assert_eq!(report.steps[0].outcome, Outcome::StreamEnabled);
+    let table = dynamodb
+        .describe_table()
+        .table_name(&names.table)
+        .send()
+        .await
+        .expect("describe");
+    let stream = table
+        .table()
+        .and_then(|t| t.stream_specification())
+        .expect("a stream");
+    assert!(stream.stream_enabled());
+    assert_eq!(
+        stream.stream_view_type().map(|v| v.as_str()),
+        Some("NEW_AND_OLD_IMAGES")
+    );
+}
+
+#[tokio::test]
+async fn the_binary_refuses_queue_names_that_are_not_fifo() {
+    let output = tokio::process::Command::new(obt_testkit::bin_path("obt-migrate"))
+        .args(["--queue-name", "standard-queue"])
+        .env("RUST_BACKTRACE", "0")
+        .output()
+        .await
+        .expect("run obt-migrate");
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("must end in .fifo"), "{stderr}");
+}
