@@ -184,27 +184,53 @@ async fn posts_over_several_identities_reach_the_consumer_exactly_once_in_seq_or
     }
 }
 
-#[tokio::test]
-async fn a_relay_killed_mid_run_and_restarted_still_delivers_exactly_once() {
-    let mut pipeline = Pipeline::start(5).await;
-    let identities = ["KILL-A", "KILL-B", "KILL-C"];
-    let mut posted: HashMap<&str, Vec<Value>> = HashMap::new();
-    for round in 1..=12 {
-        if round == 5 {
-            // Mid-run: some events published, some not yet, some maybe
-            // published but not acknowledged or checkpointed.
-            pipeline.relay.take().expect("the relay runs").kill().await;
-        }
-        if round == 9 {
-            pipeline.relay = Some(Service::start("stream-relay", &env(&pipeline.stack, &[])));
-        }
+/// Posts one spending per identity and round, keeping the responses.
+async fn post_rounds<'a>(
+    pipeline: &Pipeline,
+    identities: &[&'a str],
+    rounds: std::ops::RangeInclusive<u32>,
+    posted: &mut HashMap<&'a str, Vec<Value>>,
+) {
+    for round in rounds {
         for identity in identities {
             let response = pipeline.post(identity, &format!("{round}.01")).await;
             posted.entry(identity).or_default().push(response);
         }
     }
+}
+
+#[tokio::test]
+async fn a_relay_killed_mid_run_and_restarted_still_delivers_exactly_once() {
+    let mut pipeline = Pipeline::start(5).await;
+    let identities = ["KILL-A", "KILL-B", "KILL-C", "KILL-D", "KILL-E"];
+    let mut posted: HashMap<&str, Vec<Value>> = HashMap::new();
+    // A backlog written while no relay runs, so that the next relay is busy
+    // with it for a while.
+    pipeline.relay.take().expect("the relay runs").kill().await;
+    post_rounds(&pipeline, &identities, 1..=30, &mut posted).await;
+    let relay = Service::start("stream-relay", &env(&pipeline.stack, &[]));
+    // SIGKILL as soon as the first events arrive: mid-run, with events
+    // published but not yet acknowledged or checkpointed, most likely.
+    eventually("the first events at the consumer", DEADLINE, || async {
+        for identity in identities {
+            if pipeline.applied(identity).await.is_some() {
+                return Ok(());
+            }
+        }
+        Err("none yet".to_owned())
+    })
+    .await;
+    relay.kill().await;
+    let mut arrived = 0;
     for identity in identities {
-        let applied = pipeline.wait_applied(identity, 12).await;
+        arrived += pipeline.applied(identity).await.map_or(0, |a| a.count);
+    }
+    eprintln!("the relay was killed with {arrived} of 150 events applied");
+
+    post_rounds(&pipeline, &identities, 31..=35, &mut posted).await;
+    pipeline.relay = Some(Service::start("stream-relay", &env(&pipeline.stack, &[])));
+    for identity in identities {
+        let applied = pipeline.wait_applied(identity, 35).await;
         assert_exactly_once_in_order(&applied, &posted[identity]);
     }
 }
