@@ -21,6 +21,8 @@ cleanup() {
 }
 trap cleanup EXIT
 
+command -v curl >/dev/null || apt_install curl
+
 step "building (cargo build --workspace --bins)"
 cargo build --workspace --bins --quiet
 bin=target/debug
@@ -42,6 +44,11 @@ done
 
 deadline=$((SECONDS + 60))
 until curl -fsS "http://127.0.0.1:$api_port/health/ready" >/dev/null 2>&1; do
+  if ! kill -0 "${SERVICE_PIDS[0]}" 2>/dev/null; then
+    echo "the api exited (is port $api_port taken? set OBT_DEMO_PORT); its log begins:" >&2
+    head -n 8 "$run_dir/api.log" >&2
+    exit 1
+  fi
   if [ $SECONDS -ge $deadline ]; then
     echo "the api did not become ready within 60 s; its log:" >&2
     tail -n 40 "$run_dir/api.log" >&2
