@@ -87,33 +87,28 @@ impl SpendingTable {
         &self,
         identity: &str,
     ) -> Result<Option<AppliedIdentity>, StoreError> {
+        let items = self
+            .client
+            .query()
+            .table_name(&self.name)
+            .key_condition_expression("#identity = :identity")
+            .expression_attribute_names("#identity", attr::IDENTITY)
+            .expression_attribute_values(":identity", s(identity))
+            .consistent_read(true)
+            .into_paginator()
+            .items()
+            .send()
+            .collect::<Result<Vec<_>, _>>()
+            .await
+            .map_err(dynamo_error("Query", &self.name))?;
         let mut head = None;
         let mut spendings = Vec::new();
-        let mut start = None;
-        loop {
-            let out = self
-                .client
-                .query()
-                .table_name(&self.name)
-                .key_condition_expression("#identity = :identity")
-                .expression_attribute_names("#identity", attr::IDENTITY)
-                .expression_attribute_values(":identity", s(identity))
-                .consistent_read(true)
-                .set_exclusive_start_key(start.take())
-                .send()
-                .await
-                .map_err(dynamo_error("Query", &self.name))?;
-            for item in out.items.unwrap_or_default() {
-                let reader = Reader::new(self, &item)?;
-                if reader.seq == HEAD_SEQ {
-                    head = Some(reader.head()?);
-                } else {
-                    spendings.push(reader.spending()?);
-                }
-            }
-            match out.last_evaluated_key {
-                Some(key) if !key.is_empty() => start = Some(key),
-                _ => break,
+        for item in &items {
+            let reader = Reader::new(self, item)?;
+            if reader.seq == HEAD_SEQ {
+                head = Some(reader.head()?);
+            } else {
+                spendings.push(reader.spending()?);
             }
         }
         let Some(head) = head else {
@@ -140,29 +135,24 @@ impl SpendingTable {
     /// The heads of every identity, sorted by identity. A full scan: for
     /// tests and checks, not for a request path.
     pub async fn list_identities(&self) -> Result<Vec<IdentityHead>, StoreError> {
-        let mut heads = Vec::new();
-        let mut start = None;
-        loop {
-            let out = self
-                .client
-                .scan()
-                .table_name(&self.name)
-                .filter_expression("#seq = :head")
-                .expression_attribute_names("#seq", attr::SEQ)
-                .expression_attribute_values(":head", n(HEAD_SEQ))
-                .consistent_read(true)
-                .set_exclusive_start_key(start.take())
-                .send()
-                .await
-                .map_err(dynamo_error("Scan", &self.name))?;
-            for item in out.items.unwrap_or_default() {
-                heads.push(Reader::new(self, &item)?.head()?);
-            }
-            match out.last_evaluated_key {
-                Some(key) if !key.is_empty() => start = Some(key),
-                _ => break,
-            }
-        }
+        let items = self
+            .client
+            .scan()
+            .table_name(&self.name)
+            .filter_expression("#seq = :head")
+            .expression_attribute_names("#seq", attr::SEQ)
+            .expression_attribute_values(":head", n(HEAD_SEQ))
+            .consistent_read(true)
+            .into_paginator()
+            .items()
+            .send()
+            .collect::<Result<Vec<_>, _>>()
+            .await
+            .map_err(dynamo_error("Scan", &self.name))?;
+        let mut heads = items
+            .iter()
+            .map(|item| Reader::new(self, item)?.head())
+            .collect::<Result<Vec<_>, _>>()?;
         heads.sort_by(|a, b| a.identity.cmp(&b.identity));
         Ok(heads)
     }

@@ -58,38 +58,34 @@ impl Checkpoints {
 
     /// Every shard's position in this stream.
     pub async fn load_all(&self) -> Result<HashMap<String, Position>, CheckpointError> {
+        let items = self
+            .client
+            .query()
+            .table_name(&self.table)
+            .key_condition_expression("stream_arn = :s")
+            .expression_attribute_values(":s", AttributeValue::S(self.stream_arn.clone()))
+            .consistent_read(true)
+            .into_paginator()
+            .items()
+            .send()
+            .collect::<Result<Vec<_>, _>>()
+            .await
+            .map_err(|e| self.error("Query")(DisplayErrorContext(&e).to_string()))?;
         let mut positions = HashMap::new();
-        let mut start = None;
-        loop {
-            let out = self
-                .client
-                .query()
-                .table_name(&self.table)
-                .key_condition_expression("stream_arn = :s")
-                .expression_attribute_values(":s", AttributeValue::S(self.stream_arn.clone()))
-                .consistent_read(true)
-                .set_exclusive_start_key(start)
-                .send()
-                .await
-                .map_err(|e| self.error("Query")(DisplayErrorContext(&e).to_string()))?;
-            for item in out.items() {
-                let (Some(AttributeValue::S(shard)), Some(AttributeValue::S(checkpoint))) =
-                    (item.get("shard_id"), item.get("checkpoint"))
-                else {
-                    continue;
-                };
-                let position = if checkpoint == SHARD_END {
-                    Position::ShardEnd
-                } else {
-                    Position::After(checkpoint.clone())
-                };
-                positions.insert(shard.clone(), position);
-            }
-            match out.last_evaluated_key {
-                Some(key) if !key.is_empty() => start = Some(key),
-                _ => return Ok(positions),
-            }
+        for item in items {
+            let (Some(AttributeValue::S(shard)), Some(AttributeValue::S(checkpoint))) =
+                (item.get("shard_id"), item.get("checkpoint"))
+            else {
+                continue;
+            };
+            let position = if checkpoint == SHARD_END {
+                Position::ShardEnd
+            } else {
+                Position::After(checkpoint.clone())
+            };
+            positions.insert(shard.clone(), position);
         }
+        Ok(positions)
     }
 
     /// Records that `shard_id` has been handled up to `position`.

@@ -19,6 +19,7 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use aws_config::SdkConfig;
+use aws_sdk_sqs::error::DisplayErrorContext;
 use aws_sdk_sqs::types::MessageSystemAttributeName;
 use obt_contract::{Amount, Envelope, Identity, PersonName, SpendingRecorded};
 use tokio::process::{Child, Command};
@@ -239,12 +240,23 @@ pub async fn send_raw(stack: &Stack, group: &str, deduplication_id: &str, body: 
         .message_body(body)
         .send()
         .await
-        .unwrap_or_else(|e| {
-            panic!(
-                "SendMessage: {}",
-                aws_sdk_sqs::error::DisplayErrorContext(&e)
-            )
-        });
+        .unwrap_or_else(|e| panic!("SendMessage: {}", DisplayErrorContext(&e)));
+}
+
+/// One `ReceiveMessage` of up to 10 messages of `queue_url`, waiting at
+/// most a second; the messages carry their group id.
+pub async fn receive(stack: &Stack, queue_url: &str) -> Vec<aws_sdk_sqs::types::Message> {
+    let out = stack
+        .sqs()
+        .receive_message()
+        .queue_url(queue_url)
+        .max_number_of_messages(10)
+        .wait_time_seconds(1)
+        .message_system_attribute_names(MessageSystemAttributeName::MessageGroupId)
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("ReceiveMessage: {}", DisplayErrorContext(&e)));
+    out.messages.unwrap_or_default()
 }
 
 /// Receives and deletes messages of `queue_url` until `count` came; their
@@ -255,7 +267,6 @@ pub async fn drain(
     count: usize,
     deadline: Duration,
 ) -> Vec<String> {
-    let sqs = stack.sqs();
     let started = Instant::now();
     let mut bodies = Vec::new();
     while bodies.len() < count {
@@ -263,31 +274,15 @@ pub async fn drain(
             started.elapsed() < deadline,
             "timed out after {deadline:?} waiting for {count} messages; got {bodies:?}"
         );
-        let out = sqs
-            .receive_message()
-            .queue_url(queue_url)
-            .max_number_of_messages(10)
-            .wait_time_seconds(1)
-            .send()
-            .await
-            .unwrap_or_else(|e| {
-                panic!(
-                    "ReceiveMessage: {}",
-                    aws_sdk_sqs::error::DisplayErrorContext(&e)
-                )
-            });
-        for message in out.messages.unwrap_or_default() {
-            sqs.delete_message()
+        for message in receive(stack, queue_url).await {
+            stack
+                .sqs()
+                .delete_message()
                 .queue_url(queue_url)
                 .receipt_handle(message.receipt_handle.unwrap_or_default())
                 .send()
                 .await
-                .unwrap_or_else(|e| {
-                    panic!(
-                        "DeleteMessage: {}",
-                        aws_sdk_sqs::error::DisplayErrorContext(&e)
-                    )
-                });
+                .unwrap_or_else(|e| panic!("DeleteMessage: {}", DisplayErrorContext(&e)));
             bodies.push(message.body.unwrap_or_default());
         }
     }
@@ -296,39 +291,14 @@ pub async fn drain(
 
 /// Whether `queue_url` hands out nothing within a one-second long poll.
 pub async fn receives_nothing(stack: &Stack, queue_url: &str) -> bool {
-    let out = stack
-        .sqs()
-        .receive_message()
-        .queue_url(queue_url)
-        .max_number_of_messages(10)
-        .wait_time_seconds(1)
-        .send()
-        .await
-        .unwrap_or_else(|e| {
-            panic!(
-                "ReceiveMessage: {}",
-                aws_sdk_sqs::error::DisplayErrorContext(&e)
-            )
-        });
-    out.messages().is_empty()
+    receive(stack, queue_url).await.is_empty()
 }
 
 /// A message of the dead-letter queue: (group, body).
 pub async fn receive_dead_letter(stack: &Stack, deadline: Duration) -> (String, String) {
     eventually("a message in the dead-letter queue", deadline, || async {
-        let out = stack
-            .sqs()
-            .receive_message()
-            .queue_url(&stack.dead_letter_queue_url)
-            .max_number_of_messages(1)
-            .wait_time_seconds(1)
-            .message_system_attribute_names(MessageSystemAttributeName::MessageGroupId)
-            .send()
+        let message = receive(stack, &stack.dead_letter_queue_url)
             .await
-            .map_err(|e| aws_sdk_sqs::error::DisplayErrorContext(&e).to_string())?;
-        let message = out
-            .messages
-            .unwrap_or_default()
             .into_iter()
             .next()
             .ok_or("none yet")?;
