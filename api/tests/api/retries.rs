@@ -9,7 +9,8 @@ use axum::http::StatusCode;
 use obt_api::{RetryPolicy, StoreOptions};
 
 use crate::helpers::{
-    TestApp, item_count, number, outbox, post_request, send, spending, state, state_on,
+    TestApp, TestResponse, item_count, number, outbox, post_request, send, spending, state,
+    state_on,
 };
 use crate::proxy::{DynamoProxy, dynamodb_error, hook};
 
@@ -127,17 +128,16 @@ async fn a_write_that_loses_a_race_is_retried_and_takes_the_next_seq() {
     assert_eq!(summary.json["name"], "Patient");
 }
 
-#[tokio::test]
-async fn a_failing_database_is_a_500_that_tells_nothing_internal() {
-    let app = TestApp::new().await;
-    let proxy = DynamoProxy::start(hook(|operation| async move {
-        (operation == "UpdateItem").then(|| {
-            dynamodb_error(
-                StatusCode::BAD_REQUEST,
-                "ValidationException",
-                "secret internal detail",
-            )
-        })
+/// POSTs a spending through a proxy that answers every UpdateItem with
+/// the DynamoDB error `error_type` carrying `message`.
+async fn post_against_failing_writes(
+    app: &TestApp,
+    error_type: &'static str,
+    message: &'static str,
+) -> TestResponse {
+    let proxy = DynamoProxy::start(hook(move |operation| async move {
+        (operation == "UpdateItem")
+            .then(|| dynamodb_error(StatusCode::BAD_REQUEST, error_type, message))
     }))
     .await;
     let failing = obt_api::app(state(
@@ -145,12 +145,18 @@ async fn a_failing_database_is_a_500_that_tells_nothing_internal() {
         &app.stack.names.table,
         retries(2),
     ));
-
-    let response = send(
+    send(
         &failing,
         post_request(Some("application/json"), &spending("AB1", "Martin", "1")),
     )
-    .await;
+    .await
+}
+
+#[tokio::test]
+async fn a_failing_database_is_a_500_that_tells_nothing_internal() {
+    let app = TestApp::new().await;
+    let response =
+        post_against_failing_writes(&app, "ValidationException", "secret internal detail").await;
 
     assert_eq!(response.status, StatusCode::INTERNAL_SERVER_ERROR);
     assert_eq!(
@@ -164,27 +170,9 @@ async fn a_failing_database_is_a_500_that_tells_nothing_internal() {
 #[tokio::test]
 async fn a_throttled_write_is_a_503_with_retry_after() {
     let app = TestApp::new().await;
-    let proxy = DynamoProxy::start(hook(|operation| async move {
-        (operation == "UpdateItem").then(|| {
-            dynamodb_error(
-                StatusCode::BAD_REQUEST,
-                "ProvisionedThroughputExceededException",
-                "slow down",
-            )
-        })
-    }))
-    .await;
-    let throttled = obt_api::app(state(
-        proxy.client(&app.stack),
-        &app.stack.names.table,
-        retries(2),
-    ));
-
-    let response = send(
-        &throttled,
-        post_request(Some("application/json"), &spending("AB1", "Martin", "1")),
-    )
-    .await;
+    let response =
+        post_against_failing_writes(&app, "ProvisionedThroughputExceededException", "slow down")
+            .await;
 
     assert_eq!(
         response.status,
