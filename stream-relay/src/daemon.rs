@@ -18,9 +18,10 @@ use aws_sdk_dynamodbstreams::types::{Shard, ShardIteratorType};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
+use crate::backoff::Backoff;
 use crate::change::{Change, ChangeError};
 use crate::checkpoint::{CheckpointError, Checkpoints, Position};
-use crate::relay::{Backoff, Relay};
+use crate::relay::Relay;
 
 /// Records asked for per `GetRecords` (the service's maximum).
 const RECORDS_PER_CALL: i32 = 1000;

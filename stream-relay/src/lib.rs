@@ -11,11 +11,13 @@
 //! - [`publisher`]: `SendMessageBatch` to the FIFO queue, without ever
 //!   letting a partial failure reorder one identity's events.
 //! - [`outbox`]: reads and acknowledges outbox entries on the api's table.
+//! - [`backoff`]: the waits between retries.
 //!
 //! The drivers:
 //! - [`daemon`]: reads the stream itself (shards, iterators, checkpoints in
 //!   [`checkpoint`]), for EC2 or any long-running host.
 
+pub mod backoff;
 pub mod change;
 pub mod checkpoint;
 pub mod config;

@@ -14,7 +14,7 @@ use aws_sdk_sqs::Client;
 use aws_sdk_sqs::types::SendMessageBatchRequestEntry;
 use obt_contract::Envelope;
 
-use crate::relay::Backoff;
+use crate::backoff::Backoff;
 
 /// The most entries SQS accepts in one `SendMessageBatch`.
 pub const MAX_BATCH: usize = 10;

@@ -16,11 +16,9 @@
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Mutex;
-use std::time::Duration;
 
 use futures::{StreamExt, TryStreamExt, stream};
 use obt_contract::Envelope;
-use rand::Rng;
 
 use crate::change::Change;
 use crate::outbox::{OutboxError, OutboxTable};
@@ -165,29 +163,4 @@ pub struct Summary {
     pub published: usize,
     /// Changes that added no event (acknowledgements).
     pub skipped: usize,
-}
-
-/// Exponential backoff with full jitter.
-#[derive(Debug)]
-pub struct Backoff {
-    next: Duration,
-    max: Duration,
-}
-
-impl Backoff {
-    pub fn new(first: Duration, max: Duration) -> Self {
-        Self { next: first, max }
-    }
-
-    /// Waits a random time up to the current step, then doubles the step.
-    pub async fn wait(&mut self) {
-        let millis = self.next.as_millis().max(1) as u64;
-        let pause = Duration::from_millis(rand::rng().random_range(millis / 2..=millis));
-        self.next = (self.next * 2).min(self.max);
-        tokio::time::sleep(pause).await;
-    }
-
-    pub fn reset(&mut self, first: Duration) {
-        self.next = first;
-    }
 }
