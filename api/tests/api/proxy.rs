@@ -79,6 +79,13 @@ impl DynamoProxy {
     }
 }
 
+impl DynamoProxy {
+    /// An app state whose store reaches `stack`'s table through this proxy.
+    pub fn state(&self, stack: &Stack, options: obt_api::StoreOptions) -> obt_api::AppState {
+        crate::helpers::state(self.client(stack), &stack.names.table, options)
+    }
+}
+
 /// A hook from an async closure.
 pub fn hook<F, Fut>(f: F) -> Hook
 where

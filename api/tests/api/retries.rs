@@ -9,8 +9,7 @@ use axum::http::StatusCode;
 use obt_api::{RetryPolicy, StoreOptions};
 
 use crate::helpers::{
-    TestApp, TestResponse, item_count, number, outbox, post_request, send, spending, state,
-    state_on,
+    TestApp, TestResponse, item_count, number, outbox, post_request, send, spending, state_on,
 };
 use crate::proxy::{DynamoProxy, dynamodb_error, hook};
 
@@ -54,11 +53,7 @@ async fn racing_proxy(app: &TestApp, races: u32) -> (DynamoProxy, Arc<AtomicU32>
 async fn a_write_that_loses_every_race_is_answered_503_with_retry_after_and_writes_nothing() {
     let app = TestApp::new().await;
     let (proxy, raced) = racing_proxy(&app, u32::MAX).await;
-    let loser = obt_api::app(state(
-        proxy.client(&app.stack),
-        &app.stack.names.table,
-        retries(2),
-    ));
+    let loser = obt_api::app(proxy.state(&app.stack, retries(2)));
 
     let response = send(
         &loser,
@@ -104,11 +99,7 @@ async fn a_write_that_loses_every_race_is_answered_503_with_retry_after_and_writ
 async fn a_write_that_loses_a_race_is_retried_and_takes_the_next_seq() {
     let app = TestApp::new().await;
     let (proxy, raced) = racing_proxy(&app, 2).await;
-    let retrying = obt_api::app(state(
-        proxy.client(&app.stack),
-        &app.stack.names.table,
-        retries(2),
-    ));
+    let retrying = obt_api::app(proxy.state(&app.stack, retries(2)));
 
     let response = send(
         &retrying,
@@ -140,11 +131,7 @@ async fn post_against_failing_writes(
             .then(|| dynamodb_error(StatusCode::BAD_REQUEST, error_type, message))
     }))
     .await;
-    let failing = obt_api::app(state(
-        proxy.client(&app.stack),
-        &app.stack.names.table,
-        retries(2),
-    ));
+    let failing = obt_api::app(proxy.state(&app.stack, retries(2)));
     send(
         &failing,
         post_request(Some("application/json"), &spending("AB1", "Martin", "1")),

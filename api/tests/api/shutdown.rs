@@ -6,7 +6,7 @@
 use std::time::{Duration, Instant};
 
 use axum::http::StatusCode;
-use obt_api::{AppState, SpendingStore, StoreOptions};
+use obt_api::StoreOptions;
 use obt_testkit::eventually;
 
 use crate::helpers::{SpawnedApp, TestApp, post_request, send, settings, spending};
@@ -38,14 +38,7 @@ async fn wait_until_refused(addr: std::net::SocketAddr) {
 async fn requests_in_flight_finish_after_the_shutdown_signal() {
     let app = TestApp::new().await;
     let (proxy, mut arrived, gate) = holding_proxy().await;
-    let state = AppState::new(
-        SpendingStore::new(
-            proxy.client(&app.stack),
-            &app.stack.names.table,
-            StoreOptions::default(),
-        ),
-        Duration::from_secs(60),
-    );
+    let state = proxy.state(&app.stack, StoreOptions::default());
     let mut server = SpawnedApp::start(&settings(&app.stack.names.table), state).await;
 
     let in_flight = post(&server);
@@ -80,14 +73,7 @@ async fn requests_in_flight_finish_after_the_shutdown_signal() {
 async fn the_shutdown_timeout_bounds_the_wait_for_requests_in_flight() {
     let app = TestApp::new().await;
     let (proxy, mut arrived, _gate) = holding_proxy().await;
-    let state = AppState::new(
-        SpendingStore::new(
-            proxy.client(&app.stack),
-            &app.stack.names.table,
-            StoreOptions::default(),
-        ),
-        Duration::from_secs(60),
-    );
+    let state = proxy.state(&app.stack, StoreOptions::default());
     let settings = obt_api::Settings {
         shutdown_timeout_secs: 1,
         ..settings(&app.stack.names.table)
@@ -118,14 +104,10 @@ async fn the_shutdown_timeout_bounds_the_wait_for_requests_in_flight() {
 async fn a_request_over_the_request_timeout_is_answered_504_in_json() {
     let app = TestApp::new().await;
     let (proxy, _arrived, _gate) = holding_proxy().await;
-    let state = AppState::new(
-        SpendingStore::new(
-            proxy.client(&app.stack),
-            &app.stack.names.table,
-            StoreOptions::default(),
-        ),
-        Duration::from_secs(1),
-    );
+    let state = obt_api::AppState {
+        request_timeout: Duration::from_secs(1),
+        ..proxy.state(&app.stack, StoreOptions::default())
+    };
     let router = obt_api::app(state);
 
     let response = send(
