@@ -74,10 +74,10 @@ pub mod specs {
             include_str!("../dynamodb/spending.json"),
         )
     }
-    pub fn relay_checkpoints_table() -> TableSpec {
+    pub fn relay_leases_table() -> TableSpec {
         parse(
-            "dynamodb/relay_checkpoints.json",
-            include_str!("../dynamodb/relay_checkpoints.json"),
+            "dynamodb/relay_leases.json",
+            include_str!("../dynamodb/relay_leases.json"),
         )
     }
     pub fn consumer_table() -> TableSpec {
@@ -95,7 +95,7 @@ pub mod specs {
 #[derive(Debug, Clone)]
 pub struct Names {
     pub table: String,
-    pub checkpoint_table: String,
+    pub lease_table: String,
     pub consumer_table: String,
     pub queue: String,
     pub dead_letter_queue: String,
@@ -106,7 +106,7 @@ impl Default for Names {
     fn default() -> Self {
         Self {
             table: specs::spending_table().default_name,
-            checkpoint_table: specs::relay_checkpoints_table().default_name,
+            lease_table: specs::relay_leases_table().default_name,
             consumer_table: specs::consumer_table().default_name,
             queue: specs::queues().queue.default_name,
             dead_letter_queue: specs::queues().dead_letter_queue.default_name,
@@ -185,7 +185,7 @@ pub async fn apply(
     let mut stream_arn = None;
     for (spec, name) in [
         (specs::spending_table(), &names.table),
-        (specs::relay_checkpoints_table(), &names.checkpoint_table),
+        (specs::relay_leases_table(), &names.lease_table),
         (specs::consumer_table(), &names.consumer_table),
     ] {
         let (outcome, arn) = ensure_table(&dynamodb, &spec, name).await?;

@@ -15,10 +15,10 @@ struct Args {
     /// The relay's checkpoint table.
     #[arg(
         long,
-        env = "OBT_CHECKPOINT_TABLE",
-        default_value = "obt-relay-checkpoints"
+        env = "OBT_LEASE_TABLE",
+        default_value = "obt-relay-leases"
     )]
-    checkpoint_table: String,
+    lease_table: String,
     /// The consumer's table.
     #[arg(
         long,
@@ -56,7 +56,7 @@ async fn main() -> anyhow::Result<()> {
     let config = aws_config::load_from_env().await;
     let names = obt_migrate::Names {
         table: args.table,
-        checkpoint_table: args.checkpoint_table,
+        lease_table: args.lease_table,
         consumer_table: args.consumer_table,
         queue: args.queue_name,
         dead_letter_queue: args.dlq_name,

@@ -11,7 +11,7 @@ fn names() -> Names {
     let id = unique("m");
     Names {
         table: format!("{id}-spending"),
-        checkpoint_table: format!("{id}-checkpoints"),
+        lease_table: format!("{id}-leases"),
         consumer_table: format!("{id}-consumer"),
         queue: format!("{id}-events.fifo"),
         dead_letter_queue: format!("{id}-dlq.fifo"),

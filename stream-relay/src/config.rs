@@ -1,9 +1,31 @@
 //! The relay's settings, from flags or the environment.
+//!
+//! [`RelayArgs`] is what every driver needs (the api's table and the
+//! queue); the daemon's [`Settings`] add the stream, the leases and the
+//! sweeper. The Lambda drivers read [`RelayArgs`] alone, from the
+//! function's environment.
 
 use std::time::Duration;
 
-use clap::Parser;
+use clap::{Args, Parser};
 use obt_runtime::LogFormat;
+
+/// Where the relay reads outbox events from and publishes them to.
+#[derive(Debug, Clone, Args)]
+pub struct RelayArgs {
+    /// The api's table, whose outbox the relay drains.
+    #[arg(long, env = "OBT_TABLE", default_value = "obt-spending")]
+    pub table: String,
+    /// The queue's URL [default: looked up from --queue-name].
+    #[arg(long, env = "OBT_QUEUE_URL")]
+    pub queue_url: Option<String>,
+    /// The FIFO queue to publish to, when --queue-url is not given.
+    #[arg(long, env = "OBT_QUEUE_NAME", default_value = "obt-events.fifo")]
+    pub queue_name: String,
+    /// The log format.
+    #[arg(long, env = "OBT_LOG_FORMAT", value_enum, default_value = "text")]
+    pub log_format: LogFormat,
+}
 
 /// Publish the outbox events of the api's DynamoDB table to the SQS FIFO
 /// queue, reading the table's stream (daemon mode). Stops cleanly on SIGTERM:
@@ -11,25 +33,14 @@ use obt_runtime::LogFormat;
 #[derive(Debug, Clone, Parser)]
 #[command(name = "stream-relay", version)]
 pub struct Settings {
-    /// The api's table, whose outbox the relay drains.
-    #[arg(long, env = "OBT_TABLE", default_value = "obt-spending")]
-    pub table: String,
+    #[command(flatten)]
+    pub relay: RelayArgs,
     /// The stream to read [default: the table's latest stream].
     #[arg(long, env = "OBT_STREAM_ARN")]
     pub stream_arn: Option<String>,
     /// The table holding the relay's checkpoint in each shard.
-    #[arg(
-        long,
-        env = "OBT_CHECKPOINT_TABLE",
-        default_value = "obt-relay-checkpoints"
-    )]
-    pub checkpoint_table: String,
-    /// The queue's URL [default: looked up from --queue-name].
-    #[arg(long, env = "OBT_QUEUE_URL")]
-    pub queue_url: Option<String>,
-    /// The FIFO queue to publish to, when --queue-url is not given.
-    #[arg(long, env = "OBT_QUEUE_NAME", default_value = "obt-events.fifo")]
-    pub queue_name: String,
+    #[arg(long, env = "OBT_LEASE_TABLE", default_value = "obt-relay-leases")]
+    pub lease_table: String,
     /// How long a shard reader waits after an empty GetRecords, in
     /// milliseconds. DynamoDB Streams allows about 4 GetRecords a second
     /// per shard; a busy shard is read again at once.
@@ -38,9 +49,6 @@ pub struct Settings {
     /// How often the shard list is read again to find new shards, in seconds.
     #[arg(long, env = "OBT_DISCOVER_INTERVAL_SECS", default_value_t = 10)]
     pub discover_interval_secs: u64,
-    /// The log format.
-    #[arg(long, env = "OBT_LOG_FORMAT", value_enum, default_value = "text")]
-    pub log_format: LogFormat,
 }
 
 impl Settings {

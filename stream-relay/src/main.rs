@@ -9,7 +9,7 @@ use tokio_util::sync::CancellationToken;
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let settings = Settings::parse();
-    obt_runtime::init_tracing(settings.log_format);
+    obt_runtime::init_tracing(settings.relay.log_format);
     let config = obt_runtime::aws_config().await;
     let daemon = obt_stream_relay::startup::daemon(&config, &settings).await?;
 

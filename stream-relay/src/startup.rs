@@ -7,7 +7,7 @@ use aws_config::SdkConfig;
 use aws_sdk_dynamodb::error::DisplayErrorContext;
 
 use crate::checkpoint::Checkpoints;
-use crate::config::Settings;
+use crate::config::{RelayArgs, Settings};
 use crate::daemon::Daemon;
 use crate::outbox::OutboxTable;
 use crate::publisher::Publisher;
@@ -32,7 +32,7 @@ pub enum StartupError {
 /// The queue URL from the settings, or looked up by name.
 pub async fn queue_url(
     sqs: &aws_sdk_sqs::Client,
-    settings: &Settings,
+    settings: &RelayArgs,
 ) -> Result<String, StartupError> {
     if let Some(url) = &settings.queue_url {
         return Ok(url.clone());
@@ -59,24 +59,25 @@ pub async fn stream_arn(
     if let Some(arn) = &settings.stream_arn {
         return Ok(arn.clone());
     }
+    let table = &settings.relay.table;
     let out = dynamodb
         .describe_table()
-        .table_name(&settings.table)
+        .table_name(table)
         .send()
         .await
         .map_err(|e| StartupError::Table {
-            table: settings.table.clone(),
+            table: table.clone(),
             message: DisplayErrorContext(&e).to_string(),
         })?;
     out.table
         .and_then(|t| t.latest_stream_arn)
         .ok_or_else(|| StartupError::NoStream {
-            table: settings.table.clone(),
+            table: table.clone(),
         })
 }
 
 /// The transport-independent relay core.
-pub async fn relay(config: &SdkConfig, settings: &Settings) -> Result<Relay, StartupError> {
+pub async fn relay(config: &SdkConfig, settings: &RelayArgs) -> Result<Relay, StartupError> {
     let sqs = aws_sdk_sqs::Client::new(config);
     let queue_url = queue_url(&sqs, settings).await?;
     let outbox = OutboxTable::new(
@@ -92,10 +93,10 @@ pub async fn daemon(config: &SdkConfig, settings: &Settings) -> Result<Daemon, S
     let stream_arn = stream_arn(&dynamodb, settings).await?;
     Ok(Daemon {
         streams: aws_sdk_dynamodbstreams::Client::new(config),
-        relay: Arc::new(relay(config, settings).await?),
+        relay: Arc::new(relay(config, &settings.relay).await?),
         checkpoints: Checkpoints::new(
             dynamodb,
-            settings.checkpoint_table.clone(),
+            settings.lease_table.clone(),
             stream_arn.clone(),
         ),
         stream_arn,

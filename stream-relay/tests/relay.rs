@@ -10,7 +10,7 @@ use std::time::Duration;
 use aws_sdk_dynamodb::types::AttributeValue;
 use obt_contract::outbox::{OutboxImage, outbox_key};
 use obt_contract::{Amount, Envelope, Identity};
-use obt_stream_relay::config::Settings;
+use obt_stream_relay::config::{RelayArgs, Settings};
 use obt_stream_relay::{Change, startup};
 use obt_testkit::{Stack, eventually};
 use tokio_util::sync::CancellationToken;
@@ -84,14 +84,16 @@ async fn queue_is_empty(stack: &Stack) -> bool {
 
 fn settings(stack: &Stack) -> Settings {
     Settings {
-        table: stack.names.table.clone(),
+        relay: RelayArgs {
+            table: stack.names.table.clone(),
+            queue_url: Some(stack.queue_url.clone()),
+            queue_name: stack.names.queue.clone(),
+            log_format: obt_runtime::LogFormat::Text,
+        },
         stream_arn: None,
-        checkpoint_table: stack.names.checkpoint_table.clone(),
-        queue_url: Some(stack.queue_url.clone()),
-        queue_name: stack.names.queue.clone(),
+        lease_table: stack.names.lease_table.clone(),
         idle_poll_ms: 50,
         discover_interval_secs: 1,
-        log_format: obt_runtime::LogFormat::Text,
     }
 }
 
@@ -183,7 +185,7 @@ async fn a_restarted_daemon_resumes_from_its_checkpoint() {
     let checkpoints = stack
         .dynamodb()
         .scan()
-        .table_name(&stack.names.checkpoint_table)
+        .table_name(&stack.names.lease_table)
         .send()
         .await
         .expect("scan checkpoints");
@@ -224,7 +226,7 @@ async fn events_older_than_the_change_that_are_still_pending_go_out_first() {
     let (e1, e2, e3) = (event("L1", 1), event("L1", 2), event("L1", 3));
     write(&stack, &e1).await;
     write(&stack, &e2).await;
-    let relay = startup::relay(&stack.config, &settings(&stack))
+    let relay = startup::relay(&stack.config, &settings(&stack).relay)
         .await
         .expect("relay");
 
@@ -258,7 +260,7 @@ async fn a_fresh_relay_does_not_republish_what_was_acknowledged() {
     let (e1, e2) = (event("F1", 1), event("F1", 2));
     write(&stack, &e1).await;
     write(&stack, &e2).await;
-    let first = startup::relay(&stack.config, &settings(&stack))
+    let first = startup::relay(&stack.config, &settings(&stack).relay)
         .await
         .expect("relay");
     first
@@ -269,7 +271,7 @@ async fn a_fresh_relay_does_not_republish_what_was_acknowledged() {
 
     // A new process (empty memory) replays the record of event 1, then
     // handles event 2: it learns from the item that 1 was acknowledged.
-    let second = startup::relay(&stack.config, &settings(&stack))
+    let second = startup::relay(&stack.config, &settings(&stack).relay)
         .await
         .expect("relay");
     let summary = second
@@ -290,11 +292,11 @@ async fn when_sqs_fails_nothing_is_acknowledged_and_a_retry_publishes_in_order()
     write(&stack, &e1).await;
     write(&stack, &e2).await;
     let mut broken = settings(&stack);
-    broken.queue_url = Some(format!(
+    broken.relay.queue_url = Some(format!(
         "{}-missing.fifo",
         stack.queue_url.trim_end_matches(".fifo")
     ));
-    let relay = startup::relay(&stack.config, &broken).await.expect("relay");
+    let relay = startup::relay(&stack.config, &broken.relay).await.expect("relay");
     let changes = [
         change("1", "P1", vec![e1.clone()]),
         change("2", "P1", vec![e1, e2]),
@@ -309,7 +311,7 @@ async fn when_sqs_fails_nothing_is_acknowledged_and_a_retry_publishes_in_order()
         "nothing acknowledged"
     );
 
-    let relay = startup::relay(&stack.config, &settings(&stack))
+    let relay = startup::relay(&stack.config, &settings(&stack).relay)
         .await
         .expect("relay");
     relay.handle(&changes).await.expect("the retry succeeds");
@@ -321,7 +323,7 @@ async fn when_sqs_fails_nothing_is_acknowledged_and_a_retry_publishes_in_order()
 #[tokio::test]
 async fn acknowledgements_are_skipped() {
     let stack = Stack::create(3).await;
-    let relay = startup::relay(&stack.config, &settings(&stack))
+    let relay = startup::relay(&stack.config, &settings(&stack).relay)
         .await
         .expect("relay");
     let mut ack = change("9", "K1", vec![]);
@@ -345,7 +347,7 @@ async fn the_daemon_binary_exits_cleanly_on_sigterm_with_its_checkpoint_saved() 
         let out = stack
             .dynamodb()
             .scan()
-            .table_name(&stack.names.checkpoint_table)
+            .table_name(&stack.names.lease_table)
             .send()
             .await
             .map_err(|e| e.to_string())?;
@@ -366,7 +368,7 @@ async fn the_daemon_refuses_to_start_without_its_table_and_says_how_to_fix_it() 
     let output = tokio::process::Command::new(obt_testkit::bin_path("stream-relay"))
         .env("OBT_TABLE", "no-such-table")
         .env("OBT_QUEUE_URL", &stack.queue_url)
-        .env("OBT_CHECKPOINT_TABLE", &stack.names.checkpoint_table)
+        .env("OBT_LEASE_TABLE", &stack.names.lease_table)
         .env("RUST_BACKTRACE", "0")
         .output()
         .await

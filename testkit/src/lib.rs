@@ -59,7 +59,7 @@ impl Stack {
         let id = unique("t");
         let names = obt_migrate::Names {
             table: format!("{id}-spending"),
-            checkpoint_table: format!("{id}-checkpoints"),
+            lease_table: format!("{id}-leases"),
             consumer_table: format!("{id}-consumer"),
             queue: format!("{id}-events.fifo"),
             dead_letter_queue: format!("{id}-dlq.fifo"),
@@ -92,7 +92,7 @@ impl Stack {
     pub fn service_env(&self) -> Vec<(&'static str, String)> {
         vec![
             ("OBT_TABLE", self.names.table.clone()),
-            ("OBT_CHECKPOINT_TABLE", self.names.checkpoint_table.clone()),
+            ("OBT_LEASE_TABLE", self.names.lease_table.clone()),
             ("OBT_CONSUMER_TABLE", self.names.consumer_table.clone()),
             ("OBT_QUEUE_NAME", self.names.queue.clone()),
         ]
