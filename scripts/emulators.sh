@@ -1,3 +1,4 @@
+# shellcheck shell=bash
 # Sourced by scripts/demo.sh and scripts/test.sh: installs and runs the local
 # stand-ins for AWS, DynamoDB Local (with Streams) and fauxqs (SQS FIFO).
 #

@@ -1,3 +1,4 @@
+# shellcheck shell=bash
 # Sourced by scripts/test.sh and scripts/deploy.sh: the Python tools of
 # tools/python/requirements.txt (cargo-lambda, ziglang, cfn-lint) in the
 # project-local venv .venv/, installed when missing or out of date.

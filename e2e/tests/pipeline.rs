@@ -42,19 +42,25 @@ fn env(stack: &Stack, extra: &[(&'static str, String)]) -> Vec<(&'static str, St
 
 impl Pipeline {
     async fn start(max_receive_count: u32) -> Self {
+        let mut pipeline = Self::start_without_relay(max_receive_count).await;
+        pipeline.relay = Some(Service::start("stream-relay", &env(&pipeline.stack, &[])));
+        pipeline
+    }
+
+    /// The api and the consumer only: the test runs its own relays.
+    async fn start_without_relay(max_receive_count: u32) -> Self {
         let stack = Stack::create(max_receive_count).await;
         let port = free_port();
         let api = Service::start(
             "api",
             &env(&stack, &[("OBT_LISTEN", format!("127.0.0.1:{port}"))]),
         );
-        let relay = Service::start("stream-relay", &env(&stack, &[]));
         let consumer = Service::start("consumer", &env(&stack, &[]));
         let pipeline = Self {
             api_url: format!("http://127.0.0.1:{port}"),
             stack,
             _api: api,
-            relay: Some(relay),
+            relay: None,
             _consumer: consumer,
             http: reqwest::Client::new(),
         };
@@ -231,6 +237,92 @@ async fn a_relay_killed_mid_run_and_restarted_still_delivers_exactly_once() {
     pipeline.relay = Some(Service::start("stream-relay", &env(&pipeline.stack, &[])));
     for identity in identities {
         let applied = pipeline.wait_applied(identity, 35).await;
+        assert_exactly_once_in_order(&applied, &posted[identity]);
+    }
+}
+
+/// The owners of the stream's unfinished shards in the lease table.
+async fn lease_owners(stack: &Stack) -> Vec<String> {
+    let out = stack
+        .dynamodb()
+        .scan()
+        .table_name(&stack.names.lease_table)
+        .consistent_read(true)
+        .send()
+        .await
+        .expect("scan the lease table");
+    out.items()
+        .iter()
+        .filter(|row| {
+            row.get("checkpoint")
+                != Some(&aws_sdk_dynamodb::types::AttributeValue::S(
+                    "SHARD_END".to_owned(),
+                ))
+        })
+        .filter_map(|row| match row.get("lease_owner") {
+            Some(aws_sdk_dynamodb::types::AttributeValue::S(owner)) => Some(owner.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn three_relays_share_the_stream_and_another_takes_over_when_the_lease_holder_is_killed() {
+    const LEASE_SECS: u64 = 3;
+    let pipeline = Pipeline::start_without_relay(5).await;
+    let mut relays: HashMap<String, Service> = (0..3)
+        .map(|i| {
+            let worker = format!("relay-{i}");
+            let env = env(
+                &pipeline.stack,
+                &[
+                    ("OBT_WORKER_ID", worker.clone()),
+                    ("OBT_LEASE_DURATION_SECS", LEASE_SECS.to_string()),
+                ],
+            );
+            (worker, Service::start("stream-relay", &env))
+        })
+        .collect();
+    let identities = ["HA-A", "HA-B", "HA-C", "HA-D"];
+    let mut posted: HashMap<&str, Vec<Value>> = HashMap::new();
+
+    // Load runs throughout; the holder of the lease is SIGKILLed once
+    // events flow, and the test measures how long the shard goes unowned.
+    let load = post_rounds(&pipeline, &identities, 1..=40, &mut posted);
+    let failover = async {
+        pipeline.wait_applied("HA-A", 2).await;
+        let holder = eventually("one relay to hold the lease", DEADLINE, || async {
+            match lease_owners(&pipeline.stack).await.as_slice() {
+                [owner] => Ok(owner.clone()),
+                other => Err(format!("{other:?}")),
+            }
+        })
+        .await;
+        let killed_at = std::time::Instant::now();
+        relays
+            .remove(&holder)
+            .expect("the holder is one of ours")
+            .kill()
+            .await;
+        let successor = eventually("another relay to take the lease", DEADLINE, || async {
+            match lease_owners(&pipeline.stack).await.as_slice() {
+                [owner] if *owner != holder => Ok(owner.clone()),
+                other => Err(format!("{other:?}")),
+            }
+        })
+        .await;
+        let took = killed_at.elapsed();
+        eprintln!("{holder} killed; {successor} took its lease after {took:?}");
+        assert!(relays.contains_key(&successor));
+        took
+    };
+    let ((), took) = tokio::join!(load, failover);
+    assert!(
+        took < Duration::from_secs(3 * LEASE_SECS),
+        "the lease expires after {LEASE_SECS} s without heartbeats; the takeover took {took:?}"
+    );
+    for identity in identities {
+        let applied = pipeline.wait_applied(identity, 40).await;
         assert_exactly_once_in_order(&applied, &posted[identity]);
     }
 }

@@ -14,8 +14,9 @@ use std::time::{Duration, Instant};
 use aws_config::SdkConfig;
 use aws_sdk_dynamodb::error::SdkError;
 use aws_sdk_dynamodb::types::{
-    AttributeDefinition, BillingMode, KeySchemaElement, KeyType, ScalarAttributeType,
-    StreamSpecification, StreamViewType, TableStatus,
+    AttributeDefinition, BillingMode, CreateGlobalSecondaryIndexAction, GlobalSecondaryIndex,
+    GlobalSecondaryIndexUpdate, IndexStatus, KeySchemaElement, KeyType, Projection, ProjectionType,
+    ScalarAttributeType, StreamSpecification, StreamViewType, TableStatus,
 };
 use aws_sdk_sqs::types::QueueAttributeName;
 use serde::Deserialize;
@@ -32,6 +33,20 @@ pub struct TableSpec {
     /// Present when the table needs a stream.
     #[serde(default)]
     pub stream_view_type: Option<String>,
+    /// Global secondary indexes (keys-only projections).
+    #[serde(default)]
+    pub indexes: Vec<IndexSpec>,
+}
+
+/// A global secondary index whose projection is its keys and the table's.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IndexSpec {
+    pub name: String,
+    pub description: String,
+    pub partition_key: KeySpec,
+    #[serde(default)]
+    pub sort_key: Option<KeySpec>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -138,6 +153,8 @@ pub enum Outcome {
     Created,
     Existed,
     StreamEnabled,
+    /// A global secondary index was added to a table that existed.
+    IndexCreated,
 }
 
 #[derive(Debug, Clone)]
@@ -193,6 +210,12 @@ pub async fn apply(
             resource: format!("dynamodb table {name}"),
             outcome,
         });
+        for index in ensure_indexes(&dynamodb, &spec, name).await? {
+            steps.push(Step {
+                resource: format!("dynamodb index {name}/{index}"),
+                outcome: Outcome::IndexCreated,
+            });
+        }
         if name == &names.table {
             stream_arn = arn;
         }
@@ -310,39 +333,30 @@ async fn ensure_table(
             }
         }
         None => {
-            let mut keys = vec![&spec.partition_key];
-            keys.extend(spec.sort_key.as_ref());
             let mut create = client
                 .create_table()
                 .table_name(name)
-                .billing_mode(BillingMode::PayPerRequest);
-            for (i, key) in keys.into_iter().enumerate() {
-                let file = "dynamodb/*.json";
-                create = create
-                    .attribute_definitions(
-                        AttributeDefinition::builder()
-                            .attribute_name(&key.name)
-                            .attribute_type(key_type(file, &key.kind)?)
-                            .build()
-                            .map_err(|e| MigrateError::InvalidSpec {
-                                file,
-                                reason: e.to_string(),
-                            })?,
-                    )
-                    .key_schema(
-                        KeySchemaElement::builder()
-                            .attribute_name(&key.name)
-                            .key_type(if i == 0 {
-                                KeyType::Hash
-                            } else {
-                                KeyType::Range
-                            })
-                            .build()
-                            .map_err(|e| MigrateError::InvalidSpec {
-                                file,
-                                reason: e.to_string(),
-                            })?,
-                    );
+                .billing_mode(BillingMode::PayPerRequest)
+                .set_key_schema(Some(key_schema(
+                    &spec.partition_key,
+                    spec.sort_key.as_ref(),
+                )?));
+            let mut defined = Vec::new();
+            let index_keys = spec
+                .indexes
+                .iter()
+                .flat_map(|i| std::iter::once(&i.partition_key).chain(i.sort_key.as_ref()));
+            for key in std::iter::once(&spec.partition_key)
+                .chain(spec.sort_key.as_ref())
+                .chain(index_keys)
+            {
+                if !defined.contains(&&key.name) {
+                    defined.push(&key.name);
+                    create = create.attribute_definitions(attribute_definition(key)?);
+                }
+            }
+            for index in &spec.indexes {
+                create = create.global_secondary_indexes(global_index(index)?);
             }
             if let Some(view) = &view {
                 create = create.stream_specification(stream_spec(view.clone()));
@@ -359,6 +373,130 @@ async fn ensure_table(
     };
     let table = wait_active(client, name).await?;
     Ok((outcome, table.latest_stream_arn().map(str::to_owned)))
+}
+
+/// Adds the spec's indexes that the table lacks, one at a time (DynamoDB
+/// builds one index per table at once), and waits for each to be ACTIVE.
+/// Returns the names of the indexes it created.
+async fn ensure_indexes(
+    client: &aws_sdk_dynamodb::Client,
+    spec: &TableSpec,
+    name: &str,
+) -> Result<Vec<String>, MigrateError> {
+    let mut created = Vec::new();
+    for index in &spec.indexes {
+        let table = wait_active(client, name).await?;
+        let exists = table
+            .global_secondary_indexes()
+            .iter()
+            .any(|i| i.index_name() == Some(index.name.as_str()));
+        if exists {
+            continue;
+        }
+        let mut definitions = vec![attribute_definition(&index.partition_key)?];
+        if let Some(key) = &index.sort_key {
+            definitions.push(attribute_definition(key)?);
+        }
+        let create = CreateGlobalSecondaryIndexAction::builder()
+            .index_name(&index.name)
+            .set_key_schema(Some(key_schema(
+                &index.partition_key,
+                index.sort_key.as_ref(),
+            )?))
+            .projection(keys_only())
+            .build()
+            .map_err(invalid)?;
+        client
+            .update_table()
+            .table_name(name)
+            .set_attribute_definitions(Some(definitions))
+            .global_secondary_index_updates(
+                GlobalSecondaryIndexUpdate::builder().create(create).build(),
+            )
+            .send()
+            .await
+            .map_err(dynamo_err("UpdateTable", name))?;
+        wait_index_active(client, name, &index.name).await?;
+        created.push(index.name.clone());
+    }
+    Ok(created)
+}
+
+async fn wait_index_active(
+    client: &aws_sdk_dynamodb::Client,
+    table: &str,
+    index: &str,
+) -> Result<(), MigrateError> {
+    let started = Instant::now();
+    loop {
+        let described = wait_active(client, table).await?;
+        let active = described.global_secondary_indexes().iter().any(|i| {
+            i.index_name() == Some(index) && i.index_status() == Some(&IndexStatus::Active)
+        });
+        if active {
+            return Ok(());
+        }
+        if started.elapsed() > ACTIVE_DEADLINE {
+            return Err(MigrateError::NotActive {
+                table: format!("{table}/index/{index}"),
+                secs: ACTIVE_DEADLINE.as_secs(),
+            });
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+const SPEC_FILES: &str = "dynamodb/*.json";
+
+fn invalid(e: aws_sdk_dynamodb::error::BuildError) -> MigrateError {
+    MigrateError::InvalidSpec {
+        file: SPEC_FILES,
+        reason: e.to_string(),
+    }
+}
+
+fn attribute_definition(key: &KeySpec) -> Result<AttributeDefinition, MigrateError> {
+    AttributeDefinition::builder()
+        .attribute_name(&key.name)
+        .attribute_type(key_type(SPEC_FILES, &key.kind)?)
+        .build()
+        .map_err(invalid)
+}
+
+fn key_schema(
+    partition: &KeySpec,
+    sort: Option<&KeySpec>,
+) -> Result<Vec<KeySchemaElement>, MigrateError> {
+    let element = |key: &KeySpec, kind| {
+        KeySchemaElement::builder()
+            .attribute_name(&key.name)
+            .key_type(kind)
+            .build()
+            .map_err(invalid)
+    };
+    let mut schema = vec![element(partition, KeyType::Hash)?];
+    if let Some(sort) = sort {
+        schema.push(element(sort, KeyType::Range)?);
+    }
+    Ok(schema)
+}
+
+fn keys_only() -> Projection {
+    Projection::builder()
+        .projection_type(ProjectionType::KeysOnly)
+        .build()
+}
+
+fn global_index(index: &IndexSpec) -> Result<GlobalSecondaryIndex, MigrateError> {
+    GlobalSecondaryIndex::builder()
+        .index_name(&index.name)
+        .set_key_schema(Some(key_schema(
+            &index.partition_key,
+            index.sort_key.as_ref(),
+        )?))
+        .projection(keys_only())
+        .build()
+        .map_err(invalid)
 }
 
 fn stream_spec(view: StreamViewType) -> StreamSpecification {

@@ -13,11 +13,7 @@ struct Args {
     #[arg(long, env = "OBT_TABLE", default_value = "obt-spending")]
     table: String,
     /// The relay's checkpoint table.
-    #[arg(
-        long,
-        env = "OBT_LEASE_TABLE",
-        default_value = "obt-relay-leases"
-    )]
+    #[arg(long, env = "OBT_LEASE_TABLE", default_value = "obt-relay-leases")]
     lease_table: String,
     /// The consumer's table.
     #[arg(
@@ -71,6 +67,7 @@ async fn main() -> anyhow::Result<()> {
             obt_migrate::Outcome::Created => "created",
             obt_migrate::Outcome::Existed => "exists",
             obt_migrate::Outcome::StreamEnabled => "stream enabled",
+            obt_migrate::Outcome::IndexCreated => "index created",
         };
         println!("{what:>14}  {}", step.resource);
     }

@@ -41,6 +41,13 @@ async fn a_second_run_finds_everything_and_changes_nothing() {
         "the stream was not re-created"
     );
     assert_eq!(first.queue_url, second.queue_url);
+    let described = aws_sdk_dynamodb::Client::new(&config)
+        .describe_table()
+        .table_name(&names.table)
+        .send()
+        .await
+        .expect("describe");
+    assert_has_pending_index(&described);
 
     let sqs = aws_sdk_sqs::Client::new(&config);
     let attributes = sqs
@@ -72,7 +79,7 @@ async fn a_second_run_finds_everything_and_changes_nothing() {
 }
 
 #[tokio::test]
-async fn a_table_that_exists_without_its_stream_gets_one() {
+async fn a_table_that_exists_without_its_stream_and_index_gets_them() {
     let config = aws().await;
     let names = names();
     let dynamodb = aws_sdk_dynamodb::Client::new(&config);
@@ -101,6 +108,11 @@ async fn a_table_that_exists_without_its_stream_gets_one() {
         .await
         .expect("run");
     assert_eq!(report.steps[0].outcome, Outcome::StreamEnabled);
+    assert_eq!(report.steps[1].outcome, Outcome::IndexCreated);
+    assert_eq!(
+        report.steps[1].resource,
+        format!("dynamodb index {}/pending", names.table)
+    );
     let table = dynamodb
         .describe_table()
         .table_name(&names.table)
@@ -115,6 +127,35 @@ async fn a_table_that_exists_without_its_stream_gets_one() {
     assert_eq!(
         stream.stream_view_type().map(|v| v.as_str()),
         Some("NEW_AND_OLD_IMAGES")
+    );
+    assert_has_pending_index(&table);
+}
+
+fn assert_has_pending_index(
+    table: &aws_sdk_dynamodb::operation::describe_table::DescribeTableOutput,
+) {
+    let index = table
+        .table()
+        .map(|t| t.global_secondary_indexes())
+        .unwrap_or_default()
+        .iter()
+        .find(|i| i.index_name() == Some("pending"))
+        .expect("the sparse index");
+    let keys: Vec<(&str, &str)> = index
+        .key_schema()
+        .iter()
+        .map(|k| (k.attribute_name(), k.key_type().as_str()))
+        .collect();
+    assert_eq!(
+        keys,
+        [("pending_bucket", "HASH"), ("pending_since", "RANGE")]
+    );
+    assert_eq!(
+        index
+            .projection()
+            .and_then(|p| p.projection_type())
+            .map(|p| p.as_str()),
+        Some("KEYS_ONLY")
     );
 }
 

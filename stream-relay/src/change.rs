@@ -1,7 +1,6 @@
 //! A stream record reduced to what the relay needs.
 
-use std::collections::HashMap;
-
+use aws_lambda_events::event::dynamodb::EventRecord;
 use obt_contract::Envelope;
 use obt_contract::outbox::OutboxImage;
 
@@ -12,6 +11,10 @@ pub struct Change {
     pub sequence_number: String,
     /// The item's key.
     pub identity: String,
+    /// The item's `version` after the write (the seq of its last event).
+    /// An acknowledgement conditioned on it knows the outbox held nothing
+    /// else, and may take the item out of the sweeper's index.
+    pub version: Option<u64>,
     /// Whether the write added events to the outbox. Writes that only
     /// removed events (the relay's own acknowledgements) add none and are
     /// skipped.
@@ -39,11 +42,10 @@ pub enum ChangeError {
     },
 }
 
-type StreamItem = HashMap<String, aws_sdk_dynamodbstreams::types::AttributeValue>;
-
 impl Change {
-    /// Reads a record as returned by `GetRecords`. `None` for records that
-    /// carry no new image (the item was deleted).
+    /// Reads a record as returned by `GetRecords`. `None` for the records
+    /// of deleted items; any other record without a new image is an error
+    /// (see [`Change::from_lambda_record`]).
     pub fn from_stream_record(
         record: &aws_sdk_dynamodbstreams::types::Record,
     ) -> Result<Option<Self>, ChangeError> {
@@ -61,19 +63,62 @@ impl Change {
             });
         }
         let Some(new_image) = data.new_image() else {
-            return Ok(None);
+            if record.event_name() == Some(&aws_sdk_dynamodbstreams::types::OperationType::Remove) {
+                return Ok(None);
+            }
+            return Err(ChangeError::Missing {
+                sequence_number,
+                what: "new image (the stream's view type must be NEW_AND_OLD_IMAGES)",
+            });
         };
-        let decode = |item: &StreamItem| -> Result<OutboxImage, ChangeError> {
-            serde_dynamo::aws_sdk_dynamodbstreams_1::from_item(item.clone()).map_err(|source| {
-                ChangeError::Undecodable {
-                    sequence_number: sequence_number.clone(),
-                    source,
-                }
+        let old = data.old_image().cloned().map(serde_dynamo::Item::from);
+        Self::from_items(sequence_number, old, new_image.clone().into()).map(Some)
+    }
+
+    /// Reads a record of a Lambda DynamoDB stream event. `None` for the
+    /// records of deleted items (`REMOVE`, no new image). Any other record
+    /// without a new image is an error, not a skip: the stream's view type
+    /// is wrong (it must be `NEW_AND_OLD_IMAGES`), and skipping would drop
+    /// every event.
+    pub fn from_lambda_record(record: &EventRecord) -> Result<Option<Self>, ChangeError> {
+        let data = &record.change;
+        let sequence_number = data.sequence_number.clone().unwrap_or_default();
+        if sequence_number.is_empty() {
+            return Err(ChangeError::Missing {
+                sequence_number,
+                what: "sequence number",
+            });
+        }
+        if data.new_image.is_empty() {
+            if record.event_name == "REMOVE" {
+                return Ok(None);
+            }
+            return Err(ChangeError::Missing {
+                sequence_number,
+                what: "new image (the stream's view type must be NEW_AND_OLD_IMAGES)",
+            });
+        }
+        // An absent OldImage (an INSERT) arrives as an empty item.
+        let old = (!data.old_image.is_empty()).then(|| data.old_image.clone());
+        Self::from_items(sequence_number, old, data.new_image.clone()).map(Some)
+    }
+
+    /// Decodes a record's images, whichever API delivered them: the one
+    /// decoding path of every driver.
+    fn from_items(
+        sequence_number: String,
+        old: Option<serde_dynamo::Item>,
+        new: serde_dynamo::Item,
+    ) -> Result<Self, ChangeError> {
+        let decode = |item: serde_dynamo::Item| -> Result<OutboxImage, ChangeError> {
+            serde_dynamo::from_item(item).map_err(|source| ChangeError::Undecodable {
+                sequence_number: sequence_number.clone(),
+                source,
             })
         };
-        let new = decode(new_image)?;
-        let old = data.old_image().map(decode).transpose()?;
-        Ok(Some(Self::from_images(sequence_number, old, new)))
+        let new = decode(new)?;
+        let old = old.map(decode).transpose()?;
+        Ok(Self::from_images(sequence_number, old, new))
     }
 
     /// The change between two images of one item.
@@ -89,6 +134,7 @@ impl Change {
         let pending = new.events_in_order().into_iter().cloned().collect();
         Self {
             sequence_number,
+            version: new.version,
             identity: new.identity,
             adds_events,
             pending,

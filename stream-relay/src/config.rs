@@ -38,9 +38,19 @@ pub struct Settings {
     /// The stream to read [default: the table's latest stream].
     #[arg(long, env = "OBT_STREAM_ARN")]
     pub stream_arn: Option<String>,
-    /// The table holding the relay's checkpoint in each shard.
+    /// The table of the shards' leases and checkpoints, shared by every
+    /// instance reading this stream.
     #[arg(long, env = "OBT_LEASE_TABLE", default_value = "obt-relay-leases")]
     pub lease_table: String,
+    /// How long an instance keeps a lease without a heartbeat, in seconds:
+    /// after it dies, another instance takes its shards within about this
+    /// time. It heartbeats every third of it.
+    #[arg(long, env = "OBT_LEASE_DURATION_SECS", default_value_t = 10)]
+    pub lease_duration_secs: u64,
+    /// This instance's name in the lease table [default: host name, process
+    /// id and a random suffix]. Must differ between instances.
+    #[arg(long, env = "OBT_WORKER_ID")]
+    pub worker_id: Option<String>,
     /// How long a shard reader waits after an empty GetRecords, in
     /// milliseconds. DynamoDB Streams allows about 4 GetRecords a second
     /// per shard; a busy shard is read again at once.
@@ -49,6 +59,33 @@ pub struct Settings {
     /// How often the shard list is read again to find new shards, in seconds.
     #[arg(long, env = "OBT_DISCOVER_INTERVAL_SECS", default_value_t = 10)]
     pub discover_interval_secs: u64,
+    #[command(flatten)]
+    pub sweep: SweepArgs,
+}
+
+/// The sweeper's settings.
+#[derive(Debug, Clone, Args)]
+pub struct SweepArgs {
+    /// How often the daemon looks for events the stream did not deliver, in
+    /// seconds; 0 turns its sweeper off (when a scheduled Lambda sweeps).
+    #[arg(long, env = "OBT_SWEEP_INTERVAL_SECS", default_value_t = 60)]
+    pub sweep_interval_secs: u64,
+    /// How long an event may wait in an outbox before the sweeper publishes
+    /// it, in seconds. Keep it well above the relay's normal delay (a
+    /// second or so), or the sweeper does the stream's work twice.
+    #[arg(long, env = "OBT_SWEEP_AFTER_SECS", default_value_t = 300)]
+    pub sweep_after_secs: u64,
+}
+
+impl SweepArgs {
+    /// `None` when the daemon's sweeper is off.
+    pub fn interval(&self) -> Option<Duration> {
+        (self.sweep_interval_secs > 0).then(|| Duration::from_secs(self.sweep_interval_secs))
+    }
+
+    pub fn older_than(&self) -> Duration {
+        Duration::from_secs(self.sweep_after_secs)
+    }
 }
 
 impl Settings {
@@ -58,5 +95,20 @@ impl Settings {
 
     pub fn discover_interval(&self) -> Duration {
         Duration::from_secs(self.discover_interval_secs.max(1))
+    }
+
+    pub fn lease_duration(&self) -> Duration {
+        Duration::from_secs(self.lease_duration_secs.max(1))
+    }
+
+    /// The given worker id, or one unique to this process.
+    pub fn worker_id(&self) -> String {
+        self.worker_id.clone().unwrap_or_else(|| {
+            let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+                .map(|h| h.trim().to_owned())
+                .unwrap_or_else(|_| "relay".to_owned());
+            let suffix: u32 = rand::random();
+            format!("{host}-{}-{suffix:08x}", std::process::id())
+        })
     }
 }

@@ -1,16 +1,24 @@
-//! Daemon mode: the relay reads the stream itself.
+//! Daemon mode: the relay reads the stream itself, on one or several
+//! instances.
 //!
-//! One task per open shard, started only when the shard's parent (if the
-//! stream still lists it) has been read to its end, so that an item's
-//! records are handled in order across a shard split. Each task reads
-//! with `GetRecords`, hands the records to the [`Relay`], and checkpoints
-//! after the relay succeeded. It never skips a record it could not
-//! publish: it retries, with backoff, until it succeeds or the daemon
-//! stops.
+//! The instances share the stream's shards through leases ([`crate::lease`]):
+//! every `lease_duration / 3` an instance heartbeats the leases it holds,
+//! reads the lease table, and takes leases that nobody holds or whose
+//! holder stopped heartbeating, up to its fair share (unfinished shards
+//! divided by live instances). A shard is taken only when its parent was
+//! read to its end (or the stream no longer lists the parent), so that an
+//! item's records are handled in order across a shard split.
+//!
+//! One task reads each held shard with `GetRecords`, hands the records to
+//! the [`Relay`], and checkpoints (fenced by the lease) after the relay
+//! succeeded. It never skips a record it could not publish: it retries,
+//! with backoff, until it succeeds, the lease is lost or the daemon stops.
+//! On SIGTERM the batch in hand is finished and checkpointed, and the
+//! leases are released so that another instance continues at once.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use aws_sdk_dynamodbstreams::Client as StreamsClient;
 use aws_sdk_dynamodbstreams::error::{DisplayErrorContext, SdkError};
@@ -20,11 +28,16 @@ use tokio_util::sync::CancellationToken;
 
 use crate::backoff::Backoff;
 use crate::change::{Change, ChangeError};
-use crate::checkpoint::{CheckpointError, Checkpoints, Position};
+use crate::lease::{Held, Lease, LeaseError, LeaseTable, Observations, Position, to_take};
 use crate::relay::Relay;
+use crate::sweeper::Sweeper;
 
 /// Records asked for per `GetRecords` (the service's maximum).
 const RECORDS_PER_CALL: i32 = 1000;
+
+/// The shortest time between two `GetRecords` on one shard: DynamoDB
+/// Streams allows 5 a second per shard, shared by all readers.
+const MIN_GET_RECORDS_INTERVAL: Duration = Duration::from_millis(250);
 
 #[derive(Debug, thiserror::Error)]
 pub enum DaemonError {
@@ -35,7 +48,7 @@ pub enum DaemonError {
         message: String,
     },
     #[error(transparent)]
-    Checkpoint(#[from] CheckpointError),
+    Lease(#[from] LeaseError),
 }
 
 /// What the shard readers share.
@@ -43,43 +56,65 @@ pub enum DaemonError {
 pub struct Daemon {
     pub streams: StreamsClient,
     pub relay: Arc<Relay>,
-    pub checkpoints: Checkpoints,
+    pub leases: LeaseTable,
     pub stream_arn: String,
+    /// The wait after an empty `GetRecords`.
     pub idle_poll: Duration,
+    /// How often the shard list is read to find new shards.
     pub discover_interval: Duration,
+    /// How long a lease whose counter stands still stays its holder's.
+    pub lease_duration: Duration,
+    /// The sweeper and its interval, when this daemon sweeps.
+    pub sweeper: Option<(Sweeper, Duration)>,
+}
+
+/// The coordinator's view between two rounds.
+#[derive(Default)]
+struct Coordinator {
+    held: HashMap<String, Held>,
+    observations: Observations,
+    /// The shards the stream listed at the last discovery.
+    listed: Option<HashSet<String>>,
+    discovered_at: Option<Instant>,
 }
 
 impl Daemon {
     /// Runs until `shutdown` is cancelled; then lets every shard reader
-    /// finish the batch in hand (publish, acknowledge, checkpoint).
+    /// finish the batch in hand (publish, acknowledge, checkpoint) and
+    /// releases the leases.
     pub async fn run(self: Arc<Self>, shutdown: CancellationToken) {
+        let sweeping = self
+            .sweeper
+            .clone()
+            .map(|(sweeper, every)| tokio::spawn(sweep_every(sweeper, every, shutdown.clone())));
         let mut readers: JoinSet<String> = JoinSet::new();
-        let mut running: HashSet<String> = HashSet::new();
-        let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(10));
-        tracing::info!(stream_arn = %self.stream_arn, "relay daemon started");
+        let mut state = Coordinator::default();
+        let round = (self.lease_duration / 3).max(Duration::from_millis(100));
+        tracing::info!(
+            stream_arn = %self.stream_arn,
+            owner = self.leases.owner(),
+            "relay daemon started"
+        );
         loop {
-            match self
-                .start_ready_shards(&mut readers, &mut running, &shutdown)
-                .await
-            {
-                Ok(()) => backoff.reset(Duration::from_millis(200)),
-                Err(e) => {
-                    tracing::error!(error = %e, "cannot list the stream's shards; retrying");
-                    tokio::select! {
-                        () = shutdown.cancelled() => break,
-                        () = backoff.wait() => continue,
-                    }
-                }
+            if let Err(e) = self.round(&mut state, &mut readers, &shutdown).await {
+                tracing::error!(error = %e, "lease round failed; retrying");
             }
             tokio::select! {
+                biased;
                 () = shutdown.cancelled() => break,
-                Some(done) = readers.join_next() => {
-                    match done {
-                        Ok(shard_id) => { running.remove(&shard_id); }
-                        Err(e) => tracing::error!(error = %e, "a shard reader panicked"),
-                    }
-                }
-                () = tokio::time::sleep(self.discover_interval) => {}
+                Some(done) = readers.join_next() => match done {
+                    // A reader that ended before shutdown lost its lease or
+                    // finished its shard (and released the lease). One that
+                    // ended because of the shutdown keeps its lease in
+                    // `held`, to be released below.
+                    Ok(shard_id) if !shutdown.is_cancelled() => { state.held.remove(&shard_id); }
+                    Ok(_) => {}
+                    Err(e) => tracing::error!(error = %e, "a shard reader panicked"),
+                },
+                () = tokio::time::sleep(round) => {}
+            }
+            if shutdown.is_cancelled() {
+                break;
             }
         }
         tracing::info!(
@@ -91,44 +126,113 @@ impl Daemon {
                 tracing::error!(error = %e, "a shard reader panicked");
             }
         }
+        for held in state.held.values() {
+            match self.leases.release(held).await {
+                Ok(()) => tracing::info!(shard_id = %held.shard_id, "lease released"),
+                // Released already (its shard ended), or taken over.
+                Err(LeaseError::Lost { .. }) => {}
+                Err(e) => tracing::warn!(error = %e, "could not release a lease; it expires"),
+            }
+        }
+        if let Some(sweeping) = sweeping {
+            let _ = sweeping.await;
+        }
         tracing::info!("relay daemon stopped");
     }
 
-    async fn start_ready_shards(
+    /// One coordinator round: discover shards now and then, heartbeat what
+    /// is held, take what is free.
+    async fn round(
         self: &Arc<Self>,
+        state: &mut Coordinator,
         readers: &mut JoinSet<String>,
-        running: &mut HashSet<String>,
         shutdown: &CancellationToken,
     ) -> Result<(), DaemonError> {
+        self.heartbeat(state).await;
+        let due = state
+            .discovered_at
+            .is_none_or(|at| at.elapsed() >= self.discover_interval);
+        if due {
+            let leases = self.leases.list().await?;
+            state.listed = Some(self.discover(&leases).await?);
+            state.discovered_at = Some(Instant::now());
+        }
+        let Some(listed) = &state.listed else {
+            return Ok(());
+        };
+        let leases = self.leases.list().await?;
+        let now = Instant::now();
+        state.observations.observe(&leases, now);
+        let held: HashSet<&str> = state.held.keys().map(String::as_str).collect();
+        let wanted = to_take(
+            &leases,
+            listed,
+            &held,
+            &state.observations,
+            now,
+            self.lease_duration,
+            self.leases.owner(),
+        );
+        for lease in wanted {
+            let Some(held) = self.leases.take(lease, shutdown).await? else {
+                continue;
+            };
+            tracing::info!(
+                shard_id = %lease.shard_id,
+                previous_owner = lease.owner.as_deref().unwrap_or("none"),
+                "lease taken"
+            );
+            state.held.insert(lease.shard_id.clone(), held.clone());
+            let daemon = Arc::clone(self);
+            let position = lease.checkpoint.clone();
+            readers.spawn(async move {
+                daemon.read_shard(&held, position).await;
+                held.shard_id.clone()
+            });
+        }
+        Ok(())
+    }
+
+    /// Heartbeats every held lease; forgets the ones that were lost (their
+    /// readers stop on their own: the lease's stop token is cancelled).
+    async fn heartbeat(&self, state: &mut Coordinator) {
+        let mut lost = Vec::new();
+        for (shard_id, held) in &state.held {
+            if held.stop.is_cancelled() {
+                continue;
+            }
+            match self.leases.heartbeat(held).await {
+                Ok(()) => {}
+                Err(LeaseError::Lost { .. }) => {
+                    tracing::warn!(shard_id, "lease lost to another instance");
+                    lost.push(shard_id.clone());
+                }
+                Err(e) => tracing::warn!(shard_id, error = %e, "heartbeat failed; retrying"),
+            }
+        }
+        for shard_id in lost {
+            state.held.remove(&shard_id);
+        }
+    }
+
+    /// Lists the stream's shards and creates the lease rows that are
+    /// missing. Returns the ids of the listed shards.
+    async fn discover(&self, leases: &[Lease]) -> Result<HashSet<String>, DaemonError> {
         let shards = self.list_shards().await?;
-        let positions = self.checkpoints.load_all().await?;
-        let listed: HashSet<&str> = shards.iter().filter_map(Shard::shard_id).collect();
+        let known: HashSet<&str> = leases.iter().map(|l| l.shard_id.as_str()).collect();
+        let mut listed = HashSet::new();
         for shard in &shards {
             let Some(shard_id) = shard.shard_id() else {
                 continue;
             };
-            if running.contains(shard_id) || positions.get(shard_id) == Some(&Position::ShardEnd) {
-                continue;
+            if !known.contains(shard_id) {
+                self.leases
+                    .create_if_absent(shard_id, shard.parent_shard_id())
+                    .await?;
             }
-            let parent_pending = shard.parent_shard_id().is_some_and(|parent| {
-                listed.contains(parent) && positions.get(parent) != Some(&Position::ShardEnd)
-            });
-            if parent_pending {
-                continue;
-            }
-            running.insert(shard_id.to_owned());
-            let daemon = Arc::clone(self);
-            let (shard_id, position, shutdown) = (
-                shard_id.to_owned(),
-                positions.get(shard_id).cloned(),
-                shutdown.clone(),
-            );
-            readers.spawn(async move {
-                daemon.read_shard(&shard_id, position, &shutdown).await;
-                shard_id
-            });
+            listed.insert(shard_id.to_owned());
         }
-        Ok(())
+        Ok(listed)
     }
 
     async fn list_shards(&self) -> Result<Vec<Shard>, DaemonError> {
@@ -207,36 +311,39 @@ impl Daemon {
         Ok(out.shard_iterator)
     }
 
-    #[tracing::instrument(skip_all, fields(shard_id))]
-    async fn read_shard(
-        &self,
-        shard_id: &str,
-        mut position: Option<Position>,
-        shutdown: &CancellationToken,
-    ) {
+    #[tracing::instrument(skip_all, fields(shard_id = %held.shard_id))]
+    async fn read_shard(&self, held: &Held, mut position: Option<Position>) {
+        let (shard_id, stop) = (held.shard_id.as_str(), &held.stop);
         let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(10));
         let mut iterator: Option<String> = None;
+        let mut last_call: Option<Instant> = None;
         tracing::info!(?position, "reading shard");
-        while !shutdown.is_cancelled() {
+        while !stop.is_cancelled() {
             let current = match iterator.take() {
                 Some(it) => it,
                 None => match self.iterator(shard_id, position.as_ref()).await {
                     Ok(Some(it)) => it,
                     Ok(None) => {
                         // No iterator for a closed shard: it was fully read.
-                        self.save_until_done(shard_id, &Position::ShardEnd, shutdown)
-                            .await;
+                        self.finish_shard(held).await;
                         return;
                     }
                     Err(e) => {
                         tracing::warn!(error = %e, "cannot get a shard iterator; retrying");
-                        wait_or_stop(&mut backoff, shutdown).await;
+                        wait_or_stop(&mut backoff, stop).await;
                         continue;
                     }
                 },
             };
+            if let Some(at) = last_call {
+                tokio::select! {
+                    () = stop.cancelled() => return,
+                    () = tokio::time::sleep_until((at + MIN_GET_RECORDS_INTERVAL).into()) => {}
+                }
+            }
+            last_call = Some(Instant::now());
             let result = tokio::select! {
-                () = shutdown.cancelled() => return,
+                () = stop.cancelled() => return,
                 result = self.streams.get_records().shard_iterator(&current).limit(RECORDS_PER_CALL).send() => result,
             };
             let out = match result {
@@ -255,7 +362,7 @@ impl Daemon {
                 Err(e) => {
                     tracing::warn!(error = %DisplayErrorContext(&e), "GetRecords failed; retrying");
                     iterator = Some(current);
-                    wait_or_stop(&mut backoff, shutdown).await;
+                    wait_or_stop(&mut backoff, stop).await;
                     continue;
                 }
             };
@@ -267,36 +374,47 @@ impl Daemon {
                 .and_then(|d| d.sequence_number())
             {
                 let last = Position::After(last.to_owned());
-                if !self.handle_until_done(&records, shutdown).await {
+                if !self.handle_until_done(&records, stop).await {
                     return;
                 }
-                self.save_until_done(shard_id, &last, shutdown).await;
+                if !self.save_until_done(held, &last).await {
+                    return;
+                }
                 position = Some(last);
             }
             match out.next_shard_iterator {
                 Some(next) => iterator = Some(next),
                 None => {
-                    self.save_until_done(shard_id, &Position::ShardEnd, shutdown)
-                        .await;
-                    tracing::info!("shard read to its end");
+                    self.finish_shard(held).await;
                     return;
                 }
             }
             if records.is_empty() {
                 tokio::select! {
-                    () = shutdown.cancelled() => return,
+                    () = stop.cancelled() => return,
                     () = tokio::time::sleep(self.idle_poll) => {}
                 }
             }
         }
     }
 
+    /// The shard was read to its end: records that, and lets the lease go
+    /// so that its children can be taken.
+    async fn finish_shard(&self, held: &Held) {
+        if self.save_until_done(held, &Position::ShardEnd).await {
+            tracing::info!("shard read to its end");
+            if let Err(e) = self.leases.release(held).await {
+                tracing::warn!(error = %e, "could not release the finished shard's lease");
+            }
+        }
+    }
+
     /// Hands `records` to the relay until it succeeds. `false` when the
-    /// daemon stopped first (nothing is checkpointed then).
+    /// reader stopped first (nothing is checkpointed then).
     async fn handle_until_done(
         &self,
         records: &[aws_sdk_dynamodbstreams::types::Record],
-        shutdown: &CancellationToken,
+        stop: &CancellationToken,
     ) -> bool {
         let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(10));
         loop {
@@ -315,11 +433,11 @@ impl Daemon {
                 }
                 Err(e) => {
                     tracing::error!(error = %e, records = records.len(), "could not relay a batch; retrying it");
-                    if shutdown.is_cancelled() {
+                    if stop.is_cancelled() {
                         return false;
                     }
-                    wait_or_stop(&mut backoff, shutdown).await;
-                    if shutdown.is_cancelled() {
+                    wait_or_stop(&mut backoff, stop).await;
+                    if stop.is_cancelled() {
                         return false;
                     }
                 }
@@ -327,24 +445,37 @@ impl Daemon {
         }
     }
 
-    /// Saves a checkpoint, retrying; gives up only when stopping, which is
-    /// safe: the records after the previous checkpoint are read again.
-    async fn save_until_done(
-        &self,
-        shard_id: &str,
-        position: &Position,
-        shutdown: &CancellationToken,
-    ) {
+    /// Saves a checkpoint, retrying; gives up when the lease is lost (the
+    /// new owner redoes the records since the last checkpoint) or when
+    /// stopping, which is as safe. `false` when it gave up.
+    async fn save_until_done(&self, held: &Held, position: &Position) -> bool {
         let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(10));
         loop {
-            match self.checkpoints.save(shard_id, position).await {
-                Ok(()) => return,
+            match self.leases.checkpoint(held, position).await {
+                Ok(()) => return true,
+                Err(LeaseError::Lost { .. }) => {
+                    tracing::warn!("lease lost: another instance continues this shard");
+                    return false;
+                }
                 Err(e) => tracing::warn!(error = %e, "cannot save the checkpoint; retrying"),
             }
-            if shutdown.is_cancelled() {
-                return;
+            if held.stop.is_cancelled() {
+                return false;
             }
-            wait_or_stop(&mut backoff, shutdown).await;
+            wait_or_stop(&mut backoff, &held.stop).await;
+        }
+    }
+}
+
+/// Runs the sweeper every `every` until `shutdown`.
+async fn sweep_every(sweeper: Sweeper, every: Duration, shutdown: CancellationToken) {
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            () = tokio::time::sleep(every) => {}
+        }
+        if let Err(e) = sweeper.sweep().await {
+            tracing::error!(error = %e, "sweep failed; trying again at the next interval");
         }
     }
 }
@@ -361,9 +492,9 @@ fn to_changes(
     Ok(changes)
 }
 
-async fn wait_or_stop(backoff: &mut Backoff, shutdown: &CancellationToken) {
+async fn wait_or_stop(backoff: &mut Backoff, stop: &CancellationToken) {
     tokio::select! {
-        () = shutdown.cancelled() => {}
+        () = stop.cancelled() => {}
         () = backoff.wait() => {}
     }
 }

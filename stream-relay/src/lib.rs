@@ -5,7 +5,8 @@
 //! One implementation of "stream records to SQS", independent of how the
 //! records arrive:
 //! - [`change`]: a stream record reduced to what the relay needs
-//!   ([`Change`]), from the SDK's types (and, later, from Lambda events).
+//!   ([`Change`]), from the SDK's types or from Lambda events, through one
+//!   decoding path.
 //! - [`relay`]: the core ([`Relay::handle`]): which events to publish, in
 //!   which order, and the acknowledgement that removes them.
 //! - [`publisher`]: `SendMessageBatch` to the FIFO queue, without ever
@@ -14,18 +15,27 @@
 //! - [`backoff`]: the waits between retries.
 //!
 //! The drivers:
-//! - [`daemon`]: reads the stream itself (shards, iterators, checkpoints in
-//!   [`checkpoint`]), for EC2 or any long-running host.
+//! - [`daemon`]: reads the stream itself (shards, iterators), for EC2 or
+//!   any long-running host; several instances share the shards through
+//!   [`lease`]s, which also hold each shard's checkpoint.
+//! - [`lambda`]: the function behind a Lambda event source mapping on the
+//!   stream; answers with the first record not done (partial batch
+//!   response), so that the retry starts there and order holds.
+//! - [`sweeper`]: finds items whose events waited too long (the stream lost
+//!   them) through a sparse index, and hands them to the same core. Runs
+//!   inside the daemon, or as a scheduled Lambda.
 
 pub mod backoff;
 pub mod change;
-pub mod checkpoint;
 pub mod config;
 pub mod daemon;
+pub mod lambda;
+pub mod lease;
 pub mod outbox;
 pub mod publisher;
 pub mod relay;
 pub mod startup;
+pub mod sweeper;
 
 pub use change::Change;
-pub use relay::{Relay, RelayError};
+pub use relay::{HandleError, Relay, RelayError};

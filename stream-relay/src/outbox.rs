@@ -4,7 +4,9 @@
 use aws_sdk_dynamodb::Client;
 use aws_sdk_dynamodb::error::{DisplayErrorContext, SdkError};
 use aws_sdk_dynamodb::types::AttributeValue;
-use obt_contract::outbox::{IDENTITY_ATTR, OUTBOX_ATTR, VERSION_ATTR, outbox_key};
+use obt_contract::outbox::{
+    IDENTITY_ATTR, OUTBOX_ATTR, OutboxImage, PENDING_SINCE_ATTR, VERSION_ATTR, outbox_key,
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum OutboxError {
@@ -89,38 +91,127 @@ impl OutboxTable {
         }
     }
 
+    /// The item of `identity` as the relay sees it (identity, version and
+    /// outbox), read consistently; `None` when there is no item.
+    #[tracing::instrument(skip_all, fields(identity))]
+    pub async fn image(&self, identity: &str) -> Result<Option<OutboxImage>, OutboxError> {
+        let out = self
+            .client
+            .get_item()
+            .table_name(&self.table)
+            .key(IDENTITY_ATTR, AttributeValue::S(identity.to_owned()))
+            .consistent_read(true)
+            .projection_expression("#id, #v, #o")
+            .expression_attribute_names("#id", IDENTITY_ATTR)
+            .expression_attribute_names("#v", VERSION_ATTR)
+            .expression_attribute_names("#o", OUTBOX_ATTR)
+            .send()
+            .await
+            .map_err(self.error("GetItem", identity))?;
+        out.item
+            .map(|item| {
+                serde_dynamo::aws_sdk_dynamodb_1::from_item(item).map_err(|_| {
+                    OutboxError::Malformed {
+                        table: self.table.clone(),
+                        identity: identity.to_owned(),
+                        attribute: OUTBOX_ATTR,
+                    }
+                })
+            })
+            .transpose()
+    }
+
     /// Removes the events `seqs` of `identity` from its outbox. Removing a
     /// key that is gone already is a no-op, so this is idempotent, and it
     /// can only remove what it names. A deleted item stays deleted.
+    ///
+    /// `version` is the item's version in the image the events were read
+    /// from. While the item is still at that version, `seqs` is its whole
+    /// outbox, so the same write also takes the item out of the sweeper's
+    /// index (`pending_since`). If the item moved on, a second write
+    /// removes only the events; the next acknowledgement (or the sweeper)
+    /// clears the index entry.
     #[tracing::instrument(skip_all, fields(identity, count = seqs.len()))]
-    pub async fn acknowledge(&self, identity: &str, seqs: &[u64]) -> Result<(), OutboxError> {
+    pub async fn acknowledge(
+        &self,
+        identity: &str,
+        seqs: &[u64],
+        version: Option<u64>,
+    ) -> Result<(), OutboxError> {
+        if let Some(version) = version {
+            match self.remove(identity, seqs, Some(version)).await? {
+                Removed::Yes => return Ok(()),
+                Removed::ConditionFailed => {
+                    tracing::debug!(
+                        identity,
+                        version,
+                        "the item moved on; removing the events only"
+                    );
+                }
+            }
+        }
         if seqs.is_empty() {
             return Ok(());
         }
+        match self.remove(identity, seqs, None).await? {
+            Removed::Yes => {}
+            Removed::ConditionFailed => {
+                tracing::warn!(identity, "the item is gone; nothing to acknowledge");
+            }
+        }
+        Ok(())
+    }
+
+    /// One `REMOVE` of outbox entries; with `version`, also of the
+    /// `pending_since` attribute, on condition that the item is still at
+    /// that version. Without, on condition that the item exists.
+    async fn remove(
+        &self,
+        identity: &str,
+        seqs: &[u64],
+        version: Option<u64>,
+    ) -> Result<Removed, OutboxError> {
         let mut request = self
             .client
             .update_item()
             .table_name(&self.table)
             .key(IDENTITY_ATTR, AttributeValue::S(identity.to_owned()))
-            .condition_expression("attribute_exists(#id)")
-            .expression_attribute_names("#id", IDENTITY_ATTR)
-            .expression_attribute_names("#o", OUTBOX_ATTR);
-        let mut paths = Vec::with_capacity(seqs.len());
+            .expression_attribute_names("#id", IDENTITY_ATTR);
+        let mut paths = Vec::with_capacity(seqs.len() + 1);
+        if !seqs.is_empty() {
+            request = request.expression_attribute_names("#o", OUTBOX_ATTR);
+        }
         for (i, seq) in seqs.iter().enumerate() {
             request = request.expression_attribute_names(format!("#k{i}"), outbox_key(*seq));
             paths.push(format!("#o.#k{i}"));
         }
+        request = match version {
+            Some(version) => {
+                paths.push("#ps".to_owned());
+                request
+                    .expression_attribute_names("#ps", PENDING_SINCE_ATTR)
+                    .expression_attribute_names("#v", VERSION_ATTR)
+                    .expression_attribute_values(":v", AttributeValue::N(version.to_string()))
+                    .condition_expression("attribute_exists(#id) AND #v = :v")
+            }
+            None => request.condition_expression("attribute_exists(#id)"),
+        };
         let result = request
             .update_expression(format!("REMOVE {}", paths.join(", ")))
             .send()
             .await;
         match result {
-            Ok(_) => Ok(()),
+            Ok(_) => Ok(Removed::Yes),
             Err(SdkError::ServiceError(e)) if e.err().is_conditional_check_failed_exception() => {
-                tracing::warn!(identity, "the item is gone; nothing to acknowledge");
-                Ok(())
+                Ok(Removed::ConditionFailed)
             }
             Err(e) => Err(self.error("UpdateItem", identity)(e)),
         }
     }
+}
+
+/// How a conditional removal ended, short of an error.
+enum Removed {
+    Yes,
+    ConditionFailed,
 }

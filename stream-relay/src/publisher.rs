@@ -6,6 +6,11 @@
 //! order. So a batch never holds two events of one message group: an
 //! identity's next event goes into a later batch, and a batch is sent only
 //! when every entry of the batches before it was accepted.
+//!
+//! The same rule makes a failure easy to report precisely: what was not
+//! accepted is the rest of the failing batch plus every later batch, and
+//! for each identity that is a tail of its events (see [`PublishFailure`]).
+//! The relay maps it back to the first stream record not done.
 
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
@@ -25,7 +30,7 @@ const ATTEMPTS: u32 = 5;
 
 #[derive(Debug, thiserror::Error)]
 pub enum PublishError {
-    #[error("SendMessageBatch to {queue_url} failed: {source}")]
+    #[error("SendMessageBatch to {queue_url} failed: {}", describe(.source))]
     Call {
         queue_url: String,
         #[source]
@@ -50,6 +55,37 @@ pub enum PublishError {
     Entry(String),
 }
 
+/// A [`Publisher::publish`] that stopped short: which events SQS has not
+/// accepted, and why.
+#[derive(Debug, thiserror::Error)]
+#[error("{} of the events were not published", unpublished.len())]
+pub struct PublishFailure {
+    /// Indexes into the `events` given to [`Publisher::publish`] that SQS
+    /// did not accept (or that were never sent), in increasing order. Every
+    /// other event was accepted. For each identity these are its last
+    /// events (a tail), so "published up to" stays a plain number.
+    pub unpublished: Vec<usize>,
+    #[source]
+    pub error: PublishError,
+}
+
+/// What went wrong in one line: the service's code and message when SQS
+/// answered (the SDK's own rendering of a service error says only "service
+/// error", its full context dumps the raw response), the error chain
+/// otherwise (timeouts, connection failures).
+fn describe(
+    e: &aws_sdk_sqs::error::SdkError<
+        aws_sdk_sqs::operation::send_message_batch::SendMessageBatchError,
+    >,
+) -> String {
+    use aws_sdk_sqs::error::ProvideErrorMetadata;
+    match (e.code(), e.message()) {
+        (Some(code), Some(message)) => format!("{code}: {message}"),
+        (Some(code), None) => code.to_owned(),
+        _ => aws_sdk_sqs::error::DisplayErrorContext(e).to_string(),
+    }
+}
+
 /// Sends events to one FIFO queue.
 #[derive(Debug, Clone)]
 pub struct Publisher {
@@ -63,26 +99,44 @@ impl Publisher {
     }
 
     /// Publishes `events`, which are in order per identity, keeping that
-    /// order. Returns when SQS has accepted all of them.
-    pub async fn publish(&self, events: &[Envelope]) -> Result<(), PublishError> {
-        for batch in plan_batches(events) {
-            self.send_batch(&batch).await?;
+    /// order. Returns when SQS has accepted all of them, or with the events
+    /// it has not accepted.
+    pub async fn publish(&self, events: &[Envelope]) -> Result<(), PublishFailure> {
+        let batches = plan_batch_indexes(events);
+        for (b, batch) in batches.iter().enumerate() {
+            if let Err(failure) = self.send_batch(events, batch).await {
+                return Err(PublishFailure {
+                    unpublished: unpublished(&batches, b, failure.unpublished),
+                    error: failure.error,
+                });
+            }
         }
         Ok(())
     }
 
-    /// Sends one batch, retrying the entries SQS did not accept.
-    async fn send_batch(&self, batch: &[&Envelope]) -> Result<(), PublishError> {
-        let mut pending: Vec<&Envelope> = batch.to_vec();
+    /// Sends one batch (`batch` indexes into `events`), retrying the entries
+    /// SQS did not accept. A failure lists the entries of this batch that
+    /// are not accepted.
+    async fn send_batch(&self, events: &[Envelope], batch: &[usize]) -> Result<(), PublishFailure> {
+        let mut pending: Vec<usize> = batch.to_vec();
         let mut backoff = Backoff::new(Duration::from_millis(50), Duration::from_secs(2));
         let mut attempt = 0;
         loop {
             attempt += 1;
-            let entries = pending
+            let entries = match pending
                 .iter()
                 .enumerate()
-                .map(|(i, event)| entry(i, event))
-                .collect::<Result<Vec<_>, _>>()?;
+                .map(|(i, &event)| entry(i, &events[event]))
+                .collect::<Result<Vec<_>, _>>()
+            {
+                Ok(entries) => entries,
+                Err(error) => {
+                    return Err(PublishFailure {
+                        unpublished: pending,
+                        error,
+                    });
+                }
+            };
             let result = self
                 .client
                 .send_message_batch()
@@ -93,14 +147,19 @@ impl Publisher {
             let output = match result {
                 Ok(output) => output,
                 Err(e) if attempt < ATTEMPTS => {
-                    tracing::warn!(error = %aws_sdk_sqs::error::DisplayErrorContext(&e), attempt, "SendMessageBatch failed, retrying");
+                    tracing::warn!(error = %describe(&e), attempt, "SendMessageBatch failed, retrying");
                     backoff.wait().await;
                     continue;
                 }
                 Err(e) => {
-                    return Err(PublishError::Call {
-                        queue_url: self.queue_url.clone(),
-                        source: Box::new(e),
+                    // The call may have reached SQS or not: count its entries
+                    // as not accepted (sending them again is harmless).
+                    return Err(PublishFailure {
+                        unpublished: pending,
+                        error: PublishError::Call {
+                            queue_url: self.queue_url.clone(),
+                            source: Box::new(e),
+                        },
                     });
                 }
             };
@@ -114,7 +173,7 @@ impl Publisher {
             let Some(&first_index) = failed.first() else {
                 return Ok(());
             };
-            let event = pending[first_index];
+            let event = &events[pending[first_index]];
             let report = output
                 .failed()
                 .iter()
@@ -128,13 +187,17 @@ impl Publisher {
                 "SQS did not accept some entries"
             );
             if sender_fault || attempt >= ATTEMPTS {
-                return Err(PublishError::Rejected {
+                let error = PublishError::Rejected {
                     event_id: event.event_id.to_string(),
                     identity: event.identity.to_string(),
                     seq: event.seq,
                     attempts: attempt,
                     code: code.to_owned(),
                     message: message.to_owned(),
+                };
+                return Err(PublishFailure {
+                    unpublished: failed.iter().map(|&i| pending[i]).collect(),
+                    error,
                 });
             }
             pending = failed.iter().map(|&i| pending[i]).collect();
@@ -157,9 +220,17 @@ fn entry(index: usize, event: &Envelope) -> Result<SendMessageBatchRequestEntry,
 /// events of one identity in a batch and each identity's events in
 /// increasing batch order.
 pub fn plan_batches(events: &[Envelope]) -> Vec<Vec<&Envelope>> {
-    let mut batches: Vec<Vec<&Envelope>> = Vec::new();
+    plan_batch_indexes(events)
+        .into_iter()
+        .map(|batch| batch.into_iter().map(|i| &events[i]).collect())
+        .collect()
+}
+
+/// [`plan_batches`] as indexes into `events`.
+pub fn plan_batch_indexes(events: &[Envelope]) -> Vec<Vec<usize>> {
+    let mut batches: Vec<Vec<usize>> = Vec::new();
     let mut last_batch_of: HashMap<&str, usize> = HashMap::new();
-    for event in events {
+    for (i, event) in events.iter().enumerate() {
         let group = event.identity.as_str();
         let earliest = last_batch_of.get(group).map_or(0, |b| b + 1);
         let index = (earliest..batches.len())
@@ -168,10 +239,20 @@ pub fn plan_batches(events: &[Envelope]) -> Vec<Vec<&Envelope>> {
                 batches.push(Vec::new());
                 batches.len() - 1
             });
-        batches[index].push(event);
+        batches[index].push(i);
         last_batch_of.insert(group, index);
     }
     batches
+}
+
+/// The events not accepted when batch `failed` of `batches` stopped with
+/// `left_in_batch` not accepted: those, and every event of the batches
+/// after it (never sent), sorted.
+fn unpublished(batches: &[Vec<usize>], failed: usize, left_in_batch: Vec<usize>) -> Vec<usize> {
+    let mut unpublished = left_in_batch;
+    unpublished.extend(batches.iter().skip(failed + 1).flatten().copied());
+    unpublished.sort_unstable();
+    unpublished
 }
 
 #[cfg(test)]
@@ -226,6 +307,43 @@ mod tests {
         assert_eq!(seen, events.len(), "every event is planned once");
         // One identity's 4 events need 4 batches; the other 23 fill them.
         assert_eq!(batches.len(), 4);
+    }
+
+    #[test]
+    fn what_a_failed_batch_leaves_unpublished_is_a_tail_of_each_identity() {
+        // 3 identities x 4 events, plus singles: whichever batch fails, and
+        // whichever of its entries SQS refused, each identity's published
+        // events are a prefix of its events (so a "published up to" mark
+        // can never pass an unpublished event).
+        let mut events = Vec::new();
+        for seq in 1..=4 {
+            for identity in ["A", "B", "C"] {
+                events.push(event(identity, seq));
+            }
+        }
+        for identity in 0..12 {
+            events.push(event(&format!("X{identity}"), 1));
+        }
+        let batches = plan_batch_indexes(&events);
+        for (failed, batch) in batches.iter().enumerate() {
+            for refused in batch {
+                let left = unpublished(&batches, failed, vec![*refused]);
+                assert!(left.windows(2).all(|w| w[0] < w[1]), "sorted, no repeats");
+                for identity in ["A", "B", "C"] {
+                    let flags: Vec<bool> = events
+                        .iter()
+                        .enumerate()
+                        .filter(|(_, e)| e.identity.as_str() == identity)
+                        .map(|(i, _)| left.contains(&i))
+                        .collect();
+                    let first_left = flags.iter().position(|l| *l).unwrap_or(flags.len());
+                    assert!(
+                        flags[first_left..].iter().all(|l| *l),
+                        "batch {failed}, refused {refused}: {identity} {flags:?}"
+                    );
+                }
+            }
+        }
     }
 
     #[test]

@@ -6,12 +6,13 @@ use std::sync::Arc;
 use aws_config::SdkConfig;
 use aws_sdk_dynamodb::error::DisplayErrorContext;
 
-use crate::checkpoint::Checkpoints;
 use crate::config::{RelayArgs, Settings};
 use crate::daemon::Daemon;
+use crate::lease::LeaseTable;
 use crate::outbox::OutboxTable;
 use crate::publisher::Publisher;
 use crate::relay::Relay;
+use crate::sweeper::Sweeper;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartupError {
@@ -91,16 +92,44 @@ pub async fn relay(config: &SdkConfig, settings: &RelayArgs) -> Result<Relay, St
 pub async fn daemon(config: &SdkConfig, settings: &Settings) -> Result<Daemon, StartupError> {
     let dynamodb = aws_sdk_dynamodb::Client::new(config);
     let stream_arn = stream_arn(&dynamodb, settings).await?;
+    let relay = Arc::new(relay(config, &settings.relay).await?);
+    let sweeper = settings.sweep.interval().map(|every| {
+        let sweeper = Sweeper::new(
+            dynamodb.clone(),
+            settings.relay.table.clone(),
+            Arc::clone(&relay),
+            settings.sweep.older_than(),
+        );
+        (sweeper, every)
+    });
     Ok(Daemon {
         streams: aws_sdk_dynamodbstreams::Client::new(config),
-        relay: Arc::new(relay(config, &settings.relay).await?),
-        checkpoints: Checkpoints::new(
+        relay,
+        leases: LeaseTable::new(
             dynamodb,
             settings.lease_table.clone(),
             stream_arn.clone(),
+            settings.worker_id(),
         ),
         stream_arn,
         idle_poll: settings.idle_poll(),
         discover_interval: settings.discover_interval(),
+        lease_duration: settings.lease_duration(),
+        sweeper,
     })
+}
+
+/// The sweeper alone (the scheduled Lambda's).
+pub async fn sweeper(
+    config: &SdkConfig,
+    relay_args: &RelayArgs,
+    older_than: std::time::Duration,
+) -> Result<Sweeper, StartupError> {
+    let relay = Arc::new(relay(config, relay_args).await?);
+    Ok(Sweeper::new(
+        aws_sdk_dynamodb::Client::new(config),
+        relay_args.table.clone(),
+        relay,
+        older_than,
+    ))
 }

@@ -4,114 +4,36 @@
 //! entries of a batch and not others. The relay must send it again, lose
 //! nothing and keep each identity's order.
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use axum::Router;
-use axum::body::Body;
-use axum::extract::{Request, State};
-use axum::response::Response;
 use obt_contract::{Envelope, Identity};
 use obt_stream_relay::{Change, Relay, outbox::OutboxTable, publisher::Publisher};
 use obt_testkit::Stack;
-use serde_json::{Value, json};
-use tokio::net::TcpListener;
+use obt_testkit::sqs_proxy::SqsProxy;
 
 const DEADLINE: Duration = Duration::from_secs(30);
 
-struct Proxy {
-    upstream: String,
-    http: reqwest::Client,
-    /// Entries failed so far; the proxy fails `to_fail` of them, one per batch.
-    failed: AtomicUsize,
-    to_fail: usize,
-    /// Which entry of a batch (by position) is failed.
-    victim: usize,
-}
-
-async fn forward(State(proxy): State<Arc<Proxy>>, request: Request) -> Response {
-    let target = request
-        .headers()
-        .get("x-amz-target")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or_default()
-        .to_owned();
-    let (parts, body) = request.into_parts();
-    let body = axum::body::to_bytes(body, usize::MAX)
-        .await
-        .expect("read the request");
-    let mut document: Value = serde_json::from_slice(&body).expect("the SDK speaks JSON to SQS");
-
-    let mut removed: Option<Value> = None;
-    if target.ends_with(".SendMessageBatch") {
-        let entries = document["Entries"].as_array_mut().expect("Entries");
-        if entries.len() > proxy.victim && proxy.failed.load(Ordering::SeqCst) < proxy.to_fail {
-            proxy.failed.fetch_add(1, Ordering::SeqCst);
-            removed = Some(entries.remove(proxy.victim));
-        }
-    }
-
-    let mut upstream = proxy
-        .http
-        .post(format!("{}{}", proxy.upstream, parts.uri.path()))
-        .body(document.to_string());
-    for (name, value) in &parts.headers {
-        if name != "host" && name != "content-length" {
-            upstream = upstream.header(name, value);
-        }
-    }
-    let answer = upstream.send().await.expect("fauxqs answers");
-    let status = answer.status();
-    let headers = answer.headers().clone();
-    let mut answer: Value = answer.json().await.expect("fauxqs answers JSON");
-    if let Some(entry) = removed {
-        let failed = json!({
-            "Id": entry["Id"],
-            "SenderFault": false,
-            "Code": "InternalError",
-            "Message": "injected by the test proxy",
-        });
-        match answer["Failed"].as_array_mut() {
-            Some(list) => list.push(failed),
-            None => answer["Failed"] = json!([failed]),
-        }
-    }
-    let mut response = Response::builder().status(status);
-    for (name, value) in &headers {
-        if name != "content-length" && name != "transfer-encoding" {
-            response = response.header(name, value);
-        }
-    }
-    response
-        .body(Body::from(answer.to_string()))
-        .expect("a response")
-}
-
-async fn start_proxy(to_fail: usize, victim: usize) -> (String, Arc<Proxy>) {
-    let proxy = Arc::new(Proxy {
-        upstream: std::env::var("AWS_ENDPOINT_URL_SQS")
-            .expect("AWS_ENDPOINT_URL_SQS points at fauxqs"),
-        http: reqwest::Client::new(),
-        failed: AtomicUsize::new(0),
-        to_fail,
-        victim,
-    });
-    let listener = TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind the proxy");
-    let url = format!("http://{}", listener.local_addr().expect("address"));
-    let router = Router::new().fallback(forward).with_state(proxy.clone());
-    tokio::spawn(async move {
-        let _ = axum::serve(listener, router).await;
-    });
-    (url, proxy)
+/// A proxy that fails the entry at position `victim` of a batch, in
+/// `to_fail` batches.
+async fn start_proxy(to_fail: usize, victim: usize) -> SqsProxy {
+    let budget = AtomicUsize::new(to_fail);
+    SqsProxy::start(move |_entry, position| {
+        position == victim
+            && budget
+                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |left| {
+                    left.checked_sub(1)
+                })
+                .is_ok()
+    })
+    .await
 }
 
 fn change(event: &Envelope) -> Change {
     Change {
         sequence_number: event.seq.to_string(),
         identity: event.identity.to_string(),
+        version: Some(event.seq),
         adds_events: true,
         pending: vec![event.clone()],
     }
@@ -132,9 +54,9 @@ async fn entries_sqs_did_not_accept_are_sent_again_in_order_and_nothing_is_lost(
                 .map(move |id| obt_testkit::event(id, seq, "1.00"))
         })
         .collect();
-    let (proxy_url, proxy) = start_proxy(2, 1).await;
+    let proxy = start_proxy(2, 1).await;
     let sqs_config = aws_sdk_sqs::config::Builder::from(&stack.config)
-        .endpoint_url(&proxy_url)
+        .endpoint_url(&proxy.url)
         .build();
     let relay = Relay::new(
         Publisher::new(
@@ -151,11 +73,7 @@ async fn entries_sqs_did_not_accept_are_sent_again_in_order_and_nothing_is_lost(
         .await
         .expect("the relay retries the failed entries");
     assert_eq!(summary.published, 8);
-    assert_eq!(
-        proxy.failed.load(Ordering::SeqCst),
-        2,
-        "the proxy did fail two entries"
-    );
+    assert_eq!(proxy.failed(), 2, "the proxy did fail two entries");
 
     let received: Vec<Envelope> = obt_testkit::drain(&stack, &stack.queue_url, 8, DEADLINE)
         .await

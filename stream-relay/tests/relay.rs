@@ -10,7 +10,7 @@ use std::time::Duration;
 use aws_sdk_dynamodb::types::AttributeValue;
 use obt_contract::outbox::{OutboxImage, outbox_key};
 use obt_contract::{Amount, Envelope, Identity};
-use obt_stream_relay::config::{RelayArgs, Settings};
+use obt_stream_relay::config::{RelayArgs, Settings, SweepArgs};
 use obt_stream_relay::{Change, startup};
 use obt_testkit::{Stack, eventually};
 use tokio_util::sync::CancellationToken;
@@ -94,6 +94,12 @@ fn settings(stack: &Stack) -> Settings {
         lease_table: stack.names.lease_table.clone(),
         idle_poll_ms: 50,
         discover_interval_secs: 1,
+        lease_duration_secs: 3,
+        worker_id: None,
+        sweep: SweepArgs {
+            sweep_interval_secs: 0,
+            sweep_after_secs: 300,
+        },
     }
 }
 
@@ -213,6 +219,7 @@ fn change(sequence_number: &str, identity: &str, pending: Vec<Envelope>) -> Chan
     Change {
         sequence_number: sequence_number.to_owned(),
         identity: identity.to_owned(),
+        version: pending.last().map(|e| e.seq),
         adds_events: true,
         pending,
     }
@@ -296,7 +303,9 @@ async fn when_sqs_fails_nothing_is_acknowledged_and_a_retry_publishes_in_order()
         "{}-missing.fifo",
         stack.queue_url.trim_end_matches(".fifo")
     ));
-    let relay = startup::relay(&stack.config, &broken.relay).await.expect("relay");
+    let relay = startup::relay(&stack.config, &broken.relay)
+        .await
+        .expect("relay");
     let changes = [
         change("1", "P1", vec![e1.clone()]),
         change("2", "P1", vec![e1, e2]),
@@ -334,32 +343,51 @@ async fn acknowledgements_are_skipped() {
 }
 
 #[tokio::test]
-async fn the_daemon_binary_exits_cleanly_on_sigterm_with_its_checkpoint_saved() {
+async fn the_daemon_binary_exits_cleanly_on_sigterm_with_its_checkpoint_saved_and_its_lease_released()
+ {
     let stack = Stack::create(3).await;
     for seq in 1..=3 {
         write(&stack, &event("T1", seq)).await;
     }
     let mut env = stack.service_env();
     env.push(("OBT_IDLE_POLL_MS", "50".to_owned()));
+    env.push(("OBT_WORKER_ID", "relay-under-test".to_owned()));
     let relay = obt_testkit::Service::start("stream-relay", &env);
     assert_in_order_per_identity(&drain(&stack, 3).await, &[("T1", 3)]);
-    eventually("a checkpoint", DEADLINE, || async {
-        let out = stack
+    let leases = || async {
+        stack
             .dynamodb()
             .scan()
             .table_name(&stack.names.lease_table)
             .send()
             .await
-            .map_err(|e| e.to_string())?;
-        if out.items().is_empty() {
-            Err("none".to_owned())
-        } else {
+            .map(|out| out.items().to_vec())
+            .map_err(|e| e.to_string())
+    };
+    eventually("a checkpoint held by the relay", DEADLINE, || async {
+        let rows = leases().await?;
+        let held = rows.iter().any(|row| {
+            row.contains_key("checkpoint")
+                && row.get("lease_owner") == Some(&AttributeValue::S("relay-under-test".to_owned()))
+        });
+        if held {
             Ok(())
+        } else {
+            Err(format!("{rows:?}"))
         }
     })
     .await;
     let status = relay.terminate(Duration::from_secs(10)).await;
     assert!(status.success(), "exit status {status}");
+    let rows = leases().await.expect("scan the lease table");
+    assert!(!rows.is_empty());
+    for row in rows {
+        assert!(row.contains_key("checkpoint"), "{row:?}");
+        assert!(
+            !row.contains_key("lease_owner"),
+            "released on SIGTERM: {row:?}"
+        );
+    }
 }
 
 #[tokio::test]

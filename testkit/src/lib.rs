@@ -12,6 +12,13 @@
 //!   when dropped.
 //! - [`event`], [`send`], [`send_raw`], [`drain`], [`receive_dead_letter`]:
 //!   events and queue traffic as the relay and the consumer see them.
+//! - [`outbox`]: the api's write as the relay sees it (an event appended
+//!   to an item's outbox), and the outbox read back.
+//! - [`stream`]: the records of a stack's DynamoDB stream.
+//! - [`sqs_proxy`]: a proxy in front of fauxqs that fails chosen entries of
+//!   `SendMessageBatch` calls, as SQS does now and then.
+//! - [`lambda`]: a Lambda function binary behind cargo-lambda's Runtime API
+//!   emulator, and the DynamoDB stream events to invoke it with.
 
 use std::future::Future;
 use std::path::PathBuf;
@@ -23,6 +30,11 @@ use aws_sdk_sqs::error::DisplayErrorContext;
 use aws_sdk_sqs::types::MessageSystemAttributeName;
 use obt_contract::{Amount, Envelope, Identity, PersonName, SpendingRecorded};
 use tokio::process::{Child, Command};
+
+pub mod lambda;
+pub mod outbox;
+pub mod sqs_proxy;
+pub mod stream;
 
 /// The SDK configuration for the emulators started by `scripts/test.sh`.
 pub async fn aws() -> SdkConfig {

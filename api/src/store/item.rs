@@ -12,6 +12,8 @@
 //! | `version`    | N    | the seq of the last event: the concurrency token     |
 //! | `outbox`     | M    | seq (decimal text) -> envelope, not yet published    |
 //! | `updated_at` | S    | RFC 3339 time of the last event                      |
+//! | `pending_since` | N | epoch ms of the oldest event maybe pending; absent when the outbox is empty (sparse index key) |
+//! | `pending_bucket` | N | partition of the sparse index `pending`, fixed per identity |
 //!
 //! `identity`, `version` and `outbox` are the names in
 //! [`obt_contract::outbox`], which the relay reads too.

@@ -13,6 +13,10 @@
 //! identity wait for each other first ([`locks::StripedLocks`]), so that
 //! races are rare and mostly between processes.
 //!
+//! The same write keeps the item in the sparse index that the sweeper
+//! reads (`pending_since`, set only when absent, so it tells the time of
+//! the oldest event that may be pending; see [`obt_contract::outbox`]).
+//!
 //! The outbox is bounded (`max_pending_events`): when the relay has not
 //! taken the events for a long time, a POST is refused with a 503 rather
 //! than letting the item grow to DynamoDB's 400 KB item limit, at which
@@ -28,7 +32,7 @@ use std::fmt::Debug;
 use aws_sdk_dynamodb::Client;
 use aws_sdk_dynamodb::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_dynamodb::types::AttributeValue;
-use obt_contract::outbox::outbox_key;
+use obt_contract::outbox::{PENDING_BUCKET_ATTR, PENDING_SINCE_ATTR, outbox_key, pending_bucket};
 use obt_contract::{Envelope, Identity, SpendingRecorded};
 use rust_decimal::Decimal;
 use time::format_description::well_known::Rfc3339;
@@ -241,6 +245,8 @@ impl SpendingStore {
             ("#version".to_owned(), VERSION_ATTR.to_owned()),
             ("#outbox".to_owned(), OUTBOX_ATTR.to_owned()),
             ("#updated_at".to_owned(), UPDATED_AT_ATTR.to_owned()),
+            ("#pending_since".to_owned(), PENDING_SINCE_ATTR.to_owned()),
+            ("#pending_bucket".to_owned(), PENDING_BUCKET_ATTR.to_owned()),
         ]);
         let mut values = HashMap::from([
             (":name".to_owned(), AttributeValue::S(data.name.to_string())),
@@ -259,6 +265,14 @@ impl SpendingStore {
                 AttributeValue::N(envelope.seq.to_string()),
             ),
             (":updated_at".to_owned(), AttributeValue::S(updated_at)),
+            (
+                ":pending_since".to_owned(),
+                AttributeValue::N(epoch_millis(envelope.occurred_at).to_string()),
+            ),
+            (
+                ":pending_bucket".to_owned(),
+                AttributeValue::N(pending_bucket(envelope.identity.as_str()).to_string()),
+            ),
         ]);
         let key = outbox_key(envelope.seq);
         let (update, condition) = match version {
@@ -270,7 +284,8 @@ impl SpendingStore {
                 );
                 (
                     "SET #name = :name, #surname = :surname, #total = :amount, #count = :one, \
-                     #version = :seq, #outbox = :outbox, #updated_at = :updated_at",
+                     #version = :seq, #outbox = :outbox, #updated_at = :updated_at, \
+                     #pending_since = :pending_since, #pending_bucket = :pending_bucket",
                     "attribute_not_exists(#identity)",
                 )
             }
@@ -285,7 +300,9 @@ impl SpendingStore {
                 (
                     "SET #name = :name, #surname = :surname, #total = #total + :amount, \
                      #count = #count + :one, #version = :seq, #outbox.#k = :event, \
-                     #updated_at = :updated_at",
+                     #updated_at = :updated_at, \
+                     #pending_since = if_not_exists(#pending_since, :pending_since), \
+                     #pending_bucket = :pending_bucket",
                     "#version = :v AND size(#outbox) < :max_pending",
                 )
             }
@@ -359,6 +376,11 @@ fn summary_of(identity: &Identity, item: &Item) -> Result<Summary, String> {
         last_seq: item::integer(item, VERSION_ATTR)?,
         pending_events: item::map_len(item, OUTBOX_ATTR)?,
     })
+}
+
+/// Milliseconds since the Unix epoch (0 for times before it).
+fn epoch_millis(at: time::OffsetDateTime) -> u64 {
+    u64::try_from(at.unix_timestamp_nanos() / 1_000_000).unwrap_or(0)
 }
 
 fn malformed(identity: &Identity, reason: String) -> StoreError {

@@ -1,0 +1,316 @@
+#!/usr/bin/env bash
+# Deploys outboxtable to AWS with CloudFormation (infra/outboxtable.yaml):
+#
+#   1. checks the template (cfn-lint, from the project venv);
+#   2. builds the five release artifacts with cargo-lambda (zig cross-links
+#      for Amazon Linux): the EC2 binaries api, consumer and stream-relay, and
+#      the Lambda zips stream-relay-lambda and outbox-sweeper-lambda;
+#   3. uploads them to s3://BUCKET/PREFIX/ (PREFIX names the release: the
+#      commit and architecture, plus a timestamp when the tree is dirty, so
+#      that a release is never overwritten by other bytes);
+#   4. runs `aws cloudformation deploy` (creates or updates the stack) and
+#      prints the stack's outputs (the api's URL among them).
+#
+# Every release artifact is uploaded whatever the relay mode, so that one
+# release can run in any mode. See docs/DEPLOY.md for the variants, the
+# alarms and what to do about them.
+#
+# Usage: scripts/deploy.sh [options]        (--help lists them)
+#
+#   scripts/deploy.sh --dry-run --region eu-west-1 --bucket my-releases \
+#     --vpc vpc-0123 --private-subnets subnet-a,subnet-b \
+#     --public-subnets subnet-c,subnet-d --relay-mode daemon
+#
+# Each option also reads an environment variable (in brackets in --help).
+# Nothing secret is needed or kept here: AWS credentials come from the
+# standard chain (environment, profile, SSO, instance role).
+#
+# Needs: cargo (Rust), python3 with venv (for cargo-lambda, zig and cfn-lint,
+# installed into .venv/ by scripts/python.sh), and the AWS CLI v2 (or v1).
+# --dry-run prints every command instead of running it, and needs none of
+# them.
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+TEMPLATE=infra/outboxtable.yaml
+
+usage() {
+  cat <<'EOF'
+Usage: scripts/deploy.sh [options]
+
+Builds outboxtable, uploads the release to S3 and deploys the CloudFormation
+stack of infra/outboxtable.yaml. Options (environment variable in brackets):
+
+  --stack NAME            stack name [OBT_STACK_NAME] (default: outboxtable)
+  --region REGION         AWS region [AWS_REGION, AWS_DEFAULT_REGION] (required)
+  --bucket BUCKET         S3 bucket for the release, in REGION [OBT_ARTIFACT_BUCKET] (required)
+  --prefix PREFIX         key prefix of the release [OBT_ARTIFACT_PREFIX]
+                          (default: outboxtable/<commit>-<arch>[-dirty-<UTC time>])
+  --relay-mode MODE       lambda | daemon | none [OBT_RELAY_MODE] (default: lambda)
+  --arch ARCH             x86_64 | arm64 [OBT_ARCH] (default: x86_64); sets the build
+                          target, the AMI and the default instance types (t3 / t4g)
+  --vpc VPC_ID            VPC of the hosts and the load balancer [OBT_VPC_ID] (required)
+  --private-subnets IDS   comma-separated subnets of the hosts [OBT_PRIVATE_SUBNETS] (required)
+  --public-subnets IDS    comma-separated subnets of the load balancer [OBT_PUBLIC_SUBNETS] (required)
+  --alarm-email ADDRESS   subscribed to the alarm topic [OBT_ALARM_EMAIL] (optional)
+  --certificate-arn ARN   ACM certificate: HTTPS on the load balancer [OBT_CERTIFICATE_ARN] (optional)
+  --name-prefix PREFIX    prefix of table, queue and function names [OBT_NAME_PREFIX] (default: obt)
+  --parameter KEY=VALUE   any other template parameter, e.g. ApiDesiredCount=3
+                          (repeatable; overrides the values above)
+  --skip-build            upload what target/lambda/ already holds
+  --build-only            build the five artifacts into target/lambda/ and stop
+                          (no AWS settings or account needed; the test suite runs it)
+  --dry-run               print every command instead of running it
+  -h, --help              this help
+
+Examples:
+  scripts/deploy.sh --region eu-west-1 --bucket my-releases --vpc vpc-0123 \
+    --private-subnets subnet-a,subnet-b --public-subnets subnet-c,subnet-d
+  scripts/deploy.sh ... --relay-mode none     # then: --relay-mode daemon
+  scripts/deploy.sh ... --dry-run
+
+The AWS CLI must be installed and configured (credentials, or a profile via
+AWS_PROFILE). Details: docs/DEPLOY.md.
+EOF
+}
+
+die() {
+  printf 'deploy: %s\n' "$*" >&2
+  exit 1
+}
+step() { printf '\n==> %s\n' "$*" >&2; }
+
+# ---- configuration: environment first, flags over it --------------------------
+
+stack="${OBT_STACK_NAME:-outboxtable}"
+region="${AWS_REGION:-${AWS_DEFAULT_REGION:-}}"
+bucket="${OBT_ARTIFACT_BUCKET:-}"
+prefix="${OBT_ARTIFACT_PREFIX:-}"
+relay_mode="${OBT_RELAY_MODE:-lambda}"
+arch="${OBT_ARCH:-x86_64}"
+vpc="${OBT_VPC_ID:-}"
+private_subnets="${OBT_PRIVATE_SUBNETS:-}"
+public_subnets="${OBT_PUBLIC_SUBNETS:-}"
+alarm_email="${OBT_ALARM_EMAIL:-}"
+certificate_arn="${OBT_CERTIFICATE_ARN:-}"
+name_prefix="${OBT_NAME_PREFIX:-obt}"
+extra_parameters=()
+skip_build=false
+dry_run=false
+build_only=false
+
+need_value() {
+  if [ "$#" -lt 2 ] || [ -z "$2" ]; then
+    die "$1 needs a value (see --help)"
+  fi
+}
+
+while [ "$#" -gt 0 ]; do
+  case "$1" in
+    --stack) need_value "$@"; stack="$2"; shift 2 ;;
+    --region) need_value "$@"; region="$2"; shift 2 ;;
+    --bucket) need_value "$@"; bucket="$2"; shift 2 ;;
+    --prefix) need_value "$@"; prefix="$2"; shift 2 ;;
+    --relay-mode) need_value "$@"; relay_mode="$2"; shift 2 ;;
+    --arch) need_value "$@"; arch="$2"; shift 2 ;;
+    --vpc) need_value "$@"; vpc="$2"; shift 2 ;;
+    --private-subnets) need_value "$@"; private_subnets="$2"; shift 2 ;;
+    --public-subnets) need_value "$@"; public_subnets="$2"; shift 2 ;;
+    --alarm-email) need_value "$@"; alarm_email="$2"; shift 2 ;;
+    --certificate-arn) need_value "$@"; certificate_arn="$2"; shift 2 ;;
+    --name-prefix) need_value "$@"; name_prefix="$2"; shift 2 ;;
+    --parameter)
+      need_value "$@"
+      [[ "$2" == ?*=* ]] || die "--parameter takes KEY=VALUE, not '$2'"
+      extra_parameters+=("$2")
+      shift 2
+      ;;
+    --skip-build) skip_build=true; shift ;;
+    --build-only) build_only=true; shift ;;
+    --dry-run) dry_run=true; shift ;;
+    -h | --help) usage; exit 0 ;;
+    *) die "unknown argument '$1' (see --help)" ;;
+  esac
+done
+
+case "$relay_mode" in
+  lambda | daemon | none) ;;
+  *) die "--relay-mode is lambda, daemon or none, not '$relay_mode'" ;;
+esac
+case "$arch" in
+  x86_64) cargo_arch=--x86-64; instance_type=t3.small ;;
+  arm64) cargo_arch=--arm64; instance_type=t4g.small ;;
+  *) die "--arch is x86_64 or arm64, not '$arch'" ;;
+esac
+
+# A required value that is missing stops a real run; a dry run shows a
+# placeholder instead, so that it can be tried without an account.
+require() {
+  local name="$1" flag="$2" value="$3"
+  if [ -n "$value" ]; then
+    printf '%s' "$value"
+  elif "$dry_run"; then
+    printf 'deploy: %s is not set (%s); the dry run shows a placeholder\n' "$name" "$flag" >&2
+    printf '<%s>' "$name"
+  else
+    die "$name is required: pass $flag (see --help)"
+  fi
+}
+if "$build_only"; then
+  # Only the build's own settings matter.
+  region="${region:-none}" bucket="${bucket:-none}" vpc="${vpc:-none}"
+  private_subnets="${private_subnets:-none}" public_subnets="${public_subnets:-none}"
+fi
+region="$(require region --region "$region")"
+bucket="$(require bucket --bucket "$bucket")"
+vpc="$(require vpc --vpc "$vpc")"
+private_subnets="$(require private-subnets --private-subnets "$private_subnets")"
+public_subnets="$(require public-subnets --public-subnets "$public_subnets")"
+
+cd "$ROOT"
+
+# The release's name. Read-only git calls; a dirty tree gets a timestamp so
+# that its artifacts never replace those of the commit.
+if [ -z "$prefix" ]; then
+  if commit="$(git rev-parse --short=12 HEAD 2>/dev/null)"; then
+    prefix="outboxtable/$commit-$arch"
+    if [ -n "$(git status --porcelain 2>/dev/null)" ]; then
+      prefix="$prefix-dirty-$(date -u +%Y%m%dT%H%M%SZ)"
+    fi
+  else
+    prefix="outboxtable/$(date -u +%Y%m%dT%H%M%SZ)-$arch"
+  fi
+fi
+prefix="${prefix#/}"
+prefix="${prefix%/}"
+
+# ---- the commands --------------------------------------------------------------
+
+# Prints a command, then runs it unless this is a dry run.
+run() {
+  printf '+'
+  printf ' %q' "$@"
+  printf '\n'
+  if ! "$dry_run"; then
+    "$@"
+  fi
+}
+
+# Template parameters, in order; a --parameter with the same key replaces one.
+parameters=(
+  "NamePrefix=$name_prefix"
+  "ArtifactBucket=$bucket"
+  "ArtifactPrefix=$prefix"
+  "Architecture=$arch"
+  "RelayMode=$relay_mode"
+  "VpcId=$vpc"
+  "PrivateSubnetIds=$private_subnets"
+  "PublicSubnetIds=$public_subnets"
+  "ImageId=/aws/service/ami-amazon-linux-latest/al2023-ami-kernel-default-$arch"
+  "ApiInstanceType=$instance_type"
+  "ConsumerInstanceType=$instance_type"
+  "RelayInstanceType=$instance_type"
+)
+# Optional ones only when given: on an update, a parameter left out keeps its
+# previous value (so a redeploy does not drop the alarm subscription). To
+# remove one: --parameter AlarmEmail= (or CertificateArn=).
+[ -z "$alarm_email" ] || parameters+=("AlarmEmail=$alarm_email")
+[ -z "$certificate_arn" ] || parameters+=("CertificateArn=$certificate_arn")
+for extra in ${extra_parameters[@]+"${extra_parameters[@]}"}; do
+  replaced=false
+  for i in "${!parameters[@]}"; do
+    if [ "${parameters[$i]%%=*}" = "${extra%%=*}" ]; then
+      parameters[i]="$extra"
+      replaced=true
+    fi
+  done
+  "$replaced" || parameters+=("$extra")
+done
+
+# The AWS CLI is not part of the project's tools: say how to get it.
+if ! "$build_only" && ! command -v aws >/dev/null 2>&1; then
+  message="the AWS CLI (aws) is not installed. Install it with the AWS installer
+  (https://docs.aws.amazon.com/cli/latest/userguide/getting-started-install.html),
+  or into the project venv: source scripts/python.sh && python_tools && .venv/bin/pip install awscli"
+  if "$dry_run"; then
+    printf 'deploy: note: %s\n' "$message" >&2
+  else
+    die "$message"
+  fi
+fi
+if ! "$dry_run" && ! "$skip_build" && ! command -v cargo >/dev/null 2>&1; then
+  die "cargo is not installed: install Rust (https://rustup.rs)"
+fi
+
+if ! "$build_only"; then
+  printf 'deploy: stack %s in %s, relay mode %s, %s, release s3://%s/%s/\n' \
+    "$stack" "$region" "$relay_mode" "$arch" "$bucket" "$prefix" >&2
+fi
+if "$dry_run"; then
+  printf 'deploy: dry run: the commands are printed, none is run\n' >&2
+fi
+
+step "project tools (cargo-lambda, zig, cfn-lint in .venv/)"
+# shellcheck source=scripts/python.sh
+source scripts/python.sh
+run python_tools
+
+if ! "$build_only"; then
+  step "checking the template"
+  run cfn-lint "$TEMPLATE"
+fi
+
+binaries=(api consumer stream-relay)
+lambdas=(stream-relay-lambda outbox-sweeper-lambda)
+if ! "$skip_build"; then
+  step "building the EC2 binaries and the Lambda packages ($arch)"
+  bin_flags=()
+  for b in "${binaries[@]}"; do bin_flags+=(--bin "$b"); done
+  lambda_flags=()
+  for b in "${lambdas[@]}"; do lambda_flags+=(--bin "$b"); done
+  run cargo lambda build --release "$cargo_arch" "${bin_flags[@]}"
+  run cargo lambda build --release "$cargo_arch" --output-format zip "${lambda_flags[@]}"
+fi
+
+if "$build_only"; then
+  for b in "${binaries[@]}"; do
+    "$dry_run" || [ -x "target/lambda/$b/bootstrap" ] || die "the build made no target/lambda/$b/bootstrap"
+  done
+  for b in "${lambdas[@]}"; do
+    "$dry_run" || [ -s "target/lambda/$b/bootstrap.zip" ] || die "the build made no target/lambda/$b/bootstrap.zip"
+  done
+  printf 'deploy: built %s and %s in target/lambda/\n' "${binaries[*]}" "${lambdas[*]}" >&2
+  exit 0
+fi
+
+step "uploading the release to s3://$bucket/$prefix/"
+for b in "${binaries[@]}"; do
+  artifact="target/lambda/$b/bootstrap"
+  "$dry_run" || [ -f "$artifact" ] || die "$artifact is missing: build first (drop --skip-build)"
+  run aws s3 cp --region "$region" --only-show-errors "$artifact" "s3://$bucket/$prefix/$b"
+done
+for b in "${lambdas[@]}"; do
+  artifact="target/lambda/$b/bootstrap.zip"
+  "$dry_run" || [ -f "$artifact" ] || die "$artifact is missing: build first (drop --skip-build)"
+  run aws s3 cp --region "$region" --only-show-errors "$artifact" "s3://$bucket/$prefix/$b.zip"
+done
+
+step "deploying the stack $stack"
+# The template is over the 51,200 bytes a template body may have: deploy
+# uploads it to the bucket (under the release) and passes its URL.
+run aws cloudformation deploy \
+  --region "$region" \
+  --stack-name "$stack" \
+  --template-file "$TEMPLATE" \
+  --s3-bucket "$bucket" \
+  --s3-prefix "$prefix/cloudformation" \
+  --capabilities CAPABILITY_NAMED_IAM \
+  --no-fail-on-empty-changeset \
+  --parameter-overrides "${parameters[@]}"
+
+step "stack outputs"
+run aws cloudformation describe-stacks \
+  --region "$region" \
+  --stack-name "$stack" \
+  --query "Stacks[0].Outputs[].[OutputKey,OutputValue]" \
+  --output table

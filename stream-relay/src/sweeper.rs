@@ -1,0 +1,182 @@
+//! The sweeper: publishes what the stream did not deliver in time.
+//!
+//! Events stay in an item's outbox until the relay acknowledges them, so
+//! nothing the stream lost is lost for good: records trimmed after 24 h,
+//! a Lambda that gave up after its retries, a stream that was disabled or
+//! re-created. The sweeper finds such items through the sparse index
+//! [`PENDING_INDEX`] (only items whose outbox may hold events are in it,
+//! keyed by the time of the oldest one), so a pass reads a few index
+//! partitions, never the whole table.
+//!
+//! For each item older than the threshold it reads the item and hands it to
+//! the same [`Relay::handle`] as the stream does, as if the stream had
+//! delivered it now: pending events above the identity's published mark go
+//! out in `seq` order, then are acknowledged. Racing the stream relay is
+//! safe: each of them publishes an event only after every older event of
+//! the identity was published, so the first copy of each event reaches the
+//! queue in order, and later copies are duplicates that SQS and the
+//! consumer drop.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use aws_sdk_dynamodb::Client;
+use aws_sdk_dynamodb::error::DisplayErrorContext;
+use aws_sdk_dynamodb::types::AttributeValue;
+use futures::{StreamExt, TryStreamExt, stream};
+use obt_contract::outbox::{
+    IDENTITY_ATTR, PENDING_BUCKET_ATTR, PENDING_BUCKETS, PENDING_INDEX, PENDING_SINCE_ATTR,
+};
+
+use crate::change::Change;
+use crate::outbox::{OutboxError, OutboxTable};
+use crate::relay::Relay;
+
+/// Items swept at once.
+const CONCURRENT_ITEMS: usize = 16;
+
+/// The sequence number given to a sweep's changes (they come from no
+/// stream; nothing checkpoints them).
+pub const SWEEP_SEQUENCE_NUMBER: &str = "sweep";
+
+#[derive(Debug, thiserror::Error)]
+pub enum SweepError {
+    #[error(
+        "DynamoDB Query on index {index} of table {table} failed: {message}. \
+         The table needs the index (obt-migrate creates it) and the sweeper dynamodb:Query on it"
+    )]
+    Query {
+        table: String,
+        index: &'static str,
+        message: String,
+    },
+    #[error(transparent)]
+    Outbox(#[from] OutboxError),
+    #[error("could not republish the events of {identity}: {message}")]
+    Relay { identity: String, message: String },
+}
+
+/// What one pass did.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct SweepSummary {
+    /// Items found in the index older than the threshold.
+    pub items: usize,
+    /// Events published again (their stream records never came, or came
+    /// too late).
+    pub republished: usize,
+}
+
+/// Sweeps one table. Cheap to share.
+#[derive(Debug, Clone)]
+pub struct Sweeper {
+    client: Client,
+    table: String,
+    outbox: OutboxTable,
+    relay: Arc<Relay>,
+    /// How long an event may wait in an outbox before the sweeper takes it:
+    /// well above the stream relay's normal delay, so that the sweeper only
+    /// acts when the stream did not.
+    older_than: Duration,
+}
+
+impl Sweeper {
+    pub fn new(client: Client, table: String, relay: Arc<Relay>, older_than: Duration) -> Self {
+        Self {
+            outbox: OutboxTable::new(client.clone(), table.clone()),
+            client,
+            table,
+            relay,
+            older_than,
+        }
+    }
+
+    /// One pass over every bucket of the index.
+    #[tracing::instrument(skip_all, fields(table = %self.table))]
+    pub async fn sweep(&self) -> Result<SweepSummary, SweepError> {
+        let cutoff = epoch_millis(SystemTime::now())
+            .saturating_sub(u64::try_from(self.older_than.as_millis()).unwrap_or(u64::MAX));
+        let mut summary = SweepSummary::default();
+        for bucket in 0..PENDING_BUCKETS {
+            let identities = self.overdue(bucket, cutoff).await?;
+            summary.items += identities.len();
+            let republished: Vec<usize> = stream::iter(identities)
+                .map(|identity| async move { self.sweep_item(&identity).await })
+                .buffer_unordered(CONCURRENT_ITEMS)
+                .try_collect()
+                .await?;
+            summary.republished += republished.iter().sum::<usize>();
+        }
+        if summary.republished > 0 {
+            tracing::warn!(
+                items = summary.items,
+                republished = summary.republished,
+                "the sweeper published events the stream had not delivered in time"
+            );
+        } else {
+            tracing::debug!(items = summary.items, "sweep done");
+        }
+        Ok(summary)
+    }
+
+    /// The identities in `bucket` with an event pending since before `cutoff`.
+    async fn overdue(&self, bucket: u32, cutoff: u64) -> Result<Vec<String>, SweepError> {
+        let items = self
+            .client
+            .query()
+            .table_name(&self.table)
+            .index_name(PENDING_INDEX)
+            .key_condition_expression("#b = :b AND #ps < :cutoff")
+            .expression_attribute_names("#b", PENDING_BUCKET_ATTR)
+            .expression_attribute_names("#ps", PENDING_SINCE_ATTR)
+            .expression_attribute_values(":b", AttributeValue::N(bucket.to_string()))
+            .expression_attribute_values(":cutoff", AttributeValue::N(cutoff.to_string()))
+            .into_paginator()
+            .items()
+            .send()
+            .collect::<Result<Vec<_>, _>>()
+            .await
+            .map_err(|e| SweepError::Query {
+                table: self.table.clone(),
+                index: PENDING_INDEX,
+                message: DisplayErrorContext(&e).to_string(),
+            })?;
+        Ok(items
+            .into_iter()
+            .filter_map(|mut item| match item.remove(IDENTITY_ATTR) {
+                Some(AttributeValue::S(identity)) => Some(identity),
+                _ => None,
+            })
+            .collect())
+    }
+
+    /// Publishes and acknowledges what `identity` has pending; an item with
+    /// nothing pending leaves the index. Returns the events published.
+    async fn sweep_item(&self, identity: &str) -> Result<usize, SweepError> {
+        let Some(image) = self.outbox.image(identity).await? else {
+            return Ok(0);
+        };
+        let version = image.version;
+        let change = Change::from_images(SWEEP_SEQUENCE_NUMBER.to_owned(), None, image);
+        if !change.adds_events {
+            // The outbox is empty: a stale index entry (an acknowledgement
+            // that raced a write). Clear it if the item is still as read.
+            self.outbox.acknowledge(identity, &[], version).await?;
+            return Ok(0);
+        }
+        let summary = self
+            .relay
+            .handle(std::slice::from_ref(&change))
+            .await
+            .map_err(|e| SweepError::Relay {
+                identity: identity.to_owned(),
+                message: e.to_string(),
+            })?;
+        Ok(summary.published)
+    }
+}
+
+fn epoch_millis(at: SystemTime) -> u64 {
+    at.duration_since(UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
+}

@@ -1,0 +1,304 @@
+//! The Lambda driver as AWS runs it: the real `stream-relay-lambda` binary
+//! polling the Lambda Runtime API (cargo-lambda's emulator), invoked with
+//! DynamoDB stream events made from records read from DynamoDB Local's
+//! stream, publishing to fauxqs. What the event source mapping adds (which
+//! records to deliver again after a partial batch response) the tests do
+//! themselves, as the mapping would: from the reported record on.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::time::Duration;
+
+use aws_sdk_dynamodbstreams::types::Record;
+use obt_consumer::read_model::{AppliedIdentity, load_identity};
+use obt_contract::{Envelope, Identity};
+use obt_testkit::lambda::{LambdaEmulator, dynamodb_event};
+use obt_testkit::sqs_proxy::SqsProxy;
+use obt_testkit::{Service, Stack, eventually, outbox, stream};
+use serde_json::{Value, json};
+
+const DEADLINE: Duration = Duration::from_secs(60);
+
+/// The function on `stack`, with `extra` settings (which win).
+async fn start_function(stack: &Stack, extra: &[(&'static str, String)]) -> LambdaEmulator {
+    let mut env = vec![
+        ("OBT_TABLE", stack.names.table.clone()),
+        ("OBT_QUEUE_URL", stack.queue_url.clone()),
+        ("OBT_LOG_FORMAT", "text".to_owned()),
+    ];
+    env.extend(extra.iter().cloned());
+    LambdaEmulator::start(
+        Path::new(env!("CARGO_MANIFEST_DIR")),
+        "stream-relay-lambda",
+        Path::new(env!("CARGO_BIN_EXE_stream-relay-lambda")),
+        &env,
+    )
+    .await
+}
+
+/// Appends events 1..=`count` of each identity, interleaved (1 of each,
+/// then 2 of each, ...), and returns them in the order written.
+async fn write_interleaved(stack: &Stack, identities: &[&Identity], count: u64) -> Vec<Envelope> {
+    let mut written = Vec::new();
+    for seq in 1..=count {
+        for identity in identities {
+            let event = obt_testkit::event(identity, seq, &format!("{seq}.10"));
+            outbox::append(stack, &event).await;
+            written.push(event);
+        }
+    }
+    written
+}
+
+/// The sequence numbers a partial batch response lists.
+fn failures(response: &Value) -> Vec<String> {
+    response["batchItemFailures"]
+        .as_array()
+        .unwrap_or_else(|| panic!("a partial batch response: {response}"))
+        .iter()
+        .map(|f| f["itemIdentifier"].as_str().unwrap_or_default().to_owned())
+        .collect()
+}
+
+fn sequence_number(record: &Record) -> String {
+    record
+        .dynamodb()
+        .and_then(|d| d.sequence_number())
+        .expect("a stream record has a sequence number")
+        .to_owned()
+}
+
+fn seqs_per_identity(events: &[Envelope]) -> HashMap<String, Vec<u64>> {
+    let mut seqs: HashMap<String, Vec<u64>> = HashMap::new();
+    for e in events {
+        seqs.entry(e.identity.to_string()).or_default().push(e.seq);
+    }
+    seqs
+}
+
+async fn drain(stack: &Stack, count: usize) -> Vec<Envelope> {
+    obt_testkit::drain(stack, &stack.queue_url, count, DEADLINE)
+        .await
+        .iter()
+        .map(|body| Envelope::decode(body).expect("an envelope"))
+        .collect()
+}
+
+async fn assert_outbox(stack: &Stack, identity: &Identity, expected: &[u64]) {
+    assert_eq!(
+        outbox::pending(stack, identity.as_str()).await.as_deref(),
+        Some(expected),
+        "the outbox of {identity}"
+    );
+}
+
+#[tokio::test]
+async fn a_batch_of_writes_is_published_once_in_order_and_acknowledged_and_its_acknowledgements_publish_nothing()
+ {
+    let stack = Stack::create(3).await;
+    let (a, b, c) = (
+        obt_testkit::identity("LA"),
+        obt_testkit::identity("LB"),
+        obt_testkit::identity("LC"),
+    );
+    let written = write_interleaved(&stack, &[&a, &b, &c], 3).await;
+    let writes = stream::records(&stack, written.len(), DEADLINE).await;
+    assert_eq!(writes.len(), written.len(), "one record per write");
+    let mut function = start_function(&stack, &[]).await;
+
+    let response = function
+        .invoke(&dynamodb_event(&writes, &stack.stream_arn))
+        .await;
+    assert_eq!(failures(&response), Vec::<String>::new());
+    let published = drain(&stack, written.len()).await;
+    let expected: Vec<u64> = vec![1, 2, 3];
+    let seqs = seqs_per_identity(&published);
+    assert_eq!(seqs.len(), 3, "three identities: {seqs:?}");
+    for identity in [&a, &b, &c] {
+        assert_eq!(seqs.get(identity.as_str()), Some(&expected), "{identity}");
+        assert_outbox(&stack, identity, &[]).await;
+    }
+    let mut published_ids: Vec<String> = published.iter().map(|e| e.event_id.to_string()).collect();
+    let mut written_ids: Vec<String> = written.iter().map(|e| e.event_id.to_string()).collect();
+    published_ids.sort();
+    written_ids.sort();
+    assert_eq!(published_ids, written_ids, "the events written, each once");
+    assert!(obt_testkit::receives_nothing(&stack, &stack.queue_url).await);
+
+    // The acknowledgements made records of their own: they add no event.
+    let all = stream::records(&stack, written.len() + 3, DEADLINE).await;
+    let acknowledgements = &all[writes.len()..];
+    let response = function
+        .invoke(&dynamodb_event(acknowledgements, &stack.stream_arn))
+        .await;
+    assert_eq!(failures(&response), Vec::<String>::new());
+    assert!(
+        obt_testkit::receives_nothing(&stack, &stack.queue_url).await,
+        "acknowledgements publish nothing"
+    );
+}
+
+/// What SQS accepted through `proxy`, as seqs per identity, in order.
+fn accepted(proxy: &SqsProxy) -> HashMap<String, Vec<u64>> {
+    let events: Vec<Envelope> = proxy
+        .accepted()
+        .iter()
+        .map(|entry| Envelope::decode(&entry.body).expect("an envelope"))
+        .collect();
+    seqs_per_identity(&events)
+}
+
+async fn applied(stack: &Stack, identity: &Identity) -> Option<AppliedIdentity> {
+    load_identity(
+        &stack.dynamodb(),
+        &stack.names.consumer_table,
+        identity.as_str(),
+    )
+    .await
+    .expect("read the consumer's table")
+}
+
+/// Waits until the consumer has applied exactly `count` events of
+/// `identity`.
+async fn wait_applied(stack: &Stack, identity: &Identity, count: u64) -> AppliedIdentity {
+    eventually(
+        &format!("{count} events of {identity} applied"),
+        DEADLINE,
+        || async {
+            match applied(stack, identity).await {
+                Some(applied) if applied.count == count => Ok(applied),
+                other => Err(format!("{:?}", other.map(|a| a.count))),
+            }
+        },
+    )
+    .await
+}
+
+#[tokio::test]
+async fn when_sqs_refuses_an_event_the_function_names_its_record_and_the_retry_from_there_completes_in_order()
+ {
+    let stack = Stack::create(3).await;
+    let (a, b) = (obt_testkit::identity("PA"), obt_testkit::identity("PB"));
+    // Records: A1 B1 A2 B2 A3 B3.
+    let written = write_interleaved(&stack, &[&a, &b], 3).await;
+    let writes = stream::records(&stack, written.len(), DEADLINE).await;
+    assert_eq!(writes.len(), 6);
+    let refused = written[3].event_id.to_string();
+    assert_eq!(
+        (written[3].identity.as_str(), written[3].seq),
+        (b.as_str(), 2)
+    );
+    let proxy = SqsProxy::start(move |entry, _| {
+        entry["MessageDeduplicationId"].as_str() == Some(refused.as_str())
+    })
+    .await;
+    let mut consumer_env = stack.service_env();
+    consumer_env.push(("OBT_WAIT_TIME_SECS", "1".to_owned()));
+    let _consumer = Service::start("consumer", &consumer_env);
+    let mut function = start_function(&stack, &[("AWS_ENDPOINT_URL_SQS", proxy.url.clone())]).await;
+
+    let response = function
+        .invoke(&dynamodb_event(&writes, &stack.stream_arn))
+        .await;
+    assert_eq!(
+        failures(&response),
+        [sequence_number(&writes[3])],
+        "the record that carried B2"
+    );
+    assert!(proxy.failed() >= 1, "the proxy refused B2");
+    // A2 shared B2's batch and went out; nothing of B after B1 did, and A3
+    // (in the batch after) was not sent either.
+    let published = accepted(&proxy);
+    assert_eq!(published.get(a.as_str()), Some(&vec![1, 2]));
+    assert_eq!(published.get(b.as_str()), Some(&vec![1]));
+    assert_outbox(&stack, &a, &[3]).await;
+    assert_outbox(&stack, &b, &[2, 3]).await;
+    wait_applied(&stack, &a, 2).await;
+    wait_applied(&stack, &b, 1).await;
+
+    // The event source mapping delivers the records again from the one
+    // named.
+    proxy.heal();
+    let response = function
+        .invoke(&dynamodb_event(&writes[3..], &stack.stream_arn))
+        .await;
+    assert_eq!(failures(&response), Vec::<String>::new());
+    let published = accepted(&proxy);
+    for identity in [&a, &b] {
+        assert_eq!(
+            published.get(identity.as_str()),
+            Some(&vec![1, 2, 3]),
+            "{identity}: every event once, in order"
+        );
+        assert_outbox(&stack, identity, &[]).await;
+    }
+
+    for identity in [&a, &b] {
+        let applied = wait_applied(&stack, identity, 3).await;
+        let seqs: Vec<u64> = applied.spendings.iter().map(|s| s.seq).collect();
+        assert_eq!(seqs, [1, 2, 3], "{identity}: each seq applied once");
+        assert_eq!(applied.last_seq, 3);
+        assert_eq!(applied.total.to_string(), "6.30", "1.10 + 2.10 + 3.10");
+        let expected_ids: Vec<String> = written
+            .iter()
+            .filter(|e| &e.identity == identity)
+            .map(|e| e.event_id.to_string())
+            .collect();
+        let applied_ids: Vec<String> = applied
+            .spendings
+            .iter()
+            .map(|s| s.event_id.clone())
+            .collect();
+        assert_eq!(applied_ids, expected_ids, "{identity}: the events written");
+    }
+}
+
+#[tokio::test]
+async fn an_undecodable_record_is_the_failure_reported_and_the_records_before_it_are_relayed() {
+    let stack = Stack::create(3).await;
+    let x = obt_testkit::identity("UX");
+    write_interleaved(&stack, &[&x], 3).await;
+    let writes = stream::records(&stack, 3, DEADLINE).await;
+    let mut event = dynamodb_event(&writes, &stack.stream_arn);
+    // Record 1 shows events 1 and 2 pending; event 2 as this relay
+    // cannot read it (a schema from the future, say).
+    event["Records"][1]["dynamodb"]["NewImage"]["outbox"]["M"]["2"]["M"]["seq"] =
+        json!({ "S": "two" });
+    let mut function = start_function(&stack, &[]).await;
+
+    let response = function.invoke(&event).await;
+    assert_eq!(failures(&response), [sequence_number(&writes[1])]);
+    let published = drain(&stack, 1).await;
+    assert_eq!(published[0].seq, 1, "the record before it was relayed");
+    assert!(obt_testkit::receives_nothing(&stack, &stack.queue_url).await);
+    assert_outbox(&stack, &x, &[2, 3]).await;
+
+    // The function keeps serving: a later record shows event 2 still
+    // pending, and it goes out before event 3.
+    let response = function
+        .invoke(&dynamodb_event(&writes[2..], &stack.stream_arn))
+        .await;
+    assert_eq!(failures(&response), Vec::<String>::new());
+    let seqs: Vec<u64> = drain(&stack, 2).await.iter().map(|e| e.seq).collect();
+    assert_eq!(seqs, [2, 3]);
+    assert_outbox(&stack, &x, &[]).await;
+}
+
+#[tokio::test]
+async fn a_failure_about_no_record_in_particular_still_names_the_first_record_not_done() {
+    // A misconfigured queue: nothing can be published, and the answer must
+    // not say the batch is done.
+    let stack = Stack::create(3).await;
+    let m = obt_testkit::identity("MQ");
+    write_interleaved(&stack, &[&m], 2).await;
+    let writes = stream::records(&stack, 2, DEADLINE).await;
+    let missing = format!("{}-missing.fifo", stack.queue_url.trim_end_matches(".fifo"));
+    let mut function = start_function(&stack, &[("OBT_QUEUE_URL", missing)]).await;
+
+    let response = function
+        .invoke(&dynamodb_event(&writes, &stack.stream_arn))
+        .await;
+    assert_eq!(failures(&response), [sequence_number(&writes[0])]);
+    assert_outbox(&stack, &m, &[1, 2]).await;
+    assert!(obt_testkit::receives_nothing(&stack, &stack.queue_url).await);
+}
