@@ -3,15 +3,15 @@
 //! conditional UpdateItem adding the event to the outbox map); the api's
 //! own writes are covered by the end-to-end tests.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use aws_sdk_dynamodb::types::AttributeValue;
-use obt_contract::outbox::{OutboxImage, outbox_key};
 use obt_contract::{Amount, Envelope, Identity};
 use obt_stream_relay::config::{RelayArgs, Settings, SweepArgs};
 use obt_stream_relay::{Change, startup};
+use obt_testkit::outbox::append;
 use obt_testkit::{Stack, eventually};
 use tokio_util::sync::CancellationToken;
 
@@ -23,49 +23,11 @@ fn event(identity: &str, seq: u64) -> Envelope {
     obt_testkit::event(&identity, seq, &format!("{seq}.25"))
 }
 
-/// Appends `event` to its identity's outbox, as the api does.
-async fn write(stack: &Stack, event: &Envelope) {
-    let value = serde_dynamo::aws_sdk_dynamodb_1::to_attribute_value(event).expect("serializes");
-    let update = stack
-        .dynamodb()
-        .update_item()
-        .table_name(&stack.names.table)
-        .key("identity", AttributeValue::S(event.identity.to_string()))
-        .expression_attribute_names("#v", "version")
-        .expression_attribute_names("#o", "outbox")
-        .expression_attribute_values(":seq", AttributeValue::N(event.seq.to_string()));
-    let update = if event.seq == 1 {
-        update
-            .update_expression("SET #v = :seq, #o = :outbox")
-            .condition_expression("attribute_not_exists(#v)")
-            .expression_attribute_values(
-                ":outbox",
-                AttributeValue::M(HashMap::from([(outbox_key(1), value)])),
-            )
-    } else {
-        update
-            .update_expression("SET #v = :seq, #o.#k = :event")
-            .condition_expression("#v = :prev")
-            .expression_attribute_names("#k", outbox_key(event.seq))
-            .expression_attribute_values(":event", value)
-            .expression_attribute_values(":prev", AttributeValue::N((event.seq - 1).to_string()))
-    };
-    update.send().await.expect("write the event");
-}
-
-async fn outbox_of(stack: &Stack, identity: &str) -> BTreeMap<String, Envelope> {
-    let out = stack
-        .dynamodb()
-        .get_item()
-        .table_name(&stack.names.table)
-        .key("identity", AttributeValue::S(identity.to_owned()))
-        .consistent_read(true)
-        .send()
+/// The seqs still pending in `identity`'s outbox.
+async fn outbox_of(stack: &Stack, identity: &str) -> Vec<u64> {
+    obt_testkit::outbox::pending(stack, identity)
         .await
-        .expect("get item");
-    let item = out.item.expect("the item exists");
-    let image: OutboxImage = serde_dynamo::aws_sdk_dynamodb_1::from_item(item).expect("decodes");
-    image.outbox
+        .expect("the item exists")
 }
 
 /// Receives and deletes until `count` messages came: the envelopes in the
@@ -135,7 +97,7 @@ async fn the_daemon_publishes_every_event_once_in_seq_order_and_empties_the_outb
     let identities = ["A1", "B2", "C3"];
     for seq in 1..=5 {
         for identity in identities {
-            write(&stack, &event(identity, seq)).await;
+            append(&stack, &event(identity, seq)).await;
         }
     }
     let (stop, daemon) = start_daemon(&stack).await;
@@ -157,7 +119,7 @@ async fn the_daemon_publishes_every_event_once_in_seq_order_and_empties_the_outb
                 if outbox.is_empty() {
                     Ok(())
                 } else {
-                    Err(format!("{:?}", outbox.keys()))
+                    Err(format!("{outbox:?}"))
                 }
             },
         )
@@ -172,7 +134,7 @@ async fn the_daemon_publishes_every_event_once_in_seq_order_and_empties_the_outb
 async fn a_restarted_daemon_resumes_from_its_checkpoint() {
     let stack = Stack::create(3).await;
     for seq in 1..=3 {
-        write(&stack, &event("R1", seq)).await;
+        append(&stack, &event("R1", seq)).await;
     }
     let (stop, daemon) = start_daemon(&stack).await;
     assert_in_order_per_identity(&drain(&stack, 3).await, &[("R1", 3)]);
@@ -181,7 +143,7 @@ async fn a_restarted_daemon_resumes_from_its_checkpoint() {
         if outbox.is_empty() {
             Ok(())
         } else {
-            Err(format!("{:?}", outbox.keys()))
+            Err(format!("{outbox:?}"))
         }
     })
     .await;
@@ -204,7 +166,7 @@ async fn a_restarted_daemon_resumes_from_its_checkpoint() {
     );
 
     for seq in 4..=6 {
-        write(&stack, &event("R1", seq)).await;
+        append(&stack, &event("R1", seq)).await;
     }
     let (stop, daemon) = start_daemon(&stack).await;
     let after_restart = drain(&stack, 3).await;
@@ -231,8 +193,8 @@ async fn events_older_than_the_change_that_are_still_pending_go_out_first() {
     // event 2 shows both pending. Both must go out, 1 before 2.
     let stack = Stack::create(3).await;
     let (e1, e2, e3) = (event("L1", 1), event("L1", 2), event("L1", 3));
-    write(&stack, &e1).await;
-    write(&stack, &e2).await;
+    append(&stack, &e1).await;
+    append(&stack, &e2).await;
     let relay = startup::relay(&stack.config, &settings(&stack).relay)
         .await
         .expect("relay");
@@ -251,7 +213,7 @@ async fn events_older_than_the_change_that_are_still_pending_go_out_first() {
 
     // A later change still showing event 2 (captured before the
     // acknowledgement) publishes only event 3.
-    write(&stack, &e3).await;
+    append(&stack, &e3).await;
     let summary = relay
         .handle(&[change("3", "L1", vec![e2, e3])])
         .await
@@ -265,8 +227,8 @@ async fn events_older_than_the_change_that_are_still_pending_go_out_first() {
 async fn a_fresh_relay_does_not_republish_what_was_acknowledged() {
     let stack = Stack::create(3).await;
     let (e1, e2) = (event("F1", 1), event("F1", 2));
-    write(&stack, &e1).await;
-    write(&stack, &e2).await;
+    append(&stack, &e1).await;
+    append(&stack, &e2).await;
     let first = startup::relay(&stack.config, &settings(&stack).relay)
         .await
         .expect("relay");
@@ -296,8 +258,8 @@ async fn a_fresh_relay_does_not_republish_what_was_acknowledged() {
 async fn when_sqs_fails_nothing_is_acknowledged_and_a_retry_publishes_in_order() {
     let stack = Stack::create(3).await;
     let (e1, e2) = (event("P1", 1), event("P1", 2));
-    write(&stack, &e1).await;
-    write(&stack, &e2).await;
+    append(&stack, &e1).await;
+    append(&stack, &e2).await;
     let mut broken = settings(&stack);
     broken.relay.queue_url = Some(format!(
         "{}-missing.fifo",
@@ -347,7 +309,7 @@ async fn the_daemon_binary_exits_cleanly_on_sigterm_with_its_checkpoint_saved_an
  {
     let stack = Stack::create(3).await;
     for seq in 1..=3 {
-        write(&stack, &event("T1", seq)).await;
+        append(&stack, &event("T1", seq)).await;
     }
     let mut env = stack.service_env();
     env.push(("OBT_IDLE_POLL_MS", "50".to_owned()));
