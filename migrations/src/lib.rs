@@ -8,6 +8,9 @@
 //! a stream missing from the api's table is switched on, since the relay
 //! cannot work without it.
 
+#[cfg(feature = "mysql")]
+pub mod mysql;
+
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
@@ -196,7 +199,6 @@ pub async fn apply(
     overrides: &Overrides,
 ) -> Result<Report, MigrateError> {
     let dynamodb = aws_sdk_dynamodb::Client::new(config);
-    let sqs = aws_sdk_sqs::Client::new(config);
     let mut steps = Vec::new();
 
     let mut stream_arn = None;
@@ -224,6 +226,33 @@ pub async fn apply(
         table: names.table.clone(),
     })?;
 
+    let queues = apply_queues(config, names, overrides).await?;
+    steps.extend(queues.steps);
+    Ok(Report {
+        steps,
+        stream_arn,
+        queue_url: queues.queue_url,
+        dead_letter_queue_url: queues.dead_letter_queue_url,
+    })
+}
+
+/// What [`apply_queues`] found and did.
+#[derive(Debug, Clone)]
+pub struct QueuesReport {
+    pub steps: Vec<Step>,
+    pub queue_url: String,
+    pub dead_letter_queue_url: String,
+}
+
+/// Creates whatever of the FIFO queue and its dead-letter queue is missing
+/// (both storage modes publish to them).
+pub async fn apply_queues(
+    config: &SdkConfig,
+    names: &Names,
+    overrides: &Overrides,
+) -> Result<QueuesReport, MigrateError> {
+    let sqs = aws_sdk_sqs::Client::new(config);
+    let mut steps = Vec::new();
     let queues = specs::queues();
     let (outcome, dead_letter_queue_url) = ensure_queue(
         &sqs,
@@ -254,10 +283,8 @@ pub async fn apply(
         resource: format!("sqs queue {}", names.queue),
         outcome,
     });
-
-    Ok(Report {
+    Ok(QueuesReport {
         steps,
-        stream_arn,
         queue_url,
         dead_letter_queue_url,
     })

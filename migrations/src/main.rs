@@ -35,6 +35,41 @@ struct Args {
     /// The queue's visibility timeout in seconds [default: from migrations/sqs/events.json].
     #[arg(long, env = "OBT_VISIBILITY_TIMEOUT")]
     visibility_timeout: Option<u32>,
+    /// The storage mode: `dynamodb` creates the DynamoDB tables, `mysql` the
+    /// MySQL databases, schema and users (the queues in both modes).
+    #[arg(long, env = "OBT_STORAGE", value_enum, default_value = "dynamodb")]
+    storage: obt_runtime::Storage,
+    #[command(flatten)]
+    mysql: MySqlArgs,
+}
+
+/// The MySQL mode's settings. Passwords are read from the environment only.
+#[derive(Debug, clap::Args)]
+struct MySqlArgs {
+    /// An account that may create databases and users and grant privileges:
+    /// mysql://USER:PASSWORD@HOST:PORT. Used only for this setup; the
+    /// services connect as their own users.
+    #[arg(long, env = "OBT_MYSQL_ADMIN_URL", hide_env_values = true)]
+    mysql_admin_url: Option<String>,
+    /// The api's database (with the outbox table `obt`).
+    #[arg(long, env = "OBT_MYSQL_DATABASE", default_value = "outboxtable")]
+    mysql_database: String,
+    /// The consumer's own database.
+    #[arg(
+        long,
+        env = "OBT_MYSQL_CONSUMER_DATABASE",
+        default_value = "consumed_outboxtable"
+    )]
+    mysql_consumer_database: String,
+    /// The api's user.
+    #[arg(long, env = "OBT_MYSQL_API_USER", default_value = "obt_api")]
+    mysql_api_user: String,
+    /// The relay's user.
+    #[arg(long, env = "OBT_MYSQL_RELAY_USER", default_value = "obt_relay")]
+    mysql_relay_user: String,
+    /// The consumer's user.
+    #[arg(long, env = "OBT_MYSQL_CONSUMER_USER", default_value = "obt_consumer")]
+    mysql_consumer_user: String,
 }
 
 #[tokio::main]
@@ -61,8 +96,27 @@ async fn main() -> anyhow::Result<()> {
         max_receive_count: args.max_receive_count,
         visibility_timeout_secs: args.visibility_timeout,
     };
+    if args.storage == obt_runtime::Storage::Mysql {
+        if !cfg!(feature = "mysql") {
+            return Err(mysql_not_built());
+        }
+        let queues = obt_migrate::apply_queues(&config, &names, &overrides).await?;
+        print_steps(&queues.steps);
+        setup_mysql(&args.mysql).await?;
+        println!("queue          {}", queues.queue_url);
+        println!("dead letters   {}", queues.dead_letter_queue_url);
+        return Ok(());
+    }
     let report = obt_migrate::apply(&config, &names, &overrides).await?;
-    for step in &report.steps {
+    print_steps(&report.steps);
+    println!("stream         {}", report.stream_arn);
+    println!("queue          {}", report.queue_url);
+    println!("dead letters   {}", report.dead_letter_queue_url);
+    Ok(())
+}
+
+fn print_steps(steps: &[obt_migrate::Step]) {
+    for step in steps {
         let what = match step.outcome {
             obt_migrate::Outcome::Created => "created",
             obt_migrate::Outcome::Existed => "exists",
@@ -71,8 +125,59 @@ async fn main() -> anyhow::Result<()> {
         };
         println!("{what:>14}  {}", step.resource);
     }
-    println!("stream         {}", report.stream_arn);
-    println!("queue          {}", report.queue_url);
-    println!("dead letters   {}", report.dead_letter_queue_url);
+}
+
+#[cfg(feature = "mysql")]
+async fn setup_mysql(args: &MySqlArgs) -> anyhow::Result<()> {
+    let admin_url = args.mysql_admin_url.as_deref().ok_or_else(|| {
+        anyhow::anyhow!(
+            "the MySQL mode needs OBT_MYSQL_ADMIN_URL (mysql://USER:PASSWORD@HOST:PORT of an \
+             account that may create databases and users)"
+        )
+    })?;
+    let password = |var: &str| {
+        std::env::var(var).map_err(|_| {
+            anyhow::anyhow!(
+                "the MySQL mode needs {var}: the password the setup gives that service's user"
+            )
+        })
+    };
+    let passwords = obt_migrate::mysql::Passwords {
+        api: password("OBT_MYSQL_API_PASSWORD")?,
+        relay: password("OBT_MYSQL_RELAY_PASSWORD")?,
+        consumer: password("OBT_MYSQL_CONSUMER_PASSWORD")?,
+    };
+    let names = obt_migrate::mysql::MySqlNames {
+        api_database: args.mysql_database.clone(),
+        consumer_database: args.mysql_consumer_database.clone(),
+        api_user: args.mysql_api_user.clone(),
+        relay_user: args.mysql_relay_user.clone(),
+        consumer_user: args.mysql_consumer_user.clone(),
+    };
+    let report = obt_migrate::mysql::setup(admin_url, &names, &passwords).await?;
+    for migration in &report.applied {
+        println!("{:>14}  {migration}", "migrated");
+    }
+    println!(
+        "{:>14}  databases {} and {}; users {}, {}, {}",
+        "mysql",
+        names.api_database,
+        names.consumer_database,
+        names.api_user,
+        names.relay_user,
+        names.consumer_user
+    );
     Ok(())
+}
+
+#[cfg(not(feature = "mysql"))]
+async fn setup_mysql(_: &MySqlArgs) -> anyhow::Result<()> {
+    Err(mysql_not_built())
+}
+
+fn mysql_not_built() -> anyhow::Error {
+    obt_runtime::MySqlNotBuilt {
+        binary: "obt-migrate",
+    }
+    .into()
 }

@@ -6,6 +6,27 @@ use std::io::IsTerminal;
 use clap::ValueEnum;
 use tracing_subscriber::EnvFilter;
 
+/// Where the services keep their data (`OBT_STORAGE`): the api's aggregate
+/// and outbox, the relay's source, the consumer's own records. The MySQL
+/// backend is compiled in only with the cargo feature `mysql`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Storage {
+    /// DynamoDB, the outbox on each item, DynamoDB Streams (the default).
+    Dynamodb,
+    /// MySQL (or MariaDB): the outbox table in the same transaction.
+    Mysql,
+}
+
+/// `OBT_STORAGE=mysql` asked of a binary built without the `mysql` feature.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "OBT_STORAGE=mysql, but this {binary} was built without MySQL support: rebuild it with \
+     `cargo build --features mysql`, or set OBT_STORAGE=dynamodb"
+)]
+pub struct MySqlNotBuilt {
+    pub binary: &'static str,
+}
+
 /// How log lines are written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum LogFormat {

@@ -32,6 +32,8 @@ use obt_contract::{Amount, Envelope, Identity, PersonName, SpendingRecorded};
 use tokio::process::{Child, Command};
 
 pub mod lambda;
+#[cfg(feature = "mysql")]
+pub mod mysql;
 pub mod outbox;
 pub mod sqs_proxy;
 pub mod stream;

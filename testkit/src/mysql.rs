@@ -1,0 +1,96 @@
+//! The MySQL mode's test stack: a fresh pair of databases (the api's and
+//! the consumer's) with their schema and least-privilege users on the
+//! MariaDB server that `scripts/test.sh` starts, beside a fresh [`Stack`]
+//! for the queues.
+
+use obt_migrate::mysql::{MySqlNames, MySqlReport, Passwords, setup};
+use sqlx::mysql::{MySqlPool, MySqlPoolOptions};
+
+use crate::Stack;
+
+/// The admin URL of the test server, or a clear panic saying how to get one.
+pub fn admin_url() -> String {
+    std::env::var("OBT_MYSQL_ADMIN_URL").unwrap_or_else(|_| {
+        panic!(
+            "OBT_MYSQL_ADMIN_URL is not set: the MySQL-mode tests need the MariaDB server that \
+             scripts/test.sh starts (scripts/mariadb.sh)."
+        )
+    })
+}
+
+/// Databases, users and queues of one test.
+pub struct MySqlStack {
+    /// The queues (and DynamoDB tables, unused in this mode).
+    pub stack: Stack,
+    pub names: MySqlNames,
+    /// Each service's connection URL.
+    pub urls: MySqlReport,
+}
+
+impl MySqlStack {
+    /// Creates everything under unique names, with `max_receive_count`
+    /// receives before the dead-letter queue.
+    pub async fn create(max_receive_count: u32) -> Self {
+        let stack = Stack::create(max_receive_count).await;
+        let id = &uuid::Uuid::new_v4().simple().to_string()[..12];
+        let names = MySqlNames {
+            api_database: format!("t{id}_api"),
+            consumer_database: format!("t{id}_consumer"),
+            api_user: format!("u{id}_api"),
+            relay_user: format!("u{id}_relay"),
+            consumer_user: format!("u{id}_consumer"),
+        };
+        let password = || uuid::Uuid::new_v4().simple().to_string();
+        let passwords = Passwords {
+            api: password(),
+            relay: password(),
+            consumer: password(),
+        };
+        let urls = setup(&admin_url(), &names, &passwords)
+            .await
+            .unwrap_or_else(|e| panic!("creating the MySQL test stack failed: {e}"));
+        Self { stack, names, urls }
+    }
+
+    fn env(&self, url: &str) -> Vec<(&'static str, String)> {
+        let mut env = self.stack.service_env();
+        env.push(("OBT_STORAGE", "mysql".to_owned()));
+        env.push(("OBT_DATABASE_URL", url.to_owned()));
+        env
+    }
+
+    /// The environment of the api binary on this stack.
+    pub fn api_env(&self) -> Vec<(&'static str, String)> {
+        self.env(&self.urls.api_url)
+    }
+
+    /// The environment of the relay binary on this stack.
+    pub fn relay_env(&self) -> Vec<(&'static str, String)> {
+        self.env(&self.urls.relay_url)
+    }
+
+    /// The environment of the consumer binary on this stack.
+    pub fn consumer_env(&self) -> Vec<(&'static str, String)> {
+        self.env(&self.urls.consumer_url)
+    }
+
+    /// An admin pool on the api's database, for a test to look at or
+    /// change what the services may not.
+    pub async fn api_admin(&self) -> MySqlPool {
+        admin_pool(&self.names.api_database).await
+    }
+
+    /// An admin pool on the consumer's database.
+    pub async fn consumer_admin(&self) -> MySqlPool {
+        admin_pool(&self.names.consumer_database).await
+    }
+}
+
+async fn admin_pool(database: &str) -> MySqlPool {
+    let url = format!("{}/{database}", admin_url().trim_end_matches('/'));
+    MySqlPoolOptions::new()
+        .max_connections(4)
+        .connect(&url)
+        .await
+        .unwrap_or_else(|e| panic!("connecting to {database} as the admin: {e}"))
+}
