@@ -3,9 +3,21 @@
 # queues, starts the api, the relay and the consumer, makes the original
 # project's POST, shows the event arriving in the consumer's table, and
 # stops everything it started.
+#
+#   scripts/demo.sh                     NoSQL mode: DynamoDB and its stream
+#   OBT_STORAGE=mysql scripts/demo.sh   MySQL mode: a private MariaDB (installed
+#                                       with apt-get when missing), the outbox
+#                                       table and the polling relay
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/emulators.sh
+source scripts/mariadb.sh
+
+storage=${OBT_STORAGE:-dynamodb}
+case "$storage" in
+  dynamodb | mysql) ;;
+  *) echo "OBT_STORAGE is dynamodb or mysql, not '$storage'" >&2; exit 2 ;;
+esac
 
 step() { printf '\n==> %s\n' "$*" >&2; }
 
@@ -18,27 +30,55 @@ cleanup() {
   for pid in "${SERVICE_PIDS[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
   for pid in "${SERVICE_PIDS[@]}"; do wait "$pid" 2>/dev/null || true; done
   emulators_stop
+  mariadb_stop
 }
 trap cleanup EXIT
 
 command -v curl >/dev/null || apt_install curl
 
-step "building (cargo build --workspace --bins)"
-cargo build --workspace --bins --quiet
+step "building (cargo build --workspace --bins --all-features)"
+cargo build --workspace --bins --all-features --quiet
 bin=target/debug
 
 step "starting the emulators"
 emulators_start "$run_dir"
 
-step "creating the tables and queues (obt-migrate)"
-"$bin/obt-migrate"
+# Each service's own environment (the MySQL mode gives each its own user).
+declare -A service_env=([api]="" [stream-relay]="" [consumer]="" [consumer-show]="")
+if [ "$storage" = mysql ]; then
+  step "starting MariaDB"
+  mariadb_start "$run_dir/mariadb"
+  # Passwords for this run only, never written to the repository.
+  secret() { python3 -c 'import secrets; print(secrets.token_hex(16))'; }
+  OBT_MYSQL_API_PASSWORD=$(secret) OBT_MYSQL_RELAY_PASSWORD=$(secret) OBT_MYSQL_CONSUMER_PASSWORD=$(secret)
+  export OBT_MYSQL_API_PASSWORD OBT_MYSQL_RELAY_PASSWORD OBT_MYSQL_CONSUMER_PASSWORD
+  step "creating the queues, the databases and their users (obt-migrate --storage mysql)"
+  OBT_STORAGE=mysql "$bin/obt-migrate"
+  server=${OBT_MYSQL_ADMIN_URL##*@}
+  service_env[api]="OBT_DATABASE_URL=mysql://obt_api:$OBT_MYSQL_API_PASSWORD@$server/outboxtable"
+  service_env[stream-relay]="OBT_DATABASE_URL=mysql://obt_relay:$OBT_MYSQL_RELAY_PASSWORD@$server/outboxtable"
+  service_env[consumer]="OBT_DATABASE_URL=mysql://obt_consumer:$OBT_MYSQL_CONSUMER_PASSWORD@$server/consumed_outboxtable"
+  service_env[consumer-show]=${service_env[consumer]}
+  unset OBT_MYSQL_ADMIN_URL OBT_MYSQL_API_PASSWORD OBT_MYSQL_RELAY_PASSWORD OBT_MYSQL_CONSUMER_PASSWORD
+else
+  step "creating the tables and queues (obt-migrate)"
+  "$bin/obt-migrate"
+fi
+export OBT_STORAGE=$storage
+
+# with_env SERVICE COMMAND...: COMMAND with SERVICE's own environment.
+with_env() {
+  local extra=${service_env[$1]}
+  shift
+  if [ -n "$extra" ]; then env "$extra" "$@"; else "$@"; fi
+}
 
 api_port=${OBT_DEMO_PORT:-8081}
 export OBT_LISTEN="127.0.0.1:$api_port"
-export OBT_IDLE_POLL_MS=100 OBT_WAIT_TIME_SECS=1
-step "starting api, stream-relay and consumer (logs in $run_dir)"
+export OBT_IDLE_POLL_MS=100 OBT_WAIT_TIME_SECS=1 OBT_POLL_MAX_IDLE_MS=100
+step "starting api, stream-relay and consumer, $storage mode (logs in $run_dir)"
 for service in api stream-relay consumer; do
-  "$bin/$service" >"$run_dir/$service.log" 2>&1 &
+  with_env "$service" "$bin/$service" >"$run_dir/$service.log" 2>&1 &
   SERVICE_PIDS+=($!)
 done
 
@@ -67,7 +107,7 @@ echo
 
 step "waiting for the event to reach the consumer's table"
 deadline=$((SECONDS + 60))
-until "$bin/consumer-show" AB1 >"$run_dir/applied.json" 2>"$run_dir/show.err"; do
+until with_env consumer-show "$bin/consumer-show" AB1 >"$run_dir/applied.json" 2>"$run_dir/show.err"; do
   if [ $SECONDS -ge $deadline ]; then
     echo "the event did not reach the consumer within 60 s. Logs:" >&2
     tail -n 20 "$run_dir"/*.log >&2

@@ -1,17 +1,20 @@
 #!/usr/bin/env bash
 # The whole test suite, from a fresh clone: installs what it needs (the
 # emulators from tools/emulators/package-lock.json; cargo-lambda, ziglang and
-# cfn-lint from tools/python/requirements.txt into .venv/), checks formatting
-# and lints, checks the CloudFormation templates and the deploy script,
-# builds, starts DynamoDB Local and fauxqs on free ports, runs every test
-# against them (the Lambda functions behind cargo-lambda's Runtime API
-# emulator), and stops what it started.
+# cfn-lint from tools/python/requirements.txt into .venv/; MariaDB with
+# apt-get when missing), checks formatting and lints, checks the
+# CloudFormation templates and the deploy script, builds, starts DynamoDB
+# Local, fauxqs and a private MariaDB on free ports, runs every test against
+# them (the Lambda functions behind cargo-lambda's Runtime API emulator),
+# then the suites written for both storage modes again in MySQL mode, and
+# stops what it started.
 #
 #   scripts/test.sh            everything
 #   scripts/test.sh -p obt-api any extra arguments go to `cargo test`
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/emulators.sh
+source scripts/mariadb.sh
 source scripts/python.sh
 
 step() { printf '\n==> %s\n' "$*" >&2; }
@@ -19,7 +22,11 @@ step() { printf '\n==> %s\n' "$*" >&2; }
 run_dir=.run/test
 rm -rf "$run_dir"
 mkdir -p "$run_dir"
-trap emulators_stop EXIT
+stop_servers() {
+  emulators_stop
+  mariadb_stop
+}
+trap stop_servers EXIT
 
 step "formatting (cargo fmt --check)"
 cargo fmt --all --check
@@ -37,20 +44,43 @@ scripts/deploy.sh --dry-run --skip-build --region us-east-1 --bucket example-buc
   --vpc vpc-0example --private-subnets subnet-a,subnet-b --public-subnets subnet-c,subnet-d \
   >"$run_dir/deploy-dry-run.log"
 
-step "building the binaries the end-to-end tests run"
+step "a build without the mysql feature refuses the MySQL mode, saying how to fix it"
 cargo build --workspace --bins --quiet
+for binary in api stream-relay consumer obt-migrate; do
+  if OBT_STORAGE=mysql RUST_BACKTRACE=0 OBT_QUEUE_URL=http://127.0.0.1:9/none.fifo \
+    "target/debug/$binary" >"$run_dir/no-mysql-$binary.log" 2>&1; then
+    echo "$binary started in MySQL mode without the mysql feature" >&2
+    exit 1
+  fi
+  grep -q "built without MySQL support" "$run_dir/no-mysql-$binary.log" || {
+    echo "$binary did not say it lacks MySQL support:" >&2
+    cat "$run_dir/no-mysql-$binary.log" >&2
+    exit 1
+  }
+done
 
-step "starting the emulators"
+step "building the binaries the end-to-end tests run (all features: both modes)"
+cargo build --workspace --bins --all-features --quiet
+
+step "starting the emulators and MariaDB"
 emulators_start "$run_dir"
+mariadb_start "$run_dir/mariadb"
 
-step "tests"
 # The runner prints one "test result:" line per test binary; the sum is
 # the suite's closing line.
 set +e
-cargo test --workspace --no-fail-fast "$@" 2>&1 | tee "$run_dir/cargo-test.log"
+step "tests, NoSQL mode (and the MySQL mode's own tests)"
+cargo test --workspace --all-features --no-fail-fast "$@" 2>&1 | tee "$run_dir/cargo-test.log"
 status=${PIPESTATUS[0]}
+# The suites written for both modes (the api's HTTP contract, the
+# consumer's behaviour, the end-to-end scenarios) again, in MySQL mode.
+step "tests, MySQL mode (OBT_TEST_STORAGE=mysql)"
+OBT_TEST_STORAGE=mysql cargo test --all-features --no-fail-fast -p obt-api -p obt-consumer -p obt-e2e "$@" \
+  2>&1 | tee -a "$run_dir/cargo-test.log"
+mysql_status=${PIPESTATUS[0]}
+[ "$mysql_status" -eq 0 ] || status=$mysql_status
 set -e
-emulators_stop
+stop_servers
 trap - EXIT
 
 # The release build of what scripts/deploy.sh uploads: the three EC2

@@ -3,18 +3,64 @@
 //! Each test has its own tables and queues.
 
 use std::collections::HashMap;
+use std::str::FromStr;
 use std::time::Duration;
 
-use obt_consumer::read_model::{AppliedIdentity, load_identity};
 use obt_contract::{Envelope, EventId, EventType, Identity, PersonName, SCHEMA_VERSION};
+use obt_testkit::mysql::MySqlStack;
 use obt_testkit::{Service, Stack, eventually};
+use rust_decimal::Decimal;
 use serde_json::{Value, json};
+use time::OffsetDateTime;
+use time::format_description::well_known::Rfc3339;
 
 const DEADLINE: Duration = Duration::from_secs(60);
 
-/// The three services on one stack.
+/// The storage mode under test: `OBT_TEST_STORAGE=mysql` runs these
+/// scenarios against MariaDB (api, relay and consumer in MySQL mode), the
+/// default against DynamoDB and its stream.
+enum Backend {
+    DynamoDb(Stack),
+    MySql(MySqlStack),
+}
+
+impl Backend {
+    async fn create(max_receive_count: u32) -> Self {
+        match std::env::var("OBT_TEST_STORAGE").as_deref() {
+            Ok("mysql") => Self::MySql(MySqlStack::create(max_receive_count).await),
+            Ok("dynamodb") | Err(_) => Self::DynamoDb(Stack::create(max_receive_count).await),
+            Ok(other) => panic!("OBT_TEST_STORAGE is dynamodb or mysql, not {other:?}"),
+        }
+    }
+
+    fn is_mysql(&self) -> bool {
+        matches!(self, Self::MySql(_))
+    }
+
+    /// The queues (both modes).
+    fn stack(&self) -> &Stack {
+        match self {
+            Self::DynamoDb(stack) => stack,
+            Self::MySql(mysql) => &mysql.stack,
+        }
+    }
+
+    /// The environment of one service binary.
+    fn env(&self, service: &str) -> Vec<(&'static str, String)> {
+        match self {
+            Self::DynamoDb(stack) => stack.service_env(),
+            Self::MySql(mysql) => match service {
+                "api" => mysql.api_env(),
+                "stream-relay" => mysql.relay_env(),
+                _ => mysql.consumer_env(),
+            },
+        }
+    }
+}
+
+/// The three services on one backend.
 struct Pipeline {
-    stack: Stack,
+    backend: Backend,
     api_url: String,
     _api: Service,
     relay: Option<Service>,
@@ -27,15 +73,77 @@ fn free_port() -> u16 {
     listener.local_addr().expect("local address").port()
 }
 
+/// What `consumer-show` prints of an identity: the consumer's own record,
+/// read the same way in both modes.
+#[derive(Debug)]
+struct Applied {
+    identity: String,
+    count: u64,
+    last_seq: u64,
+    total: Decimal,
+    spendings: Vec<AppliedSpending>,
+}
+
+#[derive(Debug)]
+struct AppliedSpending {
+    seq: u64,
+    event_id: String,
+    amount: Decimal,
+    applied_at: OffsetDateTime,
+}
+
+impl Applied {
+    fn from_json(json: &Value) -> Self {
+        let text = |v: &Value, field: &str| -> String {
+            v[field]
+                .as_str()
+                .unwrap_or_else(|| panic!("consumer-show: {field} is not a string: {v}"))
+                .to_owned()
+        };
+        let number = |v: &Value, field: &str| -> u64 {
+            v[field]
+                .as_u64()
+                .unwrap_or_else(|| panic!("consumer-show: {field} is not a count: {v}"))
+        };
+        let decimal = |v: &Value, field: &str| -> Decimal {
+            Decimal::from_str(&text(v, field)).expect("a decimal")
+        };
+        let spendings = json["spendings"]
+            .as_array()
+            .expect("consumer-show: spendings")
+            .iter()
+            .map(|s| AppliedSpending {
+                seq: number(s, "seq"),
+                event_id: text(s, "event_id"),
+                amount: decimal(s, "amount"),
+                applied_at: OffsetDateTime::parse(&text(s, "applied_at"), &Rfc3339)
+                    .expect("applied_at is RFC 3339"),
+            })
+            .collect();
+        Self {
+            identity: text(json, "identity"),
+            count: number(json, "count"),
+            last_seq: number(json, "last_seq"),
+            total: decimal(json, "total"),
+            spendings,
+        }
+    }
+}
+
 /// Speeds up idle polling so that tests converge quickly; the behaviour
 /// is the same as with the defaults.
-fn env(stack: &Stack, extra: &[(&'static str, String)]) -> Vec<(&'static str, String)> {
-    let mut env = stack.service_env();
+fn env(
+    backend: &Backend,
+    service: &str,
+    extra: &[(&'static str, String)],
+) -> Vec<(&'static str, String)> {
+    let mut env = backend.env(service);
     env.extend([
         ("OBT_IDLE_POLL_MS", "50".to_owned()),
+        ("OBT_POLL_MAX_IDLE_MS", "50".to_owned()),
         ("OBT_DISCOVER_INTERVAL_SECS", "1".to_owned()),
+        ("OBT_WAIT_TIME_SECS", "1".to_owned()),
     ]);
-    env.extend([("OBT_WAIT_TIME_SECS", "1".to_owned())]);
     env.extend(extra.iter().cloned());
     env
 }
@@ -43,22 +151,35 @@ fn env(stack: &Stack, extra: &[(&'static str, String)]) -> Vec<(&'static str, St
 impl Pipeline {
     async fn start(max_receive_count: u32) -> Self {
         let mut pipeline = Self::start_without_relay(max_receive_count).await;
-        pipeline.relay = Some(Service::start("stream-relay", &env(&pipeline.stack, &[])));
+        pipeline.relay = Some(pipeline.start_relay(&[]));
         pipeline
+    }
+
+    /// The queues.
+    fn stack(&self) -> &Stack {
+        self.backend.stack()
+    }
+
+    fn start_relay(&self, extra: &[(&'static str, String)]) -> Service {
+        Service::start("stream-relay", &env(&self.backend, "stream-relay", extra))
     }
 
     /// The api and the consumer only: the test runs its own relays.
     async fn start_without_relay(max_receive_count: u32) -> Self {
-        let stack = Stack::create(max_receive_count).await;
+        let backend = Backend::create(max_receive_count).await;
         let port = free_port();
         let api = Service::start(
             "api",
-            &env(&stack, &[("OBT_LISTEN", format!("127.0.0.1:{port}"))]),
+            &env(
+                &backend,
+                "api",
+                &[("OBT_LISTEN", format!("127.0.0.1:{port}"))],
+            ),
         );
-        let consumer = Service::start("consumer", &env(&stack, &[]));
+        let consumer = Service::start("consumer", &env(&backend, "consumer", &[]));
         let pipeline = Self {
             api_url: format!("http://127.0.0.1:{port}"),
-            stack,
+            backend,
             _api: api,
             relay: None,
             _consumer: consumer,
@@ -97,18 +218,34 @@ impl Pipeline {
         response.json().await.expect("a JSON body")
     }
 
-    async fn applied(&self, identity: &str) -> Option<AppliedIdentity> {
-        load_identity(
-            &self.stack.dynamodb(),
-            &self.stack.names.consumer_table,
-            identity,
-        )
-        .await
-        .expect("read the consumer's table")
+    /// The consumer's record of `identity`, by `consumer-show`.
+    async fn applied(&self, identity: &str) -> Option<Applied> {
+        let output = tokio::process::Command::new(obt_testkit::bin_path("consumer-show"))
+            .arg(identity)
+            .envs(env(
+                &self.backend,
+                "consumer",
+                &[("RUST_BACKTRACE", "0".to_owned())],
+            ))
+            .output()
+            .await
+            .expect("run consumer-show");
+        match output.status.code() {
+            Some(0) => {
+                let json: Value =
+                    serde_json::from_slice(&output.stdout).expect("consumer-show prints JSON");
+                Some(Applied::from_json(&json))
+            }
+            Some(1) => None,
+            _ => panic!(
+                "consumer-show {identity} failed: {}",
+                String::from_utf8_lossy(&output.stderr)
+            ),
+        }
     }
 
     /// Waits until the consumer has applied `count` events of `identity`.
-    async fn wait_applied(&self, identity: &str, count: u64) -> AppliedIdentity {
+    async fn wait_applied(&self, identity: &str, count: u64) -> Applied {
         eventually(
             &format!("{count} events of {identity} at the consumer"),
             DEADLINE,
@@ -125,7 +262,7 @@ impl Pipeline {
 
 /// Asserts that the consumer holds exactly the `posted` responses of
 /// `identity`, each once, applied in seq order.
-fn assert_exactly_once_in_order(applied: &AppliedIdentity, posted: &[Value]) {
+fn assert_exactly_once_in_order(applied: &Applied, posted: &[Value]) {
     let seqs: Vec<u64> = applied.spendings.iter().map(|s| s.seq).collect();
     let expected: Vec<u64> = (1..=posted.len() as u64).collect();
     assert_eq!(seqs, expected, "{}: every seq once", applied.identity);
@@ -135,7 +272,7 @@ fn assert_exactly_once_in_order(applied: &AppliedIdentity, posted: &[Value]) {
     for response in posted {
         by_seq.insert(response["seq"].as_u64().expect("seq"), response);
     }
-    let mut total = rust_decimal::Decimal::ZERO;
+    let mut total = Decimal::ZERO;
     for spending in &applied.spendings {
         let response = by_seq[&spending.seq];
         assert_eq!(
@@ -143,8 +280,8 @@ fn assert_exactly_once_in_order(applied: &AppliedIdentity, posted: &[Value]) {
             response["event_id"].as_str().expect("event_id")
         );
         assert_eq!(
-            spending.amount.to_string(),
-            response["amount"].as_str().expect("amount")
+            spending.amount,
+            Decimal::from_str(response["amount"].as_str().expect("amount")).expect("a decimal")
         );
         total += spending.amount;
     }
@@ -214,7 +351,7 @@ async fn a_relay_killed_mid_run_and_restarted_still_delivers_exactly_once() {
     // with it for a while.
     pipeline.relay.take().expect("the relay runs").kill().await;
     post_rounds(&pipeline, &identities, 1..=30, &mut posted).await;
-    let relay = Service::start("stream-relay", &env(&pipeline.stack, &[]));
+    let relay = pipeline.start_relay(&[]);
     // SIGKILL as soon as the first events arrive: mid-run, with events
     // published but not yet acknowledged or checkpointed, most likely.
     eventually("the first events at the consumer", DEADLINE, || async {
@@ -234,7 +371,7 @@ async fn a_relay_killed_mid_run_and_restarted_still_delivers_exactly_once() {
     eprintln!("the relay was killed with {arrived} of 150 events applied");
 
     post_rounds(&pipeline, &identities, 31..=35, &mut posted).await;
-    pipeline.relay = Some(Service::start("stream-relay", &env(&pipeline.stack, &[])));
+    pipeline.relay = Some(pipeline.start_relay(&[]));
     for identity in identities {
         let applied = pipeline.wait_applied(identity, 35).await;
         assert_exactly_once_in_order(&applied, &posted[identity]);
@@ -270,17 +407,19 @@ async fn lease_owners(stack: &Stack) -> Vec<String> {
 async fn three_relays_share_the_stream_and_another_takes_over_when_the_lease_holder_is_killed() {
     const LEASE_SECS: u64 = 3;
     let pipeline = Pipeline::start_without_relay(5).await;
+    if pipeline.backend.is_mysql() {
+        // Leases are the stream relay's; the MySQL mode's counterpart is
+        // the leader lock, tested below.
+        return;
+    }
     let mut relays: HashMap<String, Service> = (0..3)
         .map(|i| {
             let worker = format!("relay-{i}");
-            let env = env(
-                &pipeline.stack,
-                &[
-                    ("OBT_WORKER_ID", worker.clone()),
-                    ("OBT_LEASE_DURATION_SECS", LEASE_SECS.to_string()),
-                ],
-            );
-            (worker, Service::start("stream-relay", &env))
+            let relay = pipeline.start_relay(&[
+                ("OBT_WORKER_ID", worker.clone()),
+                ("OBT_LEASE_DURATION_SECS", LEASE_SECS.to_string()),
+            ]);
+            (worker, relay)
         })
         .collect();
     let identities = ["HA-A", "HA-B", "HA-C", "HA-D"];
@@ -292,7 +431,7 @@ async fn three_relays_share_the_stream_and_another_takes_over_when_the_lease_hol
     let failover = async {
         pipeline.wait_applied("HA-A", 2).await;
         let holder = eventually("one relay to hold the lease", DEADLINE, || async {
-            match lease_owners(&pipeline.stack).await.as_slice() {
+            match lease_owners(pipeline.stack()).await.as_slice() {
                 [owner] => Ok(owner.clone()),
                 other => Err(format!("{other:?}")),
             }
@@ -305,7 +444,7 @@ async fn three_relays_share_the_stream_and_another_takes_over_when_the_lease_hol
             .kill()
             .await;
         let successor = eventually("another relay to take the lease", DEADLINE, || async {
-            match lease_owners(&pipeline.stack).await.as_slice() {
+            match lease_owners(pipeline.stack()).await.as_slice() {
                 [owner] if *owner != holder => Ok(owner.clone()),
                 other => Err(format!("{other:?}")),
             }
@@ -325,6 +464,35 @@ async fn three_relays_share_the_stream_and_another_takes_over_when_the_lease_hol
         let applied = pipeline.wait_applied(identity, 40).await;
         assert_exactly_once_in_order(&applied, &posted[identity]);
     }
+}
+
+#[tokio::test]
+async fn two_mysql_relays_under_load_and_the_leader_killed_deliver_exactly_once_in_order() {
+    let pipeline = Pipeline::start_without_relay(5).await;
+    if !pipeline.backend.is_mysql() {
+        // The leader lock is the MySQL mode's; the stream's leases are
+        // tested above.
+        return;
+    }
+    let identities = ["LEAD-A", "LEAD-B", "LEAD-C"];
+    let mut posted: HashMap<&str, Vec<Value>> = HashMap::new();
+    let leader = pipeline.start_relay(&[]);
+    post_rounds(&pipeline, &identities, 1..=5, &mut posted).await;
+    pipeline.wait_applied("LEAD-A", 5).await;
+    // The first relay leads (it published); the second stands by.
+    let standby = pipeline.start_relay(&[]);
+    let load = post_rounds(&pipeline, &identities, 6..=30, &mut posted);
+    let kill = async {
+        pipeline.wait_applied("LEAD-B", 8).await;
+        leader.kill().await;
+    };
+    tokio::join!(load, kill);
+    for identity in identities {
+        let applied = pipeline.wait_applied(identity, 30).await;
+        assert_exactly_once_in_order(&applied, &posted[identity]);
+    }
+    let status = standby.terminate(Duration::from_secs(10)).await;
+    assert!(status.success(), "exit status {status}");
 }
 
 #[tokio::test]
@@ -357,7 +525,7 @@ async fn a_message_sent_twice_by_hand_is_applied_once() {
         },
     };
     obt_testkit::send_raw(
-        &pipeline.stack,
+        pipeline.stack(),
         "DUP-1",
         "a-different-dedup-id",
         &duplicate.encode(),
@@ -368,14 +536,17 @@ async fn a_message_sent_twice_by_hand_is_applied_once() {
     let second = pipeline.post("DUP-1", "5.00").await;
     let applied = pipeline.wait_applied("DUP-1", 2).await;
     assert_exactly_once_in_order(&applied, &[first, second]);
-    assert_eq!(applied.total.to_string(), "15.00");
+    assert_eq!(
+        applied.total,
+        Decimal::from_str("15.00").expect("a decimal")
+    );
 }
 
 #[tokio::test]
 async fn a_poison_message_ends_in_the_dead_letter_queue_while_other_identities_flow() {
     let pipeline = Pipeline::start(2).await;
     let poison = json!({"not": "an envelope"}).to_string();
-    obt_testkit::send_raw(&pipeline.stack, "POISON", "poison-1", &poison).await;
+    obt_testkit::send_raw(pipeline.stack(), "POISON", "poison-1", &poison).await;
     let posted = vec![
         pipeline.post("CLEAN-1", "1.50").await,
         pipeline.post("CLEAN-1", "2.50").await,
@@ -383,7 +554,7 @@ async fn a_poison_message_ends_in_the_dead_letter_queue_while_other_identities_f
     let applied = pipeline.wait_applied("CLEAN-1", 2).await;
     assert_exactly_once_in_order(&applied, &posted);
 
-    let (group, body) = obt_testkit::receive_dead_letter(&pipeline.stack, DEADLINE).await;
+    let (group, body) = obt_testkit::receive_dead_letter(pipeline.stack(), DEADLINE).await;
     assert_eq!((group.as_str(), body.as_str()), ("POISON", poison.as_str()));
     assert!(
         pipeline.applied("POISON").await.is_none(),

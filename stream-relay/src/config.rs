@@ -27,9 +27,11 @@ pub struct RelayArgs {
     pub log_format: LogFormat,
 }
 
-/// Publish the outbox events of the api's DynamoDB table to the SQS FIFO
-/// queue, reading the table's stream (daemon mode). Stops cleanly on SIGTERM:
-/// the batch in hand is published and checkpointed first.
+/// Publish the outbox events to the SQS FIFO queue, in order per identity:
+/// by reading the api table's DynamoDB stream (several instances share its
+/// shards through leases), or, with OBT_STORAGE=mysql, by polling the MySQL
+/// outbox table (one instance leads, the others stand by). Stops cleanly on
+/// SIGTERM: the batch in hand is published and checkpointed first.
 #[derive(Debug, Clone, Parser)]
 #[command(name = "stream-relay", version)]
 pub struct Settings {
@@ -61,8 +63,33 @@ pub struct Settings {
     pub discover_interval_secs: u64,
     #[command(flatten)]
     pub sweep: SweepArgs,
+    #[command(flatten)]
+    pub mysql: MySqlArgs,
 }
 
+/// The MySQL mode (`OBT_STORAGE=mysql`, cargo feature `mysql`): the relay
+/// polls the outbox table instead of reading a stream. The stream, lease
+/// and sweep settings do not apply then.
+#[derive(Debug, Clone, Args)]
+pub struct MySqlArgs {
+    /// Where the api and the outbox live: `dynamodb` (the stream) or `mysql`
+    /// (the outbox table `obt`).
+    #[arg(long, env = "OBT_STORAGE", value_enum, default_value = "dynamodb")]
+    pub storage: obt_runtime::Storage,
+    /// The api's database as the relay's user (SELECT and DELETE on `obt`):
+    /// mysql://USER:PASSWORD@HOST:PORT/DATABASE. Required with
+    /// OBT_STORAGE=mysql; never logged.
+    #[arg(long, env = "OBT_DATABASE_URL", hide_env_values = true)]
+    pub database_url: Option<String>,
+    /// Outbox rows read per round.
+    #[arg(long, env = "OBT_POLL_BATCH", default_value_t = 100)]
+    pub poll_batch: u32,
+    /// The longest wait between two rounds when the outbox is empty, in
+    /// milliseconds: the worst added latency of an event after a quiet
+    /// spell. A busy outbox is read again at once.
+    #[arg(long, env = "OBT_POLL_MAX_IDLE_MS", default_value_t = 500)]
+    pub poll_max_idle_ms: u64,
+}
 /// The sweeper's settings.
 #[derive(Debug, Clone, Args)]
 pub struct SweepArgs {

@@ -21,6 +21,9 @@
 //! - [`lambda`]: the function behind a Lambda event source mapping on the
 //!   stream; answers with the first record not done (partial batch
 //!   response), so that the retry starts there and order holds.
+//! - `poller` (cargo feature `mysql`): the MySQL mode's relay, which polls
+//!   the outbox table `obt` under a leader lock and publishes with the same
+//!   [`publisher`].
 //! - [`sweeper`]: finds items whose events waited too long (the stream lost
 //!   them) through a sparse index, and hands them to the same core. Runs
 //!   inside the daemon, or as a scheduled Lambda.
@@ -32,6 +35,8 @@ pub mod daemon;
 pub mod lambda;
 pub mod lease;
 pub mod outbox;
+#[cfg(feature = "mysql")]
+pub mod poller;
 pub mod publisher;
 pub mod relay;
 pub mod startup;

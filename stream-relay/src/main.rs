@@ -1,8 +1,11 @@
-//! `stream-relay` in daemon mode. See the library's docs for the design.
+//! `stream-relay` as a long-running process: reads the DynamoDB stream
+//! (leases, sweeper) or, with OBT_STORAGE=mysql, polls the outbox table.
+//! See the library's docs for the design.
 
 use std::sync::Arc;
 
 use clap::Parser;
+use obt_runtime::Storage;
 use obt_stream_relay::config::Settings;
 use tokio_util::sync::CancellationToken;
 
@@ -11,8 +14,6 @@ async fn main() -> anyhow::Result<()> {
     let settings = Settings::parse();
     obt_runtime::init_tracing(settings.relay.log_format);
     let config = obt_runtime::aws_config().await;
-    let daemon = obt_stream_relay::startup::daemon(&config, &settings).await?;
-
     let shutdown = CancellationToken::new();
     tokio::spawn({
         let shutdown = shutdown.clone();
@@ -21,6 +22,35 @@ async fn main() -> anyhow::Result<()> {
             shutdown.cancel();
         }
     });
-    Arc::new(daemon).run(shutdown).await;
+    match settings.mysql.storage {
+        Storage::Dynamodb => {
+            let daemon = obt_stream_relay::startup::daemon(&config, &settings).await?;
+            Arc::new(daemon).run(shutdown).await;
+        }
+        Storage::Mysql => run_poller(&config, &settings, shutdown).await?,
+    }
     Ok(())
+}
+
+#[cfg(feature = "mysql")]
+async fn run_poller(
+    config: &aws_config::SdkConfig,
+    settings: &Settings,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let poller = obt_stream_relay::startup::poller(config, settings).await?;
+    poller.run(shutdown).await;
+    Ok(())
+}
+
+#[cfg(not(feature = "mysql"))]
+async fn run_poller(
+    _: &aws_config::SdkConfig,
+    _: &Settings,
+    _: CancellationToken,
+) -> anyhow::Result<()> {
+    Err(obt_runtime::MySqlNotBuilt {
+        binary: "stream-relay",
+    }
+    .into())
 }

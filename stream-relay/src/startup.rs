@@ -28,6 +28,16 @@ pub enum StartupError {
         "table {table} has no stream. Enable one with view type NEW_AND_OLD_IMAGES (obt-migrate does)"
     )]
     NoStream { table: String },
+    #[error(
+        "OBT_STORAGE=mysql needs OBT_DATABASE_URL: the api's database as the relay's user, \
+         mysql://USER:PASSWORD@HOST:PORT/DATABASE"
+    )]
+    NoDatabaseUrl,
+    #[error(transparent)]
+    MySqlNotBuilt(#[from] obt_runtime::MySqlNotBuilt),
+    #[cfg(feature = "mysql")]
+    #[error(transparent)]
+    Poller(#[from] crate::poller::PollerError),
 }
 
 /// The queue URL from the settings, or looked up by name.
@@ -132,4 +142,25 @@ pub async fn sweeper(
         relay,
         older_than,
     ))
+}
+
+/// The MySQL mode's relay, ready to run.
+#[cfg(feature = "mysql")]
+pub async fn poller(
+    config: &SdkConfig,
+    settings: &Settings,
+) -> Result<crate::poller::OutboxPoller, StartupError> {
+    let url = settings
+        .mysql
+        .database_url
+        .as_deref()
+        .ok_or(StartupError::NoDatabaseUrl)?;
+    let sqs = aws_sdk_sqs::Client::new(config);
+    let queue_url = queue_url(&sqs, &settings.relay).await?;
+    Ok(crate::poller::OutboxPoller::new(
+        url,
+        Publisher::new(sqs, queue_url),
+        settings.mysql.poll_batch,
+        std::time::Duration::from_millis(settings.mysql.poll_max_idle_ms.max(1)),
+    )?)
 }

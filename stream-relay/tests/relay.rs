@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use aws_sdk_dynamodb::types::AttributeValue;
 use obt_contract::{Amount, Envelope, Identity};
-use obt_stream_relay::config::{RelayArgs, Settings, SweepArgs};
+use obt_stream_relay::config::{MySqlArgs, RelayArgs, Settings, SweepArgs};
 use obt_stream_relay::{Change, startup};
 use obt_testkit::outbox::append;
 use obt_testkit::{Stack, eventually};
@@ -61,6 +61,12 @@ fn settings(stack: &Stack) -> Settings {
         sweep: SweepArgs {
             sweep_interval_secs: 0,
             sweep_after_secs: 300,
+        },
+        mysql: MySqlArgs {
+            storage: obt_runtime::Storage::Dynamodb,
+            database_url: None,
+            poll_batch: 100,
+            poll_max_idle_ms: 500,
         },
     }
 }

@@ -1,0 +1,310 @@
+//! MySQL mode: the relay polls the outbox table `obt` (the original
+//! project's "job", done right).
+//!
+//! The api writes a spending and its `obt` row in one transaction, taking
+//! the identity's next seq under a row lock. So for one identity, a later
+//! seq is inserted (and gets a higher id) only after the earlier one
+//! committed: reading `obt` in id order never shows an identity's event
+//! before its predecessor, whatever other identities' transactions are
+//! still open. The poller reads the oldest rows, publishes them with the
+//! same [`Publisher`] as the stream relay (in seq order per identity, at
+//! most 10 per `SendMessageBatch`, never two of one identity in a batch),
+//! and deletes a row only after SQS accepted its event. A crash between
+//! the two re-publishes the event, which SQS and the consumer deduplicate.
+//!
+//! Several instances may run; one publishes at a time. The leader holds
+//! the MySQL user lock [`LOCK_PREFIX`] + database (`GET_LOCK`) on a connection of its
+//! own, and checks it before every round; the others wait for it. When the
+//! leader dies its connection closes, the server frees the lock, and a
+//! standby takes over. (A second publisher would be harmless for order,
+//! since each publishes an event only after its predecessor was accepted,
+//! but it would double the work and the duplicates.)
+//!
+//! Polling is immediate while rows come, then backs off exponentially to
+//! `max_idle`: an event waits at most about `max_idle` when the outbox was
+//! idle, and the time of one round when busy.
+
+use std::time::Duration;
+
+use obt_contract::Envelope;
+use sqlx::mysql::{MySqlConnectOptions, MySqlConnection, MySqlPool, MySqlPoolOptions};
+use sqlx::{ConnectOptions, Connection, Row};
+use tokio_util::sync::CancellationToken;
+
+use crate::backoff::Backoff;
+use crate::publisher::Publisher;
+
+/// The prefix of the user lock only the leading relay holds; the database
+/// name completes it, since a lock name is global to the server and several
+/// deployments (or tests) may share one.
+pub const LOCK_PREFIX: &str = "outboxtable.relay.";
+
+/// How long a standby waits on the lock per attempt, in seconds.
+const LOCK_WAIT_SECS: i32 = 1;
+
+#[derive(Debug, thiserror::Error)]
+pub enum PollerError {
+    #[error(
+        "OBT_DATABASE_URL is not a MySQL URL ({0}); expected mysql://USER:PASSWORD@HOST:PORT/DATABASE"
+    )]
+    Url(#[source] sqlx::Error),
+    #[error("MySQL {what} failed: {source}")]
+    Database {
+        what: &'static str,
+        #[source]
+        source: sqlx::Error,
+    },
+}
+
+fn db(what: &'static str) -> impl FnOnce(sqlx::Error) -> PollerError {
+    move |source| PollerError::Database { what, source }
+}
+
+/// One outbox row, decoded.
+#[derive(Debug)]
+struct OutboxRow {
+    id: u64,
+    event: Envelope,
+}
+
+/// The relay of the MySQL mode.
+#[derive(Debug)]
+pub struct OutboxPoller {
+    options: MySqlConnectOptions,
+    /// [`LOCK_PREFIX`] and the database name.
+    lock_name: String,
+    pool: MySqlPool,
+    publisher: Publisher,
+    /// Rows read per round.
+    batch: u32,
+    /// The longest wait between two rounds when the outbox is empty.
+    max_idle: Duration,
+}
+
+impl OutboxPoller {
+    /// Connects lazily: a database that is down at start-up is waited for,
+    /// with errors logged, rather than failing the process.
+    pub fn new(
+        database_url: &str,
+        publisher: Publisher,
+        batch: u32,
+        max_idle: Duration,
+    ) -> Result<Self, PollerError> {
+        let options: MySqlConnectOptions = database_url.parse().map_err(PollerError::Url)?;
+        let pool = MySqlPoolOptions::new()
+            .max_connections(2)
+            .acquire_timeout(Duration::from_secs(10))
+            .connect_lazy_with(options.clone());
+        let lock_name = format!(
+            "{LOCK_PREFIX}{}",
+            options.get_database().unwrap_or_default()
+        );
+        Ok(Self {
+            lock_name,
+            options,
+            pool,
+            publisher,
+            batch: batch.clamp(1, 1000),
+            max_idle,
+        })
+    }
+
+    /// Runs until `shutdown`: waits to be the leader, then publishes; the
+    /// round in hand is finished first.
+    pub async fn run(&self, shutdown: CancellationToken) {
+        let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(10));
+        while !shutdown.is_cancelled() {
+            let mut lock = match self.lead(&shutdown).await {
+                Ok(Some(lock)) => lock,
+                Ok(None) => break,
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot reach MySQL for the leader lock; retrying");
+                    wait_or_stop(&mut backoff, &shutdown).await;
+                    continue;
+                }
+            };
+            backoff.reset(Duration::from_millis(200));
+            tracing::info!("leading: this relay publishes the outbox");
+            if let Err(e) = self.publish_while_leading(&mut lock, &shutdown).await {
+                tracing::error!(error = %e, "stopped leading");
+                wait_or_stop(&mut backoff, &shutdown).await;
+            }
+            // Closing the connection frees the lock for a standby.
+            let _ = lock.close().await;
+        }
+        self.pool.close().await;
+        tracing::info!("relay stopped");
+    }
+
+    /// Waits until this relay holds the lock (`Some` of the connection
+    /// holding it), or `None` on shutdown.
+    async fn lead(
+        &self,
+        shutdown: &CancellationToken,
+    ) -> Result<Option<MySqlConnection>, PollerError> {
+        let mut conn = self.options.connect().await.map_err(db("connect"))?;
+        let mut waiting_logged = false;
+        loop {
+            if shutdown.is_cancelled() {
+                let _ = conn.close().await;
+                return Ok(None);
+            }
+            let got: Option<i64> = sqlx::query_scalar("SELECT GET_LOCK(?, ?)")
+                .bind(&self.lock_name)
+                .bind(LOCK_WAIT_SECS)
+                .fetch_one(&mut conn)
+                .await
+                .map_err(db("GET_LOCK"))?;
+            if got == Some(1) {
+                return Ok(Some(conn));
+            }
+            if !waiting_logged {
+                tracing::info!("standing by: another relay leads");
+                waiting_logged = true;
+            }
+        }
+    }
+
+    /// Whether the lock is still this connection's.
+    async fn still_leading(&self, lock: &mut MySqlConnection) -> Result<bool, PollerError> {
+        let holder: Option<i64> = sqlx::query_scalar("SELECT IS_USED_LOCK(?) = CONNECTION_ID()")
+            .bind(&self.lock_name)
+            .fetch_one(lock)
+            .await
+            .map_err(db("IS_USED_LOCK"))?;
+        Ok(holder == Some(1))
+    }
+
+    async fn publish_while_leading(
+        &self,
+        lock: &mut MySqlConnection,
+        shutdown: &CancellationToken,
+    ) -> Result<(), PollerError> {
+        let mut idle = Backoff::new(Duration::from_millis(25), self.max_idle);
+        while !shutdown.is_cancelled() {
+            if !self.still_leading(lock).await? {
+                tracing::warn!("the leader lock was lost");
+                return Ok(());
+            }
+            match self.round().await {
+                Ok(0) => {
+                    tokio::select! {
+                        () = shutdown.cancelled() => {}
+                        () = idle.wait() => {}
+                    }
+                }
+                Ok(_) => idle.reset(Duration::from_millis(25)),
+                Err(e) => {
+                    tracing::error!(error = %e, "could not relay the outbox; retrying");
+                    tokio::select! {
+                        () = shutdown.cancelled() => {}
+                        () = idle.wait() => {}
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Reads the oldest rows, publishes them, deletes those SQS accepted.
+    /// Returns how many were published.
+    pub async fn round(&self) -> Result<usize, RoundError> {
+        let rows = self.oldest().await?;
+        if rows.is_empty() {
+            return Ok(0);
+        }
+        let events: Vec<Envelope> = rows.iter().map(|r| r.event.clone()).collect();
+        let (published, failure) = match self.publisher.publish(&events).await {
+            Ok(()) => (rows.iter().map(|r| r.id).collect::<Vec<_>>(), None),
+            Err(failure) => {
+                let published = rows
+                    .iter()
+                    .enumerate()
+                    .filter(|(i, _)| !failure.unpublished.contains(i))
+                    .map(|(_, r)| r.id)
+                    .collect();
+                (published, Some(failure.error))
+            }
+        };
+        self.delete(&published).await?;
+        match failure {
+            None => Ok(published.len()),
+            Some(error) => Err(RoundError::Publish(error)),
+        }
+    }
+
+    /// The oldest rows of the outbox, in id order: per identity, seq order.
+    /// A row whose payload cannot be read stops its identity (its later
+    /// rows would be a gap downstream), loudly.
+    async fn oldest(&self) -> Result<Vec<OutboxRow>, PollerError> {
+        let rows = sqlx::query(
+            // The text columns are utf8mb4_bin (identities are case
+            // sensitive), which sqlx reports as VARBINARY: CAST reads them
+            // as text.
+            "SELECT id, CAST(identity AS CHAR) AS identity, CAST(payload AS CHAR) AS payload \
+             FROM obt ORDER BY id LIMIT ?",
+        )
+        .bind(self.batch)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db("SELECT from obt"))?;
+        let mut blocked: Vec<String> = Vec::new();
+        let mut out = Vec::with_capacity(rows.len());
+        for row in rows {
+            let id: u64 = row.try_get("id").map_err(db("reading obt.id"))?;
+            let identity: String = row
+                .try_get("identity")
+                .map_err(db("reading obt.identity"))?;
+            if blocked.contains(&identity) {
+                continue;
+            }
+            let payload: String = row.try_get("payload").map_err(db("reading obt.payload"))?;
+            match Envelope::decode(&payload) {
+                Ok(event) => out.push(OutboxRow { id, event }),
+                Err(e) => {
+                    tracing::error!(
+                        id,
+                        identity,
+                        error = %e,
+                        "an outbox row cannot be read; its identity's events wait until it is repaired"
+                    );
+                    blocked.push(identity);
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    async fn delete(&self, ids: &[u64]) -> Result<(), PollerError> {
+        if ids.is_empty() {
+            return Ok(());
+        }
+        let placeholders = vec!["?"; ids.len()].join(", ");
+        let sql = format!("DELETE FROM obt WHERE id IN ({placeholders})");
+        let mut query = sqlx::query(&sql);
+        for id in ids {
+            query = query.bind(id);
+        }
+        query
+            .execute(&self.pool)
+            .await
+            .map_err(db("DELETE from obt"))?;
+        Ok(())
+    }
+}
+
+/// Why one round did not publish everything it read.
+#[derive(Debug, thiserror::Error)]
+pub enum RoundError {
+    #[error(transparent)]
+    Database(#[from] PollerError),
+    #[error(transparent)]
+    Publish(#[from] crate::publisher::PublishError),
+}
+
+async fn wait_or_stop(backoff: &mut Backoff, stop: &CancellationToken) {
+    tokio::select! {
+        () = stop.cancelled() => {}
+        () = backoff.wait() => {}
+    }
+}
