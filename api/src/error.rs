@@ -93,6 +93,16 @@ impl From<StoreError> for ApiError {
                 retry_after_secs: 1,
                 source: e,
             },
+            // Unreachable, or no pooled connection within the acquire
+            // timeout: the pool's own retries already took seconds.
+            #[cfg(feature = "mysql")]
+            StoreError::MySqlUnavailable { .. } => Self::Unavailable {
+                message: "the database is unavailable; retry later",
+                retry_after_secs: 5,
+                source: e,
+            },
+            #[cfg(feature = "mysql")]
+            StoreError::MySql { .. } => Self::Internal(e),
             StoreError::DynamoDb { .. } | StoreError::Malformed { .. } | StoreError::Encode(_) => {
                 Self::Internal(e)
             }

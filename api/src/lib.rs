@@ -1,5 +1,7 @@
 //! The outboxtable api: records a spending and its `SpendingRecorded` event
-//! in one atomic DynamoDB write, and reports an identity's totals.
+//! in one atomic write, and reports an identity's totals. The write is one
+//! DynamoDB UpdateItem by default, or one MySQL transaction
+//! (`OBT_STORAGE=mysql`, in builds with the cargo feature `mysql`).
 //!
 //! Map of the modules:
 //!
@@ -10,15 +12,18 @@
 //! - [`input`]: turns a request body into a validated [`input::NewSpending`]
 //!   without letting money pass through a float, collecting every field
 //!   error.
-//! - [`store`]: the only module that speaks DynamoDB: the aggregate item,
-//!   its outbox, optimistic concurrency and the conflict retries.
+//! - [`store`]: the only module that speaks to a database, behind
+//!   [`Store`]: [`store::dynamodb`] (the aggregate item, its outbox,
+//!   optimistic concurrency and the conflict retries) and `store::mysql`
+//!   (the same in one transaction under a row lock).
 //! - [`error`]: the one error type of the HTTP layer ([`ApiError`]) and how
 //!   each variant answers.
 //!
 //! The invariant this crate owns is atomicity: a POST is exactly one
 //! conditional UpdateItem that updates the totals and adds the event to the
-//! item's outbox, so the spending and its event are stored together or not
-//! at all, and a rejected request writes nothing.
+//! item's outbox (or one MySQL transaction that inserts the spending and
+//! its outbox row), so the spending and its event are stored together or
+//! not at all, and a rejected request writes nothing.
 
 pub mod error;
 pub mod input;
@@ -30,4 +35,6 @@ pub mod store;
 pub use error::ApiError;
 pub use settings::Settings;
 pub use startup::{AppState, Application, app};
-pub use store::{RetryPolicy, SpendingStore, StoreError, StoreOptions};
+#[cfg(feature = "mysql")]
+pub use store::MySqlStore;
+pub use store::{RetryPolicy, SpendingStore, Store, StoreError, StoreOptions};

@@ -1,9 +1,11 @@
-//! The `api` binary: settings, logging, AWS configuration, then the server
-//! of [`obt_api`] until SIGTERM or SIGINT.
+//! The `api` binary: settings, logging, AWS configuration, the store (a
+//! MySQL pool is connected now), then the server of [`obt_api`] until
+//! SIGTERM or SIGINT.
 
 use anyhow::Context;
 use clap::Parser;
 use obt_api::{Application, Settings};
+use obt_runtime::Storage;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
@@ -13,7 +15,14 @@ async fn main() -> anyhow::Result<()> {
     let app = Application::build(&settings, &aws)
         .await
         .context("starting the api")?;
-    tracing::info!(address = %app.local_addr(), table = %settings.table, "listening");
+    match settings.storage {
+        Storage::Dynamodb => {
+            tracing::info!(address = %app.local_addr(), table = %settings.table, "listening");
+        }
+        Storage::Mysql => {
+            tracing::info!(address = %app.local_addr(), storage = "mysql", "listening")
+        }
+    }
     app.run_until(obt_runtime::shutdown_signal())
         .await
         .context("serving the api")?;

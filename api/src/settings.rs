@@ -5,12 +5,12 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use clap::Parser;
-use obt_runtime::LogFormat;
+use obt_runtime::{DatabaseUrl, LogFormat, Storage};
 
 use crate::store::{RetryPolicy, StoreOptions};
 
 /// outboxtable api: records a spending and its SpendingRecorded event in one
-/// atomic DynamoDB write.
+/// atomic write (DynamoDB, or a MySQL transaction).
 #[derive(Debug, Clone, Parser)]
 #[command(name = "api", version)]
 pub struct Settings {
@@ -18,19 +18,36 @@ pub struct Settings {
     #[arg(long, env = "OBT_LISTEN", default_value = "127.0.0.1:8081")]
     pub listen: SocketAddr,
 
+    /// Where spendings and their events are kept: `dynamodb` (an item per
+    /// identity with its outbox) or `mysql` (tables and the outbox table
+    /// `obt`, in builds with the cargo feature `mysql`).
+    #[arg(long, env = "OBT_STORAGE", value_enum, default_value = "dynamodb")]
+    pub storage: Storage,
+
+    /// With OBT_STORAGE=mysql, required: the api's database, as the api's
+    /// own user (mysql://USER:PASSWORD@HOST:PORT/DATABASE). Never logged.
+    #[arg(long, env = "OBT_DATABASE_URL", hide_env_values = true)]
+    pub database_url: Option<DatabaseUrl>,
+
+    /// With OBT_STORAGE=mysql: the most connections the api keeps open to
+    /// the database.
+    #[arg(long, env = "OBT_DATABASE_MAX_CONNECTIONS", default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..))]
+    pub database_max_connections: u32,
+
     /// The DynamoDB table holding one aggregate item (and its outbox) per
     /// identity.
     #[arg(long, env = "OBT_TABLE", default_value = "obt-spending")]
     pub table: String,
 
-    /// How many times a write that lost an optimistic-concurrency race is
-    /// retried before the request is answered 503.
+    /// How many times a write that lost an optimistic-concurrency race (in
+    /// MySQL: a transaction rolled back by a deadlock or lock wait timeout)
+    /// is retried before the request is answered 503.
     #[arg(long, env = "OBT_MAX_CONFLICT_RETRIES", default_value_t = 10)]
     pub max_conflict_retries: u32,
 
     /// The most events an identity may have waiting for the relay; beyond
     /// it a POST is answered 503 instead of growing the item towards
-    /// DynamoDB's 400 KB limit.
+    /// DynamoDB's 400 KB limit (DynamoDB only).
     #[arg(long, env = "OBT_MAX_PENDING_EVENTS", default_value_t = StoreOptions::DEFAULT_MAX_PENDING_EVENTS)]
     pub max_pending_events: u32,
 
@@ -101,6 +118,13 @@ mod tests {
         };
         let expected = [
             ("listen", "127.0.0.1:8081", "OBT_LISTEN"),
+            ("storage", "dynamodb", "OBT_STORAGE"),
+            ("database_url", "", "OBT_DATABASE_URL"),
+            (
+                "database_max_connections",
+                "10",
+                "OBT_DATABASE_MAX_CONNECTIONS",
+            ),
             ("table", "obt-spending", "OBT_TABLE"),
             ("max_conflict_retries", "10", "OBT_MAX_CONFLICT_RETRIES"),
             ("max_pending_events", "200", "OBT_MAX_PENDING_EVENTS"),
@@ -135,5 +159,19 @@ mod tests {
         assert_eq!(settings.table, "other");
         assert_eq!(settings.store_options().retry.max_retries, 3);
         assert_eq!(settings.log_format, LogFormat::Json);
+    }
+
+    #[test]
+    fn the_database_url_is_never_shown() {
+        let secret = "mysql://obt_api:s3cret-password@db:3306/outboxtable";
+        let settings =
+            Settings::try_parse_from(["api", "--storage", "mysql", "--database-url", secret])
+                .expect("parses");
+        assert_eq!(settings.storage, Storage::Mysql);
+        assert_eq!(
+            settings.database_url.as_ref().map(DatabaseUrl::expose),
+            Some(secret)
+        );
+        assert!(!format!("{settings:?}").contains("s3cret"));
     }
 }

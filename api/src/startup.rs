@@ -28,6 +28,7 @@ use axum::extract::DefaultBodyLimit;
 use axum::http::{Request, StatusCode};
 use axum::middleware::map_response;
 use axum::routing::{get, post};
+use obt_runtime::Storage;
 use tokio::net::TcpListener;
 use tower::ServiceBuilder;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
@@ -38,31 +39,58 @@ use tracing::{Level, Span};
 use crate::error::json_error_bodies;
 use crate::routes::{health, spending};
 use crate::settings::Settings;
-use crate::store::SpendingStore;
+use crate::store::{SpendingStore, Store};
 
 /// What every handler shares. Cloned per request, hence the `Arc`.
 #[derive(Debug, Clone)]
 pub struct AppState {
-    pub store: Arc<SpendingStore>,
+    pub store: Arc<Store>,
     /// The bound of one request, applied by [`app`].
     pub request_timeout: Duration,
 }
 
 impl AppState {
-    pub fn new(store: SpendingStore, request_timeout: Duration) -> Self {
+    pub fn new(store: impl Into<Store>, request_timeout: Duration) -> Self {
         Self {
-            store: Arc::new(store),
+            store: Arc::new(store.into()),
             request_timeout,
         }
     }
 
-    /// The state the binary runs with: a DynamoDB client from `aws` on the
-    /// table and limits of `settings`.
-    pub fn from_settings(settings: &Settings, aws: &SdkConfig) -> Self {
-        let client = aws_sdk_dynamodb::Client::new(aws);
-        let store = SpendingStore::new(client, settings.table.clone(), settings.store_options());
-        Self::new(store, settings.request_timeout())
+    /// The state the binary runs with: the backend that `settings` choose,
+    /// with its limits. DynamoDB: a client from `aws` on the table. MySQL:
+    /// a pool, connected and checked now, so that a wrong URL or an
+    /// unreachable server stops the api at start-up.
+    pub async fn from_settings(settings: &Settings, aws: &SdkConfig) -> Result<Self, StartupError> {
+        let store: Store = match settings.storage {
+            Storage::Dynamodb => {
+                let client = aws_sdk_dynamodb::Client::new(aws);
+                SpendingStore::new(client, settings.table.clone(), settings.store_options()).into()
+            }
+            Storage::Mysql => mysql_store(settings).await?,
+        };
+        Ok(Self::new(store, settings.request_timeout()))
     }
+}
+
+#[cfg(feature = "mysql")]
+async fn mysql_store(settings: &Settings) -> Result<Store, StartupError> {
+    let url = settings
+        .database_url
+        .as_ref()
+        .ok_or(StartupError::DatabaseUrlMissing)?;
+    let store = crate::store::MySqlStore::connect(
+        url.expose(),
+        settings.database_max_connections,
+        settings.store_options(),
+    )
+    .await?;
+    Ok(store.into())
+}
+
+#[cfg(not(feature = "mysql"))]
+async fn mysql_store(_: &Settings) -> Result<Store, StartupError> {
+    Err(obt_runtime::MySqlNotBuilt { binary: "api" }.into())
 }
 
 /// The api's routes and middleware.
@@ -118,6 +146,19 @@ pub enum StartupError {
         #[source]
         source: io::Error,
     },
+    /// `OBT_STORAGE=mysql` in a build without the `mysql` feature.
+    #[error(transparent)]
+    MySqlNotBuilt(#[from] obt_runtime::MySqlNotBuilt),
+    #[cfg(feature = "mysql")]
+    #[error(
+        "OBT_STORAGE=mysql needs OBT_DATABASE_URL (or --database-url): the api's database as \
+         the api's own user, mysql://USER:PASSWORD@HOST:PORT/DATABASE (obt-migrate --storage \
+         mysql creates both)"
+    )]
+    DatabaseUrlMissing,
+    #[cfg(feature = "mysql")]
+    #[error(transparent)]
+    MySql(#[from] crate::store::mysql::ConnectError),
 }
 
 /// A bound server, not yet serving: its address is known, so a test can
@@ -131,10 +172,10 @@ pub struct Application {
 }
 
 impl Application {
-    /// Binds `settings.listen` and builds the app over a DynamoDB client
-    /// made from `aws`.
+    /// Builds the app's state from `settings` (DynamoDB through a client
+    /// made from `aws`, or MySQL) and binds `settings.listen`.
     pub async fn build(settings: &Settings, aws: &SdkConfig) -> Result<Self, StartupError> {
-        Self::bind(settings, AppState::from_settings(settings, aws)).await
+        Self::bind(settings, AppState::from_settings(settings, aws).await?).await
     }
 
     /// Binds `settings.listen` with a state of the caller's making (a test
@@ -187,5 +228,44 @@ impl Application {
                 Ok(())
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn mysql_settings() -> Settings {
+        Settings {
+            storage: Storage::Mysql,
+            database_url: None,
+            ..Settings::defaults()
+        }
+    }
+
+    #[cfg(not(feature = "mysql"))]
+    #[tokio::test]
+    async fn asking_for_mysql_in_a_build_without_it_stops_the_start_up() {
+        let error = AppState::from_settings(&mysql_settings(), &SdkConfig::builder().build())
+            .await
+            .expect_err("this build has no MySQL");
+        assert!(matches!(error, StartupError::MySqlNotBuilt(_)), "{error:?}");
+        assert!(
+            error.to_string().contains("--features mysql"),
+            "says how to fix it: {error}"
+        );
+    }
+
+    #[cfg(feature = "mysql")]
+    #[tokio::test]
+    async fn mysql_without_a_database_url_stops_the_start_up() {
+        let error = AppState::from_settings(&mysql_settings(), &SdkConfig::builder().build())
+            .await
+            .expect_err("no URL to connect to");
+        assert!(
+            matches!(error, StartupError::DatabaseUrlMissing),
+            "{error:?}"
+        );
+        assert!(error.to_string().contains("OBT_DATABASE_URL"), "{error}");
     }
 }

@@ -1,9 +1,12 @@
 //! The consumer's settings. Every flag can also come from an environment
 //! variable, which is how the deployments and the tests set them; the doc
 //! comments are the `--help` text.
+//!
+//! The database URL holds a password: it is a [`DatabaseUrl`], whose
+//! `Debug` hides it, and `--help` does not show its environment value.
 
-use clap::Parser;
-use obt_runtime::LogFormat;
+use clap::{Args, Parser};
+use obt_runtime::{DatabaseUrl, LogFormat, Storage};
 
 /// Applies SpendingRecorded events from the SQS FIFO queue to the
 /// consumer's table, idempotently and in seq order per identity.
@@ -20,13 +23,9 @@ pub struct Settings {
     #[arg(long, env = "OBT_QUEUE_NAME", default_value = "obt-events.fifo")]
     pub queue_name: String,
 
-    /// The consumer's DynamoDB table (partition key identity, sort key seq).
-    #[arg(
-        long,
-        env = "OBT_CONSUMER_TABLE",
-        default_value = "obt-consumer-spending"
-    )]
-    pub table: String,
+    /// Where the consumer records what it applied.
+    #[command(flatten)]
+    pub storage: StorageArgs,
 
     /// How many receive loops run concurrently.
     #[arg(
@@ -68,11 +67,47 @@ impl Settings {
         Self {
             queue_url: None,
             queue_name: "obt-events.fifo".to_owned(),
-            table: "obt-consumer-spending".to_owned(),
+            storage: StorageArgs::defaults(),
             pollers: 4,
             wait_time_secs: 20,
             visibility_timeout_secs: None,
             log_format: LogFormat::Text,
+        }
+    }
+}
+
+/// Where the consumer records what it applied: shared by the consumer and
+/// `consumer-show`, so that both read the same settings.
+#[derive(Debug, Clone, Args)]
+pub struct StorageArgs {
+    /// Where the consumer records what it applied: dynamodb (its table) or
+    /// mysql (its own database; needs a build with the `mysql` feature).
+    #[arg(long, env = "OBT_STORAGE", value_enum, default_value_t = Storage::Dynamodb)]
+    pub storage: Storage,
+
+    /// The consumer's DynamoDB table (partition key identity, sort key
+    /// seq), in dynamodb mode.
+    #[arg(
+        long,
+        env = "OBT_CONSUMER_TABLE",
+        default_value = "obt-consumer-spending"
+    )]
+    pub table: String,
+
+    /// The consumer's own database, as the consumer's user, in mysql mode
+    /// (required there): mysql://USER:PASSWORD@HOST:PORT/DATABASE. Never
+    /// logged.
+    #[arg(long, env = "OBT_DATABASE_URL", hide_env_values = true)]
+    pub database_url: Option<DatabaseUrl>,
+}
+
+impl StorageArgs {
+    /// The defaults, as if started without flags or environment.
+    pub fn defaults() -> Self {
+        Self {
+            storage: Storage::Dynamodb,
+            table: "obt-consumer-spending".to_owned(),
+            database_url: None,
         }
     }
 }
@@ -96,7 +131,9 @@ mod tests {
         let parsed = Settings::try_parse_from(["consumer"]).expect("no flags are required");
         let defaults = Settings::defaults();
         assert_eq!(parsed.queue_name, defaults.queue_name);
-        assert_eq!(parsed.table, defaults.table);
+        assert_eq!(parsed.storage.storage, defaults.storage.storage);
+        assert_eq!(parsed.storage.table, defaults.storage.table);
+        assert_eq!(parsed.storage.database_url, defaults.storage.database_url);
         assert_eq!(parsed.pollers, defaults.pollers);
         assert_eq!(parsed.wait_time_secs, defaults.wait_time_secs);
         assert_eq!(
@@ -115,5 +152,26 @@ mod tests {
         ] {
             assert!(Settings::try_parse_from(args).is_err(), "accepted {args:?}");
         }
+    }
+
+    #[test]
+    fn the_database_url_is_read_but_never_shown() {
+        let settings = Settings::try_parse_from([
+            "consumer",
+            "--storage",
+            "mysql",
+            "--database-url",
+            "mysql://obt_consumer:s3cret-pass@db:3306/consumed",
+        ])
+        .expect("valid flags");
+        assert_eq!(settings.storage.storage, Storage::Mysql);
+        let url = settings.storage.database_url.as_ref().expect("given");
+        assert_eq!(
+            url.expose(),
+            "mysql://obt_consumer:s3cret-pass@db:3306/consumed"
+        );
+        assert!(!format!("{settings:?}").contains("s3cret"));
+        let help = Settings::command().render_long_help().to_string();
+        assert!(help.contains("OBT_DATABASE_URL"), "{help}");
     }
 }

@@ -1,13 +1,13 @@
 //! The consumer proper: pollers that long-poll the queue, the handling of
 //! one message, and graceful shutdown.
 //!
-//! A message is deleted only after its event is committed to the table, or
-//! recognised as committed before: a crash anywhere before the delete
-//! means a redelivery, which the table's conditional write turns into a
-//! no-op (at-least-once delivery, exactly-once effect). A message that
-//! fails is left alone: it comes back after its visibility timeout and,
-//! failing every time, ends in the dead-letter queue, which operators are
-//! alerted on.
+//! A message is deleted only after its event is committed to the
+//! consumer's records ([`Ledger`], DynamoDB or MySQL), or recognised as
+//! committed before: a crash anywhere before the delete means a
+//! redelivery, which the ledger turns into a no-op (at-least-once
+//! delivery, exactly-once effect). A message that fails is left alone: it
+//! comes back after its visibility timeout and, failing every time, ends
+//! in the dead-letter queue, which operators are alerted on.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -23,7 +23,7 @@ use tracing::{Instrument, Span, debug, error, info, info_span, instrument, warn}
 use crate::batch::{self, Disposition};
 use crate::config::Settings;
 use crate::queue::{Queue, QueueError, Received};
-use crate::store::{Applied, ApplyError, SpendingTable};
+use crate::store::{self, Applied, ApplyError, Ledger, OpenError};
 
 /// The first pause after a failed receive; it doubles up to [`MAX_PAUSE`].
 const MIN_PAUSE: Duration = Duration::from_millis(100);
@@ -76,6 +76,8 @@ pub fn decode(message: &Received) -> Result<Envelope, PoisonReason> {
 pub enum StartupError {
     #[error("cannot find the queue")]
     Queue(#[from] QueueError),
+    #[error("cannot open the consumer's records")]
+    Store(#[from] OpenError),
 }
 
 /// Why the consumer stopped other than by a clean shutdown.
@@ -89,11 +91,12 @@ pub enum RunError {
     GraceExceeded { secs: u64 },
 }
 
-/// The consumer: its queue, its table and how many pollers share them.
+/// The consumer: its queue, its records and how many pollers share them.
 #[derive(Debug)]
 pub struct Consumer {
     queue: Queue,
-    table: SpendingTable,
+    /// Where applied events are recorded: the backend chosen at start-up.
+    ledger: Arc<dyn Ledger>,
     /// Concurrent receive loops: more of them keep more message groups in
     /// progress at once, since FIFO hands out a group to one receiver at a
     /// time.
@@ -101,16 +104,24 @@ pub struct Consumer {
 }
 
 impl Consumer {
-    pub fn new(queue: Queue, table: SpendingTable, pollers: u16) -> Self {
+    pub fn new(queue: Queue, ledger: Arc<dyn Ledger>, pollers: u16) -> Self {
         Self {
             queue,
-            table,
+            ledger,
             pollers: pollers.max(1),
         }
     }
 
-    /// Builds the clients and resolves the queue URL (unless given).
+    /// Opens the records (checking that they are reachable), builds the
+    /// clients and resolves the queue URL (unless given).
     pub async fn connect(config: &SdkConfig, settings: &Settings) -> Result<Self, StartupError> {
+        // A MySQL pool big enough for every poller to have a transaction
+        // open, plus two for the moments when several groups of one batch
+        // commit at once; the rest wait a few milliseconds for a
+        // connection, which beats holding one per possible group on a
+        // server whose connections all consumer instances share.
+        let connections = u32::from(settings.pollers) + 2;
+        let ledger = store::open(config, &settings.storage, connections, "consumer").await?;
         let sqs = aws_sdk_sqs::Client::new(config);
         let url = match &settings.queue_url {
             Some(url) => url.clone(),
@@ -122,16 +133,15 @@ impl Consumer {
             settings.wait_time_secs,
             settings.visibility_timeout_secs,
         );
-        let table = SpendingTable::new(aws_sdk_dynamodb::Client::new(config), &settings.table);
-        Ok(Self::new(queue, table, settings.pollers))
+        Ok(Self::new(queue, ledger, settings.pollers))
     }
 
     pub fn queue(&self) -> &Queue {
         &self.queue
     }
 
-    pub fn table(&self) -> &SpendingTable {
-        &self.table
+    pub fn ledger(&self) -> &Arc<dyn Ledger> {
+        &self.ledger
     }
 
     /// Runs until `shutdown_signal` resolves, then stops receiving (an
@@ -177,7 +187,7 @@ impl Consumer {
     pub async fn run(self: Arc<Self>, shutdown: CancellationToken) {
         info!(
             queue = %self.queue.url(),
-            table = %self.table.name(),
+            records = %self.ledger.describe(),
             pollers = self.pollers,
             "consuming"
         );
@@ -266,7 +276,7 @@ impl Consumer {
     }
 
     /// Applies one message's event and deletes the message once the event
-    /// is in the table.
+    /// is recorded.
     #[instrument(skip_all, fields(identity, seq, message_id = %message.message_id))]
     pub async fn handle_message(&self, message: Received) -> Disposition<StopReason> {
         let event = match decode(&message) {
@@ -292,7 +302,7 @@ impl Consumer {
         span.record("identity", tracing::field::display(&event.identity));
         span.record("seq", event.seq);
 
-        match self.table.apply(&event).await {
+        match self.ledger.apply(&event).await {
             Ok(Applied::New) => {
                 info!(event_id = %event.event_id, amount = %event.data.amount, "applied");
             }

@@ -1,6 +1,7 @@
 //! The outboxtable consumer: receives `SpendingRecorded` envelopes from the
-//! SQS FIFO queue and applies each to the consumer's own table exactly once
-//! and, per identity, in `seq` order.
+//! SQS FIFO queue and applies each to the consumer's own records (its
+//! DynamoDB table, or its MySQL database with the `mysql` feature) exactly
+//! once and, per identity, in `seq` order.
 //!
 //! Module map, from the edge inwards:
 //! - [`config`]: the [`Settings`] (flags and environment variables).
@@ -11,11 +12,13 @@
 //!   batch by `MessageGroupId`, runs groups concurrently and each group's
 //!   messages one by one, and stops a group at its first failure so that
 //!   nothing later in it is applied before it.
-//! - [`store`]: the consumer's table: one conditional `TransactWriteItems`
-//!   per event, and the classification of a refused write as a duplicate,
-//!   a gap, a conflict or a transient failure.
-//! - [`read_model`]: what the table holds, read back ([`AppliedIdentity`]),
-//!   for tests, end-to-end checks and operators.
+//! - [`store`]: the consumer's records behind the [`Ledger`] trait, chosen
+//!   by `OBT_STORAGE`: one conditional `TransactWriteItems` per event
+//!   ([`SpendingTable`]) or one MySQL transaction (`MySqlLedger`), and the
+//!   classification of an event not applied as a gap, a conflict or a
+//!   transient failure.
+//! - [`read_model`]: what the records hold, read back ([`AppliedIdentity`]),
+//!   for `consumer-show`, tests, end-to-end checks and operators.
 //! - [`consumer`]: ties them together: the pollers, the handling of one
 //!   message, graceful shutdown ([`Consumer::serve`]).
 
@@ -27,10 +30,13 @@ pub mod read_model;
 mod sdk_error;
 pub mod store;
 
-pub use config::Settings;
+pub use config::{Settings, StorageArgs};
 pub use consumer::{Consumer, PoisonReason, RunError, StartupError, StopReason};
+pub use obt_runtime::DatabaseUrl;
 pub use queue::{Queue, QueueError, Received};
 pub use read_model::{
     AppliedIdentity, AppliedSpending, IdentityHead, list_identities, load_identity,
 };
-pub use store::{Applied, ApplyError, SpendingTable, StoreError};
+#[cfg(feature = "mysql")]
+pub use store::MySqlLedger;
+pub use store::{Applied, ApplyError, Ledger, OpenError, SpendingTable, StoreError};

@@ -1,6 +1,9 @@
-//! The consumer's table read back: what has been applied, per identity.
-//! Used by the tests and the end-to-end checks, and handy for operators;
-//! the consumer itself never needs it.
+//! What the consumer has applied, read back, per identity: the types both
+//! backends return ([`AppliedIdentity`], [`IdentityHead`]) and the
+//! DynamoDB table's reads (the MySQL ones are in `store::mysql`). Used by
+//! `consumer-show`, the tests and the end-to-end checks; the consumer
+//! itself never needs it. Read either backend through
+//! [`Ledger`](crate::store::Ledger).
 //!
 //! Every read is strongly consistent, so that a check made right after a
 //! write sees it.
@@ -13,7 +16,8 @@ use rust_decimal::Decimal;
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
-use crate::store::{HEAD_SEQ, SpendingTable, StoreError, attr, dynamo_error, n, s};
+use crate::store::StoreError;
+use crate::store::dynamodb::{HEAD_SEQ, SpendingTable, attr, dynamo_error, n, s};
 
 type Item = HashMap<String, AttributeValue>;
 
@@ -60,7 +64,8 @@ pub struct AppliedSpending {
     pub applied_at: OffsetDateTime,
 }
 
-/// Everything applied for `identity` in `table`, or `None` if nothing is.
+/// Everything applied for `identity` in the DynamoDB `table`, or `None` if
+/// nothing is.
 pub async fn load_identity(
     client: &aws_sdk_dynamodb::Client,
     table: &str,
@@ -71,7 +76,7 @@ pub async fn load_identity(
         .await
 }
 
-/// The heads of every identity in `table`, sorted by identity.
+/// The heads of every identity in the DynamoDB `table`, sorted by identity.
 pub async fn list_identities(
     client: &aws_sdk_dynamodb::Client,
     table: &str,

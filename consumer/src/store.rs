@@ -1,49 +1,139 @@
-//! The consumer's table and the one write that applies an event.
+//! Where the consumer records what it applied, and the one operation that
+//! matters: apply an event once, right after its predecessor.
 //!
-//! Layout (see `migrations/dynamodb/consumer_spending.json`): per identity,
-//! one item per applied event at its `seq` (1, 2, ...), and a head item at
-//! `seq` 0 holding `last_seq` and the running totals.
+//! There are two backends, chosen at start-up by `OBT_STORAGE`:
+//! - [`dynamodb`] ([`SpendingTable`], the default): one conditional
+//!   `TransactWriteItems` per event on the consumer's table.
+//! - `mysql` (`MySqlLedger`, cargo feature `mysql`): one transaction on the
+//!   consumer's own database, the event id recorded with the write (the
+//!   original project's `consumed_outboxtable_db`).
 //!
-//! An event is applied by ONE `TransactWriteItems` of two conditional
-//! writes: the event's item, only if that `seq` is still free, and the
-//! head, only if it stands at `seq - 1`. So an event is applied at most
-//! once (invariant 3) and only right after its predecessor (invariant 4);
-//! DynamoDB's all-or-nothing transaction keeps the totals equal to the sum
-//! of the items. When the transaction is refused, consistent reads of the
-//! head and of the item at `seq` tell why ([`ApplyError`] or
-//! [`Applied::Duplicate`]).
+//! Both answer with the same outcomes ([`Applied`], [`ApplyError`]) for the
+//! same events, so the consumer's handling of a message (delete, leave it,
+//! call it a gap) does not depend on the backend, and the consumer's
+//! behaviour tests run against either (`OBT_TEST_STORAGE`).
+//!
+//! [`Ledger`] is a trait object rather than a generic parameter: the
+//! backend is picked from the environment at run time, the tests and
+//! `consumer-show` read either one through the same calls, and the cost,
+//! one boxed future per event, is nothing next to the database round trip.
 
-use std::collections::HashMap;
+pub mod dynamodb;
+#[cfg(feature = "mysql")]
+pub mod mysql;
 
-use aws_sdk_dynamodb::error::SdkError;
-use aws_sdk_dynamodb::types::{AttributeValue, Put, TransactWriteItem, Update};
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use aws_config::SdkConfig;
 use obt_contract::Envelope;
-use time::OffsetDateTime;
-use time::format_description::well_known::Rfc3339;
-use tracing::{debug, instrument};
+use obt_runtime::Storage;
 
-/// Attribute names of the consumer's table. All of them go through
-/// expression attribute names: several (`name`, `count`, `total`) are
-/// DynamoDB reserved words.
-pub(crate) mod attr {
-    pub const IDENTITY: &str = "identity";
-    pub const SEQ: &str = "seq";
-    pub const EVENT_ID: &str = "event_id";
-    pub const NAME: &str = "name";
-    pub const SURNAME: &str = "surname";
-    pub const AMOUNT: &str = "amount";
-    pub const OCCURRED_AT: &str = "occurred_at";
-    pub const APPLIED_AT: &str = "applied_at";
-    pub const LAST_SEQ: &str = "last_seq";
-    pub const TOTAL: &str = "total";
-    pub const COUNT: &str = "count";
-    pub const UPDATED_AT: &str = "updated_at";
+use crate::config::StorageArgs;
+use crate::read_model::{AppliedIdentity, IdentityHead};
+pub use dynamodb::SpendingTable;
+#[cfg(feature = "mysql")]
+pub use mysql::MySqlLedger;
+
+/// A future that a [`Ledger`] method returns (trait objects cannot have
+/// `async fn`s).
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// The consumer's record of applied events, in either backend.
+pub trait Ledger: Send + Sync + std::fmt::Debug {
+    /// Applies `event` if it is its identity's next one, recognises it if
+    /// it was applied before, and otherwise says why not, changing nothing.
+    fn apply<'a>(&'a self, event: &'a Envelope) -> BoxFuture<'a, Result<Applied, ApplyError>>;
+
+    /// Everything applied for `identity`, or `None` if nothing is. For
+    /// `consumer-show`, the tests and the end-to-end checks; the consumer
+    /// itself only applies.
+    fn load_identity<'a>(
+        &'a self,
+        identity: &'a str,
+    ) -> BoxFuture<'a, Result<Option<AppliedIdentity>, StoreError>>;
+
+    /// The heads of every identity, sorted by identity. Reads everything:
+    /// for tests and checks, not for a request path.
+    fn list_identities(&self) -> BoxFuture<'_, Result<Vec<IdentityHead>, StoreError>>;
+
+    /// Where the records are, for logs and messages; never a password.
+    fn describe(&self) -> String;
 }
 
-/// The sort key of an identity's head item.
-pub(crate) const HEAD_SEQ: u64 = 0;
+/// Opens the backend that `args` choose. `max_connections` sizes the MySQL
+/// pool; `binary` names the program in the error of a build without the
+/// `mysql` feature.
+pub async fn open(
+    config: &SdkConfig,
+    args: &StorageArgs,
+    max_connections: u32,
+    binary: &'static str,
+) -> Result<Arc<dyn Ledger>, OpenError> {
+    match args.storage {
+        Storage::Dynamodb => Ok(Arc::new(SpendingTable::new(
+            aws_sdk_dynamodb::Client::new(config),
+            &args.table,
+        ))),
+        Storage::Mysql => open_mysql(args, max_connections, binary).await,
+    }
+}
 
-/// What became of an event that the table accepted.
+#[cfg(feature = "mysql")]
+async fn open_mysql(
+    args: &StorageArgs,
+    max_connections: u32,
+    _binary: &'static str,
+) -> Result<Arc<dyn Ledger>, OpenError> {
+    let url = args.database_url.as_ref().ok_or(OpenError::NoDatabaseUrl)?;
+    let ledger =
+        MySqlLedger::connect(url.expose(), max_connections, mysql::CONNECT_TIMEOUT).await?;
+    Ok(Arc::new(ledger))
+}
+
+#[cfg(not(feature = "mysql"))]
+async fn open_mysql(
+    _args: &StorageArgs,
+    _max_connections: u32,
+    binary: &'static str,
+) -> Result<Arc<dyn Ledger>, OpenError> {
+    Err(obt_runtime::MySqlNotBuilt { binary }.into())
+}
+
+/// Why the consumer's records cannot be opened. Each message says what to
+/// fix; none shows the database password.
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    #[error(transparent)]
+    NotBuilt(#[from] obt_runtime::MySqlNotBuilt),
+    #[error(
+        "OBT_STORAGE=mysql needs OBT_DATABASE_URL (or --database-url): \
+         mysql://USER:PASSWORD@HOST:PORT/DATABASE, the consumer's own database and user"
+    )]
+    NoDatabaseUrl,
+    #[error(
+        "OBT_DATABASE_URL is not a usable MySQL URL ({detail}); expected \
+         mysql://USER:PASSWORD@HOST:PORT/DATABASE"
+    )]
+    DatabaseUrl { detail: String },
+    #[error(
+        "cannot connect to MySQL at {server} as {user}: {detail}. Check OBT_DATABASE_URL (host, \
+         port, user, password, database) and that the server is running and reachable from here"
+    )]
+    Connect {
+        server: String,
+        user: String,
+        detail: String,
+    },
+    #[error(
+        "the consumer's tables in database {database} cannot be read ({detail}): create them with \
+         `obt-migrate --storage mysql`, which also grants the consumer's user what it needs"
+    )]
+    Schema { database: String, detail: String },
+}
+
+/// What became of an event that the records accepted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Applied {
     /// Written now.
@@ -53,7 +143,7 @@ pub enum Applied {
     Duplicate,
 }
 
-/// A failed read or write of the table.
+/// A failed read or write of the records.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("DynamoDB {call} on table {table} failed: {detail}")]
@@ -61,6 +151,14 @@ pub enum StoreError {
         call: &'static str,
         table: String,
         detail: String,
+    },
+    /// A MySQL statement failed. `transient` when a retry can succeed on
+    /// its own: the connection was lost, a deadlock or a lock wait timeout.
+    #[error("MySQL {call} failed: {detail}")]
+    MySql {
+        call: &'static str,
+        detail: String,
+        transient: bool,
     },
     #[error("the item (identity {identity}, seq {seq}) of table {table} is malformed: {reason}")]
     Malformed {
@@ -94,6 +192,20 @@ pub enum ApplyError {
         seq: u64,
         stored_event_id: String,
         event_id: String,
+    },
+    /// The event's id is recorded for another identity or seq: one id was
+    /// given to two events, a contract violation (MySQL, which indexes the
+    /// event ids, sees it).
+    #[error(
+        "event {event_id} (identity {identity}, seq {seq}) cannot be applied: its id is already \
+         recorded for identity {stored_identity} at seq {stored_seq}"
+    )]
+    EventIdReused {
+        event_id: String,
+        identity: String,
+        seq: u64,
+        stored_identity: String,
+        stored_seq: u64,
     },
     /// The head counts an event whose item is missing: the table was
     /// changed by hand or by a bug.
@@ -129,241 +241,59 @@ impl ApplyError {
     pub fn is_transient(&self) -> bool {
         matches!(
             self,
-            Self::Contended { .. } | Self::Store(StoreError::DynamoDb { .. })
+            Self::Contended { .. }
+                | Self::Store(StoreError::DynamoDb { .. })
+                | Self::Store(StoreError::MySql {
+                    transient: true,
+                    ..
+                })
         )
     }
 }
 
-pub(crate) fn s(value: impl Into<String>) -> AttributeValue {
-    AttributeValue::S(value.into())
-}
+#[cfg(test)]
+mod tests {
+    use super::*;
 
-pub(crate) fn n(value: impl ToString) -> AttributeValue {
-    AttributeValue::N(value.to_string())
-}
-
-pub(crate) fn dynamo_error<E, R>(
-    call: &'static str,
-    table: &str,
-) -> impl FnOnce(SdkError<E, R>) -> StoreError
-where
-    E: std::error::Error + Send + Sync + 'static,
-    R: std::fmt::Debug + Send + Sync + 'static,
-{
-    let table = table.to_owned();
-    move |e| StoreError::DynamoDb {
-        call,
-        table,
-        detail: crate::sdk_error::describe(&e),
-    }
-}
-
-/// The consumer's table.
-#[derive(Debug, Clone)]
-pub struct SpendingTable {
-    pub(crate) client: aws_sdk_dynamodb::Client,
-    pub(crate) name: String,
-}
-
-impl SpendingTable {
-    pub fn new(client: aws_sdk_dynamodb::Client, name: impl Into<String>) -> Self {
-        Self {
-            client,
-            name: name.into(),
+    fn mysql_args() -> StorageArgs {
+        StorageArgs {
+            storage: Storage::Mysql,
+            ..StorageArgs::defaults()
         }
     }
 
-    pub fn name(&self) -> &str {
-        &self.name
-    }
-
-    /// Applies `event` if it is the identity's next one; recognises it if
-    /// it was applied before.
-    #[instrument(skip_all, fields(table = %self.name))]
-    pub async fn apply(&self, event: &Envelope) -> Result<Applied, ApplyError> {
-        let request = self
-            .client
-            .transact_write_items()
-            .transact_items(
-                TransactWriteItem::builder()
-                    .put(self.put_event(event)?)
-                    .build(),
-            )
-            .transact_items(
-                TransactWriteItem::builder()
-                    .update(self.update_head(event)?)
-                    .build(),
-            );
-        match request.send().await {
-            Ok(_) => Ok(Applied::New),
-            Err(SdkError::ServiceError(e)) if e.err().is_transaction_canceled_exception() => {
-                let reasons = match e.err() {
-                    aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError::TransactionCanceledException(
-                        cancelled,
-                    ) => cancelled
-                        .cancellation_reasons()
-                        .iter()
-                        .map(|r| r.code().unwrap_or("?"))
-                        .collect::<Vec<_>>()
-                        .join(","),
-                    _ => String::new(),
-                };
-                debug!(%reasons, "the write was refused; reading the table to tell why");
-                self.classify(event, reasons).await
-            }
-            Err(e) => Err(dynamo_error("TransactWriteItems", &self.name)(e).into()),
-        }
-    }
-
-    /// The event's own item, only where no item is.
-    fn put_event(&self, event: &Envelope) -> Result<Put, ApplyError> {
-        let applied_at = OffsetDateTime::now_utc().format(&Rfc3339)?;
-        Put::builder()
-            .table_name(&self.name)
-            .item(attr::IDENTITY, s(event.identity.as_str()))
-            .item(attr::SEQ, n(event.seq))
-            .item(attr::EVENT_ID, s(event.event_id.to_string()))
-            .item(attr::NAME, s(event.data.name.as_str()))
-            .item(attr::SURNAME, s(event.data.surname.as_str()))
-            // Amount's Display is its exact decimal text ("51.30"): no float
-            // anywhere between the message and the table.
-            .item(attr::AMOUNT, n(event.data.amount))
-            .item(attr::OCCURRED_AT, s(event.occurred_at.format(&Rfc3339)?))
-            .item(attr::APPLIED_AT, s(applied_at))
-            .condition_expression("attribute_not_exists(#identity)")
-            .expression_attribute_names("#identity", attr::IDENTITY)
-            .build()
-            .map_err(|e| ApplyError::Request(e.to_string()))
-    }
-
-    /// The head moves from `seq - 1` to `seq` and adds the amount.
-    fn update_head(&self, event: &Envelope) -> Result<Update, ApplyError> {
-        let now = OffsetDateTime::now_utc().format(&Rfc3339)?;
-        let update = Update::builder()
-            .table_name(&self.name)
-            .key(attr::IDENTITY, s(event.identity.as_str()))
-            .key(attr::SEQ, n(HEAD_SEQ))
-            .update_expression(
-                "SET #last_seq = :seq, #name = :name, #surname = :surname, \
-                 #total = if_not_exists(#total, :zero) + :amount, \
-                 #count = if_not_exists(#count, :zero) + :one, #updated_at = :now",
-            )
-            .expression_attribute_names("#last_seq", attr::LAST_SEQ)
-            .expression_attribute_names("#name", attr::NAME)
-            .expression_attribute_names("#surname", attr::SURNAME)
-            .expression_attribute_names("#total", attr::TOTAL)
-            .expression_attribute_names("#count", attr::COUNT)
-            .expression_attribute_names("#updated_at", attr::UPDATED_AT)
-            .expression_attribute_values(":seq", n(event.seq))
-            .expression_attribute_values(":name", s(event.data.name.as_str()))
-            .expression_attribute_values(":surname", s(event.data.surname.as_str()))
-            .expression_attribute_values(":amount", n(event.data.amount))
-            .expression_attribute_values(":zero", n(0))
-            .expression_attribute_values(":one", n(1))
-            .expression_attribute_values(":now", s(now));
-        // DynamoDB refuses unused placeholders, so each branch names only
-        // what its condition uses.
-        let update = if event.seq == 1 {
-            update
-                .condition_expression("attribute_not_exists(#identity)")
-                .expression_attribute_names("#identity", attr::IDENTITY)
-        } else {
-            update
-                .condition_expression("#last_seq = :prev")
-                .expression_attribute_values(":prev", n(event.seq - 1))
-        };
-        update
-            .build()
-            .map_err(|e| ApplyError::Request(e.to_string()))
-    }
-
-    /// Tells why the transaction for `event` was refused, from consistent
-    /// reads of the identity's head and of the item at the event's `seq`.
-    async fn classify(&self, event: &Envelope, reasons: String) -> Result<Applied, ApplyError> {
-        let identity = event.identity.as_str();
-        let (head, stored) =
-            tokio::try_join!(self.get(identity, HEAD_SEQ), self.get(identity, event.seq))?;
-        if let Some(stored) = stored {
-            let stored_event_id = match stored.get(attr::EVENT_ID) {
-                Some(AttributeValue::S(id)) => id.clone(),
-                _ => {
-                    return Err(self
-                        .malformed(identity, event.seq, "event_id is missing")
-                        .into());
-                }
-            };
-            return if stored_event_id == event.event_id.to_string() {
-                Ok(Applied::Duplicate)
-            } else {
-                Err(ApplyError::Conflict {
-                    identity: identity.to_owned(),
-                    seq: event.seq,
-                    stored_event_id,
-                    event_id: event.event_id.to_string(),
-                })
-            };
-        }
-        let last_seq = match &head {
-            None => 0,
-            Some(head) => match head.get(attr::LAST_SEQ) {
-                Some(AttributeValue::N(text)) => text.parse::<u64>().map_err(|e| {
-                    self.malformed(identity, HEAD_SEQ, &format!("last_seq {text}: {e}"))
-                })?,
-                _ => {
-                    return Err(self
-                        .malformed(identity, HEAD_SEQ, "last_seq is missing")
-                        .into());
-                }
-            },
-        };
-        let identity = identity.to_owned();
-        if last_seq + 1 < event.seq {
-            Err(ApplyError::Gap {
-                identity,
-                expected: last_seq + 1,
-                received: event.seq,
-            })
-        } else if last_seq >= event.seq {
-            Err(ApplyError::Inconsistent {
-                identity,
-                seq: event.seq,
-                last_seq,
-            })
-        } else {
-            Err(ApplyError::Contended {
-                identity,
-                seq: event.seq,
-                last_seq,
-                reasons,
-            })
-        }
-    }
-
-    /// One item, read consistently: it must see every committed write.
-    pub(crate) async fn get(
-        &self,
-        identity: &str,
-        seq: u64,
-    ) -> Result<Option<HashMap<String, AttributeValue>>, StoreError> {
-        let out = self
-            .client
-            .get_item()
-            .table_name(&self.name)
-            .key(attr::IDENTITY, s(identity))
-            .key(attr::SEQ, n(seq))
-            .consistent_read(true)
-            .send()
+    #[cfg(feature = "mysql")]
+    #[tokio::test]
+    async fn the_mysql_mode_without_a_database_url_is_refused_and_names_the_setting() {
+        let config = SdkConfig::builder().build();
+        let error = open(&config, &mysql_args(), 1, "consumer")
             .await
-            .map_err(dynamo_error("GetItem", &self.name))?;
-        Ok(out.item)
+            .expect_err("refused");
+        assert!(matches!(error, OpenError::NoDatabaseUrl), "{error}");
+        assert!(error.to_string().contains("OBT_DATABASE_URL"));
     }
 
-    pub(crate) fn malformed(&self, identity: &str, seq: u64, reason: &str) -> StoreError {
-        StoreError::Malformed {
-            table: self.name.clone(),
-            identity: identity.to_owned(),
-            seq: seq.to_string(),
-            reason: reason.to_owned(),
-        }
+    #[cfg(not(feature = "mysql"))]
+    #[tokio::test]
+    async fn the_mysql_mode_in_a_build_without_the_feature_is_refused_and_says_how_to_get_it() {
+        let config = SdkConfig::builder().build();
+        let error = open(&config, &mysql_args(), 1, "consumer")
+            .await
+            .expect_err("refused");
+        assert!(matches!(error, OpenError::NotBuilt(_)), "{error}");
+        assert!(error.to_string().contains("--features mysql"), "{error}");
+    }
+
+    #[test]
+    fn only_mysql_errors_that_a_retry_can_fix_are_transient() {
+        let error = |transient| {
+            ApplyError::Store(StoreError::MySql {
+                call: "COMMIT",
+                detail: String::new(),
+                transient,
+            })
+        };
+        assert!(error(true).is_transient());
+        assert!(!error(false).is_transient());
     }
 }

@@ -20,15 +20,17 @@ const DEADLINE: Duration = Duration::from_secs(60);
 /// scenarios against MariaDB (api, relay and consumer in MySQL mode), the
 /// default against DynamoDB and its stream.
 enum Backend {
-    DynamoDb(Stack),
-    MySql(MySqlStack),
+    DynamoDb(Box<Stack>),
+    MySql(Box<MySqlStack>),
 }
 
 impl Backend {
     async fn create(max_receive_count: u32) -> Self {
         match std::env::var("OBT_TEST_STORAGE").as_deref() {
-            Ok("mysql") => Self::MySql(MySqlStack::create(max_receive_count).await),
-            Ok("dynamodb") | Err(_) => Self::DynamoDb(Stack::create(max_receive_count).await),
+            Ok("mysql") => Self::MySql(Box::new(MySqlStack::create(max_receive_count).await)),
+            Ok("dynamodb") | Err(_) => {
+                Self::DynamoDb(Box::new(Stack::create(max_receive_count).await))
+            }
             Ok(other) => panic!("OBT_TEST_STORAGE is dynamodb or mysql, not {other:?}"),
         }
     }

@@ -7,8 +7,8 @@
 //! in order, each once (sqlx records them in `_sqlx_migrations`).
 //!
 //! The services connect as least-privilege users, never as the admin:
-//! - the api's user may read and write `obt_identity` and `obt_spending`
-//!   and only insert into `obt`;
+//! - the api's user may read and write `obt_identity` and `obt_spending`,
+//!   and insert and read `obt` (never delete from it);
 //! - the relay's user may only read and delete `obt` rows;
 //! - the consumer's user may read and write its own database only.
 //!
@@ -208,7 +208,8 @@ pub async fn setup(
             vec![
                 format!("GRANT SELECT, INSERT, UPDATE ON `{api_db}`.`obt_identity` TO {{user}}"),
                 format!("GRANT SELECT, INSERT ON `{api_db}`.`obt_spending` TO {{user}}"),
-                format!("GRANT INSERT ON `{api_db}`.`obt` TO {{user}}"),
+                // SELECT: GET counts the identity's unpublished events.
+                format!("GRANT SELECT, INSERT ON `{api_db}`.`obt` TO {{user}}"),
             ],
         ),
         (

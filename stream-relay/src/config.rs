@@ -80,7 +80,7 @@ pub struct MySqlArgs {
     /// mysql://USER:PASSWORD@HOST:PORT/DATABASE. Required with
     /// OBT_STORAGE=mysql; never logged.
     #[arg(long, env = "OBT_DATABASE_URL", hide_env_values = true)]
-    pub database_url: Option<String>,
+    pub database_url: Option<obt_runtime::DatabaseUrl>,
     /// Outbox rows read per round.
     #[arg(long, env = "OBT_POLL_BATCH", default_value_t = 100)]
     pub poll_batch: u32,

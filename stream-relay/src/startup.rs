@@ -153,12 +153,12 @@ pub async fn poller(
     let url = settings
         .mysql
         .database_url
-        .as_deref()
+        .as_ref()
         .ok_or(StartupError::NoDatabaseUrl)?;
     let sqs = aws_sdk_sqs::Client::new(config);
     let queue_url = queue_url(&sqs, &settings.relay).await?;
     Ok(crate::poller::OutboxPoller::new(
-        url,
+        url.expose(),
         Publisher::new(sqs, queue_url),
         settings.mysql.poll_batch,
         std::time::Duration::from_millis(settings.mysql.poll_max_idle_ms.max(1)),

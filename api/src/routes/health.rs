@@ -1,5 +1,6 @@
 //! Probes for the orchestrator: `live` says the process serves HTTP,
-//! `ready` that it can reach its table too.
+//! `ready` that it can reach its database too (the DynamoDB table, or the
+//! MySQL database and its `obt_identity` table).
 
 use std::time::Duration;
 
@@ -20,10 +21,11 @@ pub async fn live() -> Json<Value> {
 }
 
 pub async fn ready(State(state): State<AppState>) -> (StatusCode, Json<Value>) {
+    let backend = state.store.backend();
     let unavailable = || {
         let body = json!({
             "status": "unavailable",
-            "errors": { "dynamodb": ["the table does not answer"] },
+            "errors": { backend: ["the database does not answer"] },
         });
         (StatusCode::SERVICE_UNAVAILABLE, Json(body))
     };
@@ -34,7 +36,7 @@ pub async fn ready(State(state): State<AppState>) -> (StatusCode, Json<Value>) {
             unavailable()
         }
         Err(_) => {
-            tracing::warn!(timeout = ?READY_TIMEOUT, "not ready: DescribeTable timed out");
+            tracing::warn!(timeout = ?READY_TIMEOUT, backend, "not ready: the database did not answer in time");
             unavailable()
         }
     }

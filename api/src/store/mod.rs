@@ -1,49 +1,37 @@
-//! The aggregate store: everything that speaks DynamoDB.
+//! Where spendings and their events are kept: the one place that speaks to
+//! a database. The handlers see [`Store`] and its three operations; how a
+//! backend keeps invariant 1 (the spending and its event are stored
+//! together or not at all) is its own business:
 //!
-//! A spending is recorded by exactly one UpdateItem on the identity's item
-//! that, under a condition on `version`, sets the new `version` (the
-//! event's `seq`), adds to `total` and `count`, and puts the event into the
-//! `outbox` map. The write is atomic, so the totals and the event are
-//! stored together or not at all (invariant 1), and the condition makes
-//! seqs consecutive without gaps however many processes write at once.
+//! - [`dynamodb`] ([`SpendingStore`], the default): one conditional
+//!   UpdateItem on the identity's item, whose `outbox` attribute holds the
+//!   events; DynamoDB Streams carry them to the relay.
+//! - [`mysql`] (`MySqlStore`, cargo feature `mysql`): one transaction over
+//!   `obt_identity`, `obt_spending` and the outbox table `obt`; the relay
+//!   polls `obt`.
 //!
-//! A write that loses the race (`ConditionalCheckFailedException`) starts
-//! again from a consistent read, after a jittered backoff ([`RetryPolicy`]),
-//! a bounded number of times. Inside one process, the writes of one
-//! identity wait for each other first ([`locks::StripedLocks`]), so that
-//! races are rare and mostly between processes.
+//! Both give the same outcomes for the same requests, so the HTTP answers
+//! do not depend on the backend: the api's integration tests run against
+//! either (`OBT_TEST_STORAGE`).
 //!
-//! The same write keeps the item in the sparse index that the sweeper
-//! reads (`pending_since`, set only when absent, so it tells the time of
-//! the oldest event that may be pending; see [`obt_contract::outbox`]).
-//!
-//! The outbox is bounded (`max_pending_events`): when the relay has not
-//! taken the events for a long time, a POST is refused with a 503 rather
-//! than letting the item grow to DynamoDB's 400 KB item limit, at which
-//! point every write to it would fail.
+//! [`Store`] is an enum, not a trait object: the backends are a closed set
+//! chosen once at start-up, the MySQL one exists only in builds with the
+//! feature, and an enum needs neither boxed futures nor `async_trait`.
 
+pub mod dynamodb;
 pub mod item;
 pub mod locks;
+#[cfg(feature = "mysql")]
+pub mod mysql;
 pub mod retry;
 
-use std::collections::HashMap;
-use std::fmt::Debug;
-
-use aws_sdk_dynamodb::Client;
-use aws_sdk_dynamodb::error::{ProvideErrorMetadata, SdkError};
-use aws_sdk_dynamodb::types::AttributeValue;
-use obt_contract::outbox::{PENDING_BUCKET_ATTR, PENDING_SINCE_ATTR, outbox_key, pending_bucket};
-use obt_contract::{Envelope, Identity, SpendingRecorded};
+use obt_contract::{Envelope, Identity};
 use rust_decimal::Decimal;
-use time::format_description::well_known::Rfc3339;
-use tracing::instrument;
 
 use crate::input::NewSpending;
-use item::{
-    COUNT_ATTR, IDENTITY_ATTR, Item, NAME_ATTR, OUTBOX_ATTR, SURNAME_ATTR, TOTAL_ATTR,
-    UPDATED_AT_ATTR, VERSION_ATTR,
-};
-use locks::StripedLocks;
+pub use dynamodb::SpendingStore;
+#[cfg(feature = "mysql")]
+pub use mysql::MySqlStore;
 pub use retry::RetryPolicy;
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -51,9 +39,12 @@ type BoxError = Box<dyn std::error::Error + Send + Sync>;
 /// Why the store could not do what was asked.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    /// Every attempt lost an optimistic-concurrency race; nothing was
-    /// written.
-    #[error("gave up after {attempts} attempts: the item kept changing between read and write")]
+    /// Every attempt lost to a concurrent write of the same identity (an
+    /// optimistic-concurrency race in DynamoDB, a deadlock or lock wait
+    /// timeout in MySQL); nothing was written.
+    #[error(
+        "gave up after {attempts} attempts: concurrent writes of the identity kept conflicting"
+    )]
     Contention { attempts: u32 },
     /// The item's outbox holds `limit` events the relay has not taken;
     /// nothing was written.
@@ -72,7 +63,29 @@ pub enum StoreError {
         #[source]
         source: BoxError,
     },
-    /// The item exists but is not what this code writes.
+    /// MySQL could not be reached, had no connection to give in time (the
+    /// pool's acquire timeout), refused connections or was shutting down,
+    /// or lost the connection before COMMIT was sent: nothing was
+    /// committed, and the same request may succeed later.
+    #[cfg(feature = "mysql")]
+    #[error("MySQL is unavailable ({what})")]
+    MySqlUnavailable {
+        what: &'static str,
+        #[source]
+        source: sqlx::Error,
+    },
+    /// A MySQL statement failed for another reason (a missing privilege, a
+    /// broken constraint, an unreadable value); the transaction rolled
+    /// back. Or the answer to COMMIT was lost, and nobody knows whether it
+    /// committed.
+    #[cfg(feature = "mysql")]
+    #[error("MySQL {what} failed")]
+    MySql {
+        what: &'static str,
+        #[source]
+        source: sqlx::Error,
+    },
+    /// The stored aggregate exists but is not what this code writes.
     #[error("the item of {identity} is malformed: {reason}")]
     Malformed { identity: String, reason: String },
     /// The event could not be turned into attribute values.
@@ -80,11 +93,12 @@ pub enum StoreError {
     Encode(String),
 }
 
-/// The limits of a [`SpendingStore`].
+/// The limits of a store.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct StoreOptions {
     pub retry: RetryPolicy,
-    /// The most events an item's outbox may hold.
+    /// The most events an item's outbox may hold (DynamoDB only: MySQL's
+    /// outbox is a table, see [`mysql`]).
     pub max_pending_events: u32,
 }
 
@@ -118,298 +132,61 @@ pub struct Summary {
     pub pending_events: usize,
 }
 
-/// The api's table.
+/// The backend the api runs with.
 #[derive(Debug)]
-pub struct SpendingStore {
-    client: Client,
-    table: String,
-    options: StoreOptions,
-    locks: StripedLocks,
+pub enum Store {
+    DynamoDb(SpendingStore),
+    #[cfg(feature = "mysql")]
+    MySql(MySqlStore),
 }
 
-/// How one conditional write ended, short of an error.
-enum Written {
-    Yes,
-    LostRace,
-}
-
-impl SpendingStore {
-    pub fn new(client: Client, table: impl Into<String>, options: StoreOptions) -> Self {
-        Self {
-            client,
-            table: table.into(),
-            options,
-            locks: StripedLocks::new(),
-        }
-    }
-
-    pub fn table(&self) -> &str {
-        &self.table
-    }
-
-    /// Records a spending and its event in one write; returns the event.
-    #[instrument(skip_all, fields(identity = %spending.identity))]
+impl Store {
+    /// Records a spending and its event atomically; returns the event.
     pub async fn record(&self, spending: &NewSpending) -> Result<Envelope, StoreError> {
-        let _turn = self.locks.lock(spending.identity.as_str()).await;
-        let policy = self.options.retry;
-        // Conditional writes that lost so far, and the version the last
-        // one was conditioned on.
-        let mut failures: u32 = 0;
-        let mut lost_against: Option<Option<u64>> = None;
-        loop {
-            let version = self.version(&spending.identity).await?;
-            if let Some(lost_against) = lost_against {
-                if version.is_some() && version == lost_against {
-                    // Nobody else wrote, so the condition failed on the
-                    // size of the outbox.
-                    let limit = self.options.max_pending_events;
-                    return Err(StoreError::OutboxFull { limit });
-                }
-                if !policy.may_retry(failures) {
-                    return Err(StoreError::Contention { attempts: failures });
-                }
-            }
-            let seq = match version {
-                None => 1,
-                Some(v) => v.checked_add(1).ok_or_else(|| {
-                    malformed(&spending.identity, format!("version {v} cannot grow"))
-                })?,
-            };
-            let envelope = Envelope::spending_recorded(
-                spending.identity.clone(),
-                seq,
-                SpendingRecorded {
-                    name: spending.name.clone(),
-                    surname: spending.surname.clone(),
-                    amount: spending.amount,
-                },
-            );
-            match self.write(&envelope, version).await? {
-                Written::Yes => {
-                    tracing::debug!(seq, failures, "recorded");
-                    return Ok(envelope);
-                }
-                Written::LostRace => {
-                    tracing::debug!(seq, "lost an optimistic-concurrency race");
-                    failures += 1;
-                    lost_against = Some(version);
-                    if policy.may_retry(failures) {
-                        // ThreadRng is not Send: draw before the await.
-                        let wait = policy.backoff(failures - 1, &mut rand::rng());
-                        tokio::time::sleep(wait).await;
-                    }
-                }
-            }
-        }
-    }
-
-    /// The current version (seq of the last event) of an identity's item,
-    /// `None` when there is no item.
-    async fn version(&self, identity: &Identity) -> Result<Option<u64>, StoreError> {
-        let out = self
-            .client
-            .get_item()
-            .table_name(&self.table)
-            .key(IDENTITY_ATTR, AttributeValue::S(identity.to_string()))
-            .consistent_read(true)
-            .projection_expression("#version")
-            .expression_attribute_names("#version", VERSION_ATTR)
-            .send()
-            .await
-            .map_err(classify("GetItem"))?;
-        out.item
-            .map(|item| item::integer(&item, VERSION_ATTR))
-            .transpose()
-            .map_err(|reason| malformed(identity, reason))
-    }
-
-    /// The one write of a spending, conditional on the item still being at
-    /// `version` (or still absent).
-    async fn write(
-        &self,
-        envelope: &Envelope,
-        version: Option<u64>,
-    ) -> Result<Written, StoreError> {
-        let event = serde_dynamo::aws_sdk_dynamodb_1::to_attribute_value(envelope)
-            .map_err(|e| StoreError::Encode(e.to_string()))?;
-        let updated_at = envelope
-            .occurred_at
-            .format(&Rfc3339)
-            .map_err(|e| StoreError::Encode(e.to_string()))?;
-        let data = &envelope.data;
-        let mut names = HashMap::from([
-            ("#name".to_owned(), NAME_ATTR.to_owned()),
-            ("#surname".to_owned(), SURNAME_ATTR.to_owned()),
-            ("#total".to_owned(), TOTAL_ATTR.to_owned()),
-            ("#count".to_owned(), COUNT_ATTR.to_owned()),
-            ("#version".to_owned(), VERSION_ATTR.to_owned()),
-            ("#outbox".to_owned(), OUTBOX_ATTR.to_owned()),
-            ("#updated_at".to_owned(), UPDATED_AT_ATTR.to_owned()),
-            ("#pending_since".to_owned(), PENDING_SINCE_ATTR.to_owned()),
-            ("#pending_bucket".to_owned(), PENDING_BUCKET_ATTR.to_owned()),
-        ]);
-        let mut values = HashMap::from([
-            (":name".to_owned(), AttributeValue::S(data.name.to_string())),
-            (
-                ":surname".to_owned(),
-                AttributeValue::S(data.surname.to_string()),
-            ),
-            // Display is the exact decimal with two fraction digits.
-            (
-                ":amount".to_owned(),
-                AttributeValue::N(data.amount.to_string()),
-            ),
-            (":one".to_owned(), AttributeValue::N("1".to_owned())),
-            (
-                ":seq".to_owned(),
-                AttributeValue::N(envelope.seq.to_string()),
-            ),
-            (":updated_at".to_owned(), AttributeValue::S(updated_at)),
-            (
-                ":pending_since".to_owned(),
-                AttributeValue::N(epoch_millis(envelope.occurred_at).to_string()),
-            ),
-            (
-                ":pending_bucket".to_owned(),
-                AttributeValue::N(pending_bucket(envelope.identity.as_str()).to_string()),
-            ),
-        ]);
-        let key = outbox_key(envelope.seq);
-        let (update, condition) = match version {
-            None => {
-                names.insert("#identity".to_owned(), IDENTITY_ATTR.to_owned());
-                values.insert(
-                    ":outbox".to_owned(),
-                    AttributeValue::M(HashMap::from([(key, event)])),
-                );
-                (
-                    "SET #name = :name, #surname = :surname, #total = :amount, #count = :one, \
-                     #version = :seq, #outbox = :outbox, #updated_at = :updated_at, \
-                     #pending_since = :pending_since, #pending_bucket = :pending_bucket",
-                    "attribute_not_exists(#identity)",
-                )
-            }
-            Some(current) => {
-                names.insert("#k".to_owned(), key);
-                values.insert(":event".to_owned(), event);
-                values.insert(":v".to_owned(), AttributeValue::N(current.to_string()));
-                values.insert(
-                    ":max_pending".to_owned(),
-                    AttributeValue::N(self.options.max_pending_events.to_string()),
-                );
-                (
-                    "SET #name = :name, #surname = :surname, #total = #total + :amount, \
-                     #count = #count + :one, #version = :seq, #outbox.#k = :event, \
-                     #updated_at = :updated_at, \
-                     #pending_since = if_not_exists(#pending_since, :pending_since), \
-                     #pending_bucket = :pending_bucket",
-                    "#version = :v AND size(#outbox) < :max_pending",
-                )
-            }
-        };
-        let result = self
-            .client
-            .update_item()
-            .table_name(&self.table)
-            .key(
-                IDENTITY_ATTR,
-                AttributeValue::S(envelope.identity.to_string()),
-            )
-            .update_expression(update)
-            .condition_expression(condition)
-            .set_expression_attribute_names(Some(names))
-            .set_expression_attribute_values(Some(values))
-            .send()
-            .await;
-        match result {
-            Ok(_) => Ok(Written::Yes),
-            Err(SdkError::ServiceError(e)) if e.err().is_conditional_check_failed_exception() => {
-                Ok(Written::LostRace)
-            }
-            Err(e) => Err(classify("UpdateItem")(e)),
+        match self {
+            Self::DynamoDb(store) => store.record(spending).await,
+            #[cfg(feature = "mysql")]
+            Self::MySql(store) => store.record(spending).await,
         }
     }
 
     /// An identity's totals, `None` when nothing was recorded for it.
-    #[instrument(skip_all, fields(identity = %identity))]
     pub async fn summary(&self, identity: &Identity) -> Result<Option<Summary>, StoreError> {
-        let out = self
-            .client
-            .get_item()
-            .table_name(&self.table)
-            .key(IDENTITY_ATTR, AttributeValue::S(identity.to_string()))
-            // Read-your-writes: a GET right after a POST sees it.
-            .consistent_read(true)
-            .send()
-            .await
-            .map_err(classify("GetItem"))?;
-        let Some(item) = out.item else {
-            return Ok(None);
-        };
-        summary_of(identity, &item)
-            .map(Some)
-            .map_err(|reason| malformed(identity, reason))
-    }
-
-    /// Whether the table answers (the readiness probe).
-    #[instrument(skip_all, fields(table = %self.table))]
-    pub async fn ready(&self) -> Result<(), StoreError> {
-        self.client
-            .describe_table()
-            .table_name(&self.table)
-            .send()
-            .await
-            .map(|_| ())
-            .map_err(classify("DescribeTable"))
-    }
-}
-
-fn summary_of(identity: &Identity, item: &Item) -> Result<Summary, String> {
-    let mut total = item::decimal(item, TOTAL_ATTR)?;
-    total.rescale(2);
-    Ok(Summary {
-        identity: identity.clone(),
-        name: item::string(item, NAME_ATTR)?.to_owned(),
-        surname: item::string(item, SURNAME_ATTR)?.to_owned(),
-        total,
-        count: item::integer(item, COUNT_ATTR)?,
-        last_seq: item::integer(item, VERSION_ATTR)?,
-        pending_events: item::map_len(item, OUTBOX_ATTR)?,
-    })
-}
-
-/// Milliseconds since the Unix epoch (0 for times before it).
-fn epoch_millis(at: time::OffsetDateTime) -> u64 {
-    u64::try_from(at.unix_timestamp_nanos() / 1_000_000).unwrap_or(0)
-}
-
-fn malformed(identity: &Identity, reason: String) -> StoreError {
-    StoreError::Malformed {
-        identity: identity.to_string(),
-        reason,
-    }
-}
-
-/// Turns an SDK error into a [`StoreError`], telling throttling apart.
-fn classify<E, R>(call: &'static str) -> impl FnOnce(SdkError<E, R>) -> StoreError
-where
-    E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
-    R: Debug + Send + Sync + 'static,
-{
-    move |e| {
-        let throttled = matches!(
-            e.code(),
-            Some(
-                "ThrottlingException"
-                    | "ProvisionedThroughputExceededException"
-                    | "RequestLimitExceeded"
-            )
-        );
-        let source: BoxError = Box::new(e);
-        if throttled {
-            StoreError::Throttled { call, source }
-        } else {
-            StoreError::DynamoDb { call, source }
+        match self {
+            Self::DynamoDb(store) => store.summary(identity).await,
+            #[cfg(feature = "mysql")]
+            Self::MySql(store) => store.summary(identity).await,
         }
+    }
+
+    /// Whether the database answers (the readiness probe).
+    pub async fn ready(&self) -> Result<(), StoreError> {
+        match self {
+            Self::DynamoDb(store) => store.ready().await,
+            #[cfg(feature = "mysql")]
+            Self::MySql(store) => store.ready().await,
+        }
+    }
+
+    /// The backend's name, as the readiness probe reports it.
+    pub fn backend(&self) -> &'static str {
+        match self {
+            Self::DynamoDb(_) => "dynamodb",
+            #[cfg(feature = "mysql")]
+            Self::MySql(_) => "mysql",
+        }
+    }
+}
+
+impl From<SpendingStore> for Store {
+    fn from(store: SpendingStore) -> Self {
+        Self::DynamoDb(store)
+    }
+}
+
+#[cfg(feature = "mysql")]
+impl From<MySqlStore> for Store {
+    fn from(store: MySqlStore) -> Self {
+        Self::MySql(store)
     }
 }

@@ -1,7 +1,15 @@
-//! Builds the api over a fresh, real DynamoDB Local table and talks to it.
+//! Builds the api over a fresh, real database and talks to it.
+//!
+//! The database is the one `OBT_TEST_STORAGE` names: `dynamodb` (the
+//! default: DynamoDB Local) or `mysql` (the MariaDB server of
+//! `scripts/test.sh`; needs `--features mysql`). The same tests then check
+//! the same HTTP contract against either backend. A test of what only one
+//! backend has starts with [`runs_in`], and passes without doing anything
+//! in the other mode.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use aws_sdk_dynamodb::types::{AttributeValue, Select};
@@ -10,19 +18,67 @@ use axum::body::Body;
 use axum::http::{HeaderMap, Request, StatusCode};
 use http_body_util::BodyExt;
 use obt_api::{AppState, Application, Settings, SpendingStore, StoreOptions};
+use obt_contract::Envelope;
+use obt_runtime::Storage;
 use obt_testkit::Stack;
 use serde_json::Value;
-use tokio::sync::oneshot;
+use tokio::sync::{Semaphore, mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tower::ServiceExt;
+
+use crate::proxy::{DynamoProxy, holding_proxy};
 
 pub type Item = HashMap<String, AttributeValue>;
 
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// The api's router over its own fresh table.
+/// The backend the tests run against (`OBT_TEST_STORAGE`).
+pub fn mode() -> Storage {
+    let Ok(value) = std::env::var("OBT_TEST_STORAGE") else {
+        return Storage::Dynamodb;
+    };
+    let storage = <Storage as clap::ValueEnum>::from_str(&value, true)
+        .unwrap_or_else(|_| panic!("OBT_TEST_STORAGE={value}: expected dynamodb or mysql"));
+    if storage == Storage::Mysql && cfg!(not(feature = "mysql")) {
+        panic!("OBT_TEST_STORAGE=mysql needs the api's MySQL backend: add --features mysql");
+    }
+    storage
+}
+
+/// Whether the tests run against `storage`; when not, says why the test
+/// that asked has nothing to check.
+pub fn runs_in(storage: Storage, why: &str) -> bool {
+    let mode = mode();
+    if mode != storage {
+        eprintln!("nothing to check in {mode:?} mode: {why}");
+    }
+    mode == storage
+}
+
+/// A fresh database of the mode's backend (boxed: the two differ in size).
+pub enum Backend {
+    DynamoDb(Box<Stack>),
+    #[cfg(feature = "mysql")]
+    MySql(Box<crate::mysql_backend::MySqlBackend>),
+}
+
+impl Backend {
+    pub async fn create() -> Self {
+        match mode() {
+            Storage::Dynamodb => Self::DynamoDb(Box::new(Stack::create(3).await)),
+            #[cfg(feature = "mysql")]
+            Storage::Mysql => {
+                Self::MySql(Box::new(crate::mysql_backend::MySqlBackend::create().await))
+            }
+            #[cfg(not(feature = "mysql"))]
+            Storage::Mysql => unreachable!("mode() refuses mysql in this build"),
+        }
+    }
+}
+
+/// The api's router over its own fresh database.
 pub struct TestApp {
-    pub stack: Stack,
+    pub backend: Backend,
     pub router: Router,
 }
 
@@ -73,13 +129,13 @@ impl TestResponse {
     }
 }
 
-/// A store on `stack`'s table through `client`.
+/// A DynamoDB store on `table` through `client`.
 pub fn state(client: aws_sdk_dynamodb::Client, table: &str, options: StoreOptions) -> AppState {
     AppState::new(SpendingStore::new(client, table, options), REQUEST_TIMEOUT)
 }
 
-/// A state with its own store (and so its own locks) on `stack`'s table,
-/// like a second process.
+/// A state with its own DynamoDB store (and so its own locks) on `stack`'s
+/// table, like a second process.
 pub fn state_on(stack: &Stack, options: StoreOptions) -> AppState {
     state(stack.dynamodb(), &stack.names.table, options)
 }
@@ -90,9 +146,55 @@ impl TestApp {
     }
 
     pub async fn with_options(options: StoreOptions) -> Self {
-        let stack = Stack::create(3).await;
-        let router = obt_api::app(state_on(&stack, options));
-        Self { stack, router }
+        Self::on(Backend::create().await, options).await
+    }
+
+    /// The api on MySQL whatever the mode, for the MySQL backend's own
+    /// tests.
+    #[cfg(feature = "mysql")]
+    pub async fn mysql(options: StoreOptions) -> Self {
+        let backend = Backend::MySql(Box::new(crate::mysql_backend::MySqlBackend::create().await));
+        Self::on(backend, options).await
+    }
+
+    async fn on(backend: Backend, options: StoreOptions) -> Self {
+        let router = obt_api::app(state_of(&backend, options).await);
+        Self { backend, router }
+    }
+
+    /// A state with its own store (its own locks, its own connections) on
+    /// this app's database, like a second process.
+    pub async fn state(&self, options: StoreOptions) -> AppState {
+        state_of(&self.backend, options).await
+    }
+
+    /// Settings of a server on a free port of the loopback, on this app's
+    /// database.
+    pub fn settings(&self) -> Settings {
+        match &self.backend {
+            Backend::DynamoDb(stack) => settings(&stack.names.table),
+            #[cfg(feature = "mysql")]
+            Backend::MySql(mysql) => mysql.settings(),
+        }
+    }
+
+    /// The DynamoDB stack, for tests that begin with
+    /// `runs_in(Storage::Dynamodb, ..)`.
+    pub fn stack(&self) -> &Stack {
+        match &self.backend {
+            Backend::DynamoDb(stack) => stack,
+            #[cfg(feature = "mysql")]
+            Backend::MySql(_) => panic!("a DynamoDB test ran in MySQL mode"),
+        }
+    }
+
+    /// The MySQL database, for tests of the MySQL backend.
+    #[cfg(feature = "mysql")]
+    pub fn db(&self) -> &crate::mysql_backend::MySqlBackend {
+        match &self.backend {
+            Backend::MySql(mysql) => mysql,
+            Backend::DynamoDb(_) => panic!("a MySQL test ran in DynamoDB mode"),
+        }
     }
 
     pub async fn request(&self, request: Request<Body>) -> TestResponse {
@@ -107,12 +209,130 @@ impl TestApp {
         send(&self.router, get_request(path)).await
     }
 
-    pub async fn item_count(&self) -> i32 {
-        item_count(&self.stack).await
+    /// How many records the database holds: items in DynamoDB; rows of
+    /// `obt_identity`, `obt_spending` and `obt` together in MySQL.
+    pub async fn stored_count(&self) -> i64 {
+        match &self.backend {
+            Backend::DynamoDb(stack) => i64::from(item_count(stack).await),
+            #[cfg(feature = "mysql")]
+            Backend::MySql(mysql) => mysql.stored_count().await,
+        }
     }
 
-    pub async fn item(&self, identity: &str) -> Option<Item> {
-        item(&self.stack, identity).await
+    /// The events of `identity` waiting in the outbox for the relay, in
+    /// seq order, read as the relay reads them.
+    pub async fn outbox_events(&self, identity: &str) -> Vec<Envelope> {
+        match &self.backend {
+            Backend::DynamoDb(stack) => {
+                let Some(item) = item(stack, identity).await else {
+                    return Vec::new();
+                };
+                let mut events: Vec<Envelope> = outbox(&item)
+                    .iter()
+                    .map(|(key, value)| {
+                        let event: Envelope =
+                            serde_dynamo::aws_sdk_dynamodb_1::from_attribute_value(value.clone())
+                                .expect("an envelope");
+                        assert_eq!(
+                            event.seq.to_string(),
+                            *key,
+                            "an event is stored under its own seq"
+                        );
+                        event
+                    })
+                    .collect();
+                events.sort_by_key(|e| e.seq);
+                events
+            }
+            #[cfg(feature = "mysql")]
+            Backend::MySql(mysql) => mysql.outbox_events(identity).await,
+        }
+    }
+
+    /// Removes an event from the outbox, as the relay does once it
+    /// published it.
+    pub async fn remove_published(&self, identity: &str, seq: u64) {
+        match &self.backend {
+            Backend::DynamoDb(stack) => remove_from_outbox(stack, identity, seq).await,
+            #[cfg(feature = "mysql")]
+            Backend::MySql(mysql) => mysql.remove_published(identity, seq).await,
+        }
+    }
+
+    /// A state whose writes of `identity` are held at the database until
+    /// the test lets them go: DynamoDB, a proxy holds each UpdateItem;
+    /// MySQL, another session holds the identity's row lock.
+    pub async fn hold_writes(&self, identity: &str, options: StoreOptions) -> HeldWrites {
+        match &self.backend {
+            Backend::DynamoDb(stack) => {
+                // The proxy holds every write, whatever its identity.
+                let _ = identity;
+                let (proxy, arrived, gate) = holding_proxy().await;
+                HeldWrites {
+                    state: proxy.state(stack, options),
+                    held: Held::DynamoDb {
+                        _proxy: proxy,
+                        arrived,
+                        gate,
+                    },
+                }
+            }
+            #[cfg(feature = "mysql")]
+            Backend::MySql(mysql) => HeldWrites {
+                state: mysql.state(options).await,
+                held: Held::MySql(mysql.lock_row(identity).await),
+            },
+        }
+    }
+}
+
+async fn state_of(backend: &Backend, options: StoreOptions) -> AppState {
+    match backend {
+        Backend::DynamoDb(stack) => state_on(stack, options),
+        #[cfg(feature = "mysql")]
+        Backend::MySql(mysql) => mysql.state(options).await,
+    }
+}
+
+/// See [`TestApp::hold_writes`].
+pub struct HeldWrites {
+    /// Its store's writes are held.
+    pub state: AppState,
+    held: Held,
+}
+
+enum Held {
+    DynamoDb {
+        _proxy: DynamoProxy,
+        arrived: mpsc::UnboundedReceiver<()>,
+        gate: Arc<Semaphore>,
+    },
+    #[cfg(feature = "mysql")]
+    MySql(crate::mysql_backend::RowLock),
+}
+
+impl HeldWrites {
+    /// Waits until a write reached the database and is held there.
+    pub async fn arrived(&mut self) {
+        match &mut self.held {
+            Held::DynamoDb { arrived, .. } => {
+                tokio::time::timeout(Duration::from_secs(10), arrived.recv())
+                    .await
+                    .expect("the write reaches DynamoDB")
+                    .expect("the proxy is running");
+            }
+            #[cfg(feature = "mysql")]
+            Held::MySql(lock) => lock.waited_for().await,
+        }
+    }
+
+    /// Lets the held writes go on, and every later one.
+    pub async fn release(&mut self) {
+        match &mut self.held {
+            Held::DynamoDb { gate, .. } => gate.close(),
+            #[cfg(feature = "mysql")]
+            Held::MySql(lock) => lock.release().await,
+        }
     }
 }
 
@@ -229,6 +449,11 @@ impl SpawnedApp {
         let app = Application::bind(settings, state)
             .await
             .expect("bind a free port");
+        Self::run(app)
+    }
+
+    /// Runs an application already built.
+    pub fn run(app: Application) -> Self {
         let addr = app.local_addr();
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(app.run_until(async move {

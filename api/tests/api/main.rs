@@ -1,10 +1,16 @@
-//! Integration tests of the api against a real DynamoDB Local (started by
-//! `scripts/test.sh`, or by hand with `scripts/emulators.sh`). One test
-//! binary, one module per concern.
+//! Integration tests of the api against a real database: DynamoDB Local,
+//! or with `OBT_TEST_STORAGE=mysql` (and `--features mysql`) a real MariaDB
+//! (both started by `scripts/test.sh`). One test binary, one module per
+//! concern; the same tests run in both modes, except those of what only
+//! one backend has (see `helpers::runs_in`).
 
 mod concurrency;
 mod helpers;
 mod http;
+#[cfg(feature = "mysql")]
+mod mysql;
+#[cfg(feature = "mysql")]
+mod mysql_backend;
 mod proxy;
 mod retries;
 mod shutdown;

@@ -1,15 +1,19 @@
 //! Conflicts and DynamoDB failures, made to happen at an exact point by a
 //! proxy in front of DynamoDB Local (see `proxy.rs`): deterministic, and
 //! the api's code is the production code.
+//!
+//! DynamoDB only: MySQL's failures are in `mysql.rs`.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 
 use axum::http::StatusCode;
 use obt_api::{RetryPolicy, StoreOptions};
+use obt_runtime::Storage;
 
 use crate::helpers::{
-    TestApp, TestResponse, item_count, number, outbox, post_request, send, spending, state_on,
+    TestApp, TestResponse, item_count, number, outbox, post_request, runs_in, send, spending,
+    state_on,
 };
 use crate::proxy::{DynamoProxy, dynamodb_error, hook};
 
@@ -27,7 +31,7 @@ fn retries(max_retries: u32) -> StoreOptions {
 /// it sees, has another instance of the api record a spending for `AB1`,
 /// so that the write it then forwards finds the version changed.
 async fn racing_proxy(app: &TestApp, races: u32) -> (DynamoProxy, Arc<AtomicU32>) {
-    let other = obt_api::app(state_on(&app.stack, StoreOptions::default()));
+    let other = obt_api::app(state_on(app.stack(), StoreOptions::default()));
     let raced = Arc::new(AtomicU32::new(0));
     let counter = raced.clone();
     let proxy = DynamoProxy::start(hook(move |operation| {
@@ -51,9 +55,15 @@ async fn racing_proxy(app: &TestApp, races: u32) -> (DynamoProxy, Arc<AtomicU32>
 
 #[tokio::test]
 async fn a_write_that_loses_every_race_is_answered_503_with_retry_after_and_writes_nothing() {
+    if !runs_in(
+        Storage::Dynamodb,
+        "faults injected between the api and DynamoDB",
+    ) {
+        return;
+    }
     let app = TestApp::new().await;
     let (proxy, raced) = racing_proxy(&app, u32::MAX).await;
-    let loser = obt_api::app(proxy.state(&app.stack, retries(2)));
+    let loser = obt_api::app(proxy.state(app.stack(), retries(2)));
 
     let response = send(
         &loser,
@@ -77,7 +87,9 @@ async fn a_write_that_loses_every_race_is_answered_503_with_retry_after_and_writ
         3,
         "the first attempt and 2 retries"
     );
-    let item = app.item("AB1").await.expect("the other instance wrote");
+    let item = crate::helpers::item(app.stack(), "AB1")
+        .await
+        .expect("the other instance wrote");
     assert_eq!(
         number(&item, "count"),
         "3",
@@ -97,9 +109,15 @@ async fn a_write_that_loses_every_race_is_answered_503_with_retry_after_and_writ
 
 #[tokio::test]
 async fn a_write_that_loses_a_race_is_retried_and_takes_the_next_seq() {
+    if !runs_in(
+        Storage::Dynamodb,
+        "faults injected between the api and DynamoDB",
+    ) {
+        return;
+    }
     let app = TestApp::new().await;
     let (proxy, raced) = racing_proxy(&app, 2).await;
-    let retrying = obt_api::app(proxy.state(&app.stack, retries(2)));
+    let retrying = obt_api::app(proxy.state(app.stack(), retries(2)));
 
     let response = send(
         &retrying,
@@ -131,7 +149,7 @@ async fn post_against_failing_writes(
             .then(|| dynamodb_error(StatusCode::BAD_REQUEST, error_type, message))
     }))
     .await;
-    let failing = obt_api::app(proxy.state(&app.stack, retries(2)));
+    let failing = obt_api::app(proxy.state(app.stack(), retries(2)));
     send(
         &failing,
         post_request(Some("application/json"), &spending("AB1", "Martin", "1")),
@@ -141,6 +159,12 @@ async fn post_against_failing_writes(
 
 #[tokio::test]
 async fn a_failing_database_is_a_500_that_tells_nothing_internal() {
+    if !runs_in(
+        Storage::Dynamodb,
+        "faults injected between the api and DynamoDB",
+    ) {
+        return;
+    }
     let app = TestApp::new().await;
     let response =
         post_against_failing_writes(&app, "ValidationException", "secret internal detail").await;
@@ -151,11 +175,17 @@ async fn a_failing_database_is_a_500_that_tells_nothing_internal() {
         serde_json::json!({"errors": {"server": ["internal error"]}})
     );
     assert!(!response.text.contains("secret"));
-    assert_eq!(item_count(&app.stack).await, 0);
+    assert_eq!(item_count(app.stack()).await, 0);
 }
 
 #[tokio::test]
 async fn a_throttled_write_is_a_503_with_retry_after() {
+    if !runs_in(
+        Storage::Dynamodb,
+        "faults injected between the api and DynamoDB",
+    ) {
+        return;
+    }
     let app = TestApp::new().await;
     let response =
         post_against_failing_writes(&app, "ProvisionedThroughputExceededException", "slow down")
@@ -172,5 +202,5 @@ async fn a_throttled_write_is_a_503_with_retry_after() {
         response.errors("server"),
         ["the database is busy; retry later"]
     );
-    assert_eq!(item_count(&app.stack).await, 0);
+    assert_eq!(item_count(app.stack()).await, 0);
 }

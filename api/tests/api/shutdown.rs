@@ -1,7 +1,9 @@
 //! Graceful shutdown: after the signal the server takes no new connection,
 //! lets the requests in flight finish, and waits for them no longer than
-//! the shutdown timeout. A proxy holds the in-flight request's write until
-//! the test lets it go, so nothing depends on timing.
+//! the shutdown timeout. The in-flight request's write is held at the
+//! database until the test lets it go (`TestApp::hold_writes`: a proxy in
+//! front of DynamoDB, or a row lock in MySQL), so nothing depends on
+//! timing.
 
 use std::time::{Duration, Instant};
 
@@ -9,8 +11,7 @@ use axum::http::StatusCode;
 use obt_api::StoreOptions;
 use obt_testkit::eventually;
 
-use crate::helpers::{SpawnedApp, TestApp, post_request, send, settings, spending};
-use crate::proxy::holding_proxy;
+use crate::helpers::{SpawnedApp, TestApp, post_request, send, spending};
 
 fn post(server: &SpawnedApp) -> tokio::task::JoinHandle<reqwest::Result<reqwest::StatusCode>> {
     let request = reqwest::Client::new()
@@ -37,15 +38,11 @@ async fn wait_until_refused(addr: std::net::SocketAddr) {
 #[tokio::test]
 async fn requests_in_flight_finish_after_the_shutdown_signal() {
     let app = TestApp::new().await;
-    let (proxy, mut arrived, gate) = holding_proxy().await;
-    let state = proxy.state(&app.stack, StoreOptions::default());
-    let mut server = SpawnedApp::start(&settings(&app.stack.names.table), state).await;
+    let mut held = app.hold_writes("AB1", StoreOptions::default()).await;
+    let mut server = SpawnedApp::start(&app.settings(), held.state.clone()).await;
 
     let in_flight = post(&server);
-    tokio::time::timeout(Duration::from_secs(10), arrived.recv())
-        .await
-        .expect("the write reaches DynamoDB")
-        .expect("the proxy is running");
+    held.arrived().await;
     server.stop();
     wait_until_refused(server.addr).await;
     assert!(
@@ -53,7 +50,7 @@ async fn requests_in_flight_finish_after_the_shutdown_signal() {
         "the server waits for the request in flight"
     );
 
-    gate.add_permits(1);
+    held.release().await;
     let status = in_flight
         .await
         .expect("the task ran")
@@ -72,19 +69,15 @@ async fn requests_in_flight_finish_after_the_shutdown_signal() {
 #[tokio::test]
 async fn the_shutdown_timeout_bounds_the_wait_for_requests_in_flight() {
     let app = TestApp::new().await;
-    let (proxy, mut arrived, _gate) = holding_proxy().await;
-    let state = proxy.state(&app.stack, StoreOptions::default());
+    let mut held = app.hold_writes("AB1", StoreOptions::default()).await;
     let settings = obt_api::Settings {
         shutdown_timeout_secs: 1,
-        ..settings(&app.stack.names.table)
+        ..app.settings()
     };
-    let mut server = SpawnedApp::start(&settings, state).await;
+    let mut server = SpawnedApp::start(&settings, held.state.clone()).await;
 
     let _stuck = post(&server);
-    tokio::time::timeout(Duration::from_secs(10), arrived.recv())
-        .await
-        .expect("the write reaches DynamoDB")
-        .expect("the proxy is running");
+    held.arrived().await;
     let signalled = Instant::now();
     server.stop();
     tokio::time::timeout(Duration::from_secs(10), &mut server.task)
@@ -96,17 +89,17 @@ async fn the_shutdown_timeout_bounds_the_wait_for_requests_in_flight() {
         signalled.elapsed() >= Duration::from_secs(1),
         "it waited for the shutdown timeout first"
     );
-    // The stuck write was never forwarded: nothing was written.
-    assert_eq!(app.item_count().await, 0);
+    // The stuck write never got past the hold: nothing was written.
+    assert_eq!(app.stored_count().await, 0);
 }
 
 #[tokio::test]
 async fn a_request_over_the_request_timeout_is_answered_504_in_json() {
     let app = TestApp::new().await;
-    let (proxy, _arrived, _gate) = holding_proxy().await;
+    let held = app.hold_writes("AB1", StoreOptions::default()).await;
     let state = obt_api::AppState {
         request_timeout: Duration::from_secs(1),
-        ..proxy.state(&app.stack, StoreOptions::default())
+        ..held.state.clone()
     };
     let router = obt_api::app(state);
 
@@ -128,8 +121,8 @@ async fn a_request_over_the_request_timeout_is_answered_504_in_json() {
     );
     assert!(response.header("x-request-id").is_some());
     assert_eq!(
-        app.item_count().await,
+        app.stored_count().await,
         0,
-        "the held write never reached the table"
+        "the held write never reached the database"
     );
 }

@@ -1,6 +1,6 @@
 //! Every rule of `POST /api/v1/spending`, through the real router and a real
-//! table: rejected requests answer the documented error and write nothing;
-//! accepted ones store the exact amount.
+//! database: rejected requests answer the documented error and write
+//! nothing; accepted ones store the exact amount.
 
 use axum::http::StatusCode;
 
@@ -351,7 +351,7 @@ async fn every_rejected_request_answers_its_error_and_writes_nothing() {
             );
         }
         assert_eq!(
-            app.item_count().await,
+            app.stored_count().await,
             0,
             "{name}: the rejected request wrote something"
         );
@@ -383,7 +383,7 @@ async fn every_broken_rule_of_a_request_is_reported_at_once() {
             "extra": ["is not a known field"],
         }})
     );
-    assert_eq!(app.item_count().await, 0);
+    assert_eq!(app.stored_count().await, 0);
 }
 
 #[tokio::test]

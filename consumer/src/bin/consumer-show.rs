@@ -1,8 +1,9 @@
-//! `consumer-show`: prints what the consumer has applied for one identity.
+//! `consumer-show`: prints what the consumer has applied for one identity,
+//! from either backend (`OBT_STORAGE`), as the same JSON.
 
 use anyhow::Context;
 use clap::Parser;
-use obt_consumer::read_model::load_identity;
+use obt_consumer::StorageArgs;
 use serde_json::json;
 use time::format_description::well_known::Rfc3339;
 
@@ -14,27 +15,27 @@ use time::format_description::well_known::Rfc3339;
 struct Args {
     /// The identity to show.
     identity: String,
-    /// The consumer's table.
-    #[arg(
-        long,
-        env = "OBT_CONSUMER_TABLE",
-        default_value = "obt-consumer-spending"
-    )]
-    table: String,
+    /// Where the consumer records what it applied.
+    #[command(flatten)]
+    storage: StorageArgs,
 }
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let config = obt_runtime::aws_config().await;
-    let client = aws_sdk_dynamodb::Client::new(&config);
-    let applied = load_identity(&client, &args.table, &args.identity)
+    let ledger = obt_consumer::store::open(&config, &args.storage, 1, "consumer-show")
         .await
-        .with_context(|| format!("reading table {}", args.table))?;
+        .context("opening the consumer's records")?;
+    let applied = ledger
+        .load_identity(&args.identity)
+        .await
+        .with_context(|| format!("reading the {}", ledger.describe()))?;
     let Some(applied) = applied else {
         eprintln!(
-            "nothing applied for identity {} in table {}",
-            args.identity, args.table
+            "nothing applied for identity {} in the {}",
+            args.identity,
+            ledger.describe()
         );
         std::process::exit(1);
     };

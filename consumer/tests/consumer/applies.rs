@@ -1,19 +1,21 @@
 //! The happy paths: events applied exactly once, in order, with the right
-//! totals, and duplicate deliveries recognised.
+//! totals, and duplicate deliveries recognised. In either backend
+//! (`OBT_TEST_STORAGE`).
 
 use std::time::Duration;
 
-use obt_testkit::Stack;
 use rust_decimal::Decimal;
 
-use crate::helpers::{Logs, Running, event, identity, send, wait_applied, wait_queue_empty};
+use crate::helpers::{
+    Logs, Running, TestStack, event, identity, send, wait_applied, wait_queue_empty,
+};
 
 const AMOUNTS: [&str; 5] = ["10.05", "0.10", "0.20", "999.99", "7"];
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn events_of_several_identities_are_applied_once_each_in_seq_order_with_the_right_totals() {
     let _logs = Logs::capture();
-    let stack = Stack::create(5).await;
+    let stack = TestStack::create(5).await;
     let consumer = Running::start(&stack).await;
 
     let identities: Vec<_> = (0..4).map(|i| identity(&format!("many{i}"))).collect();
@@ -59,9 +61,7 @@ async fn events_of_several_identities_are_applied_once_each_in_seq_order_with_th
         );
     }
 
-    let heads = obt_consumer::list_identities(&stack.dynamodb(), &stack.names.consumer_table)
-        .await
-        .expect("listing the identities");
+    let heads = stack.heads().await;
     let mut expected: Vec<&str> = identities.iter().map(|i| i.as_str()).collect();
     expected.sort();
     assert_eq!(
@@ -84,7 +84,7 @@ async fn events_of_several_identities_are_applied_once_each_in_seq_order_with_th
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_same_event_delivered_twice_is_applied_once_and_both_messages_are_deleted() {
     let logs = Logs::capture();
-    let stack = Stack::create(5).await;
+    let stack = TestStack::create(5).await;
     let consumer = Running::start(&stack).await;
 
     let identity = identity("dup");

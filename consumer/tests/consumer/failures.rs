@@ -1,20 +1,20 @@
 //! What must not be applied: poison messages and events after a gap. Both
 //! stay unacknowledged and end in the dead-letter queue, while other
-//! identities keep flowing.
+//! identities keep flowing. In either backend (`OBT_TEST_STORAGE`).
 
 use std::time::Duration;
 
 use obt_contract::Envelope;
-use obt_testkit::Stack;
 
 use crate::helpers::{
-    Logs, Running, event, identity, load, receive_dead_letter, send, send_raw, wait_applied,
+    Logs, Running, TestStack, event, identity, load, receive_dead_letter, send, send_raw,
+    wait_applied,
 };
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_poison_message_ends_in_the_dead_letter_queue_while_other_identities_keep_flowing() {
     let logs = Logs::capture();
-    let stack = Stack::create(2).await;
+    let stack = TestStack::create(2).await;
     let consumer = Running::start(&stack).await;
 
     send_raw(&stack, "poison", "poison-1", "not json").await;
@@ -38,9 +38,7 @@ async fn a_poison_message_ends_in_the_dead_letter_queue_while_other_identities_k
             .all(|line| line.contains("receive_count=Some(")),
         "the log says how often it was received: {poison_logs:?}"
     );
-    let heads = obt_consumer::list_identities(&stack.dynamodb(), &stack.names.consumer_table)
-        .await
-        .expect("listing the identities");
+    let heads = stack.heads().await;
     assert_eq!(
         heads.len(),
         1,
@@ -52,7 +50,7 @@ async fn a_poison_message_ends_in_the_dead_letter_queue_while_other_identities_k
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_event_after_a_gap_is_never_applied_is_reported_and_ends_in_the_dead_letter_queue() {
     let logs = Logs::capture();
-    let stack = Stack::create(2).await;
+    let stack = TestStack::create(2).await;
     let consumer = Running::start(&stack).await;
 
     let identity = identity("gap");

@@ -1,15 +1,21 @@
-//! What the tests share: a consumer running in-process against a fresh
-//! [`Stack`], events, sending, reading the queue and the table, and the
-//! consumer's log lines.
+//! What the tests share: a fresh [`TestStack`] in the backend under test,
+//! a consumer running in-process against it, events, sending, reading the
+//! queue and the consumer's records, and the consumer's log lines.
 
 use std::io::Write;
+use std::ops::Deref;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use aws_sdk_sqs::types::QueueAttributeName;
-use obt_consumer::{AppliedIdentity, Consumer, RunError, Settings};
+use obt_consumer::{
+    AppliedIdentity, Consumer, IdentityHead, Ledger, RunError, Settings, StorageArgs,
+};
 use obt_contract::Identity;
+use obt_runtime::Storage;
 use obt_testkit::Stack;
+#[cfg(feature = "mysql")]
+use obt_testkit::mysql::MySqlStack;
 pub use obt_testkit::{event, identity, receive_dead_letter, send, send_raw};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -79,6 +85,116 @@ impl Drop for Logs {
     }
 }
 
+/// The backend the behaviour tests run against: `OBT_TEST_STORAGE=mysql`
+/// for MariaDB (`scripts/test.sh` runs the suite in both modes), DynamoDB
+/// Local by default.
+pub fn storage_under_test() -> Storage {
+    match std::env::var("OBT_TEST_STORAGE").as_deref() {
+        Ok("mysql") => Storage::Mysql,
+        Ok("dynamodb") | Err(_) => Storage::Dynamodb,
+        Ok(other) => panic!("OBT_TEST_STORAGE is dynamodb or mysql, not {other:?}"),
+    }
+}
+
+/// Boxed: the stacks are large and differ in size.
+enum Backing {
+    DynamoDb(Box<Stack>),
+    #[cfg(feature = "mysql")]
+    MySql(Box<MySqlStack>),
+}
+
+/// Fresh queues and consumer records (a DynamoDB table, or a MySQL
+/// database with its least-privilege user) in the backend under test.
+/// Dereferences to the [`Stack`] of the queues.
+pub struct TestStack {
+    backing: Backing,
+    /// The consumer's records, opened as the consumer opens them: the
+    /// tests read what it applied through it.
+    ledger: Arc<dyn Ledger>,
+}
+
+impl Deref for TestStack {
+    type Target = Stack;
+    fn deref(&self) -> &Stack {
+        match &self.backing {
+            Backing::DynamoDb(stack) => stack,
+            #[cfg(feature = "mysql")]
+            Backing::MySql(mysql) => &mysql.stack,
+        }
+    }
+}
+
+impl TestStack {
+    /// Creates everything with `max_receive_count` receives before the
+    /// dead-letter queue.
+    pub async fn create(max_receive_count: u32) -> Self {
+        let backing = match storage_under_test() {
+            Storage::Dynamodb => {
+                Backing::DynamoDb(Box::new(Stack::create(max_receive_count).await))
+            }
+            #[cfg(feature = "mysql")]
+            Storage::Mysql => Backing::MySql(Box::new(MySqlStack::create(max_receive_count).await)),
+            #[cfg(not(feature = "mysql"))]
+            Storage::Mysql => panic!("OBT_TEST_STORAGE=mysql needs --features mysql"),
+        };
+        let storage = storage_args(&backing);
+        let config = match &backing {
+            Backing::DynamoDb(stack) => &stack.config,
+            #[cfg(feature = "mysql")]
+            Backing::MySql(mysql) => &mysql.stack.config,
+        };
+        let ledger = obt_consumer::store::open(config, &storage, 2, "consumer tests")
+            .await
+            .unwrap_or_else(|e| panic!("opening the consumer's records: {e}"));
+        Self { backing, ledger }
+    }
+
+    /// The consumer's storage settings for this stack.
+    pub fn storage_args(&self) -> StorageArgs {
+        storage_args(&self.backing)
+    }
+
+    /// The environment of the consumer binary (and `consumer-show`) on
+    /// this stack.
+    pub fn consumer_env(&self) -> Vec<(&'static str, String)> {
+        match &self.backing {
+            Backing::DynamoDb(stack) => stack.service_env(),
+            #[cfg(feature = "mysql")]
+            Backing::MySql(mysql) => mysql.consumer_env(),
+        }
+    }
+
+    pub fn ledger(&self) -> &dyn Ledger {
+        self.ledger.as_ref()
+    }
+
+    /// Every identity's head, as the consumer recorded them.
+    pub async fn heads(&self) -> Vec<IdentityHead> {
+        self.ledger
+            .list_identities()
+            .await
+            .unwrap_or_else(|e| panic!("listing the identities: {e}"))
+    }
+}
+
+fn storage_args(backing: &Backing) -> StorageArgs {
+    match backing {
+        Backing::DynamoDb(stack) => StorageArgs {
+            storage: Storage::Dynamodb,
+            table: stack.names.consumer_table.clone(),
+            database_url: None,
+        },
+        #[cfg(feature = "mysql")]
+        Backing::MySql(mysql) => StorageArgs {
+            storage: Storage::Mysql,
+            database_url: Some(obt_consumer::DatabaseUrl::new(
+                mysql.urls.consumer_url.clone(),
+            )),
+            ..StorageArgs::defaults()
+        },
+    }
+}
+
 /// A consumer running in-process, the way the binary runs it.
 pub struct Running {
     shutdown: CancellationToken,
@@ -87,16 +203,16 @@ pub struct Running {
 
 impl Running {
     /// The settings the tests run with: the stack's queue (found by name,
-    /// as in production) and table.
-    pub fn settings(stack: &Stack) -> Settings {
+    /// as in production) and records.
+    pub fn settings(stack: &TestStack) -> Settings {
         Settings {
             queue_name: stack.names.queue.clone(),
-            table: stack.names.consumer_table.clone(),
+            storage: stack.storage_args(),
             ..Settings::defaults()
         }
     }
 
-    pub async fn start(stack: &Stack) -> Self {
+    pub async fn start(stack: &TestStack) -> Self {
         let consumer = Consumer::connect(&stack.config, &Self::settings(stack))
             .await
             .unwrap_or_else(|e| panic!("starting the consumer: {e}"));
@@ -117,19 +233,17 @@ impl Running {
     }
 }
 
-pub async fn load(stack: &Stack, identity: &Identity) -> Option<AppliedIdentity> {
-    obt_consumer::load_identity(
-        &stack.dynamodb(),
-        &stack.names.consumer_table,
-        identity.as_str(),
-    )
-    .await
-    .unwrap_or_else(|e| panic!("loading {identity}: {e}"))
+pub async fn load(stack: &TestStack, identity: &Identity) -> Option<AppliedIdentity> {
+    stack
+        .ledger()
+        .load_identity(identity.as_str())
+        .await
+        .unwrap_or_else(|e| panic!("loading {identity}: {e}"))
 }
 
 /// Waits until `identity`'s head has reached `seq`.
 pub async fn wait_applied(
-    stack: &Stack,
+    stack: &TestStack,
     identity: &Identity,
     seq: u64,
     deadline: Duration,

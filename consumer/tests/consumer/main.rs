@@ -1,9 +1,15 @@
 //! Integration tests of the consumer against the real emulators (DynamoDB
-//! Local and fauxqs); see `scripts/test.sh`. One test binary, so that the
-//! workspace links it once.
+//! Local and fauxqs) and, for the MySQL backend, MariaDB; see
+//! `scripts/test.sh`. One test binary, so that the workspace links it once.
+//!
+//! The behaviour tests (`applies`, `failures`, `shutdown`, `store`) run
+//! against the backend that `OBT_TEST_STORAGE` names (`dynamodb` by
+//! default, `mysql`); `mysql` holds what only the MySQL backend has.
 
 mod applies;
 mod failures;
 mod helpers;
+#[cfg(feature = "mysql")]
+mod mysql;
 mod shutdown;
 mod store;

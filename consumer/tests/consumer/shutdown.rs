@@ -1,16 +1,16 @@
 //! The real binary: it starts from its environment, consumes, and stops
-//! cleanly on SIGTERM.
+//! cleanly on SIGTERM. In either backend (`OBT_TEST_STORAGE`).
 
 use std::time::{Duration, Instant};
 
-use obt_testkit::{Service, Stack};
+use obt_testkit::Service;
 
-use crate::helpers::{event, identity, send, wait_applied};
+use crate::helpers::{TestStack, event, identity, send, wait_applied};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_binary_exits_with_0_within_seconds_of_sigterm_even_while_long_polling() {
-    let stack = Stack::create(5).await;
-    let service = Service::start("consumer", &stack.service_env());
+    let stack = TestStack::create(5).await;
+    let service = Service::start("consumer", &stack.consumer_env());
 
     let identity = identity("bin");
     send(&stack, &event(&identity, 1, "2.50")).await;
@@ -25,8 +25,8 @@ async fn the_binary_exits_with_0_within_seconds_of_sigterm_even_while_long_polli
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_binary_refuses_to_start_when_its_queue_does_not_exist() {
-    let stack = Stack::create(5).await;
-    let mut env = stack.service_env();
+    let stack = TestStack::create(5).await;
+    let mut env = stack.consumer_env();
     env.retain(|(name, _)| *name != "OBT_QUEUE_NAME");
     env.push(("OBT_QUEUE_NAME", obt_testkit::unique("missing") + ".fifo"));
     let mut service = Service::start("consumer", &env);

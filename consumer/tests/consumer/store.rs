@@ -1,44 +1,45 @@
-//! The table's write on its own: idempotence, order, and the reasons a
-//! write is refused, against DynamoDB Local.
+//! The ledger's apply on its own: idempotence, order, and the reasons an
+//! event is refused, in either backend (`OBT_TEST_STORAGE`): both must
+//! give the same answers.
 
-use obt_consumer::{Applied, ApplyError, SpendingTable};
-use obt_testkit::Stack;
+use obt_consumer::{Applied, ApplyError};
 
-use crate::helpers::{event, identity};
-
-async fn table() -> (Stack, SpendingTable) {
-    let stack = Stack::create(5).await;
-    let table = SpendingTable::new(stack.dynamodb(), stack.names.consumer_table.clone());
-    (stack, table)
-}
+use crate::helpers::{TestStack, event, identity};
 
 #[tokio::test]
 async fn applying_the_same_event_twice_changes_the_table_once() {
-    let (_stack, table) = table().await;
+    let stack = TestStack::create(5).await;
+    let ledger = stack.ledger();
     let identity = identity("twice");
     let first = event(&identity, 1, "51.30");
 
-    assert_eq!(table.apply(&first).await.expect("applied"), Applied::New);
-    let before = table.load_identity(identity.as_str()).await.expect("loads");
+    assert_eq!(ledger.apply(&first).await.expect("applied"), Applied::New);
+    let before = ledger
+        .load_identity(identity.as_str())
+        .await
+        .expect("loads");
     assert_eq!(
-        table.apply(&first).await.expect("recognised"),
+        ledger.apply(&first).await.expect("recognised"),
         Applied::Duplicate
     );
     assert_eq!(
-        table.load_identity(identity.as_str()).await.expect("loads"),
+        ledger
+            .load_identity(identity.as_str())
+            .await
+            .expect("loads"),
         before
     );
 
     // Also once the identity has moved on.
-    table
+    ledger
         .apply(&event(&identity, 2, "1.00"))
         .await
         .expect("applied");
     assert_eq!(
-        table.apply(&first).await.expect("recognised"),
+        ledger.apply(&first).await.expect("recognised"),
         Applied::Duplicate
     );
-    let applied = table
+    let applied = ledger
         .load_identity(identity.as_str())
         .await
         .expect("loads")
@@ -49,10 +50,11 @@ async fn applying_the_same_event_twice_changes_the_table_once() {
 
 #[tokio::test]
 async fn an_event_whose_predecessor_is_missing_is_a_gap() {
-    let (_stack, table) = table().await;
+    let stack = TestStack::create(5).await;
+    let ledger = stack.ledger();
     let identity = identity("gap");
 
-    match table.apply(&event(&identity, 2, "1.00")).await {
+    match ledger.apply(&event(&identity, 2, "1.00")).await {
         Err(ApplyError::Gap {
             expected: 1,
             received: 2,
@@ -61,15 +63,18 @@ async fn an_event_whose_predecessor_is_missing_is_a_gap() {
         other => panic!("expected a gap before seq 1, got {other:?}"),
     }
     assert_eq!(
-        table.load_identity(identity.as_str()).await.expect("loads"),
+        ledger
+            .load_identity(identity.as_str())
+            .await
+            .expect("loads"),
         None
     );
 
-    table
+    ledger
         .apply(&event(&identity, 1, "1.00"))
         .await
         .expect("applied");
-    match table.apply(&event(&identity, 3, "1.00")).await {
+    match ledger.apply(&event(&identity, 3, "1.00")).await {
         Err(ApplyError::Gap {
             expected: 2,
             received: 3,
@@ -77,7 +82,7 @@ async fn an_event_whose_predecessor_is_missing_is_a_gap() {
         }) => {}
         other => panic!("expected a gap before seq 2, got {other:?}"),
     }
-    let applied = table
+    let applied = ledger
         .load_identity(identity.as_str())
         .await
         .expect("loads")
@@ -90,15 +95,16 @@ async fn an_event_whose_predecessor_is_missing_is_a_gap() {
 
 #[tokio::test]
 async fn another_event_at_an_applied_seq_is_a_conflict() {
-    let (_stack, table) = table().await;
+    let stack = TestStack::create(5).await;
+    let ledger = stack.ledger();
     let identity = identity("conflict");
-    table
+    ledger
         .apply(&event(&identity, 1, "1.00"))
         .await
         .expect("applied");
 
     let impostor = event(&identity, 1, "2.00");
-    match table.apply(&impostor).await {
+    match ledger.apply(&impostor).await {
         Err(ApplyError::Conflict {
             seq: 1, event_id, ..
         }) => {
@@ -106,7 +112,7 @@ async fn another_event_at_an_applied_seq_is_a_conflict() {
         }
         other => panic!("expected a conflict, got {other:?}"),
     }
-    let applied = table
+    let applied = ledger
         .load_identity(identity.as_str())
         .await
         .expect("loads")
@@ -116,18 +122,19 @@ async fn another_event_at_an_applied_seq_is_a_conflict() {
 
 #[tokio::test]
 async fn amounts_are_added_exactly_without_floating_point() {
-    let (_stack, table) = table().await;
+    let stack = TestStack::create(5).await;
+    let ledger = stack.ledger();
     let small = identity("cents");
     // 0.1 + 0.2 is 0.30000000000000004 in binary floating point.
-    table
+    ledger
         .apply(&event(&small, 1, "0.10"))
         .await
         .expect("applied");
-    table
+    ledger
         .apply(&event(&small, 2, "0.20"))
         .await
         .expect("applied");
-    let applied = table
+    let applied = ledger
         .load_identity(small.as_str())
         .await
         .expect("loads")
@@ -137,15 +144,15 @@ async fn amounts_are_added_exactly_without_floating_point() {
 
     // The largest amounts, beyond what an f64 holds exactly.
     let large = identity("large");
-    table
+    ledger
         .apply(&event(&large, 1, "999999999999999999.99"))
         .await
         .expect("applied");
-    table
+    ledger
         .apply(&event(&large, 2, "999999999999999999.99"))
         .await
         .expect("applied");
-    let applied = table
+    let applied = ledger
         .load_identity(large.as_str())
         .await
         .expect("loads")

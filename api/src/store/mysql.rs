@@ -1,0 +1,445 @@
+//! The MySQL backend (cargo feature `mysql`): the spending, its event and
+//! the identity's totals in one transaction.
+//!
+//! The schema is `migrations/mysql/api`. A POST is one transaction:
+//!
+//! 1. an upsert of the identity's `obt_identity` row (seq 0 and zero totals
+//!    when it is new), which takes the row's exclusive lock either way;
+//! 2. `SELECT ... FOR UPDATE` of the last seq and the totals, under it;
+//! 3. `INSERT` into `obt_spending` with seq = last seq + 1;
+//! 4. `INSERT` into the outbox `obt`: the envelope exactly as the relay
+//!    will send it ([`Envelope::encode`]);
+//! 5. `UPDATE` of `obt_identity`: last seq, totals, names;
+//! 6. `COMMIT`.
+//!
+//! Any failure before COMMIT rolls all of it back, so the outbox never
+//! holds an event without its spending or the reverse (invariants 1 and
+//! 5). The row lock makes every other write of the identity, in any
+//! process, wait until this one committed: seqs are consecutive, without
+//! gaps, in commit order.
+//!
+//! Why the upsert rather than a locking read and an insert when the row is
+//! missing: under REPEATABLE READ, `SELECT ... FOR UPDATE` of a missing row
+//! takes a gap lock, which other transactions may hold too; two first
+//! writes (of one identity, or of two new identities that fall into the
+//! same gap) would then deadlock on their inserts. The upsert takes only
+//! the lock of its own row.
+//!
+//! A deadlock (error 1213) or lock wait timeout (1205) is retried after a
+//! jittered backoff ([`RetryPolicy`]), a bounded number of times, then
+//! answered 503 like a lost race in DynamoDB. Inside one process the
+//! writes of one identity first queue on [`StripedLocks`]: then a burst for
+//! one identity keeps one pooled connection waiting for the row lock, not
+//! all of them, and the pool stays free for other identities.
+//!
+//! No outbox bound here (`OBT_MAX_PENDING_EVENTS` is ignored): the bound
+//! protects DynamoDB's 400 KB item, while here each event is a row of its
+//! own and a POST costs the same whatever the backlog (`obt` is indexed by
+//! identity and seq). A relay that stays away fills the disk slowly, which
+//! is for monitoring to see, not a reason to refuse spendings.
+//!
+//! A connection lost while COMMIT is on its way leaves it unknown whether
+//! the transaction committed. That is answered 500, not 503: a 503 invites
+//! the client to send the spending again, which might record it twice.
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use obt_contract::{Envelope, EventType, Identity, SpendingRecorded};
+use rust_decimal::Decimal;
+use sqlx::mysql::{MySqlConnectOptions, MySqlConnection, MySqlDatabaseError, MySqlPoolOptions};
+use sqlx::{MySqlPool, Row};
+use time::OffsetDateTime;
+use tracing::instrument;
+
+use super::locks::StripedLocks;
+use super::{RetryPolicy, StoreError, StoreOptions, Summary};
+use crate::input::NewSpending;
+
+/// How long a request waits for a pooled connection (or for a new one to
+/// connect) before it is answered 503; below the default request timeout,
+/// so that an unreachable database is a 503 and not a 504. At start-up,
+/// how long the first connection may take.
+pub const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Server error numbers this module tells apart.
+mod code {
+    pub const LOCK_WAIT_TIMEOUT: u16 = 1205;
+    pub const DEADLOCK: u16 = 1213;
+    pub const TOO_MANY_CONNECTIONS: u16 = 1040;
+    pub const SERVER_SHUTDOWN: u16 = 1053;
+    /// MariaDB: the connection was killed.
+    pub const CONNECTION_KILLED: u16 = 1927;
+}
+
+/// Why the store could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    #[error(
+        "OBT_DATABASE_URL is not a valid MySQL URL: expected \
+         mysql://USER:PASSWORD@HOST:PORT/DATABASE"
+    )]
+    Url(#[source] Option<sqlx::Error>),
+    #[error(
+        "OBT_DATABASE_URL names no database: expected mysql://USER:PASSWORD@HOST:PORT/DATABASE"
+    )]
+    NoDatabase,
+    #[error(
+        "cannot connect to MySQL at {host}:{port} (database {database}, user {user}) within \
+         {timeout:?}: check that the server runs and can be reached from here, and the user, \
+         password and database in OBT_DATABASE_URL"
+    )]
+    Connect {
+        host: String,
+        port: u16,
+        database: String,
+        user: String,
+        timeout: Duration,
+        #[source]
+        source: sqlx::Error,
+    },
+    #[error(
+        "connected to MySQL, but user {user} cannot read table obt_identity of database \
+         {database}: run `obt-migrate --storage mysql`, which creates the schema and the api's \
+         user with its grants"
+    )]
+    Schema {
+        database: String,
+        user: String,
+        #[source]
+        source: StoreError,
+    },
+}
+
+/// The pool settings of the store: at most `max_connections`, and
+/// [`ACQUIRE_TIMEOUT`].
+pub fn pool_options(max_connections: u32) -> MySqlPoolOptions {
+    MySqlPoolOptions::new()
+        .max_connections(max_connections)
+        .acquire_timeout(ACQUIRE_TIMEOUT)
+}
+
+/// The api's MySQL database, through a pool of connections as the api's
+/// least-privilege user.
+#[derive(Debug)]
+pub struct MySqlStore {
+    pool: MySqlPool,
+    retry: RetryPolicy,
+    locks: StripedLocks,
+}
+
+/// How an attempt at the transaction failed.
+enum Failure {
+    /// A lock conflict rolled it back; trying again may succeed.
+    Retry(sqlx::Error),
+    Fail(StoreError),
+}
+
+impl MySqlStore {
+    /// A store over `pool`; of `options`, only the retry policy applies.
+    pub fn new(pool: MySqlPool, options: StoreOptions) -> Self {
+        Self {
+            pool,
+            retry: options.retry,
+            locks: StripedLocks::new(),
+        }
+    }
+
+    /// Connects to `url` (`mysql://USER:PASSWORD@HOST:PORT/DATABASE`) and
+    /// checks that the api's tables answer, so that a wrong URL, an
+    /// unreachable server or a database without the schema stops the api
+    /// at start-up with what to fix. The URL's password never appears in
+    /// an error.
+    pub async fn connect(
+        url: &str,
+        max_connections: u32,
+        options: StoreOptions,
+    ) -> Result<Self, ConnectError> {
+        // sqlx reads any scheme as MySQL's.
+        if !(url.starts_with("mysql://") || url.starts_with("mariadb://")) {
+            return Err(ConnectError::Url(None));
+        }
+        let connect = MySqlConnectOptions::from_str(url).map_err(|e| ConnectError::Url(Some(e)))?;
+        let database = connect
+            .get_database()
+            .ok_or(ConnectError::NoDatabase)?
+            .to_owned();
+        let user = connect.get_username().to_owned();
+        let pool = pool_options(max_connections)
+            .connect_with(connect.clone())
+            .await
+            .map_err(|source| ConnectError::Connect {
+                host: connect.get_host().to_owned(),
+                port: connect.get_port(),
+                database: database.clone(),
+                user: user.clone(),
+                timeout: ACQUIRE_TIMEOUT,
+                source,
+            })?;
+        let store = Self::new(pool, options);
+        store.ready().await.map_err(|source| ConnectError::Schema {
+            database,
+            user,
+            source,
+        })?;
+        Ok(store)
+    }
+
+    /// Records a spending and its event in one transaction; returns the
+    /// event.
+    #[instrument(skip_all, fields(identity = %spending.identity))]
+    pub async fn record(&self, spending: &NewSpending) -> Result<Envelope, StoreError> {
+        let _turn = self.locks.lock(spending.identity.as_str()).await;
+        let mut failures: u32 = 0;
+        loop {
+            match self.attempt(spending).await {
+                Ok(envelope) => {
+                    tracing::debug!(seq = envelope.seq, failures, "recorded");
+                    return Ok(envelope);
+                }
+                Err(Failure::Fail(e)) => return Err(e),
+                Err(Failure::Retry(e)) => {
+                    failures += 1;
+                    tracing::debug!(error = %e, failures, "rolled back by a lock conflict");
+                    if !self.retry.may_retry(failures) {
+                        return Err(StoreError::Contention { attempts: failures });
+                    }
+                    // ThreadRng is not Send: draw before the await.
+                    let wait = self.retry.backoff(failures - 1, &mut rand::rng());
+                    tokio::time::sleep(wait).await;
+                }
+            }
+        }
+    }
+
+    /// One try at the transaction, rolled back unless it committed.
+    async fn attempt(&self, spending: &NewSpending) -> Result<Envelope, Failure> {
+        let mut tx = self.pool.begin().await.map_err(classify("BEGIN"))?;
+        match write(&mut tx, spending).await {
+            Ok(envelope) => {
+                tx.commit().await.map_err(classify_commit)?;
+                Ok(envelope)
+            }
+            Err(failure) => {
+                // Explicitly: a lock wait timeout rolls back only its
+                // statement. Should the rollback fail, the connection is
+                // broken, and the server rolls back when it closes.
+                if let Err(e) = tx.rollback().await {
+                    tracing::debug!(error = %e, "rollback failed");
+                }
+                Err(failure)
+            }
+        }
+    }
+
+    /// An identity's totals, `None` when nothing was recorded for it.
+    ///
+    /// `pending_events` counts the identity's rows in `obt`, which the api's
+    /// user may read (`SELECT` on `obt`, granted by obt-migrate).
+    #[instrument(skip_all, fields(identity = %identity))]
+    pub async fn summary(&self, identity: &Identity) -> Result<Option<Summary>, StoreError> {
+        let row = sqlx::query(
+            "SELECT i.name, i.surname, i.total, i.count, i.last_seq, \
+                    (SELECT COUNT(*) FROM obt o WHERE o.identity = i.identity) AS pending \
+             FROM obt_identity i WHERE i.identity = ?",
+        )
+        .bind(identity.as_str())
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(fail("SELECT obt_identity"))?;
+        let Some(row) = row else {
+            return Ok(None);
+        };
+        let decode = fail("reading obt_identity");
+        let mut total: Decimal = row.try_get("total").map_err(&decode)?;
+        total.rescale(2);
+        let pending: i64 = row.try_get("pending").map_err(&decode)?;
+        // Unchecked: a column with a `_bin` collation comes flagged BINARY,
+        // which sqlx 0.8 takes for VARBINARY and refuses to read as a
+        // String; the decode still checks that the bytes are UTF-8.
+        Ok(Some(Summary {
+            identity: identity.clone(),
+            name: row.try_get_unchecked("name").map_err(&decode)?,
+            surname: row.try_get_unchecked("surname").map_err(&decode)?,
+            total,
+            count: row.try_get("count").map_err(&decode)?,
+            last_seq: row.try_get("last_seq").map_err(&decode)?,
+            pending_events: usize::try_from(pending).unwrap_or(usize::MAX),
+        }))
+    }
+
+    /// Whether the database answers and holds the api's table (the
+    /// readiness probe).
+    #[instrument(skip_all)]
+    pub async fn ready(&self) -> Result<(), StoreError> {
+        sqlx::query("SELECT 1 FROM obt_identity LIMIT 1")
+            .fetch_optional(&self.pool)
+            .await
+            .map(|_| ())
+            .map_err(fail("SELECT obt_identity"))
+    }
+}
+
+/// The statements of one attempt, on the transaction's connection.
+async fn write(conn: &mut MySqlConnection, spending: &NewSpending) -> Result<Envelope, Failure> {
+    let identity = spending.identity.as_str();
+    sqlx::query(
+        "INSERT INTO obt_identity \
+             (identity, name, surname, last_seq, total, count, updated_at) \
+         VALUES (?, ?, ?, 0, 0, 0, ?) \
+         ON DUPLICATE KEY UPDATE last_seq = last_seq",
+    )
+    .bind(identity)
+    .bind(spending.name.as_str())
+    .bind(spending.surname.as_str())
+    .bind(OffsetDateTime::now_utc())
+    .execute(&mut *conn)
+    .await
+    .map_err(classify("INSERT obt_identity"))?;
+
+    let (last_seq, total, count): (u64, Decimal, u64) = sqlx::query_as(
+        "SELECT last_seq, total, count FROM obt_identity WHERE identity = ? FOR UPDATE",
+    )
+    .bind(identity)
+    .fetch_one(&mut *conn)
+    .await
+    .map_err(classify("SELECT obt_identity FOR UPDATE"))?;
+    let amount = spending.amount.value();
+    let overflow = |what: &str| {
+        Failure::Fail(StoreError::Malformed {
+            identity: identity.to_owned(),
+            reason: format!("{what} cannot grow"),
+        })
+    };
+    let seq = last_seq
+        .checked_add(1)
+        .ok_or_else(|| overflow("last_seq"))?;
+    let count = count.checked_add(1).ok_or_else(|| overflow("count"))?;
+    let total = total.checked_add(amount).ok_or_else(|| overflow("total"))?;
+
+    let envelope = Envelope::spending_recorded(
+        spending.identity.clone(),
+        seq,
+        SpendingRecorded {
+            name: spending.name.clone(),
+            surname: spending.surname.clone(),
+            amount: spending.amount,
+        },
+    );
+    let at = envelope.occurred_at;
+    sqlx::query(
+        "INSERT INTO obt_spending (identity, name, surname, amount, seq, created_at) \
+         VALUES (?, ?, ?, ?, ?, ?)",
+    )
+    .bind(identity)
+    .bind(spending.name.as_str())
+    .bind(spending.surname.as_str())
+    .bind(amount)
+    .bind(seq)
+    .bind(at)
+    .execute(&mut *conn)
+    .await
+    .map_err(classify("INSERT obt_spending"))?;
+
+    sqlx::query(
+        "INSERT INTO obt (event_id, identity, seq, type, payload, created_at) \
+         VALUES (?, ?, ?, ?, ?, ?)",
+    )
+    .bind(envelope.event_id.to_string())
+    .bind(identity)
+    .bind(seq)
+    .bind(type_name(envelope.event_type))
+    .bind(envelope.encode())
+    .bind(at)
+    .execute(&mut *conn)
+    .await
+    .map_err(classify("INSERT obt"))?;
+
+    sqlx::query(
+        "UPDATE obt_identity \
+         SET name = ?, surname = ?, last_seq = ?, total = ?, count = ?, updated_at = ? \
+         WHERE identity = ?",
+    )
+    .bind(spending.name.as_str())
+    .bind(spending.surname.as_str())
+    .bind(seq)
+    .bind(total)
+    .bind(count)
+    .bind(at)
+    .bind(identity)
+    .execute(&mut *conn)
+    .await
+    .map_err(classify("UPDATE obt_identity"))?;
+    Ok(envelope)
+}
+
+/// The outbox's `type` column: the envelope's `type`.
+fn type_name(event_type: EventType) -> &'static str {
+    match event_type {
+        EventType::SpendingRecorded => "SpendingRecorded",
+    }
+}
+
+/// Whether the database could not be reached or gave no connection: the
+/// same request may succeed later.
+fn is_unavailable(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::Io(_)
+        | sqlx::Error::Tls(_)
+        | sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::WorkerCrashed => true,
+        sqlx::Error::Database(_) => matches!(
+            number(e),
+            Some(code::TOO_MANY_CONNECTIONS | code::SERVER_SHUTDOWN | code::CONNECTION_KILLED)
+        ),
+        _ => false,
+    }
+}
+
+/// The server's error number, for an error the server returned.
+fn number(e: &sqlx::Error) -> Option<u16> {
+    match e {
+        sqlx::Error::Database(db) => db
+            .try_downcast_ref::<MySqlDatabaseError>()
+            .map(MySqlDatabaseError::number),
+        _ => None,
+    }
+}
+
+/// A failed statement of the transaction: retried when a lock conflict
+/// rolled it back.
+fn classify(what: &'static str) -> impl Fn(sqlx::Error) -> Failure {
+    move |e| match number(&e) {
+        Some(code::DEADLOCK | code::LOCK_WAIT_TIMEOUT) => Failure::Retry(e),
+        _ => Failure::Fail(fail(what)(e)),
+    }
+}
+
+/// A failed COMMIT. When the server answered, it rolled back; when the
+/// connection failed instead, nobody knows, and the error must not say
+/// "retry" (see the module's documentation).
+fn classify_commit(e: sqlx::Error) -> Failure {
+    match e {
+        sqlx::Error::Database(_) => classify("COMMIT")(e),
+        e => {
+            tracing::warn!(error = %e, "COMMIT got no answer: the spending may or may not be stored");
+            Failure::Fail(StoreError::MySql {
+                what: "COMMIT",
+                source: e,
+            })
+        }
+    }
+}
+
+/// A failed statement outside the write's transaction, or one that is not
+/// retried.
+fn fail(what: &'static str) -> impl Fn(sqlx::Error) -> StoreError {
+    move |source| {
+        if is_unavailable(&source) {
+            StoreError::MySqlUnavailable { what, source }
+        } else {
+            StoreError::MySql { what, source }
+        }
+    }
+}

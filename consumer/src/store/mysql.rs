@@ -1,0 +1,601 @@
+//! The MySQL backend (cargo feature `mysql`): the consumer's own database,
+//! `migrations/mysql/consumer` (the original project's
+//! `consumed_outboxtable_db`).
+//!
+//! Applying an event is ONE transaction on the identity's head row
+//! (`consumer_identity`) and the spending row (`obt_spending`), which
+//! carries the event's id under a unique key:
+//!
+//! 1. lock the head (`SELECT ... FOR UPDATE`); no head means nothing was
+//!    applied yet (`last_seq` 0). Every apply of an identity takes this
+//!    lock first, so two of them never interleave, whichever consumer
+//!    instance runs them;
+//! 2. `seq <= last_seq`: the row at that seq says whether this is the same
+//!    event (a duplicate: nothing is written) or another one (a conflict);
+//!    `seq > last_seq + 1`: a gap, nothing is written;
+//! 3. `seq == last_seq + 1`: create the head if it is missing, insert the
+//!    spending with its event id, move the head to `seq` with the totals,
+//!    commit.
+//!
+//! So the event id is recorded in the same commit as the write it made
+//! (invariant 3), and an event is applied only right after its predecessor
+//! (invariant 4). A crash before the commit leaves nothing; after it, the
+//! redelivered message finds its event id and changes nothing.
+//!
+//! Sessions run at READ COMMITTED: the apply's only locking read is of
+//! the identity's own head row, and at the server's default (REPEATABLE
+//! READ) looking for a head that does not exist yet would lock the gap
+//! around it, so that the first events of two unrelated new identities
+//! could deadlock each other. Two first events of the SAME identity race
+//! to create its head: the loser sees a duplicate key (or a deadlock) and
+//! the whole transaction is retried, finding the winner's head.
+//!
+//! Money is `DECIMAL` in the database and [`Decimal`] here: totals are
+//! added by the database, exactly.
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use obt_contract::Envelope;
+use rust_decimal::Decimal;
+use sqlx::mysql::{MySqlConnectOptions, MySqlDatabaseError, MySqlPool, MySqlPoolOptions, MySqlRow};
+use sqlx::{ConnectOptions, Connection, Executor, MySql, Row, Transaction};
+use tracing::{debug, instrument};
+
+use super::{Applied, ApplyError, BoxFuture, Ledger, OpenError, StoreError};
+use crate::read_model::{AppliedIdentity, AppliedSpending, IdentityHead};
+
+/// How long start-up waits for the first connection, and an apply for a
+/// free connection of the pool.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How long a statement waits for a row lock before giving up (the
+/// server's default is 50 s). Only a stuck transaction holds a head for
+/// that long; failing sooner leaves the message for redelivery well
+/// within a typical visibility timeout.
+const LOCK_WAIT_TIMEOUT_SECS: u32 = 10;
+
+/// Transactions per apply when a concurrent one got in the way (the race
+/// for a new identity's head, a deadlock).
+const ATTEMPTS: u32 = 3;
+
+/// The MySQL error numbers this module tells apart.
+mod code {
+    pub const DUPLICATE_KEY: u16 = 1062;
+    pub const DEADLOCK: u16 = 1213;
+    /// Errors after which the same statement can succeed on its own: a
+    /// lock wait timeout, a deadlock, too many connections, the server
+    /// shutting down, the query or connection killed, a server that is
+    /// read-only for now (a failover), a connection closed for idleness.
+    pub const TRANSIENT: [u16; 9] = [1205, 1213, 1040, 1053, 1317, 1927, 1290, 1836, 4031];
+}
+
+/// The consumer's records in its MySQL database.
+#[derive(Clone)]
+pub struct MySqlLedger {
+    pool: MySqlPool,
+    /// "database X at host:port as user": for logs, without the password.
+    label: String,
+}
+
+impl std::fmt::Debug for MySqlLedger {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MySqlLedger")
+            .field("label", &self.label)
+            .finish_non_exhaustive()
+    }
+}
+
+/// How one transaction went wrong.
+enum Failure {
+    /// A concurrent transaction got in the way; a new one can succeed.
+    Retry {
+        call: &'static str,
+        error: sqlx::Error,
+    },
+    /// The answer for this event.
+    Final(ApplyError),
+}
+
+impl From<ApplyError> for Failure {
+    fn from(e: ApplyError) -> Self {
+        Self::Final(e)
+    }
+}
+
+fn error_number(e: &sqlx::Error) -> Option<u16> {
+    e.as_database_error()?
+        .try_downcast_ref::<MySqlDatabaseError>()
+        .map(MySqlDatabaseError::number)
+}
+
+/// Whether the same statement can succeed later without anyone's help.
+fn is_transient(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::Io(_)
+        | sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::WorkerCrashed => true,
+        sqlx::Error::Database(_) => error_number(e).is_some_and(|n| code::TRANSIENT.contains(&n)),
+        _ => false,
+    }
+}
+
+fn store_error(call: &'static str, e: &sqlx::Error) -> StoreError {
+    StoreError::MySql {
+        call,
+        detail: e.to_string(),
+        transient: is_transient(e),
+    }
+}
+
+/// Maps a failed statement of an apply: a deadlock retries the whole
+/// transaction (the server rolled it back), anything else is the answer.
+fn failed(call: &'static str) -> impl FnOnce(sqlx::Error) -> Failure {
+    move |error| {
+        if error_number(&error) == Some(code::DEADLOCK) {
+            Failure::Retry { call, error }
+        } else {
+            Failure::Final(store_error(call, &error).into())
+        }
+    }
+}
+
+fn read_failed(call: &'static str) -> impl FnOnce(sqlx::Error) -> StoreError {
+    move |e| store_error(call, &e)
+}
+
+/// Ends a transaction that wrote nothing. A failure here only loses the
+/// connection, which the pool replaces.
+async fn rollback(tx: Transaction<'_, MySql>) {
+    if let Err(e) = tx.rollback().await {
+        debug!(error = %e, "rolling back a transaction that wrote nothing failed");
+    }
+}
+
+/// Why no connection could be made. The pool retries a refused
+/// connection until its timeout and then only says that it timed out; one
+/// more attempt of our own tells the cause (refused, unknown host).
+async fn connect_failure(
+    error: sqlx::Error,
+    options: &MySqlConnectOptions,
+    timeout: Duration,
+) -> String {
+    if !matches!(error, sqlx::Error::PoolTimedOut) {
+        return error.to_string();
+    }
+    let waited = format!("no connection within {} s", timeout.as_secs_f32());
+    match tokio::time::timeout(Duration::from_secs(2), options.connect()).await {
+        Ok(Err(cause)) => format!("{waited} ({cause})"),
+        Ok(Ok(conn)) => {
+            let _ = conn.close().await;
+            format!("{waited} (the server answers now: it may be overloaded)")
+        }
+        Err(_) => format!("{waited} (the server does not answer)"),
+    }
+}
+
+impl MySqlLedger {
+    /// Connects to the database of `url` with a pool of at most
+    /// `max_connections`, and checks that the consumer's tables are there
+    /// and readable, so that a wrong URL or a missing migration stops the
+    /// consumer at start-up rather than sending every message to the
+    /// dead-letter queue.
+    pub async fn connect(
+        url: &str,
+        max_connections: u32,
+        connect_timeout: Duration,
+    ) -> Result<Self, OpenError> {
+        // sqlx's parse errors describe the problem, never the URL itself.
+        let options = MySqlConnectOptions::from_str(url).map_err(|e| OpenError::DatabaseUrl {
+            detail: e.to_string(),
+        })?;
+        let Some(database) = options.get_database().map(str::to_owned) else {
+            return Err(OpenError::DatabaseUrl {
+                detail: "it names no database".to_owned(),
+            });
+        };
+        let server = format!("{}:{}", options.get_host(), options.get_port());
+        let user = options.get_username().to_owned();
+        let pool = MySqlPoolOptions::new()
+            .max_connections(max_connections.max(1))
+            .acquire_timeout(connect_timeout)
+            .after_connect(|conn, _| {
+                Box::pin(async move {
+                    conn.execute("SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED")
+                        .await?;
+                    let timeout =
+                        format!("SET SESSION innodb_lock_wait_timeout = {LOCK_WAIT_TIMEOUT_SECS}");
+                    conn.execute(timeout.as_str()).await?;
+                    Ok(())
+                })
+            })
+            .connect_with(options.clone())
+            .await;
+        let pool = match pool {
+            Ok(pool) => pool,
+            Err(e) => {
+                return Err(OpenError::Connect {
+                    server,
+                    user,
+                    detail: connect_failure(e, &options, connect_timeout).await,
+                });
+            }
+        };
+        for table in ["consumer_identity", "obt_spending"] {
+            let probe = format!("SELECT 1 FROM {table} LIMIT 0");
+            pool.execute(probe.as_str())
+                .await
+                .map_err(|e| OpenError::Schema {
+                    database: database.clone(),
+                    detail: e.to_string(),
+                })?;
+        }
+        Ok(Self {
+            pool,
+            label: format!("MySQL database {database} at {server} as {user}"),
+        })
+    }
+
+    /// Applies `event` if it is its identity's next one; recognises it if
+    /// it was applied before.
+    #[instrument(skip_all)]
+    pub async fn apply(&self, event: &Envelope) -> Result<Applied, ApplyError> {
+        let mut attempt = 1;
+        loop {
+            match self.try_apply(event).await {
+                Ok(applied) => return Ok(applied),
+                Err(Failure::Final(e)) => return Err(e),
+                Err(Failure::Retry { call, error }) if attempt < ATTEMPTS => {
+                    debug!(attempt, call, error = %error, "a concurrent transaction got in the way; trying again");
+                    attempt += 1;
+                }
+                Err(Failure::Retry { call, error }) => {
+                    // Still losing to concurrent transactions: a later
+                    // delivery will not.
+                    return Err(StoreError::MySql {
+                        call,
+                        detail: format!("{error} ({ATTEMPTS} attempts)"),
+                        transient: true,
+                    }
+                    .into());
+                }
+            }
+        }
+    }
+
+    /// One transaction of [`Self::apply`].
+    async fn try_apply(&self, event: &Envelope) -> Result<Applied, Failure> {
+        let identity = event.identity.as_str();
+        let event_id = event.event_id.to_string();
+        let mut tx = self.pool.begin().await.map_err(failed("BEGIN"))?;
+
+        let head: Option<u64> = sqlx::query_scalar(
+            "SELECT last_seq FROM consumer_identity WHERE identity = ? FOR UPDATE",
+        )
+        .bind(identity)
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(failed("SELECT consumer_identity FOR UPDATE"))?;
+        let last_seq = head.unwrap_or(0);
+
+        if event.seq <= last_seq {
+            let stored =
+                sqlx::query("SELECT event_id FROM obt_spending WHERE identity = ? AND seq = ?")
+                    .bind(identity)
+                    .bind(event.seq)
+                    .fetch_optional(&mut *tx)
+                    .await
+                    .and_then(|row| row.map(|row| text(&row, "event_id")).transpose())
+                    .map_err(failed("SELECT obt_spending"))?;
+            rollback(tx).await;
+            return match stored {
+                Some(stored) if stored == event_id => Ok(Applied::Duplicate),
+                Some(stored_event_id) => Err(ApplyError::Conflict {
+                    identity: identity.to_owned(),
+                    seq: event.seq,
+                    stored_event_id,
+                    event_id,
+                }
+                .into()),
+                None => Err(ApplyError::Inconsistent {
+                    identity: identity.to_owned(),
+                    seq: event.seq,
+                    last_seq,
+                }
+                .into()),
+            };
+        }
+        if event.seq > last_seq + 1 {
+            rollback(tx).await;
+            return Err(ApplyError::Gap {
+                identity: identity.to_owned(),
+                expected: last_seq + 1,
+                received: event.seq,
+            }
+            .into());
+        }
+
+        if head.is_none() {
+            // The first event of the identity. A concurrent first event
+            // makes this a duplicate key (or a deadlock): retried, the
+            // transaction then finds and locks the other's head.
+            sqlx::query(
+                "INSERT INTO consumer_identity \
+                 (identity, name, surname, last_seq, total, count, updated_at) \
+                 VALUES (?, ?, ?, 0, 0, 0, UTC_TIMESTAMP(3))",
+            )
+            .bind(identity)
+            .bind(event.data.name.as_str())
+            .bind(event.data.surname.as_str())
+            .execute(&mut *tx)
+            .await
+            .map_err(|error| {
+                if error_number(&error) == Some(code::DUPLICATE_KEY) {
+                    Failure::Retry {
+                        call: "INSERT consumer_identity",
+                        error,
+                    }
+                } else {
+                    failed("INSERT consumer_identity")(error)
+                }
+            })?;
+        }
+
+        // DATETIME(3) keeps milliseconds; MySQL would round the rest and
+        // MariaDB truncate it: truncate here, the same on both.
+        let sub_millis = i64::from(event.occurred_at.nanosecond() % 1_000_000);
+        let occurred_at = event
+            .occurred_at
+            .checked_sub(time::Duration::nanoseconds(sub_millis))
+            .unwrap_or(event.occurred_at);
+        let inserted = sqlx::query(
+            "INSERT INTO obt_spending \
+             (event_id, identity, seq, name, surname, amount, occurred_at, applied_at) \
+             VALUES (?, ?, ?, ?, ?, ?, ?, UTC_TIMESTAMP(3))",
+        )
+        .bind(&event_id)
+        .bind(identity)
+        .bind(event.seq)
+        .bind(event.data.name.as_str())
+        .bind(event.data.surname.as_str())
+        .bind(event.data.amount.value())
+        .bind(occurred_at)
+        .execute(&mut *tx)
+        .await;
+        match inserted {
+            Ok(_) => {}
+            Err(error) if error_number(&error) == Some(code::DUPLICATE_KEY) => {
+                rollback(tx).await;
+                return self.already_recorded(event, error).await;
+            }
+            Err(error) => return Err(failed("INSERT obt_spending")(error)),
+        }
+
+        let updated = sqlx::query(
+            "UPDATE consumer_identity SET last_seq = ?, name = ?, surname = ?, \
+             total = total + ?, count = count + 1, updated_at = UTC_TIMESTAMP(3) \
+             WHERE identity = ? AND last_seq = ?",
+        )
+        .bind(event.seq)
+        .bind(event.data.name.as_str())
+        .bind(event.data.surname.as_str())
+        .bind(event.data.amount.value())
+        .bind(identity)
+        .bind(last_seq)
+        .execute(&mut *tx)
+        .await
+        .map_err(failed("UPDATE consumer_identity"))?;
+        if updated.rows_affected() != 1 {
+            // Cannot happen while the row is locked; if it does, write
+            // nothing (dropping the transaction rolls it back).
+            return Err(ApplyError::Contended {
+                identity: identity.to_owned(),
+                seq: event.seq,
+                last_seq,
+                reasons: format!("the head update matched {} rows", updated.rows_affected()),
+            }
+            .into());
+        }
+        tx.commit().await.map_err(failed("COMMIT"))?;
+        Ok(Applied::New)
+    }
+
+    /// The spending's insert hit a unique key although the identity's head
+    /// is right behind the event: its event id (or, in a damaged table,
+    /// its seq) is taken. The same event at the same place is a duplicate;
+    /// anything else is refused.
+    async fn already_recorded(
+        &self,
+        event: &Envelope,
+        error: sqlx::Error,
+    ) -> Result<Applied, Failure> {
+        let identity = event.identity.as_str();
+        let event_id = event.event_id.to_string();
+        let by_id = sqlx::query("SELECT identity, seq FROM obt_spending WHERE event_id = ?")
+            .bind(&event_id)
+            .fetch_optional(&self.pool)
+            .await
+            .and_then(|row| {
+                row.map(|row| Ok((text(&row, "identity")?, row.try_get::<u64, _>("seq")?)))
+                    .transpose()
+            })
+            .map_err(failed("SELECT obt_spending by event_id"))?;
+        match by_id {
+            Some((stored_identity, stored_seq))
+                if stored_identity == identity && stored_seq == event.seq =>
+            {
+                Ok(Applied::Duplicate)
+            }
+            Some((stored_identity, stored_seq)) => Err(ApplyError::EventIdReused {
+                event_id,
+                identity: identity.to_owned(),
+                seq: event.seq,
+                stored_identity,
+                stored_seq,
+            }
+            .into()),
+            None => {
+                let by_seq =
+                    sqlx::query("SELECT event_id FROM obt_spending WHERE identity = ? AND seq = ?")
+                        .bind(identity)
+                        .bind(event.seq)
+                        .fetch_optional(&self.pool)
+                        .await
+                        .and_then(|row| row.map(|row| text(&row, "event_id")).transpose())
+                        .map_err(failed("SELECT obt_spending"))?;
+                match by_seq {
+                    Some(stored_event_id) => Err(ApplyError::Conflict {
+                        identity: identity.to_owned(),
+                        seq: event.seq,
+                        stored_event_id,
+                        event_id,
+                    }
+                    .into()),
+                    // The row it collided with is gone (its transaction
+                    // rolled back): try again.
+                    None => Err(Failure::Retry {
+                        call: "INSERT obt_spending",
+                        error,
+                    }),
+                }
+            }
+        }
+    }
+
+    /// Everything applied for `identity`, or `None` if nothing is. The
+    /// head is read with a shared lock, so that no apply of the identity
+    /// commits between it and the spendings.
+    pub async fn load_identity(
+        &self,
+        identity: &str,
+    ) -> Result<Option<AppliedIdentity>, StoreError> {
+        let mut tx = self.pool.begin().await.map_err(read_failed("BEGIN"))?;
+        let head = sqlx::query(
+            "SELECT identity, name, surname, last_seq, total, count, updated_at \
+             FROM consumer_identity WHERE identity = ? LOCK IN SHARE MODE",
+        )
+        .bind(identity)
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(read_failed("SELECT consumer_identity"))?;
+        let Some(head) = head else {
+            rollback(tx).await;
+            return Ok(None);
+        };
+        let head = head_from_row(&head).map_err(read_failed("reading consumer_identity"))?;
+        let spendings = sqlx::query(
+            "SELECT seq, event_id, name, surname, amount, occurred_at, applied_at \
+             FROM obt_spending WHERE identity = ? ORDER BY seq",
+        )
+        .bind(identity)
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(read_failed("SELECT obt_spending"))?;
+        rollback(tx).await;
+        let spendings = spendings
+            .iter()
+            .map(spending_from_row)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(read_failed("reading obt_spending"))?;
+        Ok(Some(AppliedIdentity {
+            identity: head.identity,
+            name: head.name,
+            surname: head.surname,
+            last_seq: head.last_seq,
+            total: head.total,
+            count: head.count,
+            updated_at: head.updated_at,
+            spendings,
+        }))
+    }
+
+    /// The heads of every identity, sorted by identity (bytewise, as the
+    /// DynamoDB backend sorts them: the column's collation is binary).
+    pub async fn list_identities(&self) -> Result<Vec<IdentityHead>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT identity, name, surname, last_seq, total, count, updated_at \
+             FROM consumer_identity ORDER BY identity",
+        )
+        .fetch_all(&self.pool)
+        .await
+        .map_err(read_failed("SELECT consumer_identity"))?;
+        rows.iter()
+            .map(head_from_row)
+            .collect::<Result<_, _>>()
+            .map_err(read_failed("reading consumer_identity"))
+    }
+}
+
+/// A text column. They are all `utf8mb4_bin` (compared bytewise, as
+/// DynamoDB compares strings), which the server reports with the binary
+/// flag, and sqlx then refuses to decode them as text unless asked
+/// explicitly. Decoding still checks that the bytes are UTF-8.
+fn text(row: &MySqlRow, column: &str) -> Result<String, sqlx::Error> {
+    row.try_get_unchecked(column)
+}
+
+/// Money as the read model shows it: two fraction digits.
+fn money(mut value: Decimal) -> Decimal {
+    value.rescale(2);
+    value
+}
+
+fn head_from_row(row: &MySqlRow) -> Result<IdentityHead, sqlx::Error> {
+    Ok(IdentityHead {
+        identity: text(row, "identity")?,
+        name: text(row, "name")?,
+        surname: text(row, "surname")?,
+        last_seq: row.try_get("last_seq")?,
+        total: money(row.try_get("total")?),
+        count: row.try_get("count")?,
+        updated_at: row.try_get("updated_at")?,
+    })
+}
+
+fn spending_from_row(row: &MySqlRow) -> Result<AppliedSpending, sqlx::Error> {
+    Ok(AppliedSpending {
+        seq: row.try_get("seq")?,
+        event_id: text(row, "event_id")?,
+        name: text(row, "name")?,
+        surname: text(row, "surname")?,
+        amount: money(row.try_get("amount")?),
+        occurred_at: row.try_get("occurred_at")?,
+        applied_at: row.try_get("applied_at")?,
+    })
+}
+
+impl Ledger for MySqlLedger {
+    fn apply<'a>(&'a self, event: &'a Envelope) -> BoxFuture<'a, Result<Applied, ApplyError>> {
+        Box::pin(MySqlLedger::apply(self, event))
+    }
+
+    fn load_identity<'a>(
+        &'a self,
+        identity: &'a str,
+    ) -> BoxFuture<'a, Result<Option<AppliedIdentity>, StoreError>> {
+        Box::pin(MySqlLedger::load_identity(self, identity))
+    }
+
+    fn list_identities(&self) -> BoxFuture<'_, Result<Vec<IdentityHead>, StoreError>> {
+        Box::pin(MySqlLedger::list_identities(self))
+    }
+
+    fn describe(&self) -> String {
+        self.label.clone()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_lost_connection_is_transient_and_a_bad_query_is_not() {
+        let lost = std::io::Error::new(std::io::ErrorKind::ConnectionReset, "reset");
+        assert!(is_transient(&sqlx::Error::Io(lost)));
+        assert!(is_transient(&sqlx::Error::PoolTimedOut));
+        assert!(!is_transient(&sqlx::Error::RowNotFound));
+        assert!(!is_transient(&sqlx::Error::ColumnNotFound("x".to_owned())));
+    }
+}
