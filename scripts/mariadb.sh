@@ -11,6 +11,8 @@
 # server.
 
 MARIADB_PID=""
+# mariadbd lives in /usr/sbin, which a non-login shell may not have on PATH.
+case ":$PATH:" in *:/usr/sbin:*) ;; *) PATH="$PATH:/usr/sbin" ;; esac
 
 mariadb_log() { printf '[mariadb] %s\n' "$*" >&2; }
 
