@@ -51,6 +51,22 @@ pub struct AppliedIdentity {
     pub spendings: Vec<AppliedSpending>,
 }
 
+impl AppliedIdentity {
+    /// An identity's head with its applied events (in seq order).
+    pub fn new(head: IdentityHead, spendings: Vec<AppliedSpending>) -> Self {
+        Self {
+            identity: head.identity,
+            name: head.name,
+            surname: head.surname,
+            last_seq: head.last_seq,
+            total: head.total,
+            count: head.count,
+            updated_at: head.updated_at,
+            spendings,
+        }
+    }
+}
+
 /// One applied event.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AppliedSpending {
@@ -125,16 +141,7 @@ impl SpendingTable {
             };
         };
         spendings.sort_by_key(|spending| spending.seq);
-        Ok(Some(AppliedIdentity {
-            identity: head.identity,
-            name: head.name,
-            surname: head.surname,
-            last_seq: head.last_seq,
-            total: head.total,
-            count: head.count,
-            updated_at: head.updated_at,
-            spendings,
-        }))
+        Ok(Some(AppliedIdentity::new(head, spendings)))
     }
 
     /// The heads of every identity, sorted by identity. A full scan: for

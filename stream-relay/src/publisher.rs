@@ -258,18 +258,10 @@ fn unpublished(batches: &[Vec<usize>], failed: usize, left_in_batch: Vec<usize>)
 #[cfg(test)]
 mod tests {
     use super::*;
-    use obt_contract::{Amount, Identity, PersonName, SpendingRecorded};
+    use obt_contract::Identity;
 
     fn event(identity: &str, seq: u64) -> Envelope {
-        Envelope::spending_recorded(
-            Identity::parse(identity).expect("valid"),
-            seq,
-            SpendingRecorded {
-                name: PersonName::parse("N").expect("valid"),
-                surname: PersonName::parse("S").expect("valid"),
-                amount: Amount::parse("1").expect("valid"),
-            },
-        )
+        obt_testkit::event(&Identity::parse(identity).expect("valid"), seq, "1")
     }
 
     #[test]

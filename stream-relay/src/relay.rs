@@ -389,18 +389,10 @@ fn published_marks(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use obt_contract::{Amount, Identity, PersonName, SpendingRecorded};
+    use obt_contract::Identity;
 
     fn event(identity: &str, seq: u64) -> Envelope {
-        Envelope::spending_recorded(
-            Identity::parse(identity).expect("valid"),
-            seq,
-            SpendingRecorded {
-                name: PersonName::parse("N").expect("valid"),
-                surname: PersonName::parse("S").expect("valid"),
-                amount: Amount::parse("1").expect("valid"),
-            },
-        )
+        obt_testkit::event(&Identity::parse(identity).expect("valid"), seq, "1")
     }
 
     /// The record of the write of `seq`, with `pending` still in the outbox.

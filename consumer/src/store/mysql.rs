@@ -498,16 +498,7 @@ impl MySqlLedger {
             .map(spending_from_row)
             .collect::<Result<Vec<_>, _>>()
             .map_err(read_failed("reading obt_spending"))?;
-        Ok(Some(AppliedIdentity {
-            identity: head.identity,
-            name: head.name,
-            surname: head.surname,
-            last_seq: head.last_seq,
-            total: head.total,
-            count: head.count,
-            updated_at: head.updated_at,
-            spendings,
-        }))
+        Ok(Some(AppliedIdentity::new(head, spendings)))
     }
 
     /// The heads of every identity, sorted by identity (bytewise, as the
