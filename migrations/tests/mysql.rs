@@ -1,0 +1,106 @@
+//! `obt-migrate --storage mysql` against a real MariaDB: the schema is
+//! applied once however often it runs, and each service's user can do
+//! exactly what that service needs.
+#![cfg(feature = "mysql")]
+
+use obt_migrate::mysql::{MySqlNames, Passwords, setup};
+use obt_testkit::mysql::admin_url;
+use sqlx::Connection;
+use sqlx::mysql::MySqlConnection;
+
+fn names() -> MySqlNames {
+    let id = &uuid::Uuid::new_v4().simple().to_string()[..12];
+    MySqlNames {
+        api_database: format!("m{id}_api"),
+        consumer_database: format!("m{id}_consumer"),
+        api_user: format!("m{id}_api"),
+        relay_user: format!("m{id}_relay"),
+        consumer_user: format!("m{id}_consumer"),
+    }
+}
+
+fn passwords(suffix: &str) -> Passwords {
+    Passwords {
+        api: format!("api-password-{suffix}"),
+        relay: format!("relay-password-{suffix}"),
+        consumer: format!("consumer-password-{suffix}"),
+    }
+}
+
+async fn connect(url: &str) -> MySqlConnection {
+    MySqlConnection::connect(url)
+        .await
+        .unwrap_or_else(|e| panic!("connect as a service user: {e}"))
+}
+
+/// Whether `sql` is allowed; panics on anything but a permission error.
+async fn allowed(conn: &mut MySqlConnection, sql: &str) -> bool {
+    match sqlx::query(sql).execute(conn).await {
+        Ok(_) => true,
+        Err(sqlx::Error::Database(e)) if matches!(e.code().as_deref(), Some("42000")) => false,
+        Err(e) => panic!("{sql}: {e}"),
+    }
+}
+
+#[tokio::test]
+async fn a_second_run_applies_nothing_and_sets_the_passwords_again() {
+    let names = names();
+    let first = setup(&admin_url(), &names, &passwords("first"))
+        .await
+        .expect("first run");
+    assert_eq!(first.applied.len(), 2, "{:?}", first.applied);
+    let second = setup(&admin_url(), &names, &passwords("second"))
+        .await
+        .expect("second run");
+    assert!(second.applied.is_empty(), "{:?}", second.applied);
+    // The new passwords work; the old ones no longer do.
+    connect(&second.api_url).await;
+    assert!(MySqlConnection::connect(&first.api_url).await.is_err());
+}
+
+#[tokio::test]
+async fn each_service_user_may_do_what_its_service_needs_and_nothing_more() {
+    let names = names();
+    let urls = setup(&admin_url(), &names, &passwords("grants"))
+        .await
+        .expect("setup");
+    let mut api = connect(&urls.api_url).await;
+    assert!(
+        allowed(
+            &mut api,
+            "INSERT INTO obt (event_id, identity, seq, type, payload, created_at) \
+             VALUES ('00000000-0000-7000-8000-000000000001', 'G1', 1, 'SpendingRecorded', '{}', NOW(3))"
+        )
+        .await
+    );
+    assert!(allowed(&mut api, "SELECT COUNT(*) FROM obt").await);
+    assert!(
+        !allowed(&mut api, "DELETE FROM obt").await,
+        "the api never deletes outbox rows"
+    );
+
+    let mut relay = connect(&urls.relay_url).await;
+    assert!(allowed(&mut relay, "DELETE FROM obt WHERE identity = 'G1'").await);
+    assert!(
+        !allowed(&mut relay, "SELECT COUNT(*) FROM obt_spending").await,
+        "the relay reads the outbox only"
+    );
+
+    let mut consumer = connect(&urls.consumer_url).await;
+    assert!(allowed(&mut consumer, "SELECT COUNT(*) FROM consumer_identity").await);
+    let other = format!("SELECT COUNT(*) FROM `{}`.obt", names.api_database);
+    assert!(
+        !allowed(&mut consumer, &other).await,
+        "the consumer has its own database only"
+    );
+}
+
+#[tokio::test]
+async fn a_password_that_cannot_go_into_a_url_is_refused_before_anything_is_done() {
+    let mut bad = passwords("ok");
+    bad.relay = "has'quote-and-more".to_owned();
+    let error = setup(&admin_url(), &names(), &bad)
+        .await
+        .expect_err("refused");
+    assert!(error.to_string().contains("relay password"), "{error}");
+}
