@@ -66,11 +66,11 @@ else
 fi
 export OBT_STORAGE=$storage
 
-# with_env SERVICE COMMAND...: COMMAND with SERVICE's own environment.
-with_env() {
-  local extra=${service_env[$1]}
-  shift
-  if [ -n "$extra" ]; then env "$extra" "$@"; else "$@"; fi
+# env_of SERVICE: sets `extra` to SERVICE's own environment, for `env`.
+# (`env` execs the binary, so `$!` of `env ... &` is the service's pid.)
+env_of() {
+  extra=()
+  [ -z "${service_env[$1]}" ] || extra=("${service_env[$1]}")
 }
 
 api_port=${OBT_DEMO_PORT:-8081}
@@ -78,7 +78,8 @@ export OBT_LISTEN="127.0.0.1:$api_port"
 export OBT_IDLE_POLL_MS=100 OBT_WAIT_TIME_SECS=1 OBT_POLL_MAX_IDLE_MS=100
 step "starting api, stream-relay and consumer, $storage mode (logs in $run_dir)"
 for service in api stream-relay consumer; do
-  with_env "$service" "$bin/$service" >"$run_dir/$service.log" 2>&1 &
+  env_of "$service"
+  env "${extra[@]}" "$bin/$service" >"$run_dir/$service.log" 2>&1 &
   SERVICE_PIDS+=($!)
 done
 
@@ -107,7 +108,8 @@ echo
 
 step "waiting for the event to reach the consumer's table"
 deadline=$((SECONDS + 60))
-until with_env consumer-show "$bin/consumer-show" AB1 >"$run_dir/applied.json" 2>"$run_dir/show.err"; do
+env_of consumer-show
+until env "${extra[@]}" "$bin/consumer-show" AB1 >"$run_dir/applied.json" 2>"$run_dir/show.err"; do
   if [ $SECONDS -ge $deadline ]; then
     echo "the event did not reach the consumer within 60 s. Logs:" >&2
     tail -n 20 "$run_dir"/*.log >&2
