@@ -2,8 +2,8 @@
 # The whole test suite, from a fresh clone: installs what it needs (the
 # emulators from tools/emulators/package-lock.json; cargo-lambda, ziglang and
 # cfn-lint from tools/python/requirements.txt into .venv/; MariaDB with
-# apt-get when missing), checks formatting and lints, checks the
-# CloudFormation templates and the deploy script, builds, starts DynamoDB
+# apt-get when missing, shellcheck too), checks formatting and lints (the
+# shell scripts too), checks the CloudFormation templates and the deploy script, builds, starts DynamoDB
 # Local, fauxqs and a private MariaDB on free ports, runs every test against
 # them (the Lambda functions behind cargo-lambda's Runtime API emulator),
 # then the suites written for both storage modes again in MySQL mode, and
@@ -37,9 +37,12 @@ cargo clippy --workspace --all-targets --all-features --quiet -- -D warnings
 step "Python tools (cargo-lambda, cfn-lint) in .venv"
 python_tools
 
+step "shell scripts (shellcheck)"
+command -v shellcheck >/dev/null || apt_install shellcheck
+shellcheck -x scripts/*.sh .ci/run
+
 step "CloudFormation templates (cfn-lint) and the deploy script (--dry-run)"
 cfn-lint infra/*.yaml
-bash -n scripts/deploy.sh
 scripts/deploy.sh --dry-run --skip-build --region us-east-1 --bucket example-bucket \
   --vpc vpc-0example --private-subnets subnet-a,subnet-b --public-subnets subnet-c,subnet-d \
   >"$run_dir/deploy-dry-run.log"
