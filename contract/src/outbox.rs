@@ -24,6 +24,12 @@ pub const VERSION_ATTR: &str = "version";
 /// acknowledgement that empties the outbox. Never later than the truth, so
 /// an item is swept too early at worst, never missed.
 pub const PENDING_SINCE_ATTR: &str = "pending_since";
+/// The value of [`PENDING_SINCE_ATTR`] for a time: milliseconds since the
+/// Unix epoch (0 before it). The api writes it, the sweeper compares it.
+pub fn pending_since(at: time::OffsetDateTime) -> u64 {
+    u64::try_from(at.unix_timestamp_nanos() / 1_000_000).unwrap_or(0)
+}
+
 /// The item's partition of [`PENDING_INDEX`], [`pending_bucket`] of its
 /// identity.
 pub const PENDING_BUCKET_ATTR: &str = "pending_bucket";

@@ -152,15 +152,18 @@ impl Daemon {
         let due = state
             .discovered_at
             .is_none_or(|at| at.elapsed() >= self.discover_interval);
+        let mut leases = self.leases.list().await?;
         if due {
-            let leases = self.leases.list().await?;
-            state.listed = Some(self.discover(&leases).await?);
+            let (listed, created) = self.discover(&leases).await?;
+            state.listed = Some(listed);
             state.discovered_at = Some(Instant::now());
+            if created {
+                leases = self.leases.list().await?;
+            }
         }
         let Some(listed) = &state.listed else {
             return Ok(());
         };
-        let leases = self.leases.list().await?;
         let now = Instant::now();
         state.observations.observe(&leases, now);
         let held: HashSet<&str> = state.held.keys().map(String::as_str).collect();
@@ -216,11 +219,13 @@ impl Daemon {
     }
 
     /// Lists the stream's shards and creates the lease rows that are
-    /// missing. Returns the ids of the listed shards.
-    async fn discover(&self, leases: &[Lease]) -> Result<HashSet<String>, DaemonError> {
+    /// missing. Returns the ids of the listed shards, and whether a row was
+    /// created (then `leases` is out of date).
+    async fn discover(&self, leases: &[Lease]) -> Result<(HashSet<String>, bool), DaemonError> {
         let shards = self.list_shards().await?;
         let known: HashSet<&str> = leases.iter().map(|l| l.shard_id.as_str()).collect();
         let mut listed = HashSet::new();
+        let mut created = false;
         for shard in &shards {
             let Some(shard_id) = shard.shard_id() else {
                 continue;
@@ -229,10 +234,11 @@ impl Daemon {
                 self.leases
                     .create_if_absent(shard_id, shard.parent_shard_id())
                     .await?;
+                created = true;
             }
             listed.insert(shard_id.to_owned());
         }
-        Ok(listed)
+        Ok((listed, created))
     }
 
     async fn list_shards(&self) -> Result<Vec<Shard>, DaemonError> {

@@ -18,7 +18,7 @@
 //! consumer drop.
 
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use aws_sdk_dynamodb::Client;
 use aws_sdk_dynamodb::error::DisplayErrorContext;
@@ -26,6 +26,7 @@ use aws_sdk_dynamodb::types::AttributeValue;
 use futures::{StreamExt, TryStreamExt, stream};
 use obt_contract::outbox::{
     IDENTITY_ATTR, PENDING_BUCKET_ATTR, PENDING_BUCKETS, PENDING_INDEX, PENDING_SINCE_ATTR,
+    pending_since,
 };
 
 use crate::change::Change;
@@ -93,7 +94,7 @@ impl Sweeper {
     /// One pass over every bucket of the index.
     #[tracing::instrument(skip_all, fields(table = %self.table))]
     pub async fn sweep(&self) -> Result<SweepSummary, SweepError> {
-        let cutoff = epoch_millis(SystemTime::now())
+        let cutoff = pending_since(time::OffsetDateTime::now_utc())
             .saturating_sub(u64::try_from(self.older_than.as_millis()).unwrap_or(u64::MAX));
         let mut summary = SweepSummary::default();
         for bucket in 0..PENDING_BUCKETS {
@@ -173,10 +174,4 @@ impl Sweeper {
             })?;
         Ok(summary.published)
     }
-}
-
-fn epoch_millis(at: SystemTime) -> u64 {
-    at.duration_since(UNIX_EPOCH)
-        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-        .unwrap_or(0)
 }

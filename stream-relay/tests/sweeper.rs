@@ -41,29 +41,24 @@ async fn record(stack: &Stack, identity: &str, count: u64) {
     }
 }
 
-async fn sweeper(stack: &Stack, older_than: Duration) -> Sweeper {
-    let args = RelayArgs {
+fn relay_args(stack: &Stack) -> RelayArgs {
+    RelayArgs {
         table: stack.names.table.clone(),
         queue_url: Some(stack.queue_url.clone()),
         queue_name: stack.names.queue.clone(),
         log_format: obt_runtime::LogFormat::Text,
-    };
-    startup::sweeper(&stack.config, &args, older_than)
+    }
+}
+
+async fn sweeper(stack: &Stack, older_than: Duration) -> Sweeper {
+    startup::sweeper(&stack.config, &relay_args(stack), older_than)
         .await
         .expect("sweeper")
 }
 
 async fn item(stack: &Stack, identity: &str) -> std::collections::HashMap<String, AttributeValue> {
-    stack
-        .dynamodb()
-        .get_item()
-        .table_name(&stack.names.table)
-        .key("identity", AttributeValue::S(identity.to_owned()))
-        .consistent_read(true)
-        .send()
+    obt_testkit::outbox::item(stack, identity)
         .await
-        .expect("get item")
-        .item
         .expect("the item exists")
 }
 
@@ -286,4 +281,31 @@ async fn the_scheduled_sweeper_lambda_publishes_what_waited_too_long() {
     let answer = function.invoke(&scheduled).await;
     assert_eq!(answer, serde_json::json!({ "items": 0, "republished": 0 }));
     assert!(obt_testkit::receives_nothing(&stack, &stack.queue_url).await);
+}
+
+#[tokio::test]
+async fn an_acknowledgement_from_an_older_image_keeps_the_item_in_the_index() {
+    // The relay publishes from the image of event 1 while event 2 is being
+    // written: its acknowledgement removes event 1 but must leave the
+    // item in the index, since event 2 is still pending.
+    let stack = Stack::create(3).await;
+    record(&stack, "V1", 1).await;
+    let outbox =
+        obt_stream_relay::outbox::OutboxTable::new(stack.dynamodb(), stack.names.table.clone());
+    let image = outbox.image("V1").await.expect("read").expect("the item");
+    assert_eq!(image.version, Some(1));
+    let change = obt_stream_relay::Change::from_images("1".to_owned(), None, image);
+    record(&stack, "V1", 1).await;
+
+    let relay = startup::relay(&stack.config, &relay_args(&stack))
+        .await
+        .expect("relay");
+    let summary = relay.handle(&[change]).await.expect("handled");
+    assert_eq!(summary.published, 1);
+    assert_eq!(received(&stack, 1).await["V1"], [1]);
+    assert_eq!(
+        pending(&stack, "V1").await,
+        (1, true),
+        "event 2 is pending, and the item stays in the sweeper's index"
+    );
 }

@@ -51,10 +51,10 @@ pub async fn append(stack: &Stack, event: &Envelope) {
     });
 }
 
-/// The seqs pending in `identity`'s outbox, read consistently; `None` when
-/// the item does not exist.
-pub async fn pending(stack: &Stack, identity: &str) -> Option<Vec<u64>> {
-    let out = stack
+/// The item of `identity` in the stack's api table, read consistently;
+/// `None` when there is none.
+pub async fn item(stack: &Stack, identity: &str) -> Option<HashMap<String, AttributeValue>> {
+    stack
         .dynamodb()
         .get_item()
         .table_name(&stack.names.table)
@@ -62,8 +62,14 @@ pub async fn pending(stack: &Stack, identity: &str) -> Option<Vec<u64>> {
         .consistent_read(true)
         .send()
         .await
-        .unwrap_or_else(|e| panic!("GetItem {identity}: {}", DisplayErrorContext(&e)));
-    let item = out.item?;
+        .unwrap_or_else(|e| panic!("GetItem {identity}: {}", DisplayErrorContext(&e)))
+        .item
+}
+
+/// The seqs pending in `identity`'s outbox, read consistently; `None` when
+/// the item does not exist.
+pub async fn pending(stack: &Stack, identity: &str) -> Option<Vec<u64>> {
+    let item = item(stack, identity).await?;
     let mut seqs: Vec<u64> = match item.get(OUTBOX_ATTR) {
         Some(AttributeValue::M(outbox)) => outbox
             .keys()

@@ -28,7 +28,9 @@ use std::fmt::Debug;
 use aws_sdk_dynamodb::Client;
 use aws_sdk_dynamodb::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_dynamodb::types::AttributeValue;
-use obt_contract::outbox::{PENDING_BUCKET_ATTR, PENDING_SINCE_ATTR, outbox_key, pending_bucket};
+use obt_contract::outbox::{
+    PENDING_BUCKET_ATTR, PENDING_SINCE_ATTR, outbox_key, pending_bucket, pending_since,
+};
 use obt_contract::{Envelope, Identity, SpendingRecorded};
 use time::format_description::well_known::Rfc3339;
 use tracing::instrument;
@@ -190,7 +192,7 @@ impl SpendingStore {
             (":updated_at".to_owned(), AttributeValue::S(updated_at)),
             (
                 ":pending_since".to_owned(),
-                AttributeValue::N(epoch_millis(envelope.occurred_at).to_string()),
+                AttributeValue::N(pending_since(envelope.occurred_at).to_string()),
             ),
             (
                 ":pending_bucket".to_owned(),
@@ -299,11 +301,6 @@ fn summary_of(identity: &Identity, item: &Item) -> Result<Summary, String> {
         last_seq: item::integer(item, VERSION_ATTR)?,
         pending_events: item::map_len(item, OUTBOX_ATTR)?,
     })
-}
-
-/// Milliseconds since the Unix epoch (0 for times before it).
-fn epoch_millis(at: time::OffsetDateTime) -> u64 {
-    u64::try_from(at.unix_timestamp_nanos() / 1_000_000).unwrap_or(0)
 }
 
 fn malformed(identity: &Identity, reason: String) -> StoreError {

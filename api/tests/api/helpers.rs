@@ -17,7 +17,7 @@ use axum::Router;
 use axum::body::Body;
 use axum::http::{HeaderMap, Request, StatusCode};
 use http_body_util::BodyExt;
-use obt_api::{AppState, Application, Settings, SpendingStore, StoreOptions};
+use obt_api::{AppState, Application, RetryPolicy, Settings, SpendingStore, StoreOptions};
 use obt_contract::Envelope;
 use obt_runtime::Storage;
 use obt_testkit::Stack;
@@ -113,6 +113,20 @@ impl TestResponse {
 
     pub fn header(&self, name: &str) -> Option<&str> {
         self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+
+    /// Asserts a 503 that tells the client to come back after
+    /// `retry_after` seconds, with `message` as the server's one error.
+    #[track_caller]
+    pub fn assert_retry_later(&self, retry_after: &str, message: &str) {
+        assert_eq!(
+            self.status,
+            StatusCode::SERVICE_UNAVAILABLE,
+            "{}",
+            self.text
+        );
+        assert_eq!(self.header("retry-after"), Some(retry_after));
+        assert_eq!(self.errors("server"), [message]);
     }
 
     /// The messages about `field` in an error answer.
@@ -366,6 +380,17 @@ pub fn spending(identity: &str, name: &str, amount: &str) -> String {
     format!(r#"{{"identity":"{identity}","name":"{name}","surname":"Robi","amount":{amount}}}"#)
 }
 
+/// The default store options with `max_retries` retries of a lost race.
+pub fn retries(max_retries: u32) -> StoreOptions {
+    StoreOptions {
+        retry: RetryPolicy {
+            max_retries,
+            ..RetryPolicy::default()
+        },
+        ..StoreOptions::default()
+    }
+}
+
 /// How many items the api's table holds (a consistent scan).
 pub async fn item_count(stack: &Stack) -> i32 {
     stack
@@ -380,18 +405,7 @@ pub async fn item_count(stack: &Stack) -> i32 {
         .count()
 }
 
-pub async fn item(stack: &Stack, identity: &str) -> Option<Item> {
-    stack
-        .dynamodb()
-        .get_item()
-        .table_name(&stack.names.table)
-        .key("identity", AttributeValue::S(identity.to_owned()))
-        .consistent_read(true)
-        .send()
-        .await
-        .expect("get the item")
-        .item
-}
+pub use obt_testkit::outbox::item;
 
 /// Removes outbox entries the way the relay does after publishing them.
 pub async fn remove_from_outbox(stack: &Stack, identity: &str, seq: u64) {

@@ -11,14 +11,14 @@ use std::time::Duration;
 
 use aws_config::SdkConfig;
 use axum::http::StatusCode;
-use obt_api::{Application, RetryPolicy, StoreOptions};
+use obt_api::{Application, StoreOptions};
 use obt_contract::Envelope;
 use rust_decimal::Decimal;
 use time::format_description::well_known::Rfc3339;
 use time::{OffsetDateTime, PrimitiveDateTime};
 use tokio::task::JoinSet;
 
-use crate::helpers::{SpawnedApp, TestApp, TestResponse, get_request, send, spending};
+use crate::helpers::{SpawnedApp, TestApp, TestResponse, get_request, retries, send, spending};
 use crate::mysql_backend::{MySqlBackend, TcpProxy, api_waits_for_a_lock, utf8};
 
 /// Text columns are read as bytes: see `mysql_backend::utf8`.
@@ -246,13 +246,7 @@ async fn first_spendings_of_new_identities_at_once_do_not_deadlock() {
     // transaction takes only its own row's lock, so first writes of one
     // identity queue, and those of new neighbours do not meet at all
     // (a locking read of a missing row would take a shared gap lock).
-    let no_retry = StoreOptions {
-        retry: RetryPolicy {
-            max_retries: 0,
-            ..RetryPolicy::default()
-        },
-        ..StoreOptions::default()
-    };
+    let no_retry = retries(0);
     let app = TestApp::mysql(no_retry).await;
     let db = app.db();
     let mut instances = Vec::new();
@@ -347,13 +341,7 @@ async fn a_transaction_rolled_back_by_a_deadlock_is_tried_again() {
 
 #[tokio::test]
 async fn a_deadlock_victim_out_of_retries_is_answered_503_and_writes_nothing() {
-    let no_retry = StoreOptions {
-        retry: RetryPolicy {
-            max_retries: 0,
-            ..RetryPolicy::default()
-        },
-        ..StoreOptions::default()
-    };
+    let no_retry = retries(0);
     let app = TestApp::mysql(no_retry).await;
     let db = app.db();
     let first = app.post_json(&spending("AB1", "Martin", "5")).await;
@@ -367,16 +355,9 @@ async fn a_deadlock_victim_out_of_retries_is_answered_503_and_writes_nothing() {
         .await
         .expect("roll back the admin's transaction");
 
-    assert_eq!(
-        response.status,
-        StatusCode::SERVICE_UNAVAILABLE,
-        "{}",
-        response.text
-    );
-    assert_eq!(response.header("retry-after"), Some("1"));
-    assert_eq!(
-        response.errors("server"),
-        ["too many concurrent writes for this identity; retry later"]
+    response.assert_retry_later(
+        "1",
+        "too many concurrent writes for this identity; retry later",
     );
     assert_eq!(identity_row(db, "AB1").await, before);
     assert_eq!(db.seqs("obt", "AB1").await, [1]);
@@ -409,17 +390,7 @@ async fn the_readiness_probe_and_posts_answer_503_while_the_database_is_unreacha
         crate::helpers::post_request(Some("application/json"), &spending("AB1", "Martin", "1")),
     )
     .await;
-    assert_eq!(
-        post.status,
-        StatusCode::SERVICE_UNAVAILABLE,
-        "{}",
-        post.text
-    );
-    assert_eq!(post.header("retry-after"), Some("5"));
-    assert_eq!(
-        post.errors("server"),
-        ["the database is unavailable; retry later"]
-    );
+    post.assert_retry_later("5", "the database is unavailable; retry later");
     assert_eq!(db.stored_count().await, 0);
 
     proxy.heal();

@@ -8,24 +8,14 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 
 use axum::http::StatusCode;
-use obt_api::{RetryPolicy, StoreOptions};
+use obt_api::StoreOptions;
 use obt_runtime::Storage;
 
 use crate::helpers::{
-    TestApp, TestResponse, item_count, number, outbox, post_request, runs_in, send, spending,
-    state_on,
+    TestApp, TestResponse, item_count, number, outbox, post_request, retries, runs_in, send,
+    spending, state_on,
 };
 use crate::proxy::{DynamoProxy, dynamodb_error, hook};
-
-fn retries(max_retries: u32) -> StoreOptions {
-    StoreOptions {
-        retry: RetryPolicy {
-            max_retries,
-            ..RetryPolicy::default()
-        },
-        ..StoreOptions::default()
-    }
-}
 
 /// A proxy that, before forwarding each of the first `races` UpdateItems
 /// it sees, has another instance of the api record a spending for `AB1`,
@@ -71,16 +61,9 @@ async fn a_write_that_loses_every_race_is_answered_503_with_retry_after_and_writ
     )
     .await;
 
-    assert_eq!(
-        response.status,
-        StatusCode::SERVICE_UNAVAILABLE,
-        "{}",
-        response.text
-    );
-    assert_eq!(response.header("retry-after"), Some("1"));
-    assert_eq!(
-        response.errors("server"),
-        ["too many concurrent writes for this identity; retry later"]
+    response.assert_retry_later(
+        "1",
+        "too many concurrent writes for this identity; retry later",
     );
     assert_eq!(
         raced.load(Ordering::SeqCst),
@@ -191,16 +174,6 @@ async fn a_throttled_write_is_a_503_with_retry_after() {
         post_against_failing_writes(&app, "ProvisionedThroughputExceededException", "slow down")
             .await;
 
-    assert_eq!(
-        response.status,
-        StatusCode::SERVICE_UNAVAILABLE,
-        "{}",
-        response.text
-    );
-    assert_eq!(response.header("retry-after"), Some("1"));
-    assert_eq!(
-        response.errors("server"),
-        ["the database is busy; retry later"]
-    );
+    response.assert_retry_later("1", "the database is busy; retry later");
     assert_eq!(item_count(app.stack()).await, 0);
 }

@@ -216,16 +216,9 @@ async fn a_full_outbox_refuses_new_spendings_until_the_relay_catches_up() {
     }
 
     let refused = app.post_json(&spending("AB1", "Martin", "1")).await;
-    assert_eq!(
-        refused.status,
-        StatusCode::SERVICE_UNAVAILABLE,
-        "{}",
-        refused.text
-    );
-    assert_eq!(refused.header("retry-after"), Some("5"));
-    assert_eq!(
-        refused.errors("server"),
-        ["too many events of this identity are waiting to be published; retry later"]
+    refused.assert_retry_later(
+        "5",
+        "too many events of this identity are waiting to be published; retry later",
     );
     let item = crate::helpers::item(app.stack(), "AB1")
         .await
