@@ -5,6 +5,8 @@
 //! The database URL holds a password: it is a [`DatabaseUrl`], whose
 //! `Debug` hides it, and `--help` does not show its environment value.
 
+use std::time::Duration;
+
 use clap::{Args, Parser};
 use obt_runtime::{DatabaseUrl, LogFormat, Storage};
 
@@ -55,6 +57,42 @@ pub struct Settings {
     )]
     pub visibility_timeout_secs: Option<i32>,
 
+    /// The longest one write of an event to the consumer's records may
+    /// take, in seconds; a slower one (a database that hangs) is abandoned
+    /// and counts as a transient failure.
+    #[arg(
+        long,
+        env = "OBT_STORE_TIMEOUT_SECS",
+        default_value_t = 10,
+        value_parser = clap::value_parser!(u64).range(1..=300)
+    )]
+    pub store_timeout_secs: u64,
+
+    /// How long a write that fails for a transient reason (the database
+    /// unreachable, hanging or throttling) is retried in process, with
+    /// jittered backoff, before the message is left to come back after its
+    /// visibility timeout, in seconds; 0 retries only by redelivery. The
+    /// message's visibility is extended to cover the retries. Keep it below
+    /// the 25 s shutdown grace.
+    #[arg(
+        long,
+        env = "OBT_STORE_RETRY_SECS",
+        default_value_t = 20,
+        value_parser = clap::value_parser!(u64).range(0..=3600)
+    )]
+    pub store_retry_secs: u64,
+
+    /// The longest one attempt of an AWS call (SQS, DynamoDB) may take, in
+    /// seconds, ReceiveMessage's long poll not counted: an endpoint that
+    /// hangs is given up on and the call retried.
+    #[arg(
+        long,
+        env = "OBT_AWS_TIMEOUT_SECS",
+        default_value_t = 10,
+        value_parser = clap::value_parser!(u64).range(1..=300)
+    )]
+    pub aws_timeout_secs: u64,
+
     /// How log lines are written: json for production, text for people.
     #[arg(long, env = "OBT_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
@@ -71,8 +109,26 @@ impl Settings {
             pollers: 4,
             wait_time_secs: 20,
             visibility_timeout_secs: None,
+            store_timeout_secs: 10,
+            store_retry_secs: 20,
+            aws_timeout_secs: 10,
             log_format: LogFormat::Text,
         }
+    }
+
+    /// How transient failures of the records are retried in process.
+    pub fn store_retry(&self) -> crate::consumer::StoreRetry {
+        crate::consumer::StoreRetry {
+            attempt_timeout: Duration::from_secs(self.store_timeout_secs),
+            budget: Duration::from_secs(self.store_retry_secs),
+            ..crate::consumer::StoreRetry::default()
+        }
+    }
+
+    /// The longest one attempt of an AWS call may take (receives add their
+    /// long poll).
+    pub fn aws_timeout(&self) -> Duration {
+        Duration::from_secs(self.aws_timeout_secs)
     }
 }
 
@@ -140,6 +196,9 @@ mod tests {
             parsed.visibility_timeout_secs,
             defaults.visibility_timeout_secs
         );
+        assert_eq!(parsed.store_timeout_secs, defaults.store_timeout_secs);
+        assert_eq!(parsed.store_retry_secs, defaults.store_retry_secs);
+        assert_eq!(parsed.aws_timeout_secs, defaults.aws_timeout_secs);
         assert_eq!(parsed.log_format, defaults.log_format);
     }
 
@@ -149,6 +208,8 @@ mod tests {
             &["consumer", "--pollers", "0"][..],
             &["consumer", "--wait-time-secs", "21"],
             &["consumer", "--visibility-timeout-secs", "0"],
+            &["consumer", "--store-timeout-secs", "0"],
+            &["consumer", "--aws-timeout-secs", "0"],
         ] {
             assert!(Settings::try_parse_from(args).is_err(), "accepted {args:?}");
         }

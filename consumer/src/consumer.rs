@@ -8,12 +8,22 @@
 //! delivery, exactly-once effect). A message that fails is left alone: it
 //! comes back after its visibility timeout and, failing every time, ends
 //! in the dead-letter queue, which operators are alerted on.
+//!
+//! A write that fails for a transient reason (the records unreachable,
+//! hanging, throttled, or a concurrent writer) is first retried in process
+//! ([`StoreRetry`]): each attempt bounded by a timeout, with jittered
+//! exponential backoff, the message's visibility extended to cover the
+//! retries. Only when they are used up is the message left to its
+//! visibility timeout. Nothing else changes: the message is still deleted
+//! only after the commit, and poison messages and gaps are not retried
+//! here, so they still reach the dead-letter queue.
 
 use std::future::Future;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use aws_config::SdkConfig;
+use aws_config::timeout::TimeoutConfig;
 use obt_contract::{DecodeError, Envelope};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
@@ -30,6 +40,51 @@ const MIN_PAUSE: Duration = Duration::from_millis(100);
 const MAX_PAUSE: Duration = Duration::from_secs(10);
 /// Between empty receives when long polling is off, so as not to spin.
 const IDLE_PAUSE: Duration = Duration::from_millis(200);
+
+/// How a write that failed for a transient reason is retried in process.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StoreRetry {
+    /// The longest one attempt may take: a slower one is abandoned (the
+    /// database hangs) and counts as a transient failure.
+    pub attempt_timeout: Duration,
+    /// How long, from the first attempt, new attempts are started; after
+    /// it the message is left to its visibility timeout. Zero: one attempt.
+    pub budget: Duration,
+    /// The pause after the first failure; it doubles up to `max_backoff`,
+    /// each pause drawn at random between half of it and all of it.
+    pub min_backoff: Duration,
+    pub max_backoff: Duration,
+}
+
+impl Default for StoreRetry {
+    fn default() -> Self {
+        Self {
+            attempt_timeout: Duration::from_secs(10),
+            budget: Duration::from_secs(20),
+            min_backoff: Duration::from_millis(100),
+            max_backoff: Duration::from_secs(2),
+        }
+    }
+}
+
+impl StoreRetry {
+    /// The pause before retry number `retry` (1 for the first), jittered.
+    pub fn pause(&self, retry: u32) -> Duration {
+        let ceiling = self
+            .min_backoff
+            .saturating_mul(2u32.saturating_pow(retry.saturating_sub(1)))
+            .min(self.max_backoff);
+        let floor = ceiling / 2;
+        if ceiling <= floor {
+            return ceiling;
+        }
+        let extra = rand::random_range(0..=(ceiling - floor).as_millis() as u64);
+        floor + Duration::from_millis(extra)
+    }
+}
+
+/// Margin added to a visibility extension, beyond the retries it covers.
+const VISIBILITY_MARGIN: Duration = Duration::from_secs(5);
 
 /// Why a group stopped at a message (see [`batch`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -101,6 +156,8 @@ pub struct Consumer {
     /// progress at once, since FIFO hands out a group to one receiver at a
     /// time.
     pollers: u16,
+    /// How transient write failures are retried before giving up.
+    retry: StoreRetry,
 }
 
 impl Consumer {
@@ -109,7 +166,14 @@ impl Consumer {
             queue,
             ledger,
             pollers: pollers.max(1),
+            retry: StoreRetry::default(),
         }
+    }
+
+    /// Retries transient write failures by `retry` instead of the default.
+    pub fn with_retry(mut self, retry: StoreRetry) -> Self {
+        self.retry = retry;
+        self
     }
 
     /// Opens the records (checking that they are reachable), builds the
@@ -121,8 +185,26 @@ impl Consumer {
         // connection, which beats holding one per possible group on a
         // server whose connections all consumer instances share.
         let connections = u32::from(settings.pollers) + 2;
-        let ledger = store::open(config, &settings.storage, connections, "consumer").await?;
-        let sqs = aws_sdk_sqs::Client::new(config);
+        // Every AWS call bounded: an endpoint that accepts connections and
+        // never answers would otherwise hold a poller for ever. Receives
+        // wait for their long poll on top.
+        let bounded = |timeout: Duration| {
+            config
+                .to_builder()
+                .timeout_config(
+                    // Kept: the connect timeout of the loaded configuration.
+                    config
+                        .timeout_config()
+                        .map_or_else(TimeoutConfig::builder, TimeoutConfig::to_builder)
+                        .operation_attempt_timeout(timeout)
+                        .build(),
+                )
+                .build()
+        };
+        let store_config = bounded(settings.aws_timeout());
+        let ledger = store::open(&store_config, &settings.storage, connections, "consumer").await?;
+        let long_poll = Duration::from_secs(u64::try_from(settings.wait_time_secs).unwrap_or(0));
+        let sqs = aws_sdk_sqs::Client::new(&bounded(settings.aws_timeout() + long_poll));
         let url = match &settings.queue_url {
             Some(url) => url.clone(),
             None => Queue::resolve_url(&sqs, &settings.queue_name).await?,
@@ -133,7 +215,7 @@ impl Consumer {
             settings.wait_time_secs,
             settings.visibility_timeout_secs,
         );
-        Ok(Self::new(queue, ledger, settings.pollers))
+        Ok(Self::new(queue, ledger, settings.pollers).with_retry(settings.store_retry()))
     }
 
     pub fn queue(&self) -> &Queue {
@@ -302,7 +384,7 @@ impl Consumer {
         span.record("identity", tracing::field::display(&event.identity));
         span.record("seq", event.seq);
 
-        match self.ledger.apply(&event).await {
+        match self.apply(&message, &event).await {
             Ok(Applied::New) => {
                 info!(event_id = %event.event_id, amount = %event.data.amount, "applied");
             }
@@ -317,6 +399,77 @@ impl Consumer {
             warn!(error = %e, "applied, but the message could not be deleted");
         }
         Disposition::Continue
+    }
+
+    /// Applies `event`, retrying transient failures in process by the
+    /// [`StoreRetry`], and keeping `message` invisible meanwhile. Returns
+    /// the last failure when the retries are used up, or at once for a
+    /// failure that is not transient.
+    async fn apply(&self, message: &Received, event: &Envelope) -> Result<Applied, ApplyError> {
+        let started = Instant::now();
+        let mut extended = false;
+        let mut retry: u32 = 0;
+        loop {
+            let attempt =
+                tokio::time::timeout(self.retry.attempt_timeout, self.ledger.apply(event));
+            let error = match attempt.await {
+                Ok(Ok(applied)) => {
+                    if retry > 0 {
+                        info!(retries = retry, "applied after transient failures");
+                    }
+                    return Ok(applied);
+                }
+                Ok(Err(e)) => e,
+                Err(_) => ApplyError::TimedOut {
+                    identity: event.identity.to_string(),
+                    seq: event.seq,
+                    secs: self.retry.attempt_timeout.as_secs_f32(),
+                },
+            };
+            if !error.is_transient() {
+                return Err(error);
+            }
+            retry += 1;
+            let pause = self.retry.pause(retry);
+            let elapsed = started.elapsed();
+            if elapsed + pause >= self.retry.budget {
+                if retry > 1 {
+                    warn!(
+                        retries = retry - 1,
+                        elapsed_ms = elapsed.as_millis() as u64,
+                        "gave up retrying in process"
+                    );
+                }
+                return Err(error);
+            }
+            warn!(
+                error = %error,
+                retry,
+                retry_in_ms = pause.as_millis() as u64,
+                "transient failure; retrying in process"
+            );
+            if !extended {
+                // Once, for the whole of the retries left: the message must
+                // not come back to another poller while this one retries.
+                let cover = self.retry.budget.saturating_sub(elapsed)
+                    + self.retry.attempt_timeout
+                    + VISIBILITY_MARGIN;
+                let secs = i32::try_from(cover.as_secs() + 1).unwrap_or(i32::MAX);
+                match self.queue.extend(message, secs).await {
+                    Ok(()) => {
+                        extended = true;
+                        debug!(
+                            visibility_secs = secs,
+                            "extended the message's visibility for the retries"
+                        );
+                    }
+                    Err(e) => {
+                        warn!(error = %e, "could not extend the message's visibility; it may come back while retried")
+                    }
+                }
+            }
+            tokio::time::sleep(pause).await;
+        }
     }
 }
 
@@ -340,7 +493,7 @@ fn refused(message: &Received, e: &ApplyError) -> StopReason {
             StopReason::Gap
         }
         e if e.is_transient() => {
-            warn!(error = %e, receive_count = ?receive_count, "not applied for now; the message comes back after its visibility timeout");
+            warn!(error = %e, receive_count = ?receive_count, "not applied for now, after the in-process retries; the message comes back after its visibility timeout");
             StopReason::Transient
         }
         e => {
@@ -396,6 +549,45 @@ mod tests {
                 Err(PoisonReason::WrongGroup { .. })
             ));
         }
+    }
+
+    #[test]
+    fn retry_pauses_grow_jittered_up_to_the_ceiling() {
+        let retry = StoreRetry {
+            min_backoff: Duration::from_millis(100),
+            max_backoff: Duration::from_millis(800),
+            ..StoreRetry::default()
+        };
+        for _ in 0..50 {
+            let first = retry.pause(1);
+            assert!(
+                first >= Duration::from_millis(50) && first <= Duration::from_millis(100),
+                "{first:?}"
+            );
+            let third = retry.pause(3);
+            assert!(
+                third >= Duration::from_millis(200) && third <= Duration::from_millis(400),
+                "{third:?}"
+            );
+            let late = retry.pause(30);
+            assert!(
+                late >= Duration::from_millis(400) && late <= Duration::from_millis(800),
+                "{late:?}"
+            );
+        }
+        let pauses: std::collections::HashSet<Duration> = (0..50).map(|_| retry.pause(4)).collect();
+        assert!(pauses.len() > 1, "jittered");
+    }
+
+    #[test]
+    fn a_timed_out_write_is_transient() {
+        let error = ApplyError::TimedOut {
+            identity: "AB1".to_owned(),
+            seq: 1,
+            secs: 1.0,
+        };
+        assert!(error.is_transient());
+        assert!(error.to_string().contains("retried"), "{error}");
     }
 
     #[test]

@@ -31,7 +31,7 @@ mod sdk_error;
 pub mod store;
 
 pub use config::{Settings, StorageArgs};
-pub use consumer::{Consumer, PoisonReason, RunError, StartupError, StopReason};
+pub use consumer::{Consumer, PoisonReason, RunError, StartupError, StopReason, StoreRetry};
 pub use obt_runtime::DatabaseUrl;
 pub use queue::{Queue, QueueError, Received};
 pub use read_model::{

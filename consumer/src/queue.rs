@@ -181,4 +181,18 @@ impl Queue {
             .map_err(sqs_error("ChangeMessageVisibility", &self.url))?;
         Ok(())
     }
+
+    /// Keeps a message invisible for `secs` seconds from now, while it is
+    /// being worked on longer than its visibility timeout allows.
+    pub async fn extend(&self, message: &Received, secs: i32) -> Result<(), QueueError> {
+        self.client
+            .change_message_visibility()
+            .queue_url(&self.url)
+            .receipt_handle(&message.receipt_handle)
+            .visibility_timeout(secs.clamp(0, 43_200))
+            .send()
+            .await
+            .map_err(sqs_error("ChangeMessageVisibility", &self.url))?;
+        Ok(())
+    }
 }

@@ -227,6 +227,18 @@ pub enum ApplyError {
         last_seq: u64,
         reasons: String,
     },
+    /// The write did not finish in time: the database hangs or is
+    /// unreachable. Whether it committed is unknown; a retry finds out (a
+    /// committed event is recognised as a duplicate).
+    #[error(
+        "the write of identity {identity} seq {seq} took longer than {secs} s and was abandoned; \
+         it will be retried"
+    )]
+    TimedOut {
+        identity: String,
+        seq: u64,
+        secs: f32,
+    },
     #[error(transparent)]
     Store(#[from] StoreError),
     #[error("cannot build the DynamoDB request: {0}")]
@@ -242,6 +254,7 @@ impl ApplyError {
         matches!(
             self,
             Self::Contended { .. }
+                | Self::TimedOut { .. }
                 | Self::Store(StoreError::DynamoDb { .. })
                 | Self::Store(StoreError::MySql {
                     transient: true,

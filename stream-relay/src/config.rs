@@ -61,6 +61,17 @@ pub struct Settings {
     /// How often the shard list is read again to find new shards, in seconds.
     #[arg(long, env = "OBT_DISCOVER_INTERVAL_SECS", default_value_t = 10)]
     pub discover_interval_secs: u64,
+    /// The longest one attempt of an AWS call (DynamoDB, DynamoDB Streams,
+    /// SQS) may take, in seconds: an endpoint that accepts connections and
+    /// never answers is given up on and the call retried, instead of
+    /// holding the relay.
+    #[arg(
+        long,
+        env = "OBT_AWS_TIMEOUT_SECS",
+        default_value_t = 10,
+        value_parser = clap::value_parser!(u64).range(1..=300)
+    )]
+    pub aws_timeout_secs: u64,
     #[command(flatten)]
     pub sweep: SweepArgs,
     #[command(flatten)]
@@ -89,6 +100,22 @@ pub struct MySqlArgs {
     /// spell. A busy outbox is read again at once.
     #[arg(long, env = "OBT_POLL_MAX_IDLE_MS", default_value_t = 500)]
     pub poll_max_idle_ms: u64,
+    /// The longest a connection attempt or a statement may take, in
+    /// seconds: a database that stops answering is given up on and the
+    /// round retried on a new connection, instead of holding the relay.
+    #[arg(
+        long,
+        env = "OBT_DATABASE_TIMEOUT_SECS",
+        default_value_t = 10,
+        value_parser = clap::value_parser!(u64).range(1..=300)
+    )]
+    pub database_timeout_secs: u64,
+}
+
+impl MySqlArgs {
+    pub fn database_timeout(&self) -> Duration {
+        Duration::from_secs(self.database_timeout_secs)
+    }
 }
 /// The sweeper's settings.
 #[derive(Debug, Clone, Args)]
@@ -124,6 +151,25 @@ impl Settings {
         Duration::from_secs(self.discover_interval_secs.max(1))
     }
 
+    /// The AWS configuration with every call attempt bounded by
+    /// `--aws-timeout-secs`.
+    pub fn bounded(&self, config: &aws_config::SdkConfig) -> aws_config::SdkConfig {
+        config
+            .to_builder()
+            .timeout_config(
+                // Kept: the connect timeout of the loaded configuration.
+                config
+                    .timeout_config()
+                    .map_or_else(
+                        aws_config::timeout::TimeoutConfig::builder,
+                        aws_config::timeout::TimeoutConfig::to_builder,
+                    )
+                    .operation_attempt_timeout(Duration::from_secs(self.aws_timeout_secs))
+                    .build(),
+            )
+            .build()
+    }
+
     pub fn lease_duration(&self) -> Duration {
         Duration::from_secs(self.lease_duration_secs.max(1))
     }
@@ -137,5 +183,34 @@ impl Settings {
             let suffix: u32 = rand::random();
             format!("{host}-{}-{suffix:08x}", std::process::id())
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_aws_call_attempt_is_bounded_and_the_connect_timeout_kept() {
+        let settings = Settings::try_parse_from(["stream-relay", "--aws-timeout-secs", "3"])
+            .expect("valid flags");
+        let loaded = aws_config::SdkConfig::builder()
+            .timeout_config(
+                aws_config::timeout::TimeoutConfig::builder()
+                    .connect_timeout(Duration::from_secs(1))
+                    .build(),
+            )
+            .build();
+        let bounded = settings.bounded(&loaded);
+        let timeouts = bounded.timeout_config().expect("a timeout configuration");
+        assert_eq!(
+            timeouts.operation_attempt_timeout(),
+            Some(Duration::from_secs(3))
+        );
+        assert_eq!(timeouts.connect_timeout(), Some(Duration::from_secs(1)));
+        assert!(Settings::try_parse_from(["stream-relay", "--aws-timeout-secs", "0"]).is_err());
+        assert!(
+            Settings::try_parse_from(["stream-relay", "--database-timeout-secs", "0"]).is_err()
+        );
     }
 }

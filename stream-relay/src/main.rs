@@ -13,7 +13,7 @@ use tokio_util::sync::CancellationToken;
 async fn main() -> anyhow::Result<()> {
     let settings = Settings::parse();
     obt_runtime::init_tracing(settings.relay.log_format);
-    let config = obt_runtime::aws_config().await;
+    let config = settings.bounded(&obt_runtime::aws_config().await);
     let shutdown = CancellationToken::new();
     tokio::spawn({
         let shutdown = shutdown.clone();

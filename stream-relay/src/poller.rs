@@ -54,7 +54,17 @@ pub enum PollerError {
         #[source]
         source: sqlx::Error,
     },
+    /// The server did not answer in time: it hangs, or the network to it
+    /// does. The call is abandoned and retried on a new connection.
+    #[error(
+        "MySQL {what} did not answer within {secs} s (OBT_DATABASE_TIMEOUT_SECS); the server or \
+         the network to it hangs; retrying"
+    )]
+    TimedOut { what: &'static str, secs: f32 },
 }
+
+/// The default of [`OutboxPoller::with_statement_timeout`].
+pub const DEFAULT_STATEMENT_TIMEOUT: Duration = Duration::from_secs(10);
 
 fn db(what: &'static str) -> impl FnOnce(sqlx::Error) -> PollerError {
     move |source| PollerError::Database { what, source }
@@ -79,6 +89,8 @@ pub struct OutboxPoller {
     batch: u32,
     /// The longest wait between two rounds when the outbox is empty.
     max_idle: Duration,
+    /// The longest a connection attempt or a statement may take.
+    statement_timeout: Duration,
 }
 
 impl OutboxPoller {
@@ -106,7 +118,32 @@ impl OutboxPoller {
             publisher,
             batch: batch.clamp(1, 1000),
             max_idle,
+            statement_timeout: DEFAULT_STATEMENT_TIMEOUT,
         })
+    }
+
+    /// Bounds every connection attempt and statement by `timeout` (plus
+    /// the lock wait for `GET_LOCK`) instead of the default 10 s: without
+    /// a bound, a server that stops answering would hold the relay for
+    /// ever.
+    pub fn with_statement_timeout(mut self, timeout: Duration) -> Self {
+        self.statement_timeout = timeout.max(Duration::from_millis(100));
+        self
+    }
+
+    /// Runs `call`, or fails with [`PollerError::TimedOut`] after `limit`.
+    async fn bounded<T>(
+        &self,
+        what: &'static str,
+        limit: Duration,
+        call: impl std::future::Future<Output = Result<T, PollerError>>,
+    ) -> Result<T, PollerError> {
+        tokio::time::timeout(limit, call)
+            .await
+            .unwrap_or(Err(PollerError::TimedOut {
+                what,
+                secs: limit.as_secs_f32(),
+            }))
     }
 
     /// Runs until `shutdown`: waits to be the leader, then publishes; the
@@ -130,7 +167,7 @@ impl OutboxPoller {
                 wait_or_stop(&mut backoff, &shutdown).await;
             }
             // Closing the connection frees the lock for a standby.
-            let _ = lock.close().await;
+            let _ = tokio::time::timeout(self.statement_timeout, lock.close()).await;
         }
         self.pool.close().await;
         tracing::info!("relay stopped");
@@ -142,19 +179,28 @@ impl OutboxPoller {
         &self,
         shutdown: &CancellationToken,
     ) -> Result<Option<MySqlConnection>, PollerError> {
-        let mut conn = self.options.connect().await.map_err(db("connect"))?;
+        let mut conn = self
+            .bounded("connect", self.statement_timeout, async {
+                self.options.connect().await.map_err(db("connect"))
+            })
+            .await?;
         let mut waiting_logged = false;
         loop {
             if shutdown.is_cancelled() {
                 let _ = conn.close().await;
                 return Ok(None);
             }
-            let got: Option<i64> = sqlx::query_scalar("SELECT GET_LOCK(?, ?)")
-                .bind(&self.lock_name)
-                .bind(LOCK_WAIT_SECS)
-                .fetch_one(&mut conn)
-                .await
-                .map_err(db("GET_LOCK"))?;
+            let lock_wait = Duration::from_secs(LOCK_WAIT_SECS.unsigned_abs().into());
+            let got: Option<i64> = self
+                .bounded("GET_LOCK", self.statement_timeout + lock_wait, async {
+                    sqlx::query_scalar("SELECT GET_LOCK(?, ?)")
+                        .bind(&self.lock_name)
+                        .bind(LOCK_WAIT_SECS)
+                        .fetch_one(&mut conn)
+                        .await
+                        .map_err(db("GET_LOCK"))
+                })
+                .await?;
             if got == Some(1) {
                 return Ok(Some(conn));
             }
@@ -167,11 +213,15 @@ impl OutboxPoller {
 
     /// Whether the lock is still this connection's.
     async fn still_leading(&self, lock: &mut MySqlConnection) -> Result<bool, PollerError> {
-        let holder: Option<i64> = sqlx::query_scalar("SELECT IS_USED_LOCK(?) = CONNECTION_ID()")
-            .bind(&self.lock_name)
-            .fetch_one(lock)
-            .await
-            .map_err(db("IS_USED_LOCK"))?;
+        let holder: Option<i64> = self
+            .bounded("IS_USED_LOCK", self.statement_timeout, async {
+                sqlx::query_scalar("SELECT IS_USED_LOCK(?) = CONNECTION_ID()")
+                    .bind(&self.lock_name)
+                    .fetch_one(lock)
+                    .await
+                    .map_err(db("IS_USED_LOCK"))
+            })
+            .await?;
         Ok(holder == Some(1))
     }
 
@@ -237,7 +287,7 @@ impl OutboxPoller {
     /// A row whose payload cannot be read stops its identity (its later
     /// rows would be a gap downstream), loudly.
     async fn oldest(&self) -> Result<Vec<OutboxRow>, PollerError> {
-        let rows = sqlx::query(
+        let select = sqlx::query(
             // The text columns are utf8mb4_bin (identities are case
             // sensitive), which sqlx reports as VARBINARY: CAST reads them
             // as text.
@@ -245,9 +295,12 @@ impl OutboxPoller {
              FROM obt ORDER BY id LIMIT ?",
         )
         .bind(self.batch)
-        .fetch_all(&self.pool)
-        .await
-        .map_err(db("SELECT from obt"))?;
+        .fetch_all(&self.pool);
+        let rows = self
+            .bounded("SELECT from obt", self.statement_timeout, async {
+                select.await.map_err(db("SELECT from obt"))
+            })
+            .await?;
         let mut blocked: Vec<String> = Vec::new();
         let mut out = Vec::with_capacity(rows.len());
         for row in rows {
@@ -285,10 +338,13 @@ impl OutboxPoller {
         for id in ids {
             query = query.bind(id);
         }
-        query
-            .execute(&self.pool)
-            .await
-            .map_err(db("DELETE from obt"))?;
+        self.bounded("DELETE from obt", self.statement_timeout, async {
+            query
+                .execute(&self.pool)
+                .await
+                .map_err(db("DELETE from obt"))
+        })
+        .await?;
         Ok(())
     }
 }

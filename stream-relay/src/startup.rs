@@ -162,5 +162,6 @@ pub async fn poller(
         Publisher::new(sqs, queue_url),
         settings.mysql.poll_batch,
         std::time::Duration::from_millis(settings.mysql.poll_max_idle_ms.max(1)),
-    )?)
+    )?
+    .with_statement_timeout(settings.mysql.database_timeout()))
 }

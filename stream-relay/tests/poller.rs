@@ -192,3 +192,54 @@ async fn an_unreadable_row_holds_back_its_identity_only() {
     );
     assert_eq!(outbox_rows(&admin).await, 2, "U1's rows stay");
 }
+
+#[tokio::test]
+async fn a_hanging_database_fails_the_round_within_the_statement_timeout_and_a_later_round_publishes()
+ {
+    use obt_testkit::fault_proxy::{FaultProxy, Mode};
+
+    let stack = MySqlStack::create(3).await;
+    let admin = stack.api_admin().await;
+    insert_interleaved(&admin, &["H1"], 1..=3).await;
+    let url = &stack.urls.relay_url;
+    let server = url
+        .rsplit_once('@')
+        .and_then(|(_, rest)| rest.split('/').next())
+        .expect("HOST:PORT in the URL");
+    let proxy = FaultProxy::start(server.parse().expect("an address"))
+        .await
+        .expect("a proxy");
+    let through = url.replacen(server, &proxy.addr().to_string(), 1);
+    let publisher = Publisher::new(stack.stack.sqs(), stack.stack.queue_url.clone());
+    let poller = OutboxPoller::new(&through, publisher, 7, Duration::from_millis(50))
+        .expect("a poller")
+        .with_statement_timeout(Duration::from_secs(1));
+
+    // The server accepts connections and never answers: without a bound,
+    // the round would wait for the pool's 10 s, or for ever on a
+    // connection already open.
+    proxy.set_mode(Mode::Blackhole);
+    let started = std::time::Instant::now();
+    let error = poller.round().await.expect_err("the round fails");
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "gave up after {:?}",
+        started.elapsed()
+    );
+    assert!(
+        error.to_string().contains("did not answer within"),
+        "{error}"
+    );
+    assert_eq!(outbox_rows(&admin).await, 3, "nothing deleted");
+
+    proxy.set_mode(Mode::Pass);
+    eventually("a round to publish after the heal", DEADLINE, || async {
+        match poller.round().await {
+            Ok(3) => Ok(()),
+            other => Err(format!("{other:?}")),
+        }
+    })
+    .await;
+    assert_eq!(outbox_rows(&admin).await, 0);
+    assert_eq!(received(&stack, 3).await["H1"], [1, 2, 3]);
+}

@@ -56,6 +56,7 @@ fn settings(stack: &Stack) -> Settings {
         lease_table: stack.names.lease_table.clone(),
         idle_poll_ms: 50,
         discover_interval_secs: 1,
+        aws_timeout_secs: 10,
         lease_duration_secs: 3,
         worker_id: None,
         sweep: SweepArgs {
@@ -67,6 +68,7 @@ fn settings(stack: &Stack) -> Settings {
             database_url: None,
             poll_batch: 100,
             poll_max_idle_ms: 500,
+            database_timeout_secs: 10,
         },
     }
 }

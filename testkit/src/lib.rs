@@ -15,6 +15,8 @@
 //! - [`outbox`]: the api's write as the relay sees it (an event appended
 //!   to an item's outbox), and the outbox read back.
 //! - [`stream`]: the records of a stack's DynamoDB stream.
+//! - [`fault_proxy`]: a TCP proxy in front of an emulator or MariaDB that
+//!   refuses, hangs, delays, resets or throttles connections on demand.
 //! - [`sqs_proxy`]: a proxy in front of fauxqs that fails chosen entries of
 //!   `SendMessageBatch` calls, as SQS does now and then.
 //! - [`lambda`]: a Lambda function binary behind cargo-lambda's Runtime API
@@ -31,6 +33,7 @@ use aws_sdk_sqs::types::MessageSystemAttributeName;
 use obt_contract::{Amount, Envelope, Identity, PersonName, SpendingRecorded};
 use tokio::process::{Child, Command};
 
+pub mod fault_proxy;
 pub mod lambda;
 #[cfg(feature = "mysql")]
 pub mod mysql;
@@ -75,12 +78,16 @@ impl Stack {
             table: format!("{id}-spending"),
             lease_table: format!("{id}-leases"),
             consumer_table: format!("{id}-consumer"),
+            idempotency_table: format!("{id}-idempotency"),
             queue: format!("{id}-events.fifo"),
             dead_letter_queue: format!("{id}-dlq.fifo"),
         };
         let overrides = obt_migrate::Overrides {
             max_receive_count: Some(max_receive_count),
             visibility_timeout_secs: Some(5),
+            // TTL on hundreds of test tables slows DynamoDB Local down
+            // (see the field's documentation); the tests need none of it.
+            skip_time_to_live: true,
         };
         let report = obt_migrate::apply(&config, &names, &overrides)
             .await
@@ -108,6 +115,10 @@ impl Stack {
             ("OBT_TABLE", self.names.table.clone()),
             ("OBT_LEASE_TABLE", self.names.lease_table.clone()),
             ("OBT_CONSUMER_TABLE", self.names.consumer_table.clone()),
+            (
+                "OBT_IDEMPOTENCY_TABLE",
+                self.names.idempotency_table.clone(),
+            ),
             ("OBT_QUEUE_NAME", self.names.queue.clone()),
         ]
     }

@@ -112,7 +112,10 @@ fn error_number(e: &sqlx::Error) -> Option<u16> {
 /// Whether the same statement can succeed later without anyone's help.
 fn is_transient(e: &sqlx::Error) -> bool {
     match e {
+        // A protocol error: a connection cut mid-packet, or left out of
+        // step by a statement abandoned on a timeout.
         sqlx::Error::Io(_)
+        | sqlx::Error::Protocol(_)
         | sqlx::Error::PoolTimedOut
         | sqlx::Error::PoolClosed
         | sqlx::Error::WorkerCrashed => true,

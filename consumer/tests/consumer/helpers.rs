@@ -164,6 +164,46 @@ impl TestStack {
         }
     }
 
+    /// The address of the consumer's records: DynamoDB Local's, or the
+    /// MariaDB server's.
+    pub fn records_addr(&self) -> std::net::SocketAddr {
+        let url = match &self.backing {
+            Backing::DynamoDb(_) => std::env::var("AWS_ENDPOINT_URL_DYNAMODB")
+                .expect("AWS_ENDPOINT_URL_DYNAMODB is set (scripts/test.sh)"),
+            #[cfg(feature = "mysql")]
+            Backing::MySql(mysql) => mysql.urls.consumer_url.clone(),
+        };
+        host_port(&url)
+            .parse()
+            .unwrap_or_else(|e| panic!("the records' address in {url:?}: {e}"))
+    }
+
+    /// The consumer's records reached through `addr` (a fault proxy)
+    /// instead of their own address, opened as the consumer opens them.
+    pub async fn ledger_through(&self, addr: std::net::SocketAddr) -> Arc<dyn Ledger> {
+        match &self.backing {
+            Backing::DynamoDb(stack) => {
+                let config = aws_sdk_dynamodb::config::Builder::from(&stack.config)
+                    .endpoint_url(format!("http://{addr}"))
+                    .build();
+                Arc::new(obt_consumer::SpendingTable::new(
+                    aws_sdk_dynamodb::Client::from_conf(config),
+                    &stack.names.consumer_table,
+                ))
+            }
+            #[cfg(feature = "mysql")]
+            Backing::MySql(mysql) => {
+                let url = &mysql.urls.consumer_url;
+                let url = url.replacen(host_port(url), &addr.to_string(), 1);
+                Arc::new(
+                    obt_consumer::MySqlLedger::connect(&url, 4, Duration::from_secs(2))
+                        .await
+                        .unwrap_or_else(|e| panic!("opening the records through {addr}: {e}")),
+                )
+            }
+        }
+    }
+
     pub fn ledger(&self) -> &dyn Ledger {
         self.ledger.as_ref()
     }
@@ -175,6 +215,13 @@ impl TestStack {
             .await
             .unwrap_or_else(|e| panic!("listing the identities: {e}"))
     }
+}
+
+/// `HOST:PORT` of a URL (`scheme://[user:password@]HOST:PORT[/path]`).
+fn host_port(url: &str) -> &str {
+    let rest = url.split_once("://").map_or(url, |(_, rest)| rest);
+    let rest = rest.rsplit_once('@').map_or(rest, |(_, rest)| rest);
+    rest.split('/').next().unwrap_or(rest)
 }
 
 fn storage_args(backing: &Backing) -> StorageArgs {

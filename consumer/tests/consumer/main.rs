@@ -11,5 +11,6 @@ mod failures;
 mod helpers;
 #[cfg(feature = "mysql")]
 mod mysql;
+mod retries;
 mod shutdown;
 mod store;
