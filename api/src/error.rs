@@ -101,6 +101,10 @@ impl From<StoreError> for ApiError {
                 retry_after_secs: 5,
                 source: e,
             },
+            StoreError::KeyReused => Self::Validation(FieldErrors::single(
+                crate::idempotency::HEADER,
+                crate::idempotency::KEY_REUSED,
+            )),
             #[cfg(feature = "mysql")]
             StoreError::MySql { .. } => Self::Internal(e),
             StoreError::DynamoDb { .. } | StoreError::Malformed { .. } | StoreError::Encode(_) => {

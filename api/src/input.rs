@@ -11,7 +11,7 @@
 use std::collections::BTreeMap;
 use std::fmt;
 
-use obt_contract::{Amount, Identity, PersonName};
+use obt_contract::{Amount, AmountError, Identity, PersonName};
 use serde::Deserialize;
 use serde::de::{Deserializer, MapAccess, Visitor};
 use serde_json::value::RawValue;
@@ -42,20 +42,33 @@ impl NewSpending {
         let malformed = |reason: String| ApiError::BadRequest(FieldErrors::single("body", reason));
         let text =
             std::str::from_utf8(body).map_err(|e| malformed(format!("is not valid UTF-8: {e}")))?;
+        if text.starts_with('\u{feff}') {
+            return Err(malformed(
+                "must not start with a byte order mark (U+FEFF): send UTF-8 JSON without one"
+                    .to_owned(),
+            ));
+        }
         // Checks the whole document's syntax before looking at its shape,
         // so that a syntax error anywhere is a 400, never a 422.
         let document: &RawValue =
-            serde_json::from_str(text).map_err(|e| malformed(format!("is not valid JSON: {e}")))?;
+            serde_json::from_str(text).map_err(|e| malformed(not_json(&e)))?;
         if !document.get().trim_start().starts_with('{') {
             return Err(ApiError::Validation(FieldErrors::single(
                 "body",
                 "must be a JSON object",
             )));
         }
-        let Members(members) = serde_json::from_str(document.get())
-            .map_err(|e| malformed(format!("is not valid JSON: {e}")))?;
+        let Members(members) =
+            serde_json::from_str(document.get()).map_err(|e| malformed(not_json(&e)))?;
         validate(members).map_err(ApiError::Validation)
     }
+}
+
+/// Why a body is not JSON, for the client. serde_json checks the syntax of
+/// nested values without recursion, so however deep a body nests, reading
+/// it cannot overflow the stack.
+fn not_json(e: &serde_json::Error) -> String {
+    format!("is not valid JSON: {e}")
 }
 
 fn validate(members: Vec<(String, &RawValue)>) -> Result<NewSpending, FieldErrors> {
@@ -119,7 +132,7 @@ fn check<T, E: fmt::Display>(
     parse: impl FnOnce(&str) -> Result<T, E>,
 ) -> Option<T> {
     let result = json_string(value)
-        .ok_or_else(|| "must be a string".to_owned())
+        .unwrap_or_else(|| Err("must be a string".to_owned()))
         .and_then(|s| parse(&s).map_err(|e| e.to_string()));
     match result {
         Ok(value) => Some(value),
@@ -131,23 +144,87 @@ fn check<T, E: fmt::Display>(
 }
 
 /// The amount: a JSON number, whose text goes to [`Amount::parse`] as it
-/// was written, or a JSON string holding a decimal.
+/// was written (in exponent notation, as its exact plain decimal: see
+/// [`plain_decimal`]), or a JSON string holding a decimal (plain notation
+/// only, as the contract says).
 fn parse_amount(value: &RawValue) -> Result<Amount, String> {
     let text = value.get().trim();
     let starts_number = text.starts_with(|c: char| c == '-' || c.is_ascii_digit());
     if starts_number {
-        Amount::parse(text).map_err(|e| e.to_string())
+        let plain = plain_decimal(text)?;
+        Amount::parse(&plain).map_err(|e| e.to_string())
     } else if let Some(s) = json_string(value) {
-        Amount::parse(&s).map_err(|e| e.to_string())
+        Amount::parse(&s?).map_err(|e| e.to_string())
     } else {
         Err("must be a number, or a string holding a decimal number such as \"51.30\"".to_owned())
     }
 }
 
-/// The text of a JSON string value; `None` for any other JSON type.
-fn json_string(value: &RawValue) -> Option<String> {
+/// The text of a JSON number (already checked to be one) in plain decimal
+/// notation: `6.79e+17` becomes `679000000000000000`, `1.5e-1` becomes
+/// `0.15`. Exact: only digits move. JSON encoders choose the exponent
+/// notation themselves (Python and JavaScript print large floats so), so it
+/// says nothing about the value, which is then judged like any other. An
+/// exponent that would need more than 40 digits on either side of the
+/// point is refused without building the digits.
+fn plain_decimal(text: &str) -> Result<std::borrow::Cow<'_, str>, String> {
+    let Some(at) = text.find(['e', 'E']) else {
+        return Ok(std::borrow::Cow::Borrowed(text));
+    };
+    let (mantissa, exponent) = (&text[..at], &text[at + 1..]);
+    let (sign, mantissa) = match mantissa.strip_prefix('-') {
+        Some(unsigned) => ("-", unsigned),
+        None => ("", mantissa),
+    };
+    let (int, frac) = mantissa.split_once('.').unwrap_or((mantissa, ""));
+    let digits = format!("{int}{frac}");
+    let Some(first) = digits.find(|c| c != '0') else {
+        // Zero, whatever the exponent: the amount's own rule refuses it.
+        return Ok(std::borrow::Cow::Owned(format!("{sign}0")));
+    };
+    let last = digits.rfind(|c| c != '0').unwrap_or(first);
+    let significant = &digits[first..=last];
+    // An exponent beyond i64 is beyond any bound below as well.
+    let exponent: i64 = exponent.parse().unwrap_or(if exponent.starts_with('-') {
+        i64::MIN / 4
+    } else {
+        i64::MAX / 4
+    });
+    let length = i64::try_from(significant.len()).unwrap_or(i64::MAX / 4);
+    let offset =
+        i64::try_from(int.len()).unwrap_or(i64::MAX / 4) - i64::try_from(first).unwrap_or(0);
+    // The point's position counted from the first significant digit.
+    let point = offset.saturating_add(exponent);
+    if point > 40 {
+        return Err(AmountError::TooManyIntegerDigits.to_string());
+    }
+    if point - length < -40 {
+        return Err(AmountError::TooManyFractionDigits.to_string());
+    }
+    let plain = if point >= length {
+        let zeros = "0".repeat(usize::try_from(point - length).unwrap_or(0));
+        format!("{sign}{significant}{zeros}")
+    } else if point <= 0 {
+        let zeros = "0".repeat(usize::try_from(-point).unwrap_or(0));
+        format!("{sign}0.{zeros}{significant}")
+    } else {
+        let (int, frac) = significant.split_at(usize::try_from(point).unwrap_or(0));
+        format!("{sign}{int}.{frac}")
+    };
+    Ok(std::borrow::Cow::Owned(plain))
+}
+
+/// The text of a JSON string value; `None` for any other JSON type. The
+/// syntax is already checked, so a string fails to decode only when it
+/// escapes half of a UTF-16 surrogate pair, which no Rust (or UTF-8)
+/// string can hold.
+fn json_string(value: &RawValue) -> Option<Result<String, String>> {
     if value.get().trim_start().starts_with('"') {
-        serde_json::from_str(value.get()).ok()
+        Some(serde_json::from_str(value.get()).map_err(|_| {
+            "is not a valid JSON string: it holds an unpaired surrogate escape \
+             (\\uD800 to \\uDFFF)"
+                .to_owned()
+        }))
     } else {
         None
     }
@@ -197,6 +274,46 @@ mod tests {
         let spending = NewSpending::from_json(body.as_bytes()).expect("valid");
         assert_eq!(spending.amount.to_string(), "0.10");
         assert_eq!(spending.identity.as_str(), "AB1");
+    }
+
+    #[test]
+    fn numbers_in_exponent_notation_are_read_as_their_exact_value() {
+        let cases = [
+            ("1e3", Ok("1000")),
+            ("1.5E+3", Ok("1500")),
+            ("6.7902384220095e+17", Ok("679023842200950000")),
+            ("1.5e-1", Ok("0.15")),
+            ("15e-2", Ok("0.15")),
+            ("0.0015e2", Ok("0.15")),
+            ("1.230e0", Ok("1.23")),
+            ("-2e1", Ok("-20")),
+            ("0e9", Ok("0")),
+            ("1e41", Err(AmountError::TooManyIntegerDigits)),
+            (
+                "1e99999999999999999999",
+                Err(AmountError::TooManyIntegerDigits),
+            ),
+            ("1e-41", Err(AmountError::TooManyFractionDigits)),
+            (
+                "1e-99999999999999999999",
+                Err(AmountError::TooManyFractionDigits),
+            ),
+            ("51.30", Ok("51.30")),
+        ];
+        for (text, expected) in cases {
+            let got = plain_decimal(text);
+            let expected = expected.map(str::to_owned).map_err(|e| e.to_string());
+            assert_eq!(got.map(|c| c.into_owned()), expected, "{text}");
+        }
+        let amount = |json: &str| {
+            let body = format!(r#"{{"identity":"AB1","name":"M","surname":"R","amount":{json}}}"#);
+            NewSpending::from_json(body.as_bytes()).map(|s| s.amount.to_string())
+        };
+        assert_eq!(amount("1.5e3").expect("valid"), "1500.00");
+        assert_eq!(amount("1e-2").expect("valid"), "0.01");
+        assert!(amount("1e-3").is_err(), "three fraction digits");
+        assert!(amount("1e18").is_err(), "nineteen integer digits");
+        assert!(amount("\"1e3\"").is_err(), "strings stay in plain notation");
     }
 
     #[test]

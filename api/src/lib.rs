@@ -9,6 +9,8 @@
 //! - [`startup`]: builds the router ([`app`]), binds the listener and runs
 //!   the server until a shutdown signal ([`Application`]).
 //! - [`routes`]: the HTTP handlers; they parse and answer, nothing more.
+//! - [`idempotency`]: the `Idempotency-Key` header: the key, the request's
+//!   fingerprint, the stored 201 answer that a retry gets again.
 //! - [`input`]: turns a request body into a validated [`input::NewSpending`]
 //!   without letting money pass through a float, collecting every field
 //!   error.
@@ -23,9 +25,13 @@
 //! conditional UpdateItem that updates the totals and adds the event to the
 //! item's outbox (or one MySQL transaction that inserts the spending and
 //! its outbox row), so the spending and its event are stored together or
-//! not at all, and a rejected request writes nothing.
+//! not at all, and a rejected request writes nothing. With an
+//! `Idempotency-Key`, the key's record joins that same write (a
+//! TransactWriteItems of the key's Put and the item's update, or one more
+//! INSERT in the transaction).
 
 pub mod error;
+pub mod idempotency;
 pub mod input;
 pub mod routes;
 pub mod settings;

@@ -45,6 +45,17 @@ pub struct Settings {
     #[arg(long, env = "OBT_MAX_CONFLICT_RETRIES", default_value_t = 10)]
     pub max_conflict_retries: u32,
 
+    /// The DynamoDB table of the Idempotency-Key records (created by
+    /// obt-migrate, with Time to Live on `expires_at`).
+    #[arg(long, env = "OBT_IDEMPOTENCY_TABLE", default_value = crate::store::dynamodb::DEFAULT_IDEMPOTENCY_TABLE)]
+    pub idempotency_table: String,
+
+    /// Seconds an Idempotency-Key is kept after its first successful use:
+    /// a retry within them gets the first answer again; after them the key
+    /// may be used anew.
+    #[arg(long, env = "OBT_IDEMPOTENCY_TTL_SECS", default_value_t = 86_400, value_parser = clap::value_parser!(u64).range(1..))]
+    pub idempotency_ttl_secs: u64,
+
     /// The most events an identity may have waiting for the relay; beyond
     /// it a POST is answered 503 instead of growing the item towards
     /// DynamoDB's 400 KB limit (DynamoDB only).
@@ -80,6 +91,7 @@ impl Settings {
                 ..RetryPolicy::default()
             },
             max_pending_events: self.max_pending_events,
+            idempotency_ttl: Duration::from_secs(self.idempotency_ttl_secs),
         }
     }
 
@@ -126,6 +138,12 @@ mod tests {
                 "OBT_DATABASE_MAX_CONNECTIONS",
             ),
             ("table", "obt-spending", "OBT_TABLE"),
+            (
+                "idempotency_table",
+                "obt-idempotency",
+                "OBT_IDEMPOTENCY_TABLE",
+            ),
+            ("idempotency_ttl_secs", "86400", "OBT_IDEMPOTENCY_TTL_SECS"),
             ("max_conflict_retries", "10", "OBT_MAX_CONFLICT_RETRIES"),
             ("max_pending_events", "200", "OBT_MAX_PENDING_EVENTS"),
             ("shutdown_timeout_secs", "10", "OBT_SHUTDOWN_TIMEOUT_SECS"),

@@ -37,7 +37,7 @@ use tower_http::trace::{DefaultOnResponse, TraceLayer};
 use tracing::{Level, Span};
 
 use crate::error::json_error_bodies;
-use crate::routes::{health, spending};
+use crate::routes::{health, openapi, spending};
 use crate::settings::Settings;
 use crate::store::{SpendingStore, Store};
 
@@ -65,7 +65,9 @@ impl AppState {
         let store: Store = match settings.storage {
             Storage::Dynamodb => {
                 let client = aws_sdk_dynamodb::Client::new(aws);
-                SpendingStore::new(client, settings.table.clone(), settings.store_options()).into()
+                SpendingStore::new(client, settings.table.clone(), settings.store_options())
+                    .with_idempotency_table(settings.idempotency_table.clone())
+                    .into()
             }
             Storage::Mysql => mysql_store(settings).await?,
         };
@@ -118,6 +120,7 @@ pub fn app(state: AppState) -> Router {
         .route("/api/v1/spending/{identity}", get(spending::summary))
         .route("/health/live", get(health::live))
         .route("/health/ready", get(health::ready))
+        .route("/api/v1/openapi.json", get(openapi::document))
         .layer(DefaultBodyLimit::max(spending::BODY_LIMIT))
         .with_state(state)
         .layer(middleware)

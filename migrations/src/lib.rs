@@ -19,7 +19,8 @@ use aws_sdk_dynamodb::error::SdkError;
 use aws_sdk_dynamodb::types::{
     AttributeDefinition, BillingMode, CreateGlobalSecondaryIndexAction, GlobalSecondaryIndex,
     GlobalSecondaryIndexUpdate, IndexStatus, KeySchemaElement, KeyType, Projection, ProjectionType,
-    ScalarAttributeType, StreamSpecification, StreamViewType, TableStatus,
+    ScalarAttributeType, StreamSpecification, StreamViewType, TableStatus, TimeToLiveSpecification,
+    TimeToLiveStatus,
 };
 use aws_sdk_sqs::types::QueueAttributeName;
 use serde::Deserialize;
@@ -39,6 +40,10 @@ pub struct TableSpec {
     /// Global secondary indexes (keys-only projections).
     #[serde(default)]
     pub indexes: Vec<IndexSpec>,
+    /// The number attribute (epoch seconds) after which DynamoDB's Time to
+    /// Live deletes an item; TTL is switched on when this is present.
+    #[serde(default)]
+    pub ttl_attribute: Option<String>,
 }
 
 /// A global secondary index whose projection is its keys and the table's.
@@ -98,6 +103,12 @@ pub mod specs {
             include_str!("../dynamodb/relay_leases.json"),
         )
     }
+    pub fn idempotency_table() -> TableSpec {
+        parse(
+            "dynamodb/idempotency.json",
+            include_str!("../dynamodb/idempotency.json"),
+        )
+    }
     pub fn consumer_table() -> TableSpec {
         parse(
             "dynamodb/consumer_spending.json",
@@ -115,6 +126,8 @@ pub struct Names {
     pub table: String,
     pub lease_table: String,
     pub consumer_table: String,
+    /// The api's Idempotency-Key records.
+    pub idempotency_table: String,
     pub queue: String,
     pub dead_letter_queue: String,
 }
@@ -126,6 +139,7 @@ impl Default for Names {
             table: specs::spending_table().default_name,
             lease_table: specs::relay_leases_table().default_name,
             consumer_table: specs::consumer_table().default_name,
+            idempotency_table: specs::idempotency_table().default_name,
             queue: specs::queues().queue.default_name,
             dead_letter_queue: specs::queues().dead_letter_queue.default_name,
         }
@@ -139,6 +153,13 @@ pub struct Overrides {
     pub max_receive_count: Option<u32>,
     /// The queue's visibility timeout, in seconds.
     pub visibility_timeout_secs: Option<u32>,
+    /// Leave Time to Live off on tables whose spec asks for it. For test
+    /// stacks on DynamoDB Local only: with TTL on for many tables, its
+    /// background TTL work starves other background work (an index added
+    /// to an existing table then took minutes to become ACTIVE). Nothing
+    /// the api does depends on TTL deleting items: an expired
+    /// Idempotency-Key is treated as absent by the write's condition.
+    pub skip_time_to_live: bool,
 }
 
 /// What [`apply`] found and did.
@@ -158,6 +179,8 @@ pub enum Outcome {
     StreamEnabled,
     /// A global secondary index was added to a table that existed.
     IndexCreated,
+    /// Time to Live was switched on for a table (new or not).
+    TtlEnabled,
 }
 
 #[derive(Debug, Clone)]
@@ -184,6 +207,15 @@ pub enum MigrateError {
     },
     #[error("table {table} did not become ACTIVE within {secs} s")]
     NotActive { table: String, secs: u64 },
+    #[error(
+        "table {table} has Time to Live on attribute {found:?}, not {expected:?}: switch it off \
+         (UpdateTimeToLive) and run obt-migrate again"
+    )]
+    TtlAttribute {
+        table: String,
+        expected: String,
+        found: String,
+    },
     #[error("table {table} has no stream after it was enabled")]
     NoStream { table: String },
     #[error("invalid spec {file}: {reason}")]
@@ -206,6 +238,7 @@ pub async fn apply(
         (specs::spending_table(), &names.table),
         (specs::relay_leases_table(), &names.lease_table),
         (specs::consumer_table(), &names.consumer_table),
+        (specs::idempotency_table(), &names.idempotency_table),
     ] {
         let (outcome, arn) = ensure_table(&dynamodb, &spec, name).await?;
         steps.push(Step {
@@ -217,6 +250,18 @@ pub async fn apply(
                 resource: format!("dynamodb index {name}/{index}"),
                 outcome: Outcome::IndexCreated,
             });
+        }
+        if let Some(attribute) = spec
+            .ttl_attribute
+            .as_ref()
+            .filter(|_| !overrides.skip_time_to_live)
+        {
+            if ensure_ttl(&dynamodb, name, attribute).await? {
+                steps.push(Step {
+                    resource: format!("dynamodb ttl {name}.{attribute}"),
+                    outcome: Outcome::TtlEnabled,
+                });
+            }
         }
         if name == &names.table {
             stream_arn = arn;
@@ -449,6 +494,52 @@ async fn ensure_indexes(
     Ok(created)
 }
 
+/// Switches Time to Live on, on `attribute`, unless it is on already;
+/// returns whether it switched it on. A table whose TTL is on with another
+/// attribute is an error: DynamoDB would delete items at the wrong time.
+async fn ensure_ttl(
+    client: &aws_sdk_dynamodb::Client,
+    name: &str,
+    attribute: &str,
+) -> Result<bool, MigrateError> {
+    let described = client
+        .describe_time_to_live()
+        .table_name(name)
+        .send()
+        .await
+        .map_err(dynamo_err("DescribeTimeToLive", name))?;
+    let current = described.time_to_live_description();
+    let status = current.and_then(|d| d.time_to_live_status());
+    let on = matches!(
+        status,
+        Some(TimeToLiveStatus::Enabled | TimeToLiveStatus::Enabling)
+    );
+    if on {
+        let current_attribute = current.and_then(|d| d.attribute_name()).unwrap_or("");
+        if current_attribute == attribute {
+            return Ok(false);
+        }
+        return Err(MigrateError::TtlAttribute {
+            table: name.to_owned(),
+            expected: attribute.to_owned(),
+            found: current_attribute.to_owned(),
+        });
+    }
+    let specification = TimeToLiveSpecification::builder()
+        .enabled(true)
+        .attribute_name(attribute)
+        .build()
+        .map_err(invalid)?;
+    client
+        .update_time_to_live()
+        .table_name(name)
+        .time_to_live_specification(specification)
+        .send()
+        .await
+        .map_err(dynamo_err("UpdateTimeToLive", name))?;
+    Ok(true)
+}
+
 async fn wait_index_active(
     client: &aws_sdk_dynamodb::Client,
     table: &str,
@@ -622,6 +713,10 @@ mod tests {
             specs::spending_table().stream_view_type.as_deref(),
             Some("NEW_AND_OLD_IMAGES")
         );
+        let idempotency = specs::idempotency_table();
+        assert_eq!(idempotency.partition_key.name, "idempotency_key");
+        assert_eq!(idempotency.ttl_attribute.as_deref(), Some("expires_at"));
+        assert_eq!(idempotency.stream_view_type, None);
         assert_eq!(
             specs::queues()
                 .queue

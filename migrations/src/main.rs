@@ -22,6 +22,9 @@ struct Args {
         default_value = "obt-consumer-spending"
     )]
     consumer_table: String,
+    /// The api's Idempotency-Key records (with Time to Live on expires_at).
+    #[arg(long, env = "OBT_IDEMPOTENCY_TABLE", default_value = "obt-idempotency")]
+    idempotency_table: String,
     /// The FIFO queue the relay publishes to (must end in .fifo).
     #[arg(long, env = "OBT_QUEUE_NAME", default_value = "obt-events.fifo")]
     queue_name: String,
@@ -89,12 +92,14 @@ async fn main() -> anyhow::Result<()> {
         table: args.table,
         lease_table: args.lease_table,
         consumer_table: args.consumer_table,
+        idempotency_table: args.idempotency_table,
         queue: args.queue_name,
         dead_letter_queue: args.dlq_name,
     };
     let overrides = obt_migrate::Overrides {
         max_receive_count: args.max_receive_count,
         visibility_timeout_secs: args.visibility_timeout,
+        skip_time_to_live: false,
     };
     if args.storage == obt_runtime::Storage::Mysql {
         if !cfg!(feature = "mysql") {
@@ -122,6 +127,7 @@ fn print_steps(steps: &[obt_migrate::Step]) {
             obt_migrate::Outcome::Existed => "exists",
             obt_migrate::Outcome::StreamEnabled => "stream enabled",
             obt_migrate::Outcome::IndexCreated => "index created",
+            obt_migrate::Outcome::TtlEnabled => "ttl enabled",
         };
         println!("{what:>14}  {}", step.resource);
     }

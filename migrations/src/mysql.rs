@@ -8,7 +8,8 @@
 //!
 //! The services connect as least-privilege users, never as the admin:
 //! - the api's user may read and write `obt_identity` and `obt_spending`,
-//!   and insert and read `obt` (never delete from it);
+//!   insert and read `obt` (never delete from it), and read, insert and
+//!   update its Idempotency-Key records `obt_idempotency`;
 //! - the relay's user may only read and delete `obt` rows;
 //! - the consumer's user may read and write its own database only.
 //!
@@ -210,6 +211,9 @@ pub async fn setup(
                 format!("GRANT SELECT, INSERT ON `{api_db}`.`obt_spending` TO {{user}}"),
                 // SELECT: GET counts the identity's unpublished events.
                 format!("GRANT SELECT, INSERT ON `{api_db}`.`obt` TO {{user}}"),
+                // Idempotency-Key records: UPDATE replaces an expired one;
+                // never DELETE.
+                format!("GRANT SELECT, INSERT, UPDATE ON `{api_db}`.`obt_idempotency` TO {{user}}"),
             ],
         ),
         (

@@ -13,6 +13,7 @@ fn names() -> Names {
         table: format!("{id}-spending"),
         lease_table: format!("{id}-leases"),
         consumer_table: format!("{id}-consumer"),
+        idempotency_table: format!("{id}-idempotency"),
         queue: format!("{id}-events.fifo"),
         dead_letter_queue: format!("{id}-dlq.fifo"),
     }
@@ -29,13 +30,42 @@ async fn a_second_run_finds_everything_and_changes_nothing() {
     let overrides = Overrides {
         max_receive_count: Some(3),
         visibility_timeout_secs: None,
+        skip_time_to_live: false,
     };
     let first = apply(&config, &names, &overrides).await.expect("first run");
-    assert_eq!(outcomes(&first), vec![Outcome::Created; 5]);
+    let created = Outcome::Created;
+    assert_eq!(
+        outcomes(&first),
+        vec![
+            created.clone(),
+            created.clone(),
+            created.clone(),
+            created.clone(),
+            Outcome::TtlEnabled,
+            created.clone(),
+            created,
+        ]
+    );
+    assert_eq!(
+        first.steps[4].resource,
+        format!("dynamodb ttl {}.expires_at", names.idempotency_table)
+    );
     let second = apply(&config, &names, &overrides)
         .await
         .expect("second run");
-    assert_eq!(outcomes(&second), vec![Outcome::Existed; 5]);
+    assert_eq!(outcomes(&second), vec![Outcome::Existed; 6]);
+    let ttl = aws_sdk_dynamodb::Client::new(&config)
+        .describe_time_to_live()
+        .table_name(&names.idempotency_table)
+        .send()
+        .await
+        .expect("describe the TTL");
+    let ttl = ttl.time_to_live_description().expect("a TTL description");
+    assert_eq!(ttl.attribute_name(), Some("expires_at"));
+    assert_eq!(
+        ttl.time_to_live_status().map(|s| s.as_str()),
+        Some("ENABLED")
+    );
     assert_eq!(
         first.stream_arn, second.stream_arn,
         "the stream was not re-created"
@@ -170,4 +200,27 @@ async fn the_binary_refuses_queue_names_that_are_not_fifo() {
     assert!(!output.status.success());
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("must end in .fifo"), "{stderr}");
+}
+
+#[tokio::test]
+async fn time_to_live_can_be_left_off_for_test_stacks() {
+    let config = aws().await;
+    let names = names();
+    let overrides = Overrides {
+        skip_time_to_live: true,
+        ..Overrides::default()
+    };
+    let report = apply(&config, &names, &overrides).await.expect("run");
+    assert!(!outcomes(&report).contains(&Outcome::TtlEnabled));
+    let ttl = aws_sdk_dynamodb::Client::new(&config)
+        .describe_time_to_live()
+        .table_name(&names.idempotency_table)
+        .send()
+        .await
+        .expect("describe the TTL");
+    let status = ttl
+        .time_to_live_description()
+        .and_then(|d| d.time_to_live_status())
+        .map(|s| s.as_str().to_owned());
+    assert_eq!(status.as_deref(), Some("DISABLED"));
 }

@@ -48,7 +48,7 @@ async fn a_second_run_applies_nothing_and_sets_the_passwords_again() {
     let first = setup(&admin_url(), &names, &passwords("first"))
         .await
         .expect("first run");
-    assert_eq!(first.applied.len(), 2, "{:?}", first.applied);
+    assert_eq!(first.applied.len(), 3, "{:?}", first.applied);
     let second = setup(&admin_url(), &names, &passwords("second"))
         .await
         .expect("second run");
@@ -78,12 +78,37 @@ async fn each_service_user_may_do_what_its_service_needs_and_nothing_more() {
         !allowed(&mut api, "DELETE FROM obt").await,
         "the api never deletes outbox rows"
     );
+    assert!(
+        allowed(
+            &mut api,
+            "INSERT INTO obt_idempotency (idempotency_key, fingerprint, response_location, \
+             response_body, created_at, expires_at) \
+             VALUES ('k1', REPEAT('0', 64), '/api/v1/spending/G1', '{}', NOW(3), NOW(3))"
+        )
+        .await
+    );
+    assert!(
+        allowed(
+            &mut api,
+            "UPDATE obt_idempotency SET expires_at = NOW(3) WHERE idempotency_key = 'k1'"
+        )
+        .await,
+        "an expired Idempotency-Key record is replaced"
+    );
+    assert!(
+        !allowed(&mut api, "DELETE FROM obt_idempotency").await,
+        "the api never deletes Idempotency-Key records"
+    );
 
     let mut relay = connect(&urls.relay_url).await;
     assert!(allowed(&mut relay, "DELETE FROM obt WHERE identity = 'G1'").await);
     assert!(
         !allowed(&mut relay, "SELECT COUNT(*) FROM obt_spending").await,
         "the relay reads the outbox only"
+    );
+    assert!(
+        !allowed(&mut relay, "SELECT COUNT(*) FROM obt_idempotency").await,
+        "the relay has no business with Idempotency-Key records"
     );
 
     let mut consumer = connect(&urls.consumer_url).await;

@@ -3,4 +3,5 @@
 //! DynamoDB expressions in the store.
 
 pub mod health;
+pub mod openapi;
 pub mod spending;

@@ -5,16 +5,17 @@ use axum::body::Bytes;
 use axum::extract::rejection::PathRejection;
 use axum::extract::{FromRequest, Path, Request, State};
 use axum::http::header::{CONTENT_TYPE, LOCATION};
-use axum::http::{HeaderMap, StatusCode};
-use axum::response::IntoResponse;
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
 use obt_contract::{Amount, Envelope, EventId, Identity, PersonName};
 use serde::Serialize;
 use time::OffsetDateTime;
 
 use crate::error::{ApiError, FieldErrors};
+use crate::idempotency::{self, Created, Idempotency, IdempotencyKey, Outcome};
 use crate::input::NewSpending;
 use crate::startup::AppState;
-use crate::store::Summary;
+use crate::store::{StoreError, Summary};
 
 /// The largest request body accepted: a spending is well under 1 KiB.
 pub const BODY_LIMIT: usize = 16 * 1024;
@@ -47,18 +48,50 @@ impl From<Envelope> for Recorded {
     }
 }
 
+/// Records a spending. With an `Idempotency-Key` (see
+/// [`crate::idempotency`]), a retry is answered as the first request was,
+/// with `Idempotent-Replayed: true`.
 pub async fn record(
     State(state): State<AppState>,
+    headers: HeaderMap,
     JsonBody(body): JsonBody,
-) -> Result<impl IntoResponse, ApiError> {
+) -> Result<Response, ApiError> {
+    let key = IdempotencyKey::from_headers(&headers)?;
     let spending = NewSpending::from_json(&body)?;
-    let envelope = state.store.record(&spending).await?;
-    let location = format!("/api/v1/spending/{}", envelope.identity);
-    Ok((
+    let encode = |e: serde_json::Error| ApiError::Internal(StoreError::Encode(e.to_string()));
+    let (created, replayed) = match key {
+        None => {
+            let envelope = state.store.record(&spending).await?;
+            (Created::of(&envelope).map_err(encode)?, false)
+        }
+        Some(key) => {
+            let idempotency = Idempotency::new(key, &spending);
+            match state
+                .store
+                .record_idempotent(&spending, &idempotency)
+                .await?
+            {
+                Outcome::Recorded(created) => (created, false),
+                Outcome::Replayed(created) => (created, true),
+            }
+        }
+    };
+    let mut response = (
         StatusCode::CREATED,
-        [(LOCATION, location)],
-        Json(Recorded::from(envelope)),
-    ))
+        [
+            (LOCATION, created.location),
+            (CONTENT_TYPE, "application/json".to_owned()),
+        ],
+        created.body,
+    )
+        .into_response();
+    if replayed {
+        response.headers_mut().insert(
+            idempotency::REPLAYED_HEADER,
+            HeaderValue::from_static("true"),
+        );
+    }
+    Ok(response)
 }
 
 /// The answer to `GET /api/v1/spending/{identity}`.

@@ -17,6 +17,15 @@
 //! reads (`pending_since`, set only when absent, so it tells the time of
 //! the oldest event that may be pending; see [`obt_contract::outbox`]).
 //!
+//! With an `Idempotency-Key` the write is one TransactWriteItems instead:
+//! a Put of the key's record into the idempotency table, conditioned on the
+//! key being unused or expired, and the same conditional update of the
+//! item. Its cancellation reasons tell which condition failed: the key's
+//! (checked first) means an earlier request holds it, whose record is read
+//! strongly consistently and replayed, or refused when its fingerprint
+//! differs; the item's is the race above; a transaction conflict is retried
+//! like a lost race.
+//!
 //! The outbox is bounded (`max_pending_events`): when the relay has not
 //! taken the events for a long time, a POST is refused with a 503 rather
 //! than letting the item grow to DynamoDB's 400 KB item limit, at which
@@ -27,7 +36,8 @@ use std::fmt::Debug;
 
 use aws_sdk_dynamodb::Client;
 use aws_sdk_dynamodb::error::{ProvideErrorMetadata, SdkError};
-use aws_sdk_dynamodb::types::AttributeValue;
+use aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError;
+use aws_sdk_dynamodb::types::{AttributeValue, Put, TransactWriteItem, Update};
 use obt_contract::outbox::{
     PENDING_BUCKET_ATTR, PENDING_SINCE_ATTR, outbox_key, pending_bucket, pending_since,
 };
@@ -41,13 +51,15 @@ use super::item::{
 };
 use super::locks::StripedLocks;
 use super::{BoxError, StoreError, StoreOptions, Summary};
+use crate::idempotency::{Created, Fingerprint, Idempotency, IdempotencyKey, Outcome};
 use crate::input::NewSpending;
 
-/// The api's table.
+/// The api's table, and the table of its Idempotency-Key records.
 #[derive(Debug)]
 pub struct SpendingStore {
     client: Client,
     table: String,
+    idempotency_table: String,
     options: StoreOptions,
     locks: StripedLocks,
 }
@@ -55,17 +67,56 @@ pub struct SpendingStore {
 /// How one conditional write ended, short of an error.
 enum Written {
     Yes,
+    /// The item's condition failed: another write of the identity came
+    /// first, or the outbox is full.
     LostRace,
+    /// The transaction collided with another one on one of its items:
+    /// nothing is known about the conditions; try again.
+    Conflict,
+    /// The Idempotency-Key is in use (unexpired).
+    KeyTaken,
 }
 
+/// The expressions of the update that records an event.
+struct UpdateParts {
+    update: &'static str,
+    condition: &'static str,
+    names: HashMap<String, String>,
+    values: HashMap<String, AttributeValue>,
+}
+
+/// The attributes of a key record in the idempotency table
+/// (`migrations/dynamodb/idempotency.json`).
+const KEY_ATTR: &str = "idempotency_key";
+const FINGERPRINT_ATTR: &str = "fingerprint";
+const LOCATION_ATTR: &str = "response_location";
+const BODY_ATTR: &str = "response_body";
+const CREATED_AT_ATTR: &str = "created_at";
+/// Epoch seconds; the table's Time to Live attribute.
+const EXPIRES_AT_ATTR: &str = "expires_at";
+
+/// The default name of the idempotency table.
+pub const DEFAULT_IDEMPOTENCY_TABLE: &str = "obt-idempotency";
+
 impl SpendingStore {
+    /// A store on `table`, with its Idempotency-Key records in
+    /// [`DEFAULT_IDEMPOTENCY_TABLE`] unless
+    /// [`with_idempotency_table`](Self::with_idempotency_table) says
+    /// otherwise.
     pub fn new(client: Client, table: impl Into<String>, options: StoreOptions) -> Self {
         Self {
             client,
             table: table.into(),
+            idempotency_table: DEFAULT_IDEMPOTENCY_TABLE.to_owned(),
             options,
             locks: StripedLocks::new(),
         }
+    }
+
+    /// The table of the Idempotency-Key records.
+    pub fn with_idempotency_table(mut self, table: impl Into<String>) -> Self {
+        self.idempotency_table = table.into();
+        self
     }
 
     pub fn table(&self) -> &str {
@@ -75,24 +126,55 @@ impl SpendingStore {
     /// Records a spending and its event in one write; returns the event.
     #[instrument(skip_all, fields(identity = %spending.identity))]
     pub async fn record(&self, spending: &NewSpending) -> Result<Envelope, StoreError> {
+        match self.record_with(spending, None).await? {
+            Done::Recorded(envelope, _) => Ok(envelope),
+            Done::Replayed(_) => unreachable!("a write without a key replays nothing"),
+        }
+    }
+
+    /// Records a spending, its event and its key record in one
+    /// TransactWriteItems, or answers what the key's first request was
+    /// answered.
+    #[instrument(skip_all, fields(identity = %spending.identity))]
+    pub async fn record_idempotent(
+        &self,
+        spending: &NewSpending,
+        idempotency: &Idempotency,
+    ) -> Result<Outcome, StoreError> {
+        match self.record_with(spending, Some(idempotency)).await? {
+            Done::Recorded(envelope, created) => match created {
+                Some(created) => Ok(Outcome::Recorded(created)),
+                None => Ok(Outcome::Recorded(
+                    Created::of(&envelope).map_err(|e| StoreError::Encode(e.to_string()))?,
+                )),
+            },
+            Done::Replayed(created) => Ok(Outcome::Replayed(created)),
+        }
+    }
+
+    async fn record_with(
+        &self,
+        spending: &NewSpending,
+        idempotency: Option<&Idempotency>,
+    ) -> Result<Done, StoreError> {
         let _turn = self.locks.lock(spending.identity.as_str()).await;
         let policy = self.options.retry;
         // Conditional writes that lost so far, and the version the last
-        // one was conditioned on.
+        // one was conditioned on when it lost on the item's condition.
         let mut failures: u32 = 0;
         let mut lost_against: Option<Option<u64>> = None;
         loop {
             let version = self.version(&spending.identity).await?;
-            if let Some(lost_against) = lost_against {
+            if let Some(lost_against) = lost_against.take() {
                 if version.is_some() && version == lost_against {
                     // Nobody else wrote, so the condition failed on the
                     // size of the outbox.
                     let limit = self.options.max_pending_events;
                     return Err(StoreError::OutboxFull { limit });
                 }
-                if !policy.may_retry(failures) {
-                    return Err(StoreError::Contention { attempts: failures });
-                }
+            }
+            if failures > 0 && !policy.may_retry(failures) {
+                return Err(StoreError::Contention { attempts: failures });
             }
             let seq = match version {
                 None => 1,
@@ -109,21 +191,48 @@ impl SpendingStore {
                     amount: spending.amount,
                 },
             );
-            match self.write(&envelope, version).await? {
+            let (written, created) = match idempotency {
+                None => (self.write(&envelope, version).await?, None),
+                Some(idempotency) => {
+                    let created =
+                        Created::of(&envelope).map_err(|e| StoreError::Encode(e.to_string()))?;
+                    let now = epoch_secs();
+                    let written = self
+                        .write_with_key(&envelope, version, idempotency, &created, now)
+                        .await?;
+                    if let Written::KeyTaken = written {
+                        // None: expired or removed since the write; the
+                        // loop tries again.
+                        let stored = self.stored_key(&idempotency.key, epoch_secs()).await?;
+                        if let Some((fingerprint, created)) = stored {
+                            if fingerprint != idempotency.fingerprint {
+                                return Err(StoreError::KeyReused);
+                            }
+                            tracing::debug!("replaying the answer of the key's first request");
+                            return Ok(Done::Replayed(created));
+                        }
+                    }
+                    (written, Some(created))
+                }
+            };
+            match written {
                 Written::Yes => {
                     tracing::debug!(seq, failures, "recorded");
-                    return Ok(envelope);
+                    return Ok(Done::Recorded(envelope, created));
                 }
                 Written::LostRace => {
                     tracing::debug!(seq, "lost an optimistic-concurrency race");
-                    failures += 1;
                     lost_against = Some(version);
-                    if policy.may_retry(failures) {
-                        // ThreadRng is not Send: draw before the await.
-                        let wait = policy.backoff(failures - 1, &mut rand::rng());
-                        tokio::time::sleep(wait).await;
-                    }
                 }
+                Written::Conflict | Written::KeyTaken => {
+                    tracing::debug!(seq, "the transaction conflicted with another one");
+                }
+            }
+            failures += 1;
+            if policy.may_retry(failures) {
+                // ThreadRng is not Send: draw before the await.
+                let wait = policy.backoff(failures - 1, &mut rand::rng());
+                tokio::time::sleep(wait).await;
             }
         }
     }
@@ -155,6 +264,37 @@ impl SpendingStore {
         envelope: &Envelope,
         version: Option<u64>,
     ) -> Result<Written, StoreError> {
+        let parts = self.update_of(envelope, version)?;
+        let result = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .key(
+                IDENTITY_ATTR,
+                AttributeValue::S(envelope.identity.to_string()),
+            )
+            .update_expression(parts.update)
+            .condition_expression(parts.condition)
+            .set_expression_attribute_names(Some(parts.names))
+            .set_expression_attribute_values(Some(parts.values))
+            .send()
+            .await;
+        match result {
+            Ok(_) => Ok(Written::Yes),
+            Err(SdkError::ServiceError(e)) if e.err().is_conditional_check_failed_exception() => {
+                Ok(Written::LostRace)
+            }
+            Err(e) => Err(classify("UpdateItem")(e)),
+        }
+    }
+
+    /// The update of the identity's item that records `envelope`,
+    /// conditional on the item still being at `version` (or still absent).
+    fn update_of(
+        &self,
+        envelope: &Envelope,
+        version: Option<u64>,
+    ) -> Result<UpdateParts, StoreError> {
         let event = serde_dynamo::aws_sdk_dynamodb_1::to_attribute_value(envelope)
             .map_err(|e| StoreError::Encode(e.to_string()))?;
         let updated_at = envelope
@@ -232,27 +372,164 @@ impl SpendingStore {
                 )
             }
         };
-        let result = self
-            .client
-            .update_item()
+        Ok(UpdateParts {
+            update,
+            condition,
+            names,
+            values,
+        })
+    }
+
+    /// The spending's update and the Put of its key record, in one
+    /// TransactWriteItems: both or neither. The Put is conditional on the
+    /// key being unused or expired.
+    async fn write_with_key(
+        &self,
+        envelope: &Envelope,
+        version: Option<u64>,
+        idempotency: &Idempotency,
+        created: &Created,
+        now: u64,
+    ) -> Result<Written, StoreError> {
+        let parts = self.update_of(envelope, version)?;
+        let build = |e: aws_sdk_dynamodb::error::BuildError| StoreError::Encode(e.to_string());
+        let expires_at = now.saturating_add(self.options.idempotency_ttl.as_secs());
+        let record = HashMap::from([
+            (
+                KEY_ATTR.to_owned(),
+                AttributeValue::S(idempotency.key.as_str().to_owned()),
+            ),
+            (
+                FINGERPRINT_ATTR.to_owned(),
+                AttributeValue::S(idempotency.fingerprint.as_str().to_owned()),
+            ),
+            (
+                LOCATION_ATTR.to_owned(),
+                AttributeValue::S(created.location.clone()),
+            ),
+            (
+                BODY_ATTR.to_owned(),
+                AttributeValue::S(created.body.clone()),
+            ),
+            (
+                CREATED_AT_ATTR.to_owned(),
+                AttributeValue::N(now.to_string()),
+            ),
+            (
+                EXPIRES_AT_ATTR.to_owned(),
+                AttributeValue::N(expires_at.to_string()),
+            ),
+        ]);
+        let put = Put::builder()
+            .table_name(&self.idempotency_table)
+            .set_item(Some(record))
+            .condition_expression("attribute_not_exists(#key) OR #expires_at < :now")
+            .expression_attribute_names("#key", KEY_ATTR)
+            .expression_attribute_names("#expires_at", EXPIRES_AT_ATTR)
+            .expression_attribute_values(":now", AttributeValue::N(now.to_string()))
+            .build()
+            .map_err(build)?;
+        let update = Update::builder()
             .table_name(&self.table)
             .key(
                 IDENTITY_ATTR,
                 AttributeValue::S(envelope.identity.to_string()),
             )
-            .update_expression(update)
-            .condition_expression(condition)
-            .set_expression_attribute_names(Some(names))
-            .set_expression_attribute_values(Some(values))
+            .update_expression(parts.update)
+            .condition_expression(parts.condition)
+            .set_expression_attribute_names(Some(parts.names))
+            .set_expression_attribute_values(Some(parts.values))
+            .build()
+            .map_err(build)?;
+        let result = self
+            .client
+            .transact_write_items()
+            .transact_items(TransactWriteItem::builder().put(put).build())
+            .transact_items(TransactWriteItem::builder().update(update).build())
             .send()
             .await;
-        match result {
-            Ok(_) => Ok(Written::Yes),
-            Err(SdkError::ServiceError(e)) if e.err().is_conditional_check_failed_exception() => {
-                Ok(Written::LostRace)
-            }
-            Err(e) => Err(classify("UpdateItem")(e)),
+        let error = match result {
+            Ok(_) => return Ok(Written::Yes),
+            Err(e) => e,
+        };
+        let reasons: Vec<Option<String>> = match &error {
+            SdkError::ServiceError(e) => match e.err() {
+                TransactWriteItemsError::TransactionCanceledException(cancelled) => cancelled
+                    .cancellation_reasons()
+                    .iter()
+                    .map(|r| r.code().map(str::to_owned))
+                    .collect(),
+                _ => return Err(classify("TransactWriteItems")(error)),
+            },
+            _ => return Err(classify("TransactWriteItems")(error)),
+        };
+        // In the order of the items: the key's Put, then the update.
+        let code = |i: usize| reasons.get(i).cloned().flatten().unwrap_or_default();
+        let (key, item) = (code(0), code(1));
+        tracing::debug!(key, item, "TransactWriteItems cancelled");
+        if key == "ConditionalCheckFailed" {
+            Ok(Written::KeyTaken)
+        } else if item == "ConditionalCheckFailed" {
+            Ok(Written::LostRace)
+        } else if [&key, &item]
+            .iter()
+            .any(|c| c.as_str() == "TransactionConflict")
+        {
+            Ok(Written::Conflict)
+        } else if [&key, &item].iter().any(|c| {
+            matches!(
+                c.as_str(),
+                "ThrottlingError" | "ProvisionedThroughputExceeded" | "RequestLimitExceeded"
+            )
+        }) {
+            Err(StoreError::Throttled {
+                call: "TransactWriteItems",
+                source: Box::new(error),
+            })
+        } else {
+            Err(classify("TransactWriteItems")(error))
         }
+    }
+
+    /// The record of a key, read strongly consistently; `None` when there
+    /// is none, or only an expired one.
+    async fn stored_key(
+        &self,
+        key: &IdempotencyKey,
+        now: u64,
+    ) -> Result<Option<(Fingerprint, Created)>, StoreError> {
+        let out = self
+            .client
+            .get_item()
+            .table_name(&self.idempotency_table)
+            .key(KEY_ATTR, AttributeValue::S(key.as_str().to_owned()))
+            .consistent_read(true)
+            .send()
+            .await
+            .map_err(classify("GetItem"))?;
+        let Some(record) = out.item else {
+            return Ok(None);
+        };
+        let malformed = |reason: String| StoreError::Malformed {
+            identity: format!("(Idempotency-Key record {})", key.as_str()),
+            reason,
+        };
+        let expires_at: u64 = item::integer(&record, EXPIRES_AT_ATTR).map_err(malformed)?;
+        if expires_at < now {
+            return Ok(None);
+        }
+        let text = |attr: &str| {
+            item::string(&record, attr)
+                .map(str::to_owned)
+                .map_err(malformed)
+        };
+        Ok(Some((
+            Fingerprint::stored(text(FINGERPRINT_ATTR)?),
+            Created {
+                location: text(LOCATION_ATTR)?,
+                body: text(BODY_ATTR)?,
+            },
+        )))
     }
 
     /// An identity's totals, `None` when nothing was recorded for it.
@@ -301,6 +578,20 @@ fn summary_of(identity: &Identity, item: &Item) -> Result<Summary, String> {
         last_seq: item::integer(item, VERSION_ATTR)?,
         pending_events: item::map_len(item, OUTBOX_ATTR)?,
     })
+}
+
+/// How [`SpendingStore::record_with`] ended.
+enum Done {
+    /// With the answer, when it was asked for a key.
+    Recorded(Envelope, Option<Created>),
+    Replayed(Created),
+}
+
+/// Now, in seconds since the epoch (DynamoDB's Time to Live unit).
+fn epoch_secs() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
 }
 
 fn malformed(identity: &Identity, reason: String) -> StoreError {

@@ -10,6 +10,10 @@
 //!   `obt_identity`, `obt_spending` and the outbox table `obt`; the relay
 //!   polls `obt`.
 //!
+//! Both also store an `Idempotency-Key`'s record in that same atomic write
+//! ([`Store::record_idempotent`]), so there is never a spending without its
+//! key record or the reverse.
+//!
 //! Both give the same outcomes for the same requests, so the HTTP answers
 //! do not depend on the backend: the api's integration tests run against
 //! either (`OBT_TEST_STORAGE`).
@@ -28,6 +32,7 @@ pub mod retry;
 use obt_contract::{Envelope, Identity};
 use rust_decimal::Decimal;
 
+use crate::idempotency::{Idempotency, Outcome};
 use crate::input::NewSpending;
 pub use dynamodb::SpendingStore;
 #[cfg(feature = "mysql")]
@@ -85,6 +90,10 @@ pub enum StoreError {
         #[source]
         source: sqlx::Error,
     },
+    /// The Idempotency-Key was already used, unexpired, for a request
+    /// with another fingerprint; nothing was written.
+    #[error("the Idempotency-Key was already used for a different request")]
+    KeyReused,
     /// The stored aggregate exists but is not what this code writes.
     #[error("the item of {identity} is malformed: {reason}")]
     Malformed { identity: String, reason: String },
@@ -100,6 +109,9 @@ pub struct StoreOptions {
     /// The most events an item's outbox may hold (DynamoDB only: MySQL's
     /// outbox is a table, see [`mysql`]).
     pub max_pending_events: u32,
+    /// How long an Idempotency-Key is kept after its first use; after
+    /// that it may be used again.
+    pub idempotency_ttl: std::time::Duration,
 }
 
 impl StoreOptions {
@@ -115,6 +127,7 @@ impl Default for StoreOptions {
         Self {
             retry: RetryPolicy::default(),
             max_pending_events: Self::DEFAULT_MAX_PENDING_EVENTS,
+            idempotency_ttl: crate::idempotency::DEFAULT_TTL,
         }
     }
 }
@@ -147,6 +160,21 @@ impl Store {
             Self::DynamoDb(store) => store.record(spending).await,
             #[cfg(feature = "mysql")]
             Self::MySql(store) => store.record(spending).await,
+        }
+    }
+
+    /// Records a spending, its event and the record of its
+    /// Idempotency-Key atomically, or answers as the key's first request
+    /// was answered (same fingerprint) or refuses ([`StoreError::KeyReused`]).
+    pub async fn record_idempotent(
+        &self,
+        spending: &NewSpending,
+        idempotency: &Idempotency,
+    ) -> Result<Outcome, StoreError> {
+        match self {
+            Self::DynamoDb(store) => store.record_idempotent(spending, idempotency).await,
+            #[cfg(feature = "mysql")]
+            Self::MySql(store) => store.record_idempotent(spending, idempotency).await,
         }
     }
 

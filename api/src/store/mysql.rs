@@ -10,7 +10,12 @@
 //! 4. `INSERT` into the outbox `obt`: the envelope exactly as the relay
 //!    will send it ([`Envelope::encode`]);
 //! 5. `UPDATE` of `obt_identity`: last seq, totals, names;
-//! 6. `COMMIT`.
+//! 6. with an `Idempotency-Key`: `INSERT` into `obt_idempotency` of the
+//!    key, the request's fingerprint and the 201 answer (see
+//!    `insert_key`); when the key is taken and unexpired, the whole
+//!    transaction rolls back and the stored answer is replayed (same
+//!    fingerprint) or the request refused (another one);
+//! 7. `COMMIT`.
 //!
 //! Any failure before COMMIT rolls all of it back, so the outbox never
 //! holds an event without its spending or the reverse (invariants 1 and
@@ -54,6 +59,7 @@ use tracing::instrument;
 
 use super::locks::StripedLocks;
 use super::{RetryPolicy, StoreError, StoreOptions, Summary};
+use crate::idempotency::{Created, Fingerprint, Idempotency, Outcome};
 use crate::input::NewSpending;
 
 /// How long a request waits for a pooled connection (or for a new one to
@@ -70,6 +76,7 @@ mod code {
     pub const SERVER_SHUTDOWN: u16 = 1053;
     /// MariaDB: the connection was killed.
     pub const CONNECTION_KILLED: u16 = 1927;
+    pub const DUPLICATE_ENTRY: u16 = 1062;
 }
 
 /// Why the store could not start.
@@ -125,7 +132,17 @@ pub fn pool_options(max_connections: u32) -> MySqlPoolOptions {
 pub struct MySqlStore {
     pool: MySqlPool,
     retry: RetryPolicy,
+    idempotency_ttl: Duration,
     locks: StripedLocks,
+}
+
+/// How an attempt at the transaction ended, short of a failure.
+enum Done {
+    /// Committed; with the answer, when it was asked for a key.
+    Recorded(Envelope, Option<Created>),
+    /// Rolled back: the key is in use by an earlier request, whose
+    /// fingerprint and answer these are.
+    KeyTaken(Fingerprint, Created),
 }
 
 /// How an attempt at the transaction failed.
@@ -136,11 +153,13 @@ enum Failure {
 }
 
 impl MySqlStore {
-    /// A store over `pool`; of `options`, only the retry policy applies.
+    /// A store over `pool`; of `options`, the retry policy and the
+    /// Idempotency-Key TTL apply.
     pub fn new(pool: MySqlPool, options: StoreOptions) -> Self {
         Self {
             pool,
             retry: options.retry,
+            idempotency_ttl: options.idempotency_ttl,
             locks: StripedLocks::new(),
         }
     }
@@ -189,13 +208,51 @@ impl MySqlStore {
     /// event.
     #[instrument(skip_all, fields(identity = %spending.identity))]
     pub async fn record(&self, spending: &NewSpending) -> Result<Envelope, StoreError> {
+        match self.record_with(spending, None).await? {
+            Done::Recorded(envelope, _) => Ok(envelope),
+            Done::KeyTaken(..) => unreachable!("a write without a key finds no key"),
+        }
+    }
+
+    /// Records a spending, its event and the record of its Idempotency-Key
+    /// in one transaction, or answers what the key's first request was
+    /// answered.
+    #[instrument(skip_all, fields(identity = %spending.identity))]
+    pub async fn record_idempotent(
+        &self,
+        spending: &NewSpending,
+        idempotency: &Idempotency,
+    ) -> Result<Outcome, StoreError> {
+        match self.record_with(spending, Some(idempotency)).await? {
+            Done::Recorded(_, Some(created)) => Ok(Outcome::Recorded(created)),
+            Done::Recorded(envelope, None) => Ok(Outcome::Recorded(
+                Created::of(&envelope).map_err(|e| StoreError::Encode(e.to_string()))?,
+            )),
+            Done::KeyTaken(fingerprint, created) => {
+                if fingerprint == idempotency.fingerprint {
+                    tracing::debug!("replaying the answer of the key's first request");
+                    Ok(Outcome::Replayed(created))
+                } else {
+                    Err(StoreError::KeyReused)
+                }
+            }
+        }
+    }
+
+    async fn record_with(
+        &self,
+        spending: &NewSpending,
+        idempotency: Option<&Idempotency>,
+    ) -> Result<Done, StoreError> {
         let _turn = self.locks.lock(spending.identity.as_str()).await;
         let mut failures: u32 = 0;
         loop {
-            match self.attempt(spending).await {
-                Ok(envelope) => {
-                    tracing::debug!(seq = envelope.seq, failures, "recorded");
-                    return Ok(envelope);
+            match self.attempt(spending, idempotency).await {
+                Ok(done) => {
+                    if let Done::Recorded(envelope, _) = &done {
+                        tracing::debug!(seq = envelope.seq, failures, "recorded");
+                    }
+                    return Ok(done);
                 }
                 Err(Failure::Fail(e)) => return Err(e),
                 Err(Failure::Retry(e)) => {
@@ -213,12 +270,36 @@ impl MySqlStore {
     }
 
     /// One try at the transaction, rolled back unless it committed.
-    async fn attempt(&self, spending: &NewSpending) -> Result<Envelope, Failure> {
+    async fn attempt(
+        &self,
+        spending: &NewSpending,
+        idempotency: Option<&Idempotency>,
+    ) -> Result<Done, Failure> {
         let mut tx = self.pool.begin().await.map_err(classify("BEGIN"))?;
-        match write(&mut tx, spending).await {
-            Ok(envelope) => {
+        let written = async {
+            let envelope = write(&mut tx, spending).await?;
+            let Some(idempotency) = idempotency else {
+                return Ok(Done::Recorded(envelope, None));
+            };
+            let created = Created::of(&envelope)
+                .map_err(|e| Failure::Fail(StoreError::Encode(e.to_string())))?;
+            match insert_key(&mut tx, idempotency, &created, self.idempotency_ttl).await? {
+                None => Ok(Done::Recorded(envelope, Some(created))),
+                Some((fingerprint, stored)) => Ok(Done::KeyTaken(fingerprint, stored)),
+            }
+        }
+        .await;
+        match written {
+            Ok(done @ Done::Recorded(..)) => {
                 tx.commit().await.map_err(classify_commit)?;
-                Ok(envelope)
+                Ok(done)
+            }
+            Ok(taken @ Done::KeyTaken(..)) => {
+                // The spending of this attempt must not stay.
+                if let Err(e) = tx.rollback().await {
+                    tracing::debug!(error = %e, "rollback failed");
+                }
+                Ok(taken)
             }
             Err(failure) => {
                 // Explicitly: a lock wait timeout rolls back only its
@@ -371,6 +452,84 @@ async fn write(conn: &mut MySqlConnection, spending: &NewSpending) -> Result<Env
     .await
     .map_err(classify("UPDATE obt_identity"))?;
     Ok(envelope)
+}
+
+/// Inserts the record of the key, last in the transaction (so that no
+/// statement of it waits for a lock while it holds the key's). Returns
+/// `None` when the key is now this request's, or the fingerprint and
+/// answer of the unexpired request that holds it.
+///
+/// When another transaction inserted the key and has not finished, the
+/// INSERT waits for it: after its COMMIT, this one finds the key
+/// (duplicate entry) and the caller rolls back; after its ROLLBACK, this
+/// one gets the key. A duplicate entry leaves a shared lock on the row:
+/// it is read under that lock, and an expired record is replaced.
+async fn insert_key(
+    conn: &mut MySqlConnection,
+    idempotency: &Idempotency,
+    created: &Created,
+    ttl: Duration,
+) -> Result<Option<(Fingerprint, Created)>, Failure> {
+    let now = OffsetDateTime::now_utc();
+    let expires_at = now + ttl;
+    let key = idempotency.key.as_str();
+    let inserted = sqlx::query(
+        "INSERT INTO obt_idempotency \
+             (idempotency_key, fingerprint, response_location, response_body, created_at, \
+              expires_at) \
+         VALUES (?, ?, ?, ?, ?, ?)",
+    )
+    .bind(key)
+    .bind(idempotency.fingerprint.as_str())
+    .bind(&created.location)
+    .bind(&created.body)
+    .bind(now)
+    .bind(expires_at)
+    .execute(&mut *conn)
+    .await;
+    match inserted {
+        Ok(_) => return Ok(None),
+        Err(e) if number(&e) == Some(code::DUPLICATE_ENTRY) => {}
+        Err(e) => return Err(classify("INSERT obt_idempotency")(e)),
+    }
+    let row = sqlx::query(
+        "SELECT fingerprint, response_location, response_body, expires_at < ? AS expired \
+         FROM obt_idempotency WHERE idempotency_key = ? LOCK IN SHARE MODE",
+    )
+    .bind(now)
+    .bind(key)
+    .fetch_one(&mut *conn)
+    .await
+    .map_err(classify("SELECT obt_idempotency"))?;
+    let decode = |e| Failure::Fail(fail("reading obt_idempotency")(e));
+    let expired: i64 = row.try_get_unchecked("expired").map_err(decode)?;
+    if expired == 0 {
+        // Unchecked: see `summary`.
+        let fingerprint: String = row.try_get_unchecked("fingerprint").map_err(decode)?;
+        return Ok(Some((
+            Fingerprint::stored(fingerprint),
+            Created {
+                location: row.try_get_unchecked("response_location").map_err(decode)?,
+                body: row.try_get_unchecked("response_body").map_err(decode)?,
+            },
+        )));
+    }
+    sqlx::query(
+        "UPDATE obt_idempotency \
+         SET fingerprint = ?, response_location = ?, response_body = ?, created_at = ?, \
+             expires_at = ? \
+         WHERE idempotency_key = ?",
+    )
+    .bind(idempotency.fingerprint.as_str())
+    .bind(&created.location)
+    .bind(&created.body)
+    .bind(now)
+    .bind(expires_at)
+    .bind(key)
+    .execute(&mut *conn)
+    .await
+    .map_err(classify("UPDATE obt_idempotency"))?;
+    Ok(None)
 }
 
 /// The outbox's `type` column: the envelope's `type`.

@@ -151,7 +151,19 @@ pub fn state(client: aws_sdk_dynamodb::Client, table: &str, options: StoreOption
 /// A state with its own DynamoDB store (and so its own locks) on `stack`'s
 /// table, like a second process.
 pub fn state_on(stack: &Stack, options: StoreOptions) -> AppState {
-    state(stack.dynamodb(), &stack.names.table, options)
+    state_through(stack.dynamodb(), stack, options)
+}
+
+/// A DynamoDB store on `stack`'s tables (its Idempotency-Key table too)
+/// through `client`.
+pub fn state_through(
+    client: aws_sdk_dynamodb::Client,
+    stack: &Stack,
+    options: StoreOptions,
+) -> AppState {
+    let store = SpendingStore::new(client, &stack.names.table, options)
+        .with_idempotency_table(&stack.names.idempotency_table);
+    AppState::new(store, REQUEST_TIMEOUT)
 }
 
 impl TestApp {
@@ -186,7 +198,10 @@ impl TestApp {
     /// database.
     pub fn settings(&self) -> Settings {
         match &self.backend {
-            Backend::DynamoDb(stack) => settings(&stack.names.table),
+            Backend::DynamoDb(stack) => Settings {
+                idempotency_table: stack.names.idempotency_table.clone(),
+                ..settings(&stack.names.table)
+            },
             #[cfg(feature = "mysql")]
             Backend::MySql(mysql) => mysql.settings(),
         }

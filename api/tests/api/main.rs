@@ -6,11 +6,14 @@
 
 mod concurrency;
 mod helpers;
+mod hostile;
 mod http;
+mod idempotency;
 #[cfg(feature = "mysql")]
 mod mysql;
 #[cfg(feature = "mysql")]
 mod mysql_backend;
+mod openapi;
 mod proxy;
 mod retries;
 mod shutdown;

@@ -82,7 +82,7 @@ impl DynamoProxy {
 impl DynamoProxy {
     /// An app state whose store reaches `stack`'s table through this proxy.
     pub fn state(&self, stack: &Stack, options: obt_api::StoreOptions) -> obt_api::AppState {
-        crate::helpers::state(self.client(stack), &stack.names.table, options)
+        crate::helpers::state_through(self.client(stack), stack, options)
     }
 }
 

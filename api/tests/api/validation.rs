@@ -1,6 +1,8 @@
 //! Every rule of `POST /api/v1/spending`, through the real router and a real
 //! database: rejected requests answer the documented error and write
-//! nothing; accepted ones store the exact amount.
+//! nothing; accepted ones store the exact amount. What broken or hostile
+//! clients send (wrong types, NaN, invalid UTF-8, nesting, media types,
+//! ...) is the table of `hostile.rs`.
 
 use axum::http::StatusCode;
 
@@ -112,19 +114,7 @@ fn rejected_cases() -> Vec<Rejected> {
             "identity",
             STRING,
         ),
-        unprocessable(
-            "identity null",
-            with("identity", "null"),
-            "identity",
-            STRING,
-        ),
         unprocessable("name a number", with("name", "7"), "name", STRING),
-        unprocessable(
-            "name an array",
-            with("name", r#"["Martin"]"#),
-            "name",
-            STRING,
-        ),
         unprocessable("name null", with("name", "null"), "name", STRING),
         unprocessable(
             "surname a boolean",
@@ -134,24 +124,11 @@ fn rejected_cases() -> Vec<Rejected> {
         ),
         unprocessable("surname null", with("surname", "null"), "surname", STRING),
         unprocessable(
-            "amount a boolean",
-            with("amount", "true"),
-            "amount",
-            AMOUNT_TYPE,
-        ),
-        unprocessable(
             "amount an object",
             with("amount", r#"{"value":1}"#),
             "amount",
             AMOUNT_TYPE,
         ),
-        unprocessable(
-            "amount an array",
-            with("amount", "[51.3]"),
-            "amount",
-            AMOUNT_TYPE,
-        ),
-        unprocessable("amount null", with("amount", "null"), "amount", AMOUNT_TYPE),
         unprocessable(
             "identity empty",
             with("identity", r#""""#),
@@ -239,10 +216,16 @@ fn rejected_cases() -> Vec<Rejected> {
             "must have at most 18 integer digits",
         ),
         unprocessable(
-            "amount with an exponent",
-            with("amount", "1e3"),
+            "amount with an exponent, three fraction digits",
+            with("amount", "1.5e-3"),
             "amount",
-            "must be written without an exponent, such as 1500.00 rather than 1.5e3",
+            "must have at most 2 fraction digits",
+        ),
+        unprocessable(
+            "amount with an exponent, 19 integer digits",
+            with("amount", "1e18"),
+            "amount",
+            "must have at most 18 integer digits",
         ),
         unprocessable(
             "amount with an exponent in a string",
@@ -294,14 +277,9 @@ fn rejected_cases() -> Vec<Rejected> {
         ),
         bad_json("malformed JSON", r#"{"identity":"AB1","#),
         bad_json("trailing comma", &format!("{},", with("amount", "1"))),
-        bad_json("two documents", &format!("{0} {0}", with("amount", "1"))),
         bad_json("single quotes", "{'identity':'AB1'}"),
-        bad_json("an empty body", ""),
-        bad_json("NaN amount", &with("amount", "NaN")),
         bad_json("a leading plus", &with("amount", "+5")),
         bad_content_type("no content type", None),
-        bad_content_type("text/plain", Some("text/plain")),
-        bad_content_type("a form", Some("application/x-www-form-urlencoded")),
         bad_content_type("json as a prefix only", Some("application/jsonp")),
         unprocessable(
             "a body of exactly 16 KiB is read, then judged",
@@ -440,6 +418,22 @@ async fn valid_requests_are_accepted_with_the_exact_amount() {
             r#""Martin""#,
             "999999999999999999.99",
             "999999999999999999.99",
+        ),
+        (
+            "exponent notation, as Python prints large floats",
+            "application/json",
+            "e17",
+            r#""Martin""#,
+            "6.7902384220095e+17",
+            "679023842200950000.00",
+        ),
+        (
+            "exponent notation, a negative exponent",
+            "application/json",
+            "e-1",
+            r#""Martin""#,
+            "15E-1",
+            "1.50",
         ),
         (
             "a charset parameter",
