@@ -82,6 +82,11 @@ OBT_TEST_STORAGE=mysql cargo test --all-features --no-fail-fast -p obt-api -p ob
   2>&1 | tee -a "$run_dir/cargo-test.log"
 mysql_status=${PIPESTATUS[0]}
 [ "$mysql_status" -eq 0 ] || status=$mysql_status
+# The real api binary against its own OpenAPI document, in both modes.
+step "schemathesis: the api against its OpenAPI document (both storage modes)"
+scripts/schemathesis.sh --run-dir "$run_dir/schemathesis"
+schemathesis_status=$?
+[ "$schemathesis_status" -eq 0 ] || status=$schemathesis_status
 set -e
 stop_servers
 trap - EXIT
