@@ -8,10 +8,25 @@
 #   OBT_STORAGE=mysql scripts/demo.sh   MySQL mode: a private MariaDB (installed
 #                                       with apt-get when missing), the outbox
 #                                       table and the polling relay
+#   scripts/demo.sh --check [ARGS]      then also obt-check against the running
+#                                       stack, ARGS going to obt-check (e.g.
+#                                       --spendings 1000 --identities 20); its
+#                                       table is in .run/demo/check.json too
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/emulators.sh
 source scripts/mariadb.sh
+
+check=false
+check_args=()
+if [ "${1:-}" = --check ]; then
+  check=true
+  shift
+  check_args=("$@")
+elif [ $# -gt 0 ]; then
+  echo "usage: [OBT_STORAGE=mysql] scripts/demo.sh [--check [OBT-CHECK ARGS]]" >&2
+  exit 2
+fi
 
 storage=${OBT_STORAGE:-dynamodb}
 case "$storage" in
@@ -123,4 +138,10 @@ cat "$run_dir/applied.json"
 step "GET /api/v1/spending/AB1 (the api's view)"
 curl --silent --show-error "http://127.0.0.1:$api_port/api/v1/spending/AB1"
 echo
+if [ "$check" = true ]; then
+  step "obt-check against the running stack (obt-check ${check_args[*]})"
+  env_of consumer-show
+  env "${extra[@]}" "$bin/obt-check" --api-url "http://127.0.0.1:$api_port" --progress always \
+    --report "$run_dir/check.json" "${check_args[@]}"
+fi
 step "done: stopping the services and the emulators"

@@ -49,8 +49,8 @@ scripts/deploy.sh --dry-run --skip-build --region us-east-1 --bucket example-buc
 
 step "a build without the mysql feature refuses the MySQL mode, saying how to fix it"
 cargo build --workspace --bins --quiet
-for binary in api stream-relay consumer obt-migrate; do
-  if OBT_STORAGE=mysql RUST_BACKTRACE=0 OBT_QUEUE_URL=http://127.0.0.1:9/none.fifo \
+for binary in api stream-relay consumer obt-migrate obt-check; do
+  if OBT_STORAGE=mysql RUST_BACKTRACE=0 OBT_QUEUE_URL=http://127.0.0.1:9/none.fifo OBT_CHECK_API_URL=http://127.0.0.1:9 \
     "target/debug/$binary" >"$run_dir/no-mysql-$binary.log" 2>&1; then
     echo "$binary started in MySQL mode without the mysql feature" >&2
     exit 1
@@ -76,9 +76,10 @@ step "tests, NoSQL mode (and the MySQL mode's own tests)"
 cargo test --workspace --all-features --no-fail-fast "$@" 2>&1 | tee "$run_dir/cargo-test.log"
 status=${PIPESTATUS[0]}
 # The suites written for both modes (the api's HTTP contract, the
-# consumer's behaviour, the end-to-end scenarios) again, in MySQL mode.
+# consumer's behaviour, the end-to-end and fault scenarios, the checker)
+# again, in MySQL mode.
 step "tests, MySQL mode (OBT_TEST_STORAGE=mysql)"
-OBT_TEST_STORAGE=mysql cargo test --all-features --no-fail-fast -p obt-api -p obt-consumer -p obt-e2e "$@" \
+OBT_TEST_STORAGE=mysql cargo test --all-features --no-fail-fast -p obt-api -p obt-consumer -p obt-e2e -p obt-check "$@" \
   2>&1 | tee -a "$run_dir/cargo-test.log"
 mysql_status=${PIPESTATUS[0]}
 [ "$mysql_status" -eq 0 ] || status=$mysql_status

@@ -1,6 +1,6 @@
 //! The outboxtable api: records a spending and its `SpendingRecorded` event
 //! in one atomic write, and reports an identity's totals. The write is one
-//! DynamoDB UpdateItem by default, or one MySQL transaction
+//! DynamoDB write (a conditional update of the identity's item) by default, or one MySQL transaction
 //! (`OBT_STORAGE=mysql`, in builds with the cargo feature `mysql`).
 //!
 //! Map of the modules:
@@ -22,7 +22,7 @@
 //!   each variant answers.
 //!
 //! The invariant this crate owns is atomicity: a POST is exactly one
-//! conditional UpdateItem that updates the totals and adds the event to the
+//! conditional update of the item that updates the totals and adds the event to the
 //! item's outbox (or one MySQL transaction that inserts the spending and
 //! its outbox row), so the spending and its event are stored together or
 //! not at all, and a rejected request writes nothing. With an

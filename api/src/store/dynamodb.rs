@@ -1,7 +1,8 @@
 //! The DynamoDB backend: everything that speaks DynamoDB.
 //!
-//! A spending is recorded by exactly one UpdateItem on the identity's item
-//! that, under a condition on `version`, sets the new `version` (the
+//! A spending is recorded by exactly one conditional update of the
+//! identity's item (one TransactWriteItems, see below) that, under a
+//! condition on `version`, sets the new `version` (the
 //! event's `seq`), adds to `total` and `count`, and puts the event into the
 //! `outbox` map. The write is atomic, so the totals and the event are
 //! stored together or not at all (invariant 1), and the condition makes
@@ -17,10 +18,16 @@
 //! reads (`pending_since`, set only when absent, so it tells the time of
 //! the oldest event that may be pending; see [`obt_contract::outbox`]).
 //!
-//! With an `Idempotency-Key` the write is one TransactWriteItems instead:
-//! a Put of the key's record into the idempotency table, conditioned on the
-//! key being unused or expired, and the same conditional update of the
-//! item. Its cancellation reasons tell which condition failed: the key's
+//! The update is sent as a TransactWriteItems, not an UpdateItem, for its
+//! ClientRequestToken (the event id): the SDK's own retry of a write that
+//! committed but whose answer was lost is then answered as the first
+//! attempt was, instead of failing the version condition and being taken
+//! for a lost race, which would record the spending twice. It costs twice
+//! the write capacity of an UpdateItem; that is the price of exactly once.
+//!
+//! With an `Idempotency-Key` the same transaction also holds a Put of the
+//! key's record into the idempotency table, conditioned on the key being
+//! unused or expired. Its cancellation reasons tell which condition failed: the key's
 //! (checked first) means an earlier request holds it, whose record is read
 //! strongly consistently and replayed, or refused when its fingerprint
 //! differs; the item's is the race above; a transaction conflict is retried
@@ -264,28 +271,7 @@ impl SpendingStore {
         envelope: &Envelope,
         version: Option<u64>,
     ) -> Result<Written, StoreError> {
-        let parts = self.update_of(envelope, version)?;
-        let result = self
-            .client
-            .update_item()
-            .table_name(&self.table)
-            .key(
-                IDENTITY_ATTR,
-                AttributeValue::S(envelope.identity.to_string()),
-            )
-            .update_expression(parts.update)
-            .condition_expression(parts.condition)
-            .set_expression_attribute_names(Some(parts.names))
-            .set_expression_attribute_values(Some(parts.values))
-            .send()
-            .await;
-        match result {
-            Ok(_) => Ok(Written::Yes),
-            Err(SdkError::ServiceError(e)) if e.err().is_conditional_check_failed_exception() => {
-                Ok(Written::LostRace)
-            }
-            Err(e) => Err(classify("UpdateItem")(e)),
-        }
+        self.transact(envelope, version, None).await
     }
 
     /// The update of the identity's item that records `envelope`,
@@ -391,7 +377,6 @@ impl SpendingStore {
         created: &Created,
         now: u64,
     ) -> Result<Written, StoreError> {
-        let parts = self.update_of(envelope, version)?;
         let build = |e: aws_sdk_dynamodb::error::BuildError| StoreError::Encode(e.to_string());
         let expires_at = now.saturating_add(self.options.idempotency_ttl.as_secs());
         let record = HashMap::from([
@@ -429,6 +414,27 @@ impl SpendingStore {
             .expression_attribute_values(":now", AttributeValue::N(now.to_string()))
             .build()
             .map_err(build)?;
+        self.transact(envelope, version, Some(put)).await
+    }
+
+    /// One TransactWriteItems: `key`'s Put (when there is one), then the
+    /// conditional update of the identity's item that records `envelope`.
+    ///
+    /// The event id is the transaction's ClientRequestToken. The SDK sends
+    /// a request again after a timeout, a lost connection or a 5xx, and
+    /// the first one may have committed although its answer never came
+    /// back; for ten minutes DynamoDB answers a request with a token it
+    /// has seen with that request's outcome, without writing again. Without
+    /// the token, such a retry of a committed write would fail its own
+    /// version condition, look like a lost race, and the spending would be
+    /// recorded a second time at the next seq.
+    async fn transact(
+        &self,
+        envelope: &Envelope,
+        version: Option<u64>,
+        key: Option<Put>,
+    ) -> Result<Written, StoreError> {
+        let parts = self.update_of(envelope, version)?;
         let update = Update::builder()
             .table_name(&self.table)
             .key(
@@ -440,11 +446,16 @@ impl SpendingStore {
             .set_expression_attribute_names(Some(parts.names))
             .set_expression_attribute_values(Some(parts.values))
             .build()
-            .map_err(build)?;
-        let result = self
+            .map_err(|e| StoreError::Encode(e.to_string()))?;
+        let with_key = key.is_some();
+        let mut request = self
             .client
             .transact_write_items()
-            .transact_items(TransactWriteItem::builder().put(put).build())
+            .client_request_token(envelope.event_id.to_string());
+        if let Some(put) = key {
+            request = request.transact_items(TransactWriteItem::builder().put(put).build());
+        }
+        let result = request
             .transact_items(TransactWriteItem::builder().update(update).build())
             .send()
             .await;
@@ -463,9 +474,13 @@ impl SpendingStore {
             },
             _ => return Err(classify("TransactWriteItems")(error)),
         };
-        // In the order of the items: the key's Put, then the update.
+        // In the order of the items: the key's Put (if any), then the update.
         let code = |i: usize| reasons.get(i).cloned().flatten().unwrap_or_default();
-        let (key, item) = (code(0), code(1));
+        let (key, item) = if with_key {
+            (code(0), code(1))
+        } else {
+            (String::new(), code(0))
+        };
         tracing::debug!(key, item, "TransactWriteItems cancelled");
         if key == "ConditionalCheckFailed" {
             Ok(Written::KeyTaken)

@@ -4,7 +4,7 @@
 //! together or not at all) is its own business:
 //!
 //! - [`dynamodb`] ([`SpendingStore`], the default): one conditional
-//!   UpdateItem on the identity's item, whose `outbox` attribute holds the
+//!   update of the identity's item (a TransactWriteItems), whose `outbox` attribute holds the
 //!   events; DynamoDB Streams carry them to the relay.
 //! - [`mysql`] (`MySqlStore`, cargo feature `mysql`): one transaction over
 //!   `obt_identity`, `obt_spending` and the outbox table `obt`; the relay

@@ -27,11 +27,16 @@ pub type HookFuture = Pin<Box<dyn Future<Output = Option<Response>> + Send>>;
 /// Called with the DynamoDB operation (`GetItem`, `UpdateItem`, ...) of
 /// each request; `Some` is answered instead of forwarding.
 pub type Hook = Arc<dyn Fn(String) -> HookFuture + Send + Sync>;
+/// Called with the operation of each forwarded request once DynamoDB has
+/// answered it; `Some` goes to the client instead of DynamoDB's answer
+/// (which is lost: what the request did stays done).
+pub type AfterHook = Arc<dyn Fn(&str) -> Option<Response> + Send + Sync>;
 
 struct Inner {
     upstream: String,
     client: reqwest::Client,
     hook: Hook,
+    after: Option<AfterHook>,
 }
 
 pub struct DynamoProxy {
@@ -47,12 +52,18 @@ impl Drop for DynamoProxy {
 
 impl DynamoProxy {
     pub async fn start(hook: Hook) -> Self {
+        Self::start_with(hook, None).await
+    }
+
+    /// A proxy whose `after` hook may replace DynamoDB's answers.
+    pub async fn start_with(hook: Hook, after: Option<AfterHook>) -> Self {
         let upstream = std::env::var("AWS_ENDPOINT_URL_DYNAMODB")
             .expect("AWS_ENDPOINT_URL_DYNAMODB points at DynamoDB Local");
         let inner = Arc::new(Inner {
             upstream,
             client: reqwest::Client::new(),
             hook,
+            after,
         });
         let router = Router::new().fallback(forward).with_state(inner);
         let listener = TcpListener::bind("127.0.0.1:0")
@@ -74,6 +85,15 @@ impl DynamoProxy {
         let config = aws_sdk_dynamodb::config::Builder::from(&stack.config)
             .endpoint_url(&self.url)
             .retry_config(RetryConfig::disabled())
+            .build();
+        aws_sdk_dynamodb::Client::from_conf(config)
+    }
+
+    /// A DynamoDB client for `stack` through this proxy with the SDK's
+    /// standard retries, as the api runs with.
+    pub fn retrying_client(&self, stack: &Stack) -> aws_sdk_dynamodb::Client {
+        let config = aws_sdk_dynamodb::config::Builder::from(&stack.config)
+            .endpoint_url(&self.url)
             .build();
         aws_sdk_dynamodb::Client::from_conf(config)
     }
@@ -120,7 +140,7 @@ pub async fn holding_proxy() -> (DynamoProxy, mpsc::UnboundedReceiver<()>, Arc<S
         let arrived_tx = arrived_tx.clone();
         let held = held.clone();
         async move {
-            if operation == "UpdateItem" {
+            if operation == "TransactWriteItems" {
                 let _ = arrived_tx.send(());
                 if let Ok(permit) = held.acquire().await {
                     permit.forget();
@@ -141,7 +161,7 @@ async fn forward(State(inner): State<Arc<Inner>>, request: Request) -> Response 
         .and_then(|target| target.rsplit('.').next())
         .unwrap_or_default()
         .to_owned();
-    if let Some(answer) = (inner.hook)(operation).await {
+    if let Some(answer) = (inner.hook)(operation.clone()).await {
         return answer;
     }
     let (parts, body) = request.into_parts();
@@ -169,5 +189,8 @@ async fn forward(State(inner): State<Arc<Inner>>, request: Request) -> Response 
         }
     }
     let bytes = answer.bytes().await.expect("read DynamoDB Local's answer");
+    if let Some(replaced) = inner.after.as_ref().and_then(|after| after(&operation)) {
+        return replaced;
+    }
     response.body(Body::from(bytes)).expect("a valid response")
 }

@@ -17,7 +17,10 @@ use crate::helpers::{
 };
 use crate::proxy::{DynamoProxy, dynamodb_error, hook};
 
-/// A proxy that, before forwarding each of the first `races` UpdateItems
+/// The DynamoDB operation of the api's one write of a spending.
+const WRITE: &str = "TransactWriteItems";
+
+/// A proxy that, before forwarding each of the first `races` writes
 /// it sees, has another instance of the api record a spending for `AB1`,
 /// so that the write it then forwards finds the version changed.
 async fn racing_proxy(app: &TestApp, races: u32) -> (DynamoProxy, Arc<AtomicU32>) {
@@ -28,7 +31,7 @@ async fn racing_proxy(app: &TestApp, races: u32) -> (DynamoProxy, Arc<AtomicU32>
         let other = other.clone();
         let counter = counter.clone();
         async move {
-            if operation == "UpdateItem" && counter.fetch_add(1, Ordering::SeqCst) < races {
+            if operation == WRITE && counter.fetch_add(1, Ordering::SeqCst) < races {
                 let response = send(
                     &other,
                     post_request(Some("application/json"), &spending("AB1", "Winner", "1")),
@@ -120,7 +123,7 @@ async fn a_write_that_loses_a_race_is_retried_and_takes_the_next_seq() {
     assert_eq!(summary.json["name"], "Patient");
 }
 
-/// POSTs a spending through a proxy that answers every UpdateItem with
+/// POSTs a spending through a proxy that answers every write with
 /// the DynamoDB error `error_type` carrying `message`.
 async fn post_against_failing_writes(
     app: &TestApp,
@@ -128,8 +131,7 @@ async fn post_against_failing_writes(
     message: &'static str,
 ) -> TestResponse {
     let proxy = DynamoProxy::start(hook(move |operation| async move {
-        (operation == "UpdateItem")
-            .then(|| dynamodb_error(StatusCode::BAD_REQUEST, error_type, message))
+        (operation == WRITE).then(|| dynamodb_error(StatusCode::BAD_REQUEST, error_type, message))
     }))
     .await;
     let failing = obt_api::app(proxy.state(app.stack(), retries(2)));
@@ -176,4 +178,56 @@ async fn a_throttled_write_is_a_503_with_retry_after() {
 
     response.assert_retry_later("1", "the database is busy; retry later");
     assert_eq!(item_count(app.stack()).await, 0);
+}
+
+/// The write reaches DynamoDB and commits, but its answer is lost (a 500
+/// instead): the SDK sends the same request again. That retry must not
+/// record the spending a second time: the write carries its event id as
+/// the transaction's ClientRequestToken, so DynamoDB answers the retry as
+/// it answered the first, without writing. (A plain conditional
+/// UpdateItem would fail its version condition on the retry, look like a
+/// lost race, and be recorded again at the next seq.)
+#[tokio::test]
+async fn a_committed_write_whose_answer_is_lost_is_not_recorded_twice() {
+    if !runs_in(
+        Storage::Dynamodb,
+        "faults injected between the api and DynamoDB",
+    ) {
+        return;
+    }
+    let app = TestApp::new().await;
+    let lost = Arc::new(AtomicU32::new(0));
+    let counter = lost.clone();
+    let after: crate::proxy::AfterHook = Arc::new(move |operation| {
+        (operation == WRITE && counter.fetch_add(1, Ordering::SeqCst) == 0).then(|| {
+            dynamodb_error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "InternalServerError",
+                "the answer was lost",
+            )
+        })
+    });
+    let proxy = DynamoProxy::start_with(hook(|_| async { None }), Some(after)).await;
+    let api = obt_api::app(crate::helpers::state_through(
+        proxy.retrying_client(app.stack()),
+        app.stack(),
+        retries(2),
+    ));
+
+    let response = send(
+        &api,
+        post_request(Some("application/json"), &spending("AB1", "Once", "7")),
+    )
+    .await;
+
+    assert_eq!(response.status, StatusCode::CREATED, "{}", response.text);
+    assert_eq!(response.json["seq"], 1);
+    assert!(
+        lost.load(Ordering::SeqCst) >= 2,
+        "the SDK sent the write again"
+    );
+    let summary = app.get("/api/v1/spending/AB1").await;
+    assert_eq!(summary.json["count"], 1, "{}", summary.text);
+    assert_eq!(summary.json["total"], "7.00");
+    assert_eq!(app.outbox_events("AB1").await.len(), 1);
 }
