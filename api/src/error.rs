@@ -93,6 +93,11 @@ impl From<StoreError> for ApiError {
                 retry_after_secs: 1,
                 source: e,
             },
+            StoreError::DynamoDbUnreachable { .. } => Self::Unavailable {
+                message: "the database is unavailable; retry later",
+                retry_after_secs: 5,
+                source: e,
+            },
             // Unreachable, or no pooled connection within the acquire
             // timeout: the pool's own retries already took seconds.
             #[cfg(feature = "mysql")]

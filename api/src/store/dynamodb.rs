@@ -470,9 +470,9 @@ impl SpendingStore {
                     .iter()
                     .map(|r| r.code().map(str::to_owned))
                     .collect(),
-                _ => return Err(classify("TransactWriteItems")(error)),
+                _ => return Err(classify(WRITE_CALL)(error)),
             },
-            _ => return Err(classify("TransactWriteItems")(error)),
+            _ => return Err(classify(WRITE_CALL)(error)),
         };
         // In the order of the items: the key's Put (if any), then the update.
         let code = |i: usize| reasons.get(i).cloned().flatten().unwrap_or_default();
@@ -498,11 +498,11 @@ impl SpendingStore {
             )
         }) {
             Err(StoreError::Throttled {
-                call: "TransactWriteItems",
+                call: WRITE_CALL,
                 source: Box::new(error),
             })
         } else {
-            Err(classify("TransactWriteItems")(error))
+            Err(classify(WRITE_CALL)(error))
         }
     }
 
@@ -616,7 +616,13 @@ fn malformed(identity: &Identity, reason: String) -> StoreError {
     }
 }
 
-/// Turns an SDK error into a [`StoreError`], telling throttling apart.
+/// The one call that writes; any other call that gets no answer wrote
+/// nothing.
+const WRITE_CALL: &str = "TransactWriteItems";
+
+/// Turns an SDK error into a [`StoreError`], telling throttling apart, and
+/// a read that got no answer (which wrote nothing) from a write that got
+/// none (which may have committed).
 fn classify<E, R>(call: &'static str) -> impl FnOnce(SdkError<E, R>) -> StoreError
 where
     E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
@@ -631,9 +637,12 @@ where
                     | "RequestLimitExceeded"
             )
         );
+        let unanswered = matches!(e, SdkError::DispatchFailure(_) | SdkError::TimeoutError(_));
         let source: BoxError = Box::new(e);
         if throttled {
             StoreError::Throttled { call, source }
+        } else if unanswered && call != WRITE_CALL {
+            StoreError::DynamoDbUnreachable { call, source }
         } else {
             StoreError::DynamoDb { call, source }
         }

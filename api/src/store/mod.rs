@@ -62,6 +62,17 @@ pub enum StoreError {
         #[source]
         source: BoxError,
     },
+    /// A DynamoDB call that writes nothing (a read before the write, a
+    /// summary, the readiness probe) got no answer: the connection failed
+    /// or the call timed out, after the SDK's retries. Nothing was written.
+    #[error("DynamoDB did not answer {call}")]
+    DynamoDbUnreachable {
+        call: &'static str,
+        #[source]
+        source: BoxError,
+    },
+    /// Any other DynamoDB failure. A write that got no answer is one too:
+    /// it may have committed.
     #[error("DynamoDB call {call} failed")]
     DynamoDb {
         call: &'static str,

@@ -231,3 +231,41 @@ async fn a_committed_write_whose_answer_is_lost_is_not_recorded_twice() {
     assert_eq!(summary.json["total"], "7.00");
     assert_eq!(app.outbox_events("AB1").await.len(), 1);
 }
+
+/// DynamoDB refuses connections: the read before the write gets no answer,
+/// so nothing was written, and the api says so: 503 with Retry-After, like
+/// MySQL's unreachable database, not a 500 that leaves the client unsure.
+#[tokio::test]
+async fn an_unreachable_dynamodb_is_a_503_with_retry_after_for_posts_and_gets() {
+    if !runs_in(
+        Storage::Dynamodb,
+        "faults injected between the api and DynamoDB",
+    ) {
+        return;
+    }
+    let app = TestApp::new().await;
+    // A port that was free a moment ago: connections to it are refused.
+    let closed = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind a port");
+        listener.local_addr().expect("its address")
+    };
+    let config = aws_sdk_dynamodb::config::Builder::from(&app.stack().config)
+        .endpoint_url(format!("http://{closed}"))
+        .retry_config(aws_sdk_dynamodb::config::retry::RetryConfig::disabled())
+        .build();
+    let api = obt_api::app(crate::helpers::state_through(
+        aws_sdk_dynamodb::Client::from_conf(config),
+        app.stack(),
+        retries(2),
+    ));
+
+    let post = send(
+        &api,
+        post_request(Some("application/json"), &spending("AB1", "Martin", "1")),
+    )
+    .await;
+    post.assert_retry_later("5", "the database is unavailable; retry later");
+    let get = send(&api, crate::helpers::get_request("/api/v1/spending/AB1")).await;
+    get.assert_retry_later("5", "the database is unavailable; retry later");
+    assert_eq!(item_count(app.stack()).await, 0);
+}
