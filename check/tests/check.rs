@@ -7,37 +7,23 @@
 use std::process::Output;
 use std::time::{Duration, Instant};
 
-use obt_testkit::mysql::MySqlStack;
-use obt_testkit::{Service, Stack, eventually};
+use obt_testkit::mysql::Backend;
+use obt_testkit::{Service, eventually, free_port};
 use serde_json::Value;
 
 const DEADLINE: Duration = Duration::from_secs(60);
 
-/// The storage mode under test, as in e2e/tests/pipeline.rs.
-enum Backend {
-    DynamoDb(Box<Stack>),
-    MySql(Box<MySqlStack>),
-}
+/// The backend under test, with what these tests need of it.
+struct Checked(Backend);
 
-impl Backend {
+impl Checked {
     async fn create() -> Self {
-        match std::env::var("OBT_TEST_STORAGE").as_deref() {
-            Ok("mysql") => Self::MySql(Box::new(MySqlStack::create(5).await)),
-            Ok("dynamodb") | Err(_) => Self::DynamoDb(Box::new(Stack::create(5).await)),
-            Ok(other) => panic!("OBT_TEST_STORAGE is dynamodb or mysql, not {other:?}"),
-        }
+        Self(Backend::create(5).await)
     }
 
     /// The environment of one service binary, with fast idle polling.
     fn env(&self, service: &str) -> Vec<(&'static str, String)> {
-        let mut env = match self {
-            Self::DynamoDb(stack) => stack.service_env(),
-            Self::MySql(mysql) => match service {
-                "api" => mysql.api_env(),
-                "stream-relay" => mysql.relay_env(),
-                _ => mysql.consumer_env(),
-            },
-        };
+        let mut env = self.0.env(service);
         env.extend([
             ("OBT_IDLE_POLL_MS", "50".to_owned()),
             ("OBT_POLL_MAX_IDLE_MS", "50".to_owned()),
@@ -62,21 +48,16 @@ impl Backend {
     }
 }
 
-fn free_port() -> u16 {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind a free port");
-    listener.local_addr().expect("local address").port()
-}
-
 /// The api (and the relay, and the consumer if asked) on a fresh backend.
 struct Deployment {
-    backend: Backend,
+    backend: Checked,
     api_url: String,
     _services: Vec<Service>,
 }
 
 impl Deployment {
     async fn start(with_consumer: bool) -> Self {
-        let backend = Backend::create().await;
+        let backend = Checked::create().await;
         let port = free_port();
         let mut api_env = backend.env("api");
         api_env.push(("OBT_LISTEN", format!("127.0.0.1:{port}")));

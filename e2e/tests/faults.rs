@@ -53,9 +53,9 @@ use aws_sdk_sqs::types::MessageSystemAttributeName;
 use obt_consumer::{Ledger, StorageArgs};
 use obt_runtime::Storage;
 use obt_testkit::fault_proxy::{FaultProxy, Mode};
-use obt_testkit::mysql::MySqlStack;
+use obt_testkit::mysql::Backend;
 use obt_testkit::sqs_proxy::SqsProxy;
-use obt_testkit::{Service, Stack, eventually};
+use obt_testkit::{Service, Stack, eventually, free_port};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde_json::Value;
@@ -142,64 +142,21 @@ fn env_url(var: &str) -> String {
     })
 }
 
-fn free_port() -> u16 {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind a free port");
-    listener.local_addr().expect("local address").port()
-}
-
-/// The storage mode under test (see `pipeline.rs`).
-enum Backend {
-    DynamoDb(Box<Stack>),
-    MySql(Box<MySqlStack>),
-}
-
-impl Backend {
-    async fn create(max_receive_count: u32) -> Self {
-        match std::env::var("OBT_TEST_STORAGE").as_deref() {
-            Ok("mysql") => Self::MySql(Box::new(MySqlStack::create(max_receive_count).await)),
-            Ok("dynamodb") | Err(_) => {
-                Self::DynamoDb(Box::new(Stack::create(max_receive_count).await))
-            }
-            Ok(other) => panic!("OBT_TEST_STORAGE is dynamodb or mysql, not {other:?}"),
-        }
-    }
-
-    fn stack(&self) -> &Stack {
-        match self {
-            Self::DynamoDb(stack) => stack,
-            Self::MySql(mysql) => &mysql.stack,
-        }
-    }
-
-    /// The environment of one service binary, talking to its peers
-    /// directly.
-    fn env(&self, service: &str) -> Vec<(&'static str, String)> {
-        match self {
-            Self::DynamoDb(stack) => stack.service_env(),
-            Self::MySql(mysql) => match service {
-                "api" => mysql.api_env(),
-                "stream-relay" => mysql.relay_env(),
-                _ => mysql.consumer_env(),
-            },
-        }
-    }
-
-    /// The consumer's records, as the checker reads them: directly.
-    fn storage_args(&self) -> StorageArgs {
-        match self {
-            Self::DynamoDb(stack) => StorageArgs {
-                storage: Storage::Dynamodb,
-                table: stack.names.consumer_table.clone(),
-                database_url: None,
-            },
-            Self::MySql(mysql) => StorageArgs {
-                storage: Storage::Mysql,
-                database_url: Some(obt_consumer::DatabaseUrl::new(
-                    mysql.urls.consumer_url.clone(),
-                )),
-                table: mysql.stack.names.consumer_table.clone(),
-            },
-        }
+/// The consumer's records, as the checker reads them: directly.
+fn storage_args(backend: &Backend) -> StorageArgs {
+    match backend {
+        Backend::DynamoDb(stack) => StorageArgs {
+            storage: Storage::Dynamodb,
+            table: stack.names.consumer_table.clone(),
+            database_url: None,
+        },
+        Backend::MySql(mysql) => StorageArgs {
+            storage: Storage::Mysql,
+            database_url: Some(obt_consumer::DatabaseUrl::new(
+                mysql.urls.consumer_url.clone(),
+            )),
+            table: mysql.stack.names.consumer_table.clone(),
+        },
     }
 }
 
@@ -391,7 +348,7 @@ impl Harness {
             self.prefix(),
             std::process::id()
         ));
-        let storage = self.backend.storage_args();
+        let storage = storage_args(&self.backend);
         let mut command = Command::new(obt_testkit::bin_path("obt-check"));
         command
             .args(["--api-url", &self.api_url()])
@@ -472,7 +429,7 @@ impl Harness {
     async fn records(&self) -> std::sync::Arc<dyn Ledger> {
         obt_consumer::store::open(
             &self.stack().config,
-            &self.backend.storage_args(),
+            &storage_args(&self.backend),
             2,
             "fault tests",
         )

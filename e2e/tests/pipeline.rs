@@ -7,58 +7,14 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use obt_contract::{Envelope, EventId, EventType, Identity, PersonName, SCHEMA_VERSION};
-use obt_testkit::mysql::MySqlStack;
-use obt_testkit::{Service, Stack, eventually};
+use obt_testkit::mysql::Backend;
+use obt_testkit::{Service, Stack, eventually, free_port};
 use rust_decimal::Decimal;
 use serde_json::{Value, json};
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
 const DEADLINE: Duration = Duration::from_secs(60);
-
-/// The storage mode under test: `OBT_TEST_STORAGE=mysql` runs these
-/// scenarios against MariaDB (api, relay and consumer in MySQL mode), the
-/// default against DynamoDB and its stream.
-enum Backend {
-    DynamoDb(Box<Stack>),
-    MySql(Box<MySqlStack>),
-}
-
-impl Backend {
-    async fn create(max_receive_count: u32) -> Self {
-        match std::env::var("OBT_TEST_STORAGE").as_deref() {
-            Ok("mysql") => Self::MySql(Box::new(MySqlStack::create(max_receive_count).await)),
-            Ok("dynamodb") | Err(_) => {
-                Self::DynamoDb(Box::new(Stack::create(max_receive_count).await))
-            }
-            Ok(other) => panic!("OBT_TEST_STORAGE is dynamodb or mysql, not {other:?}"),
-        }
-    }
-
-    fn is_mysql(&self) -> bool {
-        matches!(self, Self::MySql(_))
-    }
-
-    /// The queues (both modes).
-    fn stack(&self) -> &Stack {
-        match self {
-            Self::DynamoDb(stack) => stack,
-            Self::MySql(mysql) => &mysql.stack,
-        }
-    }
-
-    /// The environment of one service binary.
-    fn env(&self, service: &str) -> Vec<(&'static str, String)> {
-        match self {
-            Self::DynamoDb(stack) => stack.service_env(),
-            Self::MySql(mysql) => match service {
-                "api" => mysql.api_env(),
-                "stream-relay" => mysql.relay_env(),
-                _ => mysql.consumer_env(),
-            },
-        }
-    }
-}
 
 /// The three services on one backend.
 struct Pipeline {
@@ -68,11 +24,6 @@ struct Pipeline {
     relay: Option<Service>,
     _consumer: Service,
     http: reqwest::Client,
-}
-
-fn free_port() -> u16 {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind a free port");
-    listener.local_addr().expect("local address").port()
 }
 
 /// What `consumer-show` prints of an identity: the consumer's own record,

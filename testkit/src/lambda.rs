@@ -53,13 +53,6 @@ pub fn cargo_lambda() -> PathBuf {
         })
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|listener| listener.local_addr())
-        .map(|address| address.port())
-        .expect("a free port")
-}
-
 impl LambdaEmulator {
     /// Starts the Runtime API emulator, then `binary` as function
     /// `function_name` with the current environment plus `env`.
@@ -80,7 +73,7 @@ impl LambdaEmulator {
         let mut attempts = 0;
         let (emulator, port) = loop {
             attempts += 1;
-            let port = free_port();
+            let port = crate::free_port();
             let log_file = std::fs::File::create(&log).expect("create the emulator's log");
             let stderr = log_file.try_clone().expect("clone the log file");
             let mut emulator = Command::new(&cargo_lambda)

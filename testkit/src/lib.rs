@@ -54,6 +54,14 @@ pub async fn aws() -> SdkConfig {
     aws_config::load_from_env().await
 }
 
+/// A loopback port that was free a moment ago, for a process to bind.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|listener| listener.local_addr())
+        .map(|address| address.port())
+        .expect("a free port")
+}
+
 /// A name no other test uses: `prefix` and a random suffix.
 pub fn unique(prefix: &str) -> String {
     format!("{prefix}-{}", uuid::Uuid::new_v4().simple())

@@ -94,3 +94,52 @@ async fn admin_pool(database: &str) -> MySqlPool {
         .await
         .unwrap_or_else(|e| panic!("connecting to {database} as the admin: {e}"))
 }
+
+/// The storage mode a suite written for both modes runs in:
+/// `OBT_TEST_STORAGE=mysql` for MariaDB (api, relay and consumer in MySQL
+/// mode), DynamoDB and its stream by default (or `dynamodb`).
+pub enum Backend {
+    DynamoDb(Box<Stack>),
+    MySql(Box<MySqlStack>),
+}
+
+impl Backend {
+    /// A fresh backend of the mode under test, with `max_receive_count`
+    /// receives before the dead-letter queue.
+    pub async fn create(max_receive_count: u32) -> Self {
+        match std::env::var("OBT_TEST_STORAGE").as_deref() {
+            Ok("mysql") => Self::MySql(Box::new(MySqlStack::create(max_receive_count).await)),
+            Ok("dynamodb") | Err(_) => {
+                Self::DynamoDb(Box::new(Stack::create(max_receive_count).await))
+            }
+            Ok(other) => panic!("OBT_TEST_STORAGE is dynamodb or mysql, not {other:?}"),
+        }
+    }
+
+    pub fn is_mysql(&self) -> bool {
+        matches!(self, Self::MySql(_))
+    }
+
+    /// The queues (both modes) and the DynamoDB tables (used in the NoSQL
+    /// mode only).
+    pub fn stack(&self) -> &Stack {
+        match self {
+            Self::DynamoDb(stack) => stack,
+            Self::MySql(mysql) => &mysql.stack,
+        }
+    }
+
+    /// The environment of one service binary (`api`, `stream-relay`,
+    /// `consumer`, or `consumer-show`, which is the consumer's), talking to
+    /// its peers directly.
+    pub fn env(&self, service: &str) -> Vec<(&'static str, String)> {
+        match self {
+            Self::DynamoDb(stack) => stack.service_env(),
+            Self::MySql(mysql) => match service {
+                "api" => mysql.api_env(),
+                "stream-relay" => mysql.relay_env(),
+                _ => mysql.consumer_env(),
+            },
+        }
+    }
+}
