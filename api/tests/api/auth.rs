@@ -882,3 +882,43 @@ async fn tokens_never_reach_the_log() {
         }
     }
 }
+
+#[tokio::test]
+async fn the_document_declares_bearer_auth_on_exactly_the_operations_that_need_it() {
+    let key = TestKey::es256("k1");
+    let app = authenticated_app(&key).await;
+    let document = app.get("/api/v1/openapi.json").await.json;
+    let scheme = &document["components"]["securitySchemes"]["bearerAuth"];
+    assert_eq!(scheme["type"], "http");
+    assert_eq!(scheme["scheme"], "bearer");
+    assert_eq!(scheme["bearerFormat"], "JWT");
+    let paths = document["paths"].as_object().expect("paths");
+    for (path, item) in paths {
+        for (method, operation) in item.as_object().expect("a path item") {
+            let uri = path.replace("{identity}", "AB1");
+            let request = Request::builder()
+                .method(method.to_uppercase().as_str())
+                .uri(&uri)
+                .header("content-type", "application/json")
+                .body(Body::from(spending("AB1", "Martin", "10")))
+                .expect("a request");
+            let response = app.request(request).await;
+            let declared = operation.get("security").is_some();
+            assert_eq!(
+                response.status == StatusCode::UNAUTHORIZED,
+                declared,
+                "{method} {path}: answered {} without a token; security declared: {declared}",
+                response.status
+            );
+            if declared {
+                assert_eq!(
+                    operation["security"],
+                    json!([{"bearerAuth": []}, {}]),
+                    "optional: loopback deployments have no authentication"
+                );
+                assert!(operation["responses"]["401"].is_object(), "{method} {path}");
+                assert!(operation["responses"]["429"].is_object(), "{method} {path}");
+            }
+        }
+    }
+}
