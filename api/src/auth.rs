@@ -134,7 +134,7 @@ pub enum AuthSetupError {
          (e.g. OBT_JWT_ISSUER followed by /.well-known/jwks.json) or OBT_JWT_JWKS_FILE"
     )]
     KeysMissing { why: String },
-    #[error("OBT_JWT_ISSUER and OBT_JWT_AUDIENCE must not be empty")]
+    #[error("OBT_JWT_ISSUER must not be empty: set it to the issuer of the tokens")]
     Empty,
     #[error(
         "OBT_JWT_JWKS_URL {url:?} is not usable: {detail} (https://, or http:// to a \
@@ -176,7 +176,7 @@ impl AuthConfig {
             .jwt_issuer
             .clone()
             .ok_or_else(|| AuthSetupError::IssuerMissing { why: why.clone() })?;
-        if issuer.trim().is_empty() || settings.jwt_audience.as_deref() == Some("") {
+        if issuer.trim().is_empty() {
             return Err(AuthSetupError::Empty);
         }
         let keys = match (&settings.jwt_jwks_url, &settings.jwt_jwks_file) {
@@ -189,7 +189,9 @@ impl AuthConfig {
         };
         Ok(Some(Self {
             issuer,
-            audience: settings.jwt_audience.clone(),
+            // Empty is unset: an env file's `OBT_JWT_AUDIENCE=` (the
+            // CloudFormation template writes one when JwtAudience is empty).
+            audience: settings.jwt_audience.clone().filter(|a| !a.is_empty()),
             keys,
         }))
     }

@@ -95,7 +95,7 @@ pub struct Settings {
 
     /// With authentication, optional: the audience a token must name, in
     /// `aud` or, for tokens without `aud` (Cognito access tokens), in
-    /// `client_id`. Unset: `aud` and `client_id` are not checked.
+    /// `client_id`. Unset or empty: `aud` and `client_id` are not checked.
     #[arg(long, env = "OBT_JWT_AUDIENCE")]
     pub jwt_audience: Option<String>,
 

@@ -584,6 +584,25 @@ fn off_loopback_authentication_is_required_and_its_settings_too() {
     .expect("required");
     assert_eq!(config.issuer, ISSUER);
     assert_eq!(config.audience, None);
+    let config = AuthConfig::from_settings(&exposed(&[
+        "--jwt-issuer",
+        ISSUER,
+        "--jwt-jwks-file",
+        "/etc/jwks.json",
+        "--jwt-audience",
+        "",
+    ]))
+    .expect("complete")
+    .expect("required");
+    assert_eq!(config.audience, None, "an empty audience is unset");
+    assert_eq!(
+        config.keys,
+        KeysConfig::File(PathBuf::from("/etc/jwks.json"))
+    );
+    let error =
+        AuthConfig::from_settings(&exposed(&["--jwt-issuer", " ", "--jwt-jwks-file", "/x"]))
+            .expect_err("an empty issuer");
+    assert!(matches!(error, AuthSetupError::Empty), "{error:?}");
 
     // On loopback: off by default, required on demand.
     let local = Settings::defaults();
