@@ -19,7 +19,8 @@
 #
 #   scripts/deploy.sh --dry-run --region eu-west-1 --bucket my-releases \
 #     --vpc vpc-0123 --private-subnets subnet-a,subnet-b \
-#     --public-subnets subnet-c,subnet-d --relay-mode daemon
+#     --public-subnets subnet-c,subnet-d --relay-mode daemon \
+#     --jwt-issuer https://cognito-idp.eu-west-1.amazonaws.com/eu-west-1_EXAMPLE
 #
 # Each option also reads an environment variable (in brackets in --help).
 # Nothing secret is needed or kept here: AWS credentials come from the
@@ -52,6 +53,10 @@ stack of infra/outboxtable.yaml. Options (environment variable in brackets):
   --vpc VPC_ID            VPC of the hosts and the load balancer [OBT_VPC_ID] (required)
   --private-subnets IDS   comma-separated subnets of the hosts [OBT_PRIVATE_SUBNETS] (required)
   --public-subnets IDS    comma-separated subnets of the load balancer [OBT_PUBLIC_SUBNETS] (required)
+  --jwt-issuer URL        issuer of the api's bearer tokens, e.g. a Cognito user pool
+                          https://cognito-idp.REGION.amazonaws.com/POOL_ID [OBT_JWT_ISSUER] (required)
+  --jwt-audience ID       audience the tokens must name (aud, or client_id), e.g. the
+                          app client id [OBT_JWT_AUDIENCE] (optional)
   --alarm-email ADDRESS   subscribed to the alarm topic [OBT_ALARM_EMAIL] (optional)
   --certificate-arn ARN   ACM certificate: HTTPS on the load balancer [OBT_CERTIFICATE_ARN] (optional)
   --name-prefix PREFIX    prefix of table, queue and function names [OBT_NAME_PREFIX] (default: obt)
@@ -65,7 +70,8 @@ stack of infra/outboxtable.yaml. Options (environment variable in brackets):
 
 Examples:
   scripts/deploy.sh --region eu-west-1 --bucket my-releases --vpc vpc-0123 \
-    --private-subnets subnet-a,subnet-b --public-subnets subnet-c,subnet-d
+    --private-subnets subnet-a,subnet-b --public-subnets subnet-c,subnet-d \
+    --jwt-issuer https://cognito-idp.eu-west-1.amazonaws.com/eu-west-1_EXAMPLE
   scripts/deploy.sh ... --relay-mode none     # then: --relay-mode daemon
   scripts/deploy.sh ... --dry-run
 
@@ -92,6 +98,8 @@ vpc="${OBT_VPC_ID:-}"
 private_subnets="${OBT_PRIVATE_SUBNETS:-}"
 public_subnets="${OBT_PUBLIC_SUBNETS:-}"
 alarm_email="${OBT_ALARM_EMAIL:-}"
+jwt_issuer="${OBT_JWT_ISSUER:-}"
+jwt_audience="${OBT_JWT_AUDIENCE:-}"
 certificate_arn="${OBT_CERTIFICATE_ARN:-}"
 name_prefix="${OBT_NAME_PREFIX:-obt}"
 extra_parameters=()
@@ -117,6 +125,8 @@ while [ "$#" -gt 0 ]; do
     --private-subnets) need_value "$@"; private_subnets="$2"; shift 2 ;;
     --public-subnets) need_value "$@"; public_subnets="$2"; shift 2 ;;
     --alarm-email) need_value "$@"; alarm_email="$2"; shift 2 ;;
+    --jwt-issuer) need_value "$@"; jwt_issuer="$2"; shift 2 ;;
+    --jwt-audience) need_value "$@"; jwt_audience="$2"; shift 2 ;;
     --certificate-arn) need_value "$@"; certificate_arn="$2"; shift 2 ;;
     --name-prefix) need_value "$@"; name_prefix="$2"; shift 2 ;;
     --parameter)
@@ -160,12 +170,14 @@ if "$build_only"; then
   # Only the build's own settings matter.
   region="${region:-none}" bucket="${bucket:-none}" vpc="${vpc:-none}"
   private_subnets="${private_subnets:-none}" public_subnets="${public_subnets:-none}"
+  jwt_issuer="${jwt_issuer:-none}"
 fi
 region="$(require region --region "$region")"
 bucket="$(require bucket --bucket "$bucket")"
 vpc="$(require vpc --vpc "$vpc")"
 private_subnets="$(require private-subnets --private-subnets "$private_subnets")"
 public_subnets="$(require public-subnets --public-subnets "$public_subnets")"
+jwt_issuer="$(require jwt-issuer --jwt-issuer "$jwt_issuer")"
 
 cd "$ROOT"
 
@@ -206,6 +218,7 @@ parameters=(
   "VpcId=$vpc"
   "PrivateSubnetIds=$private_subnets"
   "PublicSubnetIds=$public_subnets"
+  "JwtIssuer=$jwt_issuer"
   "ImageId=/aws/service/ami-amazon-linux-latest/al2023-ami-kernel-default-$arch"
   "ApiInstanceType=$instance_type"
   "ConsumerInstanceType=$instance_type"
@@ -213,8 +226,9 @@ parameters=(
 )
 # Optional ones only when given: on an update, a parameter left out keeps its
 # previous value (so a redeploy does not drop the alarm subscription). To
-# remove one: --parameter AlarmEmail= (or CertificateArn=).
+# remove one: --parameter AlarmEmail= (or CertificateArn=, JwtAudience=).
 [ -z "$alarm_email" ] || parameters+=("AlarmEmail=$alarm_email")
+[ -z "$jwt_audience" ] || parameters+=("JwtAudience=$jwt_audience")
 [ -z "$certificate_arn" ] || parameters+=("CertificateArn=$certificate_arn")
 for extra in ${extra_parameters[@]+"${extra_parameters[@]}"}; do
   replaced=false

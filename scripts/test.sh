@@ -45,6 +45,7 @@ step "CloudFormation templates (cfn-lint) and the deploy script (--dry-run)"
 cfn-lint infra/*.yaml
 scripts/deploy.sh --dry-run --skip-build --region us-east-1 --bucket example-bucket \
   --vpc vpc-0example --private-subnets subnet-a,subnet-b --public-subnets subnet-c,subnet-d \
+  --jwt-issuer https://cognito-idp.us-east-1.amazonaws.com/us-east-1_example \
   >"$run_dir/deploy-dry-run.log"
 
 step "a build without the mysql feature refuses the MySQL mode, saying how to fix it"

@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 
 use axum::Json;
 use axum::body::Body;
-use axum::http::header::{CONTENT_LENGTH, CONTENT_TYPE, RETRY_AFTER};
+use axum::http::header::{CONTENT_LENGTH, CONTENT_TYPE, RETRY_AFTER, WWW_AUTHENTICATE};
 use axum::http::{HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
@@ -52,6 +52,20 @@ pub enum ApiError {
     /// 400: the body is not JSON, or was not declared as JSON.
     #[error("bad request: {0:?}")]
     BadRequest(FieldErrors),
+    /// 401 with `WWW-Authenticate`: no bearer token, or one that is not
+    /// accepted. The answer never says which check failed.
+    #[error("authentication required")]
+    Unauthorized {
+        /// A token was sent (RFC 6750: then `error="invalid_token"`).
+        token_presented: bool,
+    },
+    /// 429 with `Retry-After`: the client exceeded its rate limit.
+    #[error("too many requests")]
+    TooManyRequests { retry_after_secs: u32 },
+    /// 503 with `Retry-After`: the keys that tokens are checked with were
+    /// not loaded yet.
+    #[error("authentication is not available yet")]
+    AuthNotReady { retry_after_secs: u32 },
     /// 404: nothing recorded under the identity.
     #[error("no spending recorded for this identity")]
     NotFound,
@@ -123,6 +137,9 @@ impl ApiError {
     pub fn status(&self) -> StatusCode {
         match self {
             Self::BadRequest(_) => StatusCode::BAD_REQUEST,
+            Self::Unauthorized { .. } => StatusCode::UNAUTHORIZED,
+            Self::TooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,
+            Self::AuthNotReady { .. } => StatusCode::SERVICE_UNAVAILABLE,
             Self::NotFound => StatusCode::NOT_FOUND,
             Self::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Self::Validation(_) => StatusCode::UNPROCESSABLE_ENTITY,
@@ -136,6 +153,13 @@ impl ApiError {
         match self {
             Self::BadRequest(errors) | Self::Validation(errors) => errors.clone(),
             Self::NotFound => FieldErrors::single("identity", self.to_string()),
+            Self::Unauthorized { .. } => FieldErrors::single("authorization", UNAUTHORIZED),
+            Self::TooManyRequests { .. } => {
+                FieldErrors::single("request", "too many requests; retry later")
+            }
+            Self::AuthNotReady { .. } => {
+                FieldErrors::single("server", "authentication is not available yet; retry later")
+            }
             Self::PayloadTooLarge { limit } => {
                 FieldErrors::single("body", format!("must be at most {limit} bytes"))
             }
@@ -144,6 +168,9 @@ impl ApiError {
         }
     }
 }
+
+/// The one message of every 401.
+pub const UNAUTHORIZED: &str = "authentication required";
 
 /// The body of every error answer.
 #[derive(Serialize)]
@@ -169,13 +196,26 @@ impl IntoResponse for ApiError {
             }),
         )
             .into_response();
-        if let Self::Unavailable {
-            retry_after_secs, ..
-        } = self
-        {
-            response
-                .headers_mut()
-                .insert(RETRY_AFTER, HeaderValue::from(retry_after_secs));
+        let headers = response.headers_mut();
+        match self {
+            Self::Unavailable {
+                retry_after_secs, ..
+            }
+            | Self::TooManyRequests { retry_after_secs }
+            | Self::AuthNotReady { retry_after_secs } => {
+                headers.insert(RETRY_AFTER, HeaderValue::from(retry_after_secs));
+            }
+            Self::Unauthorized { token_presented } => {
+                // RFC 6750, 3.1: no error code when no token was sent;
+                // no error_description, which would say which check failed.
+                let challenge = if token_presented {
+                    r#"Bearer error="invalid_token""#
+                } else {
+                    "Bearer"
+                };
+                headers.insert(WWW_AUTHENTICATE, HeaderValue::from_static(challenge));
+            }
+            _ => {}
         }
         response
     }

@@ -21,6 +21,10 @@
 //! - A key expires `OBT_IDEMPOTENCY_TTL_SECS` after its first use; then it
 //!   may be used again, for any request.
 //!
+//! - With authentication, keys are the caller's own: the key is stored
+//!   scoped to the [`Principal`] ([`IdempotencyKey::scoped_to`]), so two
+//!   callers that pick the same key never see each other's answers.
+//!
 //! How each backend stores the key is in [`crate::store`].
 
 use std::time::Duration;
@@ -29,6 +33,7 @@ use axum::http::HeaderMap;
 use obt_contract::Envelope;
 use sha2::{Digest, Sha256};
 
+use crate::auth::Principal;
 use crate::error::{ApiError, FieldErrors};
 use crate::input::NewSpending;
 use crate::routes::spending::Recorded;
@@ -75,9 +80,31 @@ impl IdempotencyKey {
         Self::parse(value.as_bytes()).map(Some).ok_or_else(invalid)
     }
 
+    /// The key as stored for `principal`: [`SCOPED_PREFIX`] and the
+    /// SHA-256 (hex) of the principal's length, the principal and the key.
+    /// The space of the prefix is never part of a key a client sends, so a
+    /// scoped key cannot equal an unscoped one; it fits the stores' 255
+    /// characters whatever the principal's length, and keeps principals
+    /// out of the idempotency records.
+    pub fn scoped_to(self, principal: &Principal) -> Self {
+        let principal = principal.as_str().as_bytes();
+        let mut hasher = Sha256::new();
+        hasher.update((principal.len() as u64).to_be_bytes());
+        hasher.update(principal);
+        hasher.update(self.0.as_bytes());
+        Self(format!("{SCOPED_PREFIX}{}", hex(&hasher.finalize())))
+    }
+
     pub fn as_str(&self) -> &str {
         &self.0
     }
+}
+
+/// The beginning of a key scoped to a principal.
+pub const SCOPED_PREFIX: &str = "principal-sha256 ";
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// The SHA-256 of a validated spending in canonical form, as 64 lowercase
@@ -97,8 +124,7 @@ impl Fingerprint {
             spending.surname.as_str(),
             amount,
         ]);
-        let digest = Sha256::digest(canonical.to_string().as_bytes());
-        Self(digest.iter().map(|b| format!("{b:02x}")).collect())
+        Self(hex(&Sha256::digest(canonical.to_string().as_bytes())))
     }
 
     /// A fingerprint read back from the store.
@@ -192,6 +218,25 @@ mod tests {
             IdempotencyKey::from_headers(&headers),
             Err(ApiError::BadRequest(_))
         ));
+    }
+
+    #[test]
+    fn scoped_keys_differ_per_principal_and_never_equal_a_sent_key() {
+        let key = || IdempotencyKey::parse(b"k-1").expect("valid");
+        let alice = key().scoped_to(&Principal::new("alice"));
+        let bob = key().scoped_to(&Principal::new("bob"));
+        assert_ne!(alice, bob);
+        assert_eq!(alice, key().scoped_to(&Principal::new("alice")));
+        assert!(alice.as_str().starts_with(SCOPED_PREFIX));
+        assert!(alice.as_str().len() <= MAX_LEN);
+        assert_eq!(IdempotencyKey::parse(alice.as_str().as_bytes()), None);
+        // The principal's end and the key's start cannot be swapped.
+        let a = IdempotencyKey::parse(b"bc").expect("valid");
+        let b = IdempotencyKey::parse(b"c").expect("valid");
+        assert_ne!(
+            a.scoped_to(&Principal::new("a")),
+            b.scoped_to(&Principal::new("ab"))
+        );
     }
 
     #[test]

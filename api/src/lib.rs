@@ -18,6 +18,9 @@
 //!   [`Store`]: [`store::dynamodb`] (the aggregate item, its outbox,
 //!   optimistic concurrency and the conflict retries) and `store::mysql`
 //!   (the same in one transaction under a row lock).
+//! - [`auth`]: the bearer tokens of the spending routes (JWT against a
+//!   JWKS, as Amazon Cognito issues them) and the [`auth::Principal`].
+//! - [`rate_limit`]: the per-client rate limit of the spending routes.
 //! - [`error`]: the one error type of the HTTP layer ([`ApiError`]) and how
 //!   each variant answers.
 //!
@@ -30,9 +33,11 @@
 //! TransactWriteItems of the key's Put and the item's update, or one more
 //! INSERT in the transaction).
 
+pub mod auth;
 pub mod error;
 pub mod idempotency;
 pub mod input;
+pub mod rate_limit;
 pub mod routes;
 pub mod settings;
 pub mod startup;

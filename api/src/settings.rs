@@ -2,12 +2,19 @@
 //! comments below are the `--help` text.
 
 use std::net::SocketAddr;
+use std::num::NonZeroU32;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::Parser;
 use obt_runtime::{DatabaseUrl, LogFormat, Storage};
 
+use crate::auth::AuthMode;
 use crate::store::{RetryPolicy, StoreOptions};
+
+/// The rate limit a second per client with authentication, unless
+/// `OBT_RATE_LIMIT_PER_SEC` says otherwise.
+pub const DEFAULT_RATE_LIMIT_PER_SEC: u32 = 50;
 
 /// outboxtable api: records a spending and its SpendingRecorded event in one
 /// atomic write (DynamoDB, or a MySQL transaction).
@@ -74,6 +81,59 @@ pub struct Settings {
     /// The log format: `text` for people, `json` for log pipelines.
     #[arg(long, env = "OBT_LOG_FORMAT", value_enum, default_value = "text")]
     pub log_format: LogFormat,
+
+    /// Whether the spending routes require a JWT bearer token: `auto`
+    /// (required unless OBT_LISTEN is a loopback address), `required`, or
+    /// `off` (refused unless OBT_LISTEN is a loopback address).
+    #[arg(long, env = "OBT_AUTH", value_enum, default_value = "auto")]
+    pub auth: AuthMode,
+
+    /// With authentication: the only accepted `iss` of a token, e.g.
+    /// https://cognito-idp.REGION.amazonaws.com/POOL_ID. Required then.
+    #[arg(long, env = "OBT_JWT_ISSUER")]
+    pub jwt_issuer: Option<String>,
+
+    /// With authentication, optional: the audience a token must name, in
+    /// `aud` or, for tokens without `aud` (Cognito access tokens), in
+    /// `client_id`. Unset or empty: `aud` and `client_id` are not checked.
+    #[arg(long, env = "OBT_JWT_AUDIENCE")]
+    pub jwt_audience: Option<String>,
+
+    /// With authentication: the URL of the issuer's JSON Web Key Set
+    /// (https://, or http:// to a loopback address), e.g. the issuer
+    /// followed by /.well-known/jwks.json. It or OBT_JWT_JWKS_FILE is
+    /// required then.
+    #[arg(long, env = "OBT_JWT_JWKS_URL", conflicts_with = "jwt_jwks_file")]
+    pub jwt_jwks_url: Option<String>,
+
+    /// With authentication: a local JSON Web Key Set file, read once at
+    /// start-up (static keys), instead of OBT_JWT_JWKS_URL.
+    #[arg(long, env = "OBT_JWT_JWKS_FILE")]
+    pub jwt_jwks_file: Option<PathBuf>,
+
+    /// Seconds between two fetches of OBT_JWT_JWKS_URL (a token signed by
+    /// a key not yet known fetches it sooner, at most every 30 s).
+    #[arg(long, env = "OBT_JWT_JWKS_REFRESH_SECS", default_value_t = 3600, value_parser = clap::value_parser!(u64).range(1..))]
+    pub jwt_jwks_refresh_secs: u64,
+
+    /// Requests a second each client may make to the spending routes, on
+    /// average; beyond it (and the burst) they are answered 429. A client
+    /// is the token's principal with authentication, else the peer's IP
+    /// address. Default: 50 with authentication, else no limit; 0: no
+    /// limit.
+    #[arg(long, env = "OBT_RATE_LIMIT_PER_SEC")]
+    pub rate_limit_per_sec: Option<u32>,
+
+    /// The requests a client may make at once above the average rate.
+    #[arg(long, env = "OBT_RATE_LIMIT_BURST", default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..))]
+    pub rate_limit_burst: u32,
+
+    /// Without authentication: key the rate limit by the right-most
+    /// address of X-Forwarded-For (the one the load balancer in front
+    /// added) instead of the peer's address. Only behind exactly one proxy
+    /// that appends to the header.
+    #[arg(long, env = "OBT_TRUST_FORWARDED_FOR", default_value_t = false, action = clap::ArgAction::Set)]
+    pub trust_forwarded_for: bool,
 }
 
 impl Settings {
@@ -97,6 +157,20 @@ impl Settings {
 
     pub fn request_timeout(&self) -> Duration {
         Duration::from_secs(self.request_timeout_secs)
+    }
+
+    /// The rate limit's average per second and burst, if any: by default
+    /// 50 a second with authentication and none without; 0 is none.
+    pub fn rate_limit(&self, authenticated: bool) -> Option<(NonZeroU32, NonZeroU32)> {
+        let per_sec = match self.rate_limit_per_sec {
+            Some(per_sec) => per_sec,
+            None if authenticated => DEFAULT_RATE_LIMIT_PER_SEC,
+            None => 0,
+        };
+        Some((
+            NonZeroU32::new(per_sec)?,
+            NonZeroU32::new(self.rate_limit_burst)?,
+        ))
     }
 
     pub fn shutdown_timeout(&self) -> Duration {
@@ -149,6 +223,15 @@ mod tests {
             ("shutdown_timeout_secs", "10", "OBT_SHUTDOWN_TIMEOUT_SECS"),
             ("request_timeout_secs", "10", "OBT_REQUEST_TIMEOUT_SECS"),
             ("log_format", "text", "OBT_LOG_FORMAT"),
+            ("auth", "auto", "OBT_AUTH"),
+            ("jwt_issuer", "", "OBT_JWT_ISSUER"),
+            ("jwt_audience", "", "OBT_JWT_AUDIENCE"),
+            ("jwt_jwks_url", "", "OBT_JWT_JWKS_URL"),
+            ("jwt_jwks_file", "", "OBT_JWT_JWKS_FILE"),
+            ("jwt_jwks_refresh_secs", "3600", "OBT_JWT_JWKS_REFRESH_SECS"),
+            ("rate_limit_per_sec", "", "OBT_RATE_LIMIT_PER_SEC"),
+            ("rate_limit_burst", "100", "OBT_RATE_LIMIT_BURST"),
+            ("trust_forwarded_for", "false", "OBT_TRUST_FORWARDED_FOR"),
         ];
         for (id, default, env) in expected {
             assert_eq!(

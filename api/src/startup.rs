@@ -5,6 +5,8 @@
 //! on port 0 through [`Application`], exactly as the binary does.
 //!
 //! The middleware, outermost first:
+//! - [`hide_authorization`](crate::auth::hide_authorization): marks the
+//!   `Authorization` header sensitive, so no `Debug` of it prints a token;
 //! - `SetRequestIdLayer`: gives every request an `x-request-id` (a UUID),
 //!   keeping one the client sent;
 //! - `TraceLayer`: one span per request carrying that id, so every log line
@@ -15,6 +17,12 @@
 //! - `TimeoutLayer`: a request that takes longer than the request timeout is
 //!   answered 504 (the write, if one was under way, may or may not have
 //!   happened: it is atomic either way).
+//!
+//! The two spending routes alone have two more, innermost (a
+//! `route_layer`, so an unknown path is still a 404, not a 401):
+//! [`require_bearer`](crate::auth::require_bearer) when authentication is
+//! on, then the per-client [`rate_limit`](crate::rate_limit) when a limit
+//! is set. The health probes and the OpenAPI document are public.
 
 use std::future::Future;
 use std::io;
@@ -26,7 +34,7 @@ use aws_config::SdkConfig;
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::http::{Request, StatusCode};
-use axum::middleware::map_response;
+use axum::middleware::{from_fn, from_fn_with_state, map_response};
 use axum::routing::{get, post};
 use obt_runtime::Storage;
 use tokio::net::TcpListener;
@@ -36,25 +44,47 @@ use tower_http::timeout::TimeoutLayer;
 use tower_http::trace::{DefaultOnResponse, TraceLayer};
 use tracing::{Level, Span};
 
+use crate::auth::{AuthConfig, AuthSetupError, Authenticator};
 use crate::error::json_error_bodies;
+use crate::rate_limit::RateLimit;
 use crate::routes::{health, openapi, spending};
 use crate::settings::Settings;
 use crate::store::{SpendingStore, Store};
 
-/// What every handler shares. Cloned per request, hence the `Arc`.
+/// What every handler shares. Cloned per request, hence the `Arc`s.
 #[derive(Debug, Clone)]
 pub struct AppState {
     pub store: Arc<Store>,
     /// The bound of one request, applied by [`app`].
     pub request_timeout: Duration,
+    /// Checks the bearer tokens of the spending routes; `None`: no
+    /// authentication (only allowed on loopback, see [`Application::bind`]).
+    pub auth: Option<Arc<Authenticator>>,
+    /// The per-client limit of the spending routes; `None`: no limit.
+    pub rate_limit: Option<Arc<RateLimit>>,
 }
 
 impl AppState {
+    /// A state without authentication and without a rate limit.
     pub fn new(store: impl Into<Store>, request_timeout: Duration) -> Self {
         Self {
             store: Arc::new(store.into()),
             request_timeout,
+            auth: None,
+            rate_limit: None,
         }
+    }
+
+    /// The spending routes require a bearer token that `auth` accepts.
+    pub fn with_auth(mut self, auth: Authenticator) -> Self {
+        self.auth = Some(Arc::new(auth));
+        self
+    }
+
+    /// The spending routes are limited per client.
+    pub fn with_rate_limit(mut self, limit: RateLimit) -> Self {
+        self.rate_limit = Some(Arc::new(limit));
+        self
     }
 
     /// The state the binary runs with: the backend that `settings` choose,
@@ -71,7 +101,15 @@ impl AppState {
             }
             Storage::Mysql => mysql_store(settings).await?,
         };
-        Ok(Self::new(store, settings.request_timeout()))
+        let mut state = Self::new(store, settings.request_timeout());
+        if let Some(config) = AuthConfig::from_settings(settings)? {
+            state = state.with_auth(Authenticator::start(config).await?);
+        }
+        if let Some((per_sec, burst)) = settings.rate_limit(state.auth.is_some()) {
+            state =
+                state.with_rate_limit(RateLimit::new(per_sec, burst, settings.trust_forwarded_for));
+        }
+        Ok(state)
     }
 }
 
@@ -99,6 +137,7 @@ async fn mysql_store(_: &Settings) -> Result<Store, StartupError> {
 pub fn app(state: AppState) -> Router {
     let request_timeout = state.request_timeout;
     let middleware = ServiceBuilder::new()
+        .layer(from_fn(crate::auth::hide_authorization))
         .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
         .layer(
             TraceLayer::new_for_http()
@@ -115,9 +154,24 @@ pub fn app(state: AppState) -> Router {
             StatusCode::GATEWAY_TIMEOUT,
             request_timeout,
         ));
-    Router::new()
+    let mut router = Router::new()
         .route("/api/v1/spending", post(spending::record))
-        .route("/api/v1/spending/{identity}", get(spending::summary))
+        .route("/api/v1/spending/{identity}", get(spending::summary));
+    // Layers added later run first: authentication, then the rate limit
+    // keyed by its principal. Only the routes above are covered.
+    if let Some(limit) = &state.rate_limit {
+        router = router.route_layer(from_fn_with_state(
+            Arc::clone(limit),
+            crate::rate_limit::limit,
+        ));
+    }
+    if let Some(auth) = &state.auth {
+        router = router.route_layer(from_fn_with_state(
+            Arc::clone(auth),
+            crate::auth::require_bearer,
+        ));
+    }
+    router
         .route("/health/live", get(health::live))
         .route("/health/ready", get(health::ready))
         .route("/api/v1/openapi.json", get(openapi::document))
@@ -143,6 +197,15 @@ fn request_span<B>(request: &Request<B>) -> Span {
 /// Why the server could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum StartupError {
+    /// Authentication is off, or its settings are incomplete.
+    #[error(transparent)]
+    Auth(#[from] AuthSetupError),
+    /// A state without authentication, bound off loopback.
+    #[error(
+        "refusing to serve {addr} without authentication: off a loopback address the api \
+         requires it (set OBT_JWT_ISSUER and OBT_JWT_JWKS_URL or OBT_JWT_JWKS_FILE)"
+    )]
+    Unauthenticated { addr: SocketAddr },
     #[error("cannot listen on {addr}")]
     Bind {
         addr: SocketAddr,
@@ -183,9 +246,13 @@ impl Application {
 
     /// Binds `settings.listen` with a state of the caller's making (a test
     /// may point the store at another endpoint, or share none of it with a
-    /// second instance).
+    /// second instance). A state without authentication is refused off
+    /// loopback.
     pub async fn bind(settings: &Settings, state: AppState) -> Result<Self, StartupError> {
         let addr = settings.listen;
+        if state.auth.is_none() && !addr.ip().is_loopback() {
+            return Err(StartupError::Unauthenticated { addr });
+        }
         let bind_error = |source| StartupError::Bind { addr, source };
         let listener = TcpListener::bind(addr).await.map_err(bind_error)?;
         let local_addr = listener.local_addr().map_err(bind_error)?;
@@ -215,7 +282,11 @@ impl Application {
             shutdown.await;
             let _ = signalled_tx.send(());
         };
-        let serve = axum::serve(self.listener, self.router).with_graceful_shutdown(signal);
+        // The peer's address is the rate limit's key without authentication.
+        let service = self
+            .router
+            .into_make_service_with_connect_info::<SocketAddr>();
+        let serve = axum::serve(self.listener, service).with_graceful_shutdown(signal);
         let grace = self.shutdown_timeout;
         let deadline = async move {
             match signalled_rx.await {

@@ -48,7 +48,7 @@ pub enum SetupError {
         "no root certificates found for https ({0}): install the ca-certificates package or set SSL_CERT_FILE"
     )]
     RootCertificates(std::io::Error),
-    #[error("--bearer-token is not a valid HTTP header value")]
+    #[error("the bearer token (--bearer-token or --token-file) is not a valid HTTP header value")]
     Token,
 }
 
@@ -162,6 +162,11 @@ impl Http {
         })
     }
 
+    /// Whether requests carry a bearer token.
+    pub fn has_token(&self) -> bool {
+        self.authorization.is_some()
+    }
+
     /// The api's base URL, without a trailing slash.
     pub fn base(&self) -> &str {
         &self.base
@@ -267,6 +272,48 @@ mod tests {
                 "{bad}"
             );
         }
+    }
+
+    /// A server that answers each request with its Authorization header.
+    async fn echo_authorization() -> String {
+        use axum::http::HeaderMap;
+        let router = axum::Router::new().route(
+            "/echo",
+            axum::routing::get(|headers: HeaderMap| async move {
+                headers
+                    .get("authorization")
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or("(none)")
+                    .to_owned()
+            }),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("a free port");
+        let addr = listener.local_addr().expect("an address");
+        tokio::spawn(async move {
+            let _ = axum::serve(listener, router).await;
+        });
+        format!("http://{addr}")
+    }
+
+    #[tokio::test]
+    async fn the_token_is_sent_as_a_bearer_authorization() {
+        let base = echo_authorization().await;
+        let t = Duration::from_secs(5);
+        let token: Secret = "abc.def.ghi".parse().expect("infallible");
+        let with = Http::new(&base, Some(&token), t).expect("a client");
+        assert!(with.has_token());
+        let answer = with.get("/echo").await.expect("an answer");
+        assert_eq!(answer.body, "Bearer abc.def.ghi");
+        let without = Http::new(&base, None, t).expect("a client");
+        let answer = without.get("/echo").await.expect("an answer");
+        assert_eq!(answer.body, "(none)");
+        let bad: Secret = "line\nbreak".parse().expect("infallible");
+        assert!(matches!(
+            Http::new(&base, Some(&bad), t),
+            Err(SetupError::Token)
+        ));
     }
 
     #[test]

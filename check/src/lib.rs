@@ -42,7 +42,8 @@ Exit codes:
   1  a violation (lost, duplicated, reordered, extra, wrong totals, rejected,
      unresolved, not converged, or the api disagreeing with its own 201s)
   2  usage or configuration error: bad flags, the api unreachable at the start
-     for longer than --give-up-after-secs, the consumer's records unreadable,
+     for longer than --give-up-after-secs, the api answering 401 (a token
+     missing or refused: see --token-file), the consumer's records unreadable,
      identities that are not fresh
 
 Example (DynamoDB mode; the consumer's table and the AWS settings as the
@@ -112,10 +113,21 @@ pub struct Args {
     #[arg(long, default_value_t = 120, value_parser = clap::value_parser!(u64).range(1..=86_400))]
     pub converge_timeout_secs: u64,
 
-    /// Sent as "Authorization: Bearer TOKEN" with every request. Never
-    /// printed.
+    /// Sent as "Authorization: Bearer TOKEN" with every request, for an
+    /// api that requires authentication. Never printed. Prefer
+    /// --token-file: a flag's value is visible to other local users.
     #[arg(long, env = "OBT_CHECK_BEARER_TOKEN", hide_env_values = true)]
     pub bearer_token: Option<Secret>,
+
+    /// A file holding the bearer token (surrounding whitespace ignored),
+    /// instead of --bearer-token. Never printed.
+    #[arg(
+        long,
+        env = "OBT_CHECK_TOKEN_FILE",
+        value_name = "PATH",
+        conflicts_with = "bearer_token"
+    )]
+    pub token_file: Option<PathBuf>,
 
     /// Also write the result as JSON to this file.
     #[arg(long, value_name = "FILE.json")]
@@ -161,6 +173,14 @@ pub enum CheckError {
     )]
     ApiUnusable { identity: String, reason: String },
     #[error(
+        "the api at {url} requires authentication and answered 401 Unauthorized: {what}. Pass \
+         a valid bearer token of its issuer with --token-file PATH (or OBT_CHECK_TOKEN_FILE, \
+         --bearer-token, OBT_CHECK_BEARER_TOKEN)"
+    )]
+    Unauthorized { url: String, what: &'static str },
+    #[error("cannot read the bearer token from --token-file {path}: {detail}")]
+    TokenFile { path: String, detail: String },
+    #[error(
         "identity {identity} is not fresh: {place} already has spendings for it. Use another \
          --prefix (or leave it out for a random one)"
     )]
@@ -200,9 +220,13 @@ pub async fn run(args: &Args) -> Result<RunOutput, CheckError> {
         "obt-check: seed {seed}, prefix {prefix}: {spendings} spendings over {identities} identities"
     );
 
+    let token = match &args.token_file {
+        Some(path) => Some(read_token(path)?),
+        None => args.bearer_token.clone(),
+    };
     let http = Http::new(
         &args.api_url,
-        args.bearer_token.as_ref(),
+        token.as_ref(),
         Duration::from_secs(args.request_timeout_secs),
     )?;
     let config = obt_runtime::aws_config().await;
@@ -314,6 +338,22 @@ pub async fn run(args: &Args) -> Result<RunOutput, CheckError> {
     Ok(RunOutput { report, rendered })
 }
 
+/// The token in `path`, without surrounding whitespace; never empty.
+pub fn read_token(path: &std::path::Path) -> Result<Secret, CheckError> {
+    let error = |detail: String| CheckError::TokenFile {
+        path: path.display().to_string(),
+        detail,
+    };
+    let text = std::fs::read_to_string(path).map_err(|e| error(e.to_string()))?;
+    let token = text.trim();
+    if token.is_empty() {
+        return Err(error("the file is empty".to_owned()));
+    }
+    token
+        .parse()
+        .map_err(|e: std::convert::Infallible| error(e.to_string()))
+}
+
 /// Prints `bar`'s state to stderr every 2 seconds, for `--progress
 /// always` when stderr is not a terminal (indicatif draws only on one).
 fn progress_lines(bar: ProgressBar, label: &'static str) -> tokio::task::JoinHandle<()> {
@@ -347,6 +387,7 @@ mod tests {
             "OBT_CONSUMER_TABLE",
             "Example",
             "OBT_CHECK_BEARER_TOKEN",
+            "--token-file",
         ] {
             assert!(help.contains(needle), "--help lacks {needle}:\n{help}");
         }
@@ -363,5 +404,36 @@ mod tests {
         ])
         .expect("valid flags");
         assert!(!format!("{args:?}").contains("s3cret"));
+    }
+
+    #[test]
+    fn the_token_file_is_read_trimmed_and_an_empty_one_refused() {
+        let dir = std::env::temp_dir();
+        let path = dir.join(format!("obt-check-token-{}", uuid::Uuid::new_v4()));
+        std::fs::write(&path, "  s3cret-token\n").expect("write");
+        let token = read_token(&path).expect("a token");
+        assert_eq!(token.expose(), "s3cret-token");
+        std::fs::write(&path, "\n").expect("write");
+        let error = read_token(&path).expect_err("empty");
+        assert!(error.to_string().contains("empty"), "{error}");
+        assert!(!error.to_string().contains("s3cret"));
+        let _ = std::fs::remove_file(&path);
+        assert!(matches!(
+            read_token(&dir.join("obt-check-no-such-token")),
+            Err(CheckError::TokenFile { .. })
+        ));
+        // One of the two, not both.
+        assert!(
+            Args::try_parse_from([
+                "obt-check",
+                "--api-url",
+                "http://x",
+                "--bearer-token",
+                "t",
+                "--token-file",
+                "/tmp/t"
+            ])
+            .is_err()
+        );
     }
 }

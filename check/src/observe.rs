@@ -131,6 +131,20 @@ pub async fn preflight(
     ledger: &Arc<dyn Ledger>,
     identities: &[String],
 ) -> Result<(), CheckError> {
+    if let Some(first) = identities.first() {
+        let path = format!("/api/v1/spending/{first}");
+        let answer = http.get(&path).await;
+        if answer.is_ok_and(|a| a.status == http::StatusCode::UNAUTHORIZED) {
+            return Err(CheckError::Unauthorized {
+                url: http.base().to_owned(),
+                what: if http.has_token() {
+                    "the bearer token sent was refused (expired, another issuer or audience?)"
+                } else {
+                    "no bearer token was sent"
+                },
+            });
+        }
+    }
     let states = api_states(http, identities).await;
     for (identity, state) in &states {
         match state {

@@ -560,3 +560,47 @@ async fn unreadable_consumer_records_are_a_configuration_error() {
     assert!(!stderr.contains("wrong-password"), "{stderr}");
     assert!(stdout.is_empty(), "{stdout}");
 }
+
+/// An api stand-in that requires a token it never accepts: its probes
+/// answer, every spending route is 401.
+async fn api_refusing_every_token() -> String {
+    let router = axum::Router::new()
+        .route("/health/live", axum::routing::get(|| async { "ok" }))
+        .fallback(|| async { status(401) });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("a free port");
+    let addr = listener.local_addr().expect("an address");
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, router).await;
+    });
+    format!("http://{addr}")
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_401_at_preflight_is_a_configuration_error_that_never_shows_the_token() {
+    let url = api_refusing_every_token().await;
+    let token_file = std::env::temp_dir().join(format!("obt-check-test-token-{}", uuid_like()));
+    std::fs::write(&token_file, "s3cret-test-token\n").expect("write the token");
+    let path = token_file.to_string_lossy().into_owned();
+    let runs = [
+        (vec!["--token-file", path.as_str()], "was refused"),
+        (vec![], "no bearer token was sent"),
+    ];
+    for (extra, says) in runs {
+        let mut args = vec!["--api-url", url.as_str(), "--progress", "never"];
+        args.extend(extra.iter().copied());
+        let output = obt_check(&args, &[], Duration::from_secs(60)).await;
+        let (stdout, stderr) = text(&output);
+        assert_eq!(
+            output.status.code(),
+            Some(2),
+            "stdout:\n{stdout}\nstderr:\n{stderr}"
+        );
+        assert!(stderr.contains("401 Unauthorized"), "{stderr}");
+        assert!(stderr.contains("--token-file"), "{stderr}");
+        assert!(stderr.contains(says), "{stderr}");
+        assert!(!stderr.contains("s3cret") && !stdout.contains("s3cret"));
+    }
+    let _ = std::fs::remove_file(&token_file);
+}

@@ -1,16 +1,17 @@
 //! `POST /api/v1/spending` and `GET /api/v1/spending/{identity}`.
 
-use axum::Json;
 use axum::body::Bytes;
 use axum::extract::rejection::PathRejection;
 use axum::extract::{FromRequest, Path, Request, State};
 use axum::http::header::{CONTENT_TYPE, LOCATION};
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
+use axum::{Extension, Json};
 use obt_contract::{Amount, Envelope, EventId, Identity, PersonName};
 use serde::Serialize;
 use time::OffsetDateTime;
 
+use crate::auth::Principal;
 use crate::error::{ApiError, FieldErrors};
 use crate::idempotency::{self, Created, Idempotency, IdempotencyKey, Outcome};
 use crate::input::NewSpending;
@@ -50,13 +51,18 @@ impl From<Envelope> for Recorded {
 
 /// Records a spending. With an `Idempotency-Key` (see
 /// [`crate::idempotency`]), a retry is answered as the first request was,
-/// with `Idempotent-Replayed: true`.
+/// with `Idempotent-Replayed: true`; with authentication, the key is the
+/// principal's own.
 pub async fn record(
     State(state): State<AppState>,
+    principal: Option<Extension<Principal>>,
     headers: HeaderMap,
     JsonBody(body): JsonBody,
 ) -> Result<Response, ApiError> {
-    let key = IdempotencyKey::from_headers(&headers)?;
+    let key = IdempotencyKey::from_headers(&headers)?.map(|key| match &principal {
+        Some(Extension(principal)) => key.scoped_to(principal),
+        None => key,
+    });
     let spending = NewSpending::from_json(&body)?;
     let encode = |e: serde_json::Error| ApiError::Internal(StoreError::Encode(e.to_string()));
     let (created, replayed) = match key {

@@ -175,6 +175,18 @@ impl TestApp {
         Self::on(Backend::create().await, options).await
     }
 
+    /// The api over a fresh database of the mode's backend, with a state
+    /// that `customize` made from the default one (authentication, a rate
+    /// limit).
+    pub async fn with_state(customize: impl FnOnce(AppState) -> AppState) -> Self {
+        let backend = Backend::create().await;
+        let state = customize(state_of(&backend, StoreOptions::default()).await);
+        Self {
+            router: obt_api::app(state),
+            backend,
+        }
+    }
+
     /// The api on MySQL whatever the mode, for the MySQL backend's own
     /// tests.
     #[cfg(feature = "mysql")]

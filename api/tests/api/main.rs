@@ -4,6 +4,7 @@
 //! concern; the same tests run in both modes, except those of what only
 //! one backend has (see `helpers::runs_in`).
 
+mod auth;
 mod concurrency;
 mod helpers;
 mod hostile;
