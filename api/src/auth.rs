@@ -308,6 +308,15 @@ impl Authenticator {
         }
     }
 
+    /// Whether tokens can be checked: always with fixed keys; with a JWKS
+    /// URL, once it was loaded.
+    pub fn keys_loaded(&self) -> bool {
+        match &self.keys {
+            Keys::Static(_) => true,
+            Keys::Remote(remote) => remote.current().is_some(),
+        }
+    }
+
     /// The principal of a request's bearer token.
     pub async fn authenticate(&self, headers: &HeaderMap) -> Result<Principal, Rejection> {
         let token = bearer_token(headers).inspect_err(|rejection| {

@@ -1,6 +1,8 @@
 //! Probes for the orchestrator: `live` says the process serves HTTP,
 //! `ready` that it can reach its database too (the DynamoDB table, or the
-//! MySQL database and its `obt_identity` table).
+//! MySQL database and its `obt_identity` table) and, with authentication
+//! from a JWKS URL, that the keys were loaded: until then every spending
+//! request would be a 503, so the load balancer should send none.
 
 use std::time::Duration;
 
@@ -21,6 +23,14 @@ pub async fn live() -> Json<Value> {
 }
 
 pub async fn ready(State(state): State<AppState>) -> (StatusCode, Json<Value>) {
+    if state.auth.as_ref().is_some_and(|auth| !auth.keys_loaded()) {
+        tracing::warn!("not ready: the keys of the JWKS URL were not loaded yet");
+        let body = json!({
+            "status": "unavailable",
+            "errors": { "authentication": ["the token signing keys (JWKS) are not loaded yet"] },
+        });
+        return (StatusCode::SERVICE_UNAVAILABLE, Json(body));
+    }
     let backend = state.store.backend();
     let unavailable = || {
         let body = json!({

@@ -810,6 +810,17 @@ async fn until_the_keys_of_a_url_are_loaded_the_routes_answer_503() {
         .await;
     early.assert_retry_later("5", "authentication is not available yet; retry later");
     assert_eq!(app.stored_count().await, 0);
+    let ready = app.get("/health/ready").await;
+    assert_eq!(
+        ready.status,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "{}",
+        ready.text
+    );
+    assert_eq!(
+        ready.errors("authentication"),
+        ["the token signing keys (JWKS) are not loaded yet"]
+    );
 
     server.failing.store(false, Ordering::SeqCst);
     eventually(
@@ -823,6 +834,8 @@ async fn until_the_keys_of_a_url_are_loaded_the_routes_answer_503() {
                     .request(post(Some(token), &spending("AB1", "Martin", "10")))
                     .await;
                 if response.status == StatusCode::CREATED {
+                    let ready = app.get("/health/ready").await;
+                    assert_eq!(ready.status, StatusCode::OK, "{}", ready.text);
                     Ok(())
                 } else {
                     Err(format!("{} {}", response.status, response.text))
