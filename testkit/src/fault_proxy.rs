@@ -54,11 +54,13 @@ const THROTTLE_BODY: &str = r#"{"__type":"com.amazonaws.dynamodb.v20120810#Provi
 struct Shared {
     upstream: SocketAddr,
     /// The mode, and a generation bumped by each [`FaultProxy::cut`] (and
-    /// by a switch to `Refuse`): a connection ends when it changes.
+    /// by a switch to `Refuse` or `Throttle`): a connection ends when it
+    /// changes.
     state: watch::Sender<State>,
     rng: Mutex<StdRng>,
     accepted: AtomicU64,
     reset: AtomicU64,
+    throttled: AtomicU64,
     open: AtomicUsize,
 }
 
@@ -108,6 +110,7 @@ impl FaultProxy {
             rng: Mutex::new(StdRng::seed_from_u64(seed)),
             accepted: AtomicU64::new(0),
             reset: AtomicU64::new(0),
+            throttled: AtomicU64::new(0),
             open: AtomicUsize::new(0),
         });
         let accept = tokio::spawn(accept_loop(listener, shared.clone()));
@@ -137,12 +140,14 @@ impl FaultProxy {
         self.shared.state.borrow().mode
     }
 
-    /// Switches the mode. Switching to `Refuse` also cuts the open
-    /// connections; the other modes apply to them from their next chunk.
+    /// Switches the mode. Switching to `Refuse` or `Throttle` also cuts
+    /// the open connections (so that a client's kept-alive connections
+    /// reconnect and meet the new mode at once, instead of hanging); the
+    /// other modes apply to them from their next chunk.
     pub fn set_mode(&self, mode: Mode) {
         self.shared.state.send_modify(|state| {
             state.mode = mode;
-            if mode == Mode::Refuse {
+            if matches!(mode, Mode::Refuse | Mode::Throttle) {
                 state.cuts += 1;
             }
         });
@@ -161,6 +166,11 @@ impl FaultProxy {
     /// Connections reset on arrival so far (`Refuse`, `Flaky`).
     pub fn reset_on_arrival(&self) -> u64 {
         self.shared.reset.load(Ordering::SeqCst)
+    }
+
+    /// HTTP requests answered with the throttling error so far.
+    pub fn throttled(&self) -> u64 {
+        self.shared.throttled.load(Ordering::SeqCst)
     }
 
     /// Connections open through the proxy now.
@@ -248,7 +258,7 @@ async fn connection(client: TcpStream, shared: Arc<Shared>) {
     let cuts = state.borrow_and_update().cuts;
     let mode = state.borrow().mode;
     if mode == Mode::Throttle {
-        throttle(client, state, cuts).await;
+        throttle(client, state, cuts, &shared.throttled).await;
         return;
     }
     // Connect upstream unless the peer is meant to hang: a blackholed
@@ -350,7 +360,12 @@ async fn blackhole(mut client: TcpStream, mut state: watch::Receiver<State>, cut
 
 /// Answers every HTTP request on the connection with DynamoDB's throttling
 /// error, keeping the connection alive as the SDK expects.
-async fn throttle(mut client: TcpStream, mut state: watch::Receiver<State>, cuts: u64) {
+async fn throttle(
+    mut client: TcpStream,
+    mut state: watch::Receiver<State>,
+    cuts: u64,
+    throttled: &AtomicU64,
+) {
     let was_cut = {
         let serve = async {
             let client = &mut client;
@@ -359,18 +374,19 @@ async fn throttle(mut client: TcpStream, mut state: watch::Receiver<State>, cuts
             loop {
                 // One request: its head, then its body (Content-Length).
                 let request_len = loop {
-                    if let Some(len) = http_request_len(&pending) {
-                        break len;
+                    match http_request_len(&pending) {
+                        Some(Ok(len)) if pending.len() >= len => break len,
+                        // A Content-Length that cannot be: not HTTP; close.
+                        Some(Err(TooLong)) => return,
+                        Some(Ok(_)) | None => {}
                     }
                     match client.read(&mut buffer).await {
                         Ok(0) | Err(_) => return,
                         Ok(n) => pending.extend_from_slice(&buffer[..n]),
                     }
                 };
-                if pending.len() < request_len {
-                    continue;
-                }
                 pending.drain(..request_len);
+                throttled.fetch_add(1, Ordering::SeqCst);
                 let response = format!(
                     "HTTP/1.1 400 Bad Request\r\ncontent-type: application/x-amz-json-1.0\r\n\
                  x-amzn-requestid: fault-proxy\r\ncontent-length: {}\r\n\r\n{THROTTLE_BODY}",
@@ -394,9 +410,13 @@ async fn throttle(mut client: TcpStream, mut state: watch::Receiver<State>, cuts
     }
 }
 
+/// A Content-Length past what memory could hold.
+#[derive(Debug, PartialEq)]
+struct TooLong;
+
 /// The length of the first HTTP request in `bytes` (head and body), once
 /// its head is complete; `None` before that.
-fn http_request_len(bytes: &[u8]) -> Option<usize> {
+fn http_request_len(bytes: &[u8]) -> Option<Result<usize, TooLong>> {
     let head_end = bytes.windows(4).position(|w| w == b"\r\n\r\n")? + 4;
     let head = String::from_utf8_lossy(&bytes[..head_end]);
     let body_len = head
@@ -405,7 +425,7 @@ fn http_request_len(bytes: &[u8]) -> Option<usize> {
         .find(|(name, _)| name.trim().eq_ignore_ascii_case("content-length"))
         .and_then(|(_, value)| value.trim().parse::<usize>().ok())
         .unwrap_or(0);
-    Some(head_end + body_len)
+    Some(head_end.checked_add(body_len).ok_or(TooLong))
 }
 
 #[cfg(test)]
@@ -416,8 +436,10 @@ mod tests {
     fn an_http_request_is_measured_by_its_head_and_content_length() {
         assert_eq!(http_request_len(b"POST / HTTP/1.1\r\nHost: x\r\n"), None);
         let head = b"POST / HTTP/1.1\r\nContent-Length: 5\r\n\r\n";
-        assert_eq!(http_request_len(head), Some(head.len() + 5));
+        assert_eq!(http_request_len(head), Some(Ok(head.len() + 5)));
         let no_body = b"GET / HTTP/1.1\r\n\r\nrest";
-        assert_eq!(http_request_len(no_body), Some(no_body.len() - 4));
+        assert_eq!(http_request_len(no_body), Some(Ok(no_body.len() - 4)));
+        let huge = format!("POST / HTTP/1.1\r\nContent-Length: {}\r\n\r\n", usize::MAX);
+        assert_eq!(http_request_len(huge.as_bytes()), Some(Err(TooLong)));
     }
 }
