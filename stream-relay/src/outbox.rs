@@ -1,12 +1,16 @@
 //! The relay's reads and writes on the api's table: what an identity still
 //! has pending, and the acknowledgement that removes published events.
 
+use std::time::Duration;
+
 use aws_sdk_dynamodb::Client;
 use aws_sdk_dynamodb::error::{DisplayErrorContext, SdkError};
 use aws_sdk_dynamodb::types::AttributeValue;
 use obt_contract::outbox::{
     IDENTITY_ATTR, OUTBOX_ATTR, OutboxImage, PENDING_SINCE_ATTR, VERSION_ATTR, outbox_key,
 };
+
+use crate::backoff::Backoff;
 
 #[derive(Debug, thiserror::Error)]
 pub enum OutboxError {
@@ -196,19 +200,38 @@ impl OutboxTable {
             }
             None => request.condition_expression("attribute_exists(#id)"),
         };
-        let result = request
-            .update_expression(format!("REMOVE {}", paths.join(", ")))
-            .send()
-            .await;
-        match result {
-            Ok(_) => Ok(Removed::Yes),
-            Err(SdkError::ServiceError(e)) if e.err().is_conditional_check_failed_exception() => {
-                Ok(Removed::ConditionFailed)
+        let request = request.update_expression(format!("REMOVE {}", paths.join(", ")));
+        // The api writes each spending with a TransactWriteItems; while one
+        // is under way on the item (milliseconds), DynamoDB refuses other
+        // writes to it with TransactionConflictException, which the SDK
+        // does not retry. Such a refusal says nothing about the condition:
+        // try again, a bounded number of times.
+        let mut backoff = Backoff::new(Duration::from_millis(20), Duration::from_millis(500));
+        let mut conflicts = 0;
+        loop {
+            match request.clone().send().await {
+                Ok(_) => return Ok(Removed::Yes),
+                Err(SdkError::ServiceError(e))
+                    if e.err().is_conditional_check_failed_exception() =>
+                {
+                    return Ok(Removed::ConditionFailed);
+                }
+                Err(SdkError::ServiceError(e))
+                    if e.err().is_transaction_conflict_exception()
+                        && conflicts < MAX_TRANSACTION_CONFLICTS =>
+                {
+                    conflicts += 1;
+                    tracing::debug!(identity, conflicts, "a POST's transaction held the item");
+                    backoff.wait().await;
+                }
+                Err(e) => return Err(self.error("UpdateItem", identity)(e)),
             }
-            Err(e) => Err(self.error("UpdateItem", identity)(e)),
         }
     }
 }
+
+/// How many times a removal is tried again after a transaction conflict.
+const MAX_TRANSACTION_CONFLICTS: u32 = 8;
 
 /// How a conditional removal ended, short of an error.
 enum Removed {

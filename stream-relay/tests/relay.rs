@@ -378,3 +378,44 @@ async fn the_daemon_refuses_to_start_without_its_table_and_says_how_to_fix_it() 
         "the error names the table and the fix: {stderr}"
     );
 }
+
+/// While a POST's TransactWriteItems is under way on an item, DynamoDB
+/// refuses the relay's acknowledgement (a plain UpdateItem) with
+/// TransactionConflictException, which the SDK does not retry. The relay
+/// tries again: the acknowledgement succeeds, and the batch is not failed
+/// (which would publish its events again).
+#[tokio::test]
+async fn an_acknowledgement_refused_by_a_posts_transaction_is_tried_again() {
+    use obt_testkit::dynamo_proxy::{DynamoProxy, dynamodb_error, hook};
+    use std::sync::atomic::{AtomicU32, Ordering};
+
+    let stack = Stack::create(3).await;
+    let e1 = event("T1", 1);
+    append(&stack, &e1).await;
+    let refused = Arc::new(AtomicU32::new(0));
+    let counter = refused.clone();
+    let proxy = DynamoProxy::start(hook(move |operation| {
+        let counter = counter.clone();
+        async move {
+            (operation == "UpdateItem" && counter.fetch_add(1, Ordering::SeqCst) < 2).then(|| {
+                dynamodb_error(
+                    axum::http::StatusCode::BAD_REQUEST,
+                    "TransactionConflictException",
+                    "Transaction is ongoing for the item",
+                )
+            })
+        }
+    }))
+    .await;
+    let outbox = obt_stream_relay::outbox::OutboxTable::new(
+        proxy.retrying_client(&stack),
+        stack.names.table.clone(),
+    );
+
+    outbox
+        .acknowledge("T1", &[1], Some(1))
+        .await
+        .expect("acknowledged after the conflicts");
+    assert_eq!(refused.load(Ordering::SeqCst), 3, "two refused, one done");
+    assert!(outbox_of(&stack, "T1").await.is_empty());
+}

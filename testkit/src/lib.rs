@@ -33,6 +33,7 @@ use aws_sdk_sqs::types::MessageSystemAttributeName;
 use obt_contract::{Amount, Envelope, Identity, PersonName, SpendingRecorded};
 use tokio::process::{Child, Command};
 
+pub mod dynamo_proxy;
 pub mod fault_proxy;
 pub mod lambda;
 #[cfg(feature = "mysql")]

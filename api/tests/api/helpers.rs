@@ -310,7 +310,7 @@ impl TestApp {
                 let _ = identity;
                 let (proxy, arrived, gate) = holding_proxy().await;
                 HeldWrites {
-                    state: proxy.state(stack, options),
+                    state: crate::proxy::state(&proxy, stack, options),
                     held: Held::DynamoDb {
                         _proxy: proxy,
                         arrived,

@@ -56,7 +56,7 @@ async fn a_write_that_loses_every_race_is_answered_503_with_retry_after_and_writ
     }
     let app = TestApp::new().await;
     let (proxy, raced) = racing_proxy(&app, u32::MAX).await;
-    let loser = obt_api::app(proxy.state(app.stack(), retries(2)));
+    let loser = obt_api::app(crate::proxy::state(&proxy, app.stack(), retries(2)));
 
     let response = send(
         &loser,
@@ -103,7 +103,7 @@ async fn a_write_that_loses_a_race_is_retried_and_takes_the_next_seq() {
     }
     let app = TestApp::new().await;
     let (proxy, raced) = racing_proxy(&app, 2).await;
-    let retrying = obt_api::app(proxy.state(app.stack(), retries(2)));
+    let retrying = obt_api::app(crate::proxy::state(&proxy, app.stack(), retries(2)));
 
     let response = send(
         &retrying,
@@ -134,7 +134,7 @@ async fn post_against_failing_writes(
         (operation == WRITE).then(|| dynamodb_error(StatusCode::BAD_REQUEST, error_type, message))
     }))
     .await;
-    let failing = obt_api::app(proxy.state(app.stack(), retries(2)));
+    let failing = obt_api::app(crate::proxy::state(&proxy, app.stack(), retries(2)));
     send(
         &failing,
         post_request(Some("application/json"), &spending("AB1", "Martin", "1")),
