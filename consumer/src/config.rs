@@ -59,12 +59,13 @@ pub struct Settings {
 
     /// The longest one write of an event to the consumer's records may
     /// take, in seconds; a slower one (a database that hangs) is abandoned
-    /// and counts as a transient failure.
+    /// and counts as a transient failure. At most 20, so that a write in
+    /// hand ends within the 25 s shutdown grace.
     #[arg(
         long,
         env = "OBT_STORE_TIMEOUT_SECS",
         default_value_t = 10,
-        value_parser = clap::value_parser!(u64).range(1..=300)
+        value_parser = clap::value_parser!(u64).range(1..=20)
     )]
     pub store_timeout_secs: u64,
 
@@ -72,13 +73,14 @@ pub struct Settings {
     /// unreachable, hanging or throttling) is retried in process, with
     /// jittered backoff, before the message is left to come back after its
     /// visibility timeout, in seconds; 0 retries only by redelivery. The
-    /// message's visibility is extended to cover the retries. Keep it below
-    /// the 25 s shutdown grace.
+    /// message's visibility is extended to cover the retries. The budget
+    /// covers whole attempts (no attempt starts that could end past it), and
+    /// is at most 20, so that the retries end within the 25 s shutdown grace.
     #[arg(
         long,
         env = "OBT_STORE_RETRY_SECS",
         default_value_t = 20,
-        value_parser = clap::value_parser!(u64).range(0..=3600)
+        value_parser = clap::value_parser!(u64).range(0..=20)
     )]
     pub store_retry_secs: u64,
 

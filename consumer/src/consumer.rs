@@ -47,8 +47,9 @@ pub struct StoreRetry {
     /// The longest one attempt may take: a slower one is abandoned (the
     /// database hangs) and counts as a transient failure.
     pub attempt_timeout: Duration,
-    /// How long, from the first attempt, new attempts are started; after
-    /// it the message is left to its visibility timeout. Zero: one attempt.
+    /// How long, from the first attempt, the retries may take: an attempt
+    /// starts only if it would end (at `attempt_timeout`) within it; then
+    /// the message is left to its visibility timeout. Zero: one attempt.
     pub budget: Duration,
     /// The pause after the first failure; it doubles up to `max_backoff`,
     /// each pause drawn at random between half of it and all of it.
@@ -432,8 +433,10 @@ impl Consumer {
             retry += 1;
             let pause = self.retry.pause(retry);
             let elapsed = started.elapsed();
-            if elapsed + pause >= self.retry.budget {
-                if retry > 1 {
+            // No attempt starts that could end past the budget: the budget
+            // bounds the whole of the retries (and so the shutdown's wait).
+            if elapsed + pause + self.retry.attempt_timeout > self.retry.budget {
+                if !self.retry.budget.is_zero() {
                     warn!(
                         retries = retry - 1,
                         elapsed_ms = elapsed.as_millis() as u64,
