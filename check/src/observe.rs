@@ -86,7 +86,9 @@ pub async fn api_state(http: &Http, identity: &str) -> ApiState {
             }
             Err(e) => last = e.to_string(),
         }
-        tokio::time::sleep(backoff(attempt)).await;
+        if attempt < 5 {
+            tokio::time::sleep(backoff(attempt)).await;
+        }
     }
     ApiState::Unreadable {
         reason: format!("no answer after 5 attempts (last: {last})"),
@@ -291,7 +293,9 @@ pub async fn applied_views(
                         Ok(view) => return (identity.clone(), Ok(view.map(AppliedView::from))),
                         Err(e) => last = e.to_string(),
                     }
-                    tokio::time::sleep(backoff(attempt)).await;
+                    if attempt < 5 {
+                        tokio::time::sleep(backoff(attempt)).await;
+                    }
                 }
                 (identity.clone(), Err(last))
             })
