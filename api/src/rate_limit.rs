@@ -43,8 +43,17 @@ pub struct RateLimit {
 
 impl RateLimit {
     pub fn new(per_sec: NonZeroU32, burst: NonZeroU32, trust_forwarded_for: bool) -> Self {
+        Self::with_quota(
+            Quota::per_second(per_sec).allow_burst(burst),
+            trust_forwarded_for,
+        )
+    }
+
+    /// A limit of any `quota` (tests use slow ones, so that no token comes
+    /// back while they run).
+    pub fn with_quota(quota: Quota, trust_forwarded_for: bool) -> Self {
         Self {
-            limiter: RateLimiter::keyed(Quota::per_second(per_sec).allow_burst(burst)),
+            limiter: RateLimiter::keyed(quota),
             trust_forwarded_for,
             started: Instant::now(),
             last_prune: AtomicU64::new(0),

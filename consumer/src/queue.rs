@@ -171,15 +171,7 @@ impl Queue {
     /// Makes a message visible again at once (visibility timeout 0), so
     /// that it is received again without waiting for its timeout.
     pub async fn release(&self, message: &Received) -> Result<(), QueueError> {
-        self.client
-            .change_message_visibility()
-            .queue_url(&self.url)
-            .receipt_handle(&message.receipt_handle)
-            .visibility_timeout(0)
-            .send()
-            .await
-            .map_err(sqs_error("ChangeMessageVisibility", &self.url))?;
-        Ok(())
+        self.extend(message, 0).await
     }
 
     /// Keeps a message invisible for `secs` seconds from now, while it is

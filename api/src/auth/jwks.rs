@@ -304,7 +304,7 @@ impl Shared {
     }
 }
 
-/// Loads now, then every `refresh`; after a failure, again after 1 s,
+/// Loads now, then every `refresh`; after a failure, again after 2 s,
 /// doubling up to a minute (never later than `refresh`).
 async fn refresh_loop(shared: Arc<Shared>, refresh: Duration) {
     let mut failures: u32 = 0;
