@@ -23,7 +23,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use aws_config::SdkConfig;
-use aws_config::timeout::TimeoutConfig;
 use obt_contract::{DecodeError, Envelope};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
@@ -189,19 +188,7 @@ impl Consumer {
         // Every AWS call bounded: an endpoint that accepts connections and
         // never answers would otherwise hold a poller for ever. Receives
         // wait for their long poll on top.
-        let bounded = |timeout: Duration| {
-            config
-                .to_builder()
-                .timeout_config(
-                    // Kept: the connect timeout of the loaded configuration.
-                    config
-                        .timeout_config()
-                        .map_or_else(TimeoutConfig::builder, TimeoutConfig::to_builder)
-                        .operation_attempt_timeout(timeout)
-                        .build(),
-                )
-                .build()
-        };
+        let bounded = |timeout: Duration| obt_runtime::with_attempt_timeout(config, timeout);
         let store_config = bounded(settings.aws_timeout());
         let ledger = store::open(&store_config, &settings.storage, connections, "consumer").await?;
         let long_poll = Duration::from_secs(u64::try_from(settings.wait_time_secs).unwrap_or(0));

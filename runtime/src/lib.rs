@@ -97,6 +97,27 @@ pub async fn aws_config() -> aws_config::SdkConfig {
     aws_config::load_from_env().await
 }
 
+/// `config` with every call attempt bounded by `timeout` (the connect
+/// timeout and the rest of its timeout configuration kept): an endpoint
+/// that accepts connections and never answers is given up on and the call
+/// retried, instead of holding the caller for ever.
+pub fn with_attempt_timeout(
+    config: &aws_config::SdkConfig,
+    timeout: std::time::Duration,
+) -> aws_config::SdkConfig {
+    use aws_config::timeout::TimeoutConfig;
+    config
+        .to_builder()
+        .timeout_config(
+            config
+                .timeout_config()
+                .map_or_else(TimeoutConfig::builder, TimeoutConfig::to_builder)
+                .operation_attempt_timeout(timeout)
+                .build(),
+        )
+        .build()
+}
+
 /// Resolves when the process receives SIGTERM or SIGINT (Ctrl-C).
 pub async fn shutdown_signal() {
     let ctrl_c = async {

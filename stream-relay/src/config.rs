@@ -154,20 +154,7 @@ impl Settings {
     /// The AWS configuration with every call attempt bounded by
     /// `--aws-timeout-secs`.
     pub fn bounded(&self, config: &aws_config::SdkConfig) -> aws_config::SdkConfig {
-        config
-            .to_builder()
-            .timeout_config(
-                // Kept: the connect timeout of the loaded configuration.
-                config
-                    .timeout_config()
-                    .map_or_else(
-                        aws_config::timeout::TimeoutConfig::builder,
-                        aws_config::timeout::TimeoutConfig::to_builder,
-                    )
-                    .operation_attempt_timeout(Duration::from_secs(self.aws_timeout_secs))
-                    .build(),
-            )
-            .build()
+        obt_runtime::with_attempt_timeout(config, Duration::from_secs(self.aws_timeout_secs))
     }
 
     pub fn lease_duration(&self) -> Duration {
