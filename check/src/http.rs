@@ -4,17 +4,15 @@
 //! system's root certificates (`SSL_CERT_FILE`/`SSL_CERT_DIR` honoured).
 
 use std::fmt;
-use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
 use http::header::{ACCEPT, AUTHORIZATION, CONTENT_TYPE, HeaderMap, HeaderValue, USER_AGENT};
 use http::{Method, StatusCode, Uri};
 use http_body_util::{BodyExt, Full};
-use hyper_rustls::{HttpsConnector, HttpsConnectorBuilder};
+use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioExecutor;
 
 /// A bearer token: never shown by `Debug`, never printed.
 #[derive(Clone)]
@@ -127,25 +125,7 @@ impl Http {
         if uri.query().is_some() {
             return Err(url_error("it must not have a query".to_owned()));
         }
-        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-        let builder =
-            match HttpsConnectorBuilder::new().with_provider_and_native_roots(provider.clone()) {
-                Ok(builder) => builder,
-                Err(e) if https => return Err(SetupError::RootCertificates(e)),
-                // Plain http needs no roots: TLS is never used.
-                Err(_) => {
-                    let config = rustls::ClientConfig::builder_with_provider(provider)
-                        .with_safe_default_protocol_versions()
-                        .map_err(|e| SetupError::RootCertificates(std::io::Error::other(e)))?
-                        .with_root_certificates(rustls::RootCertStore::empty())
-                        .with_no_client_auth();
-                    HttpsConnectorBuilder::new().with_tls_config(config)
-                }
-            };
-        let connector = builder.https_or_http().enable_http1().build();
-        let client = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(Duration::from_secs(30))
-            .build(connector);
+        let client = obt_runtime::https_client(https).map_err(SetupError::RootCertificates)?;
         let authorization = bearer
             .map(|token| {
                 let mut value = HeaderValue::from_str(&format!("Bearer {}", token.expose()))

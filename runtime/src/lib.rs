@@ -118,6 +118,47 @@ pub fn with_attempt_timeout(
         .build()
 }
 
+/// An HTTP/1 client for `https://` (rustls on aws-lc-rs, the stack the AWS
+/// SDK already compiles, with the system's root certificates;
+/// `SSL_CERT_FILE`/`SSL_CERT_DIR` honoured) and plain `http://`. When the
+/// system has no root certificates, that is an error only if `https` is
+/// to be used: plain http needs none.
+pub fn https_client<B>(
+    https: bool,
+) -> Result<
+    hyper_util::client::legacy::Client<
+        hyper_rustls::HttpsConnector<hyper_util::client::legacy::connect::HttpConnector>,
+        B,
+    >,
+    std::io::Error,
+>
+where
+    B: hyper::body::Body + Send + 'static,
+    B::Data: Send,
+{
+    use hyper_rustls::HttpsConnectorBuilder;
+    let provider = std::sync::Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let builder =
+        match HttpsConnectorBuilder::new().with_provider_and_native_roots(provider.clone()) {
+            Ok(builder) => builder,
+            Err(e) if https => return Err(e),
+            Err(_) => {
+                let config = rustls::ClientConfig::builder_with_provider(provider)
+                    .with_safe_default_protocol_versions()
+                    .map_err(std::io::Error::other)?
+                    .with_root_certificates(rustls::RootCertStore::empty())
+                    .with_no_client_auth();
+                HttpsConnectorBuilder::new().with_tls_config(config)
+            }
+        };
+    let connector = builder.https_or_http().enable_http1().build();
+    Ok(
+        hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+            .pool_idle_timeout(std::time::Duration::from_secs(30))
+            .build(connector),
+    )
+}
+
 /// Resolves when the process receives SIGTERM or SIGINT (Ctrl-C).
 pub async fn shutdown_signal() {
     let ctrl_c = async {

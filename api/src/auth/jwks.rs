@@ -15,10 +15,9 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Empty, Limited};
-use hyper_rustls::{HttpsConnector, HttpsConnectorBuilder};
+use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioExecutor;
 use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, Jwk, PublicKeyUse};
 use jsonwebtoken::{Algorithm, DecodingKey};
 use tokio::sync::{Mutex, watch};
@@ -350,30 +349,10 @@ fn is_loopback_host(host: &str) -> bool {
             .is_ok_and(|ip| ip.is_loopback())
 }
 
-/// hyper with rustls on aws-lc-rs and the system's root certificates (as
-/// obt-check's client; `SSL_CERT_FILE`/`SSL_CERT_DIR` honoured).
+/// The project's HTTPS client ([`obt_runtime::https_client`]).
 fn client(uri: &hyper::Uri) -> Result<HttpClient, AuthSetupError> {
-    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-    let builder =
-        match HttpsConnectorBuilder::new().with_provider_and_native_roots(provider.clone()) {
-            Ok(builder) => builder,
-            Err(e) if uri.scheme_str() == Some("https") => {
-                return Err(AuthSetupError::RootCertificates(e));
-            }
-            // Plain http to loopback needs no roots: TLS is never used.
-            Err(_) => {
-                let config = rustls::ClientConfig::builder_with_provider(provider)
-                    .with_safe_default_protocol_versions()
-                    .map_err(|e| AuthSetupError::RootCertificates(std::io::Error::other(e)))?
-                    .with_root_certificates(rustls::RootCertStore::empty())
-                    .with_no_client_auth();
-                HttpsConnectorBuilder::new().with_tls_config(config)
-            }
-        };
-    let connector = builder.https_or_http().enable_http1().build();
-    Ok(Client::builder(TokioExecutor::new())
-        .pool_idle_timeout(Duration::from_secs(30))
-        .build(connector))
+    obt_runtime::https_client(uri.scheme_str() == Some("https"))
+        .map_err(AuthSetupError::RootCertificates)
 }
 
 #[cfg(test)]
