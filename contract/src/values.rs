@@ -49,7 +49,12 @@ impl Identity {
 }
 
 /// A first name or a surname: 1-100 characters, none of them a control
-/// character.
+/// character or a Unicode noncharacter.
+///
+/// Noncharacters (U+FDD0..=U+FDEF, and U+xFFFE and U+xFFFF in every plane)
+/// are refused because SQS refuses U+FFFE and U+FFFF in a message body, and
+/// the others are reserved for a program's internal use: none of them is
+/// part of anybody's name.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct PersonName(String);
 
@@ -62,6 +67,11 @@ pub enum NameError {
     TooLong,
     #[error("must not contain control characters")]
     ControlCharacter,
+    #[error(
+        "must not contain Unicode noncharacters such as U+FFFF (U+FDD0 to U+FDEF, \
+         and U+FFFE and U+FFFF in every plane)"
+    )]
+    Noncharacter,
 }
 
 impl PersonName {
@@ -77,12 +87,22 @@ impl PersonName {
         if s.chars().any(char::is_control) {
             return Err(NameError::ControlCharacter);
         }
+        if s.chars().any(is_noncharacter) {
+            return Err(NameError::Noncharacter);
+        }
         Ok(Self(s.to_owned()))
     }
 
     pub fn as_str(&self) -> &str {
         &self.0
     }
+}
+
+/// Whether `c` is one of Unicode's 66 noncharacters: U+FDD0..=U+FDEF, and
+/// the last two code points of each of the 17 planes.
+fn is_noncharacter(c: char) -> bool {
+    let code = u32::from(c);
+    (0xFDD0..=0xFDEF).contains(&code) || code & 0xFFFE == 0xFFFE
 }
 
 /// A positive amount of money with at most 2 fraction digits and at most 18
@@ -246,6 +266,37 @@ mod tests {
                 *expected,
                 "input {input:?}"
             );
+        }
+    }
+
+    #[test]
+    fn names_refuse_every_unicode_noncharacter_and_nothing_next_to_them() {
+        let noncharacters = (0xFDD0..=0xFDEF)
+            .chain((0..=0x10).flat_map(|plane| [(plane << 16) | 0xFFFE, (plane << 16) | 0xFFFF]));
+        let mut refused = 0;
+        for code in noncharacters {
+            let c = char::from_u32(code).expect("a scalar value");
+            for input in [c.to_string(), format!("a{c}"), format!("Mar{c}tin")] {
+                assert_eq!(
+                    PersonName::parse(&input),
+                    Err(NameError::Noncharacter),
+                    "U+{code:04X} in {input:?}"
+                );
+            }
+            refused += 1;
+        }
+        assert_eq!(refused, 66, "Unicode has 66 noncharacters");
+        // Their neighbours, and the other characters above U+FFFF, are fine.
+        for name in [
+            "\u{FDCF}",
+            "\u{FDF0}",
+            "\u{FFFD}",
+            "\u{1FFFD}",
+            "\u{10FFFD}",
+            "\u{20000}",
+            "Zoë 李 😀",
+        ] {
+            assert!(PersonName::parse(name).is_ok(), "{name:?} was refused");
         }
     }
 

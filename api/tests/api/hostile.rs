@@ -103,6 +103,7 @@ fn cases() -> Vec<Case> {
     const NOT_JSON: &str = "is not valid JSON";
     const IDENTITY_CHARS: &str = "may contain only letters A-Z and a-z, digits and . _ : -";
     const CONTROL: &str = "must not contain control characters";
+    const NONCHARACTER: &str = "must not contain Unicode noncharacters such as U+FFFF";
     const EXPONENT: &str = "must be written without an exponent";
     let nested = |depth: usize| format!("{}1{}", "[".repeat(depth), "]".repeat(depth));
     let mut bom = b"\xef\xbb\xbf".to_vec();
@@ -278,6 +279,50 @@ fn cases() -> Vec<Case> {
             with("name", "\"Mar\\ud800tin\""),
             "name",
             "is not a valid JSON string",
+        ),
+        // Unicode noncharacters: SQS refuses U+FFFE and U+FFFF in a message
+        // body, so an accepted one would never be published.
+        rule(
+            "name U+FFFF",
+            with("name", "\"\\uffff\""),
+            "name",
+            NONCHARACTER,
+        ),
+        rule(
+            "name a U+FFFE",
+            with("name", "\"a\\ufffe\""),
+            "name",
+            NONCHARACTER,
+        ),
+        rule(
+            "surname U+FFFF",
+            with("surname", "\"\\uffff\""),
+            "surname",
+            NONCHARACTER,
+        ),
+        rule(
+            "surname a U+FFFE",
+            with("surname", "\"a\\ufffe\""),
+            "surname",
+            NONCHARACTER,
+        ),
+        rule(
+            "name U+FDD0 as UTF-8",
+            with("name", "\"Mar\u{fdd0}tin\""),
+            "name",
+            NONCHARACTER,
+        ),
+        rule(
+            "surname U+10FFFF as an escaped surrogate pair",
+            with("surname", "\"Ro\\udbff\\udfffbi\""),
+            "surname",
+            NONCHARACTER,
+        ),
+        rule(
+            "name U+1FFFE as UTF-8",
+            with("name", "\"\u{1fffe}\""),
+            "name",
+            NONCHARACTER,
         ),
         // Shapes.
         rule(
