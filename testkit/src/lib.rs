@@ -19,6 +19,9 @@
 //!   refuses, hangs, delays, resets or throttles connections on demand.
 //! - [`sqs_proxy`]: a proxy in front of fauxqs that fails chosen entries of
 //!   `SendMessageBatch` calls, as SQS does now and then.
+//! - [`sqs_model`]: an in-process SQS FIFO server with SQS's receive
+//!   semantics (several messages of a group per receive, receive counts,
+//!   redrive at maxReceiveCount), where fauxqs is gentler.
 //! - [`lambda`]: a Lambda function binary behind cargo-lambda's Runtime API
 //!   emulator, and the DynamoDB stream events to invoke it with.
 
@@ -39,6 +42,7 @@ pub mod lambda;
 #[cfg(feature = "mysql")]
 pub mod mysql;
 pub mod outbox;
+pub mod sqs_model;
 pub mod sqs_proxy;
 pub mod stream;
 
