@@ -48,6 +48,21 @@ pub fn pending_bucket(identity: &str) -> u32 {
     (hash % u64::from(PENDING_BUCKETS)) as u32
 }
 
+/// Set by the relay on an identity whose next event can never be published
+/// as it is (SQS refuses it, or the relay cannot read it): a map with the
+/// `cause`, the `reason` in words, the `seq` of the event held (when known)
+/// and the time (`at`, RFC 3339). While it is there, no event of the
+/// identity is published; the events stay in the outbox, in order, until an
+/// operator repairs the item and removes the mark (`obt-admin parked
+/// retry`). Other identities are not held back (invariant 6).
+pub const PARKED_ATTR: &str = "parked";
+/// Epoch milliseconds of the parking, beside [`PARKED_ATTR`]: the sort key
+/// of [`PARKED_INDEX`].
+pub const PARKED_AT_ATTR: &str = "parked_at";
+/// The sparse global secondary index on (`pending_bucket`, `parked_at`):
+/// only parked items are in it, so listing them reads no other item.
+pub const PARKED_INDEX: &str = "parked";
+
 /// The key of an event in the outbox map.
 pub fn outbox_key(seq: u64) -> String {
     seq.to_string()

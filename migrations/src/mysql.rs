@@ -219,9 +219,12 @@ pub async fn setup(
         (
             &names.relay_user,
             &passwords.relay,
-            vec![format!(
-                "GRANT SELECT, DELETE ON `{api_db}`.`obt` TO {{user}}"
-            )],
+            vec![
+                format!("GRANT SELECT, DELETE ON `{api_db}`.`obt` TO {{user}}"),
+                // Parks identities; DELETE is the operator's retry
+                // (`obt-admin parked retry`, run with the relay's URL).
+                format!("GRANT SELECT, INSERT, DELETE ON `{api_db}`.`obt_parked` TO {{user}}"),
+            ],
         ),
         (
             &names.consumer_user,

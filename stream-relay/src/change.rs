@@ -2,10 +2,11 @@
 
 use aws_lambda_events::event::dynamodb::EventRecord;
 use obt_contract::Envelope;
-use obt_contract::outbox::OutboxImage;
+
+use crate::image::{Image, NoIdentity, Unreadable};
 
 /// The relay's view of one stream record of the api's table.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct Change {
     /// The record's sequence number in its shard: the checkpoint position.
     pub sequence_number: String,
@@ -15,14 +16,21 @@ pub struct Change {
     /// An acknowledgement conditioned on it knows the outbox held nothing
     /// else, and may take the item out of the sweeper's index.
     pub version: Option<u64>,
-    /// Whether the write added events to the outbox. Writes that only
-    /// removed events (the relay's own acknowledgements) add none and are
-    /// skipped.
+    /// Whether the write added events to the outbox, left an entry this
+    /// relay cannot read, or took the parking mark off (an operator's
+    /// retry: what waited goes out now). Writes that only removed events
+    /// (the relay's own acknowledgements) or parked the item add none and
+    /// are skipped.
     pub adds_events: bool,
-    /// Every event pending in the outbox after the write, in `seq` order.
+    /// Every readable event pending in the outbox after the write, in `seq`
+    /// order, up to the first unreadable one.
     pub pending: Vec<Envelope>,
+    /// The first outbox entry that cannot be read: once the events before
+    /// it are published, the identity is parked there.
+    pub unreadable: Option<Unreadable>,
+    /// The item is parked: none of its events is published.
+    pub parked: bool,
 }
-
 #[derive(Debug, thiserror::Error)]
 pub enum ChangeError {
     #[error("stream record {sequence_number} has no {what}")]
@@ -31,14 +39,13 @@ pub enum ChangeError {
         what: &'static str,
     },
     #[error(
-        "stream record {sequence_number} holds an outbox this relay cannot read ({source}); \
-         the relay will not pass it, so that no event is lost: deploy a relay that reads this \
-         schema, or repair the item"
+        "stream record {sequence_number} is not of an item of the api's table ({source}); check \
+         that the relay reads the stream of the api's table"
     )]
-    Undecodable {
+    NotAnAggregate {
         sequence_number: String,
         #[source]
-        source: serde_dynamo::Error,
+        source: NoIdentity,
     },
 }
 
@@ -103,41 +110,47 @@ impl Change {
         Self::from_items(sequence_number, old, data.new_image.clone()).map(Some)
     }
 
-    /// Decodes a record's images, whichever API delivered them: the one
-    /// decoding path of every driver.
+    /// Reads a record's images, whichever API delivered them: the one
+    /// decoding path of every driver. An item that is damaged (an outbox
+    /// entry this relay cannot read) is no error: the change says so, and
+    /// the relay parks its identity alone.
     fn from_items(
         sequence_number: String,
         old: Option<serde_dynamo::Item>,
         new: serde_dynamo::Item,
     ) -> Result<Self, ChangeError> {
-        let decode = |item: serde_dynamo::Item| -> Result<OutboxImage, ChangeError> {
-            serde_dynamo::from_item(item).map_err(|source| ChangeError::Undecodable {
+        let read = |item: serde_dynamo::Item| -> Result<Image, ChangeError> {
+            Image::read(item).map_err(|source| ChangeError::NotAnAggregate {
                 sequence_number: sequence_number.clone(),
                 source,
             })
         };
-        let new = decode(new)?;
-        let old = old.map(decode).transpose()?;
-        Ok(Self::from_images(sequence_number, old, new))
+        let new = read(new)?;
+        let old = old.map(read).transpose()?;
+        Ok(Self::from_images(sequence_number, old.as_ref(), new))
     }
 
-    /// The change between two images of one item.
-    pub fn from_images(
-        sequence_number: String,
-        old: Option<OutboxImage>,
-        new: OutboxImage,
-    ) -> Self {
-        let adds_events = new
-            .outbox
-            .keys()
-            .any(|key| old.as_ref().is_none_or(|old| !old.outbox.contains_key(key)));
-        let pending = new.events_in_order().into_iter().cloned().collect();
+    /// The change between two images of one item (`old` is `None` for an
+    /// item's first write, and for the sweeper, which treats every pending
+    /// event as new).
+    pub fn from_images(sequence_number: String, old: Option<&Image>, new: Image) -> Self {
+        let added = new
+            .keys
+            .iter()
+            .any(|key| old.is_none_or(|old| !old.keys.contains(key)));
+        let unparked = new.parked.is_none() && old.is_some_and(|old| old.parked.is_some());
+        // A write that left the outbox unreadable (not a map any more, an
+        // entry overwritten) adds no key, but it must park the identity.
+        let spoiled =
+            new.unreadable.is_some() && old.is_none_or(|old| old.unreadable != new.unreadable);
         Self {
             sequence_number,
-            version: new.version,
             identity: new.identity,
-            adds_events,
-            pending,
+            version: new.version,
+            adds_events: added || unparked || spoiled,
+            pending: new.pending,
+            unreadable: new.unreadable,
+            parked: new.parked.is_some(),
         }
     }
 }

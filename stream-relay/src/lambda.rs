@@ -9,12 +9,15 @@
 //! sequence number of the first record not fully done (its events published
 //! and acknowledged), so that the event source mapping retries from that
 //! record on and each identity's order holds; an empty list when all is
-//! done. Every failure becomes such an answer at the first record it leaves
-//! unfinished, whether it is about one record (one that cannot be decoded)
-//! or not (SQS or DynamoDB away, a wrong queue): never an empty list for
-//! records that were not done, never a panic. Only a record that cannot
-//! even be named (no sequence number) fails the whole invocation, which
-//! makes Lambda retry the whole batch.
+//! done. A record whose events can never be published as they are (an
+//! outbox entry this relay cannot read, an event SQS refuses for good) is
+//! done once its identity is parked ([`crate::relay`]): it is not reported,
+//! so that the shard goes on. Every other failure becomes such an answer at
+//! the first record it leaves unfinished, whether it is about one record (a
+//! record of another table) or not (SQS or DynamoDB away, a wrong queue):
+//! never an empty list for records that were not done, never a panic. Only
+//! a record that cannot even be named (no sequence number) fails the whole
+//! invocation, which makes Lambda retry the whole batch.
 //!
 //! The event source mapping must list `ReportBatchItemFailures` in its
 //! `FunctionResponseTypes`: without it Lambda ignores the list and counts
@@ -276,14 +279,6 @@ mod tests {
             .expect("the fixture is a DynamoDB stream event")
     }
 
-    fn failures(response: &DynamoDbEventResponse) -> Vec<Option<String>> {
-        response
-            .batch_item_failures
-            .iter()
-            .map(|f| f.item_identifier.clone())
-            .collect()
-    }
-
     #[test]
     fn writes_become_changes_acknowledgements_add_nothing_and_deletions_are_skipped() {
         let event = fixture();
@@ -303,21 +298,18 @@ mod tests {
     }
 
     #[test]
-    fn an_undecodable_record_stops_decoding_there_and_is_the_failure_reported() {
+    fn an_outbox_this_relay_cannot_read_is_a_change_that_parks_not_a_failure() {
         let mut event = fixture();
-        event.records[1].change.new_image.insert(
+        event.records[0].change.new_image.insert(
             "outbox".to_owned(),
             serde_dynamo::AttributeValue::S("?".to_owned()),
         );
         let decoded = decode(&event.records);
-        assert_eq!(decoded.record_of, [0]);
-        assert_eq!(decoded.unreadable.as_ref().map(|(i, _)| *i), Some(1));
-        let error = decoded.unreadable.map(|(_, e)| e);
-        let response = respond(&event.records, Some(1), error).expect("answer");
-        assert_eq!(
-            failures(&response),
-            [Some("100000000000000000002".to_owned())]
-        );
+        assert!(decoded.unreadable.is_none(), "no record is unreadable");
+        assert_eq!(decoded.record_of, [0, 1]);
+        let write = &decoded.changes[0];
+        assert!(write.pending.is_empty());
+        assert_eq!(write.unreadable.as_ref().map(|u| u.seq), Some(None));
     }
 
     #[test]

@@ -11,7 +11,9 @@
 //!   which order, and the acknowledgement that removes them.
 //! - [`publisher`]: `SendMessageBatch` to the FIFO queue, without ever
 //!   letting a partial failure reorder one identity's events.
-//! - [`outbox`]: reads and acknowledges outbox entries on the api's table.
+//! - [`image`]: an item read leniently, so that one entry the relay cannot
+//!   read holds back its own identity only.
+//! - [`outbox`]: reads, acknowledges and parks items of the api's table.
 //! - [`backoff`]: the waits between retries.
 //!
 //! The drivers:
@@ -32,6 +34,7 @@ pub mod backoff;
 pub mod change;
 pub mod config;
 pub mod daemon;
+pub mod image;
 pub mod lambda;
 pub mod lease;
 pub mod outbox;

@@ -7,10 +7,12 @@ use aws_sdk_dynamodb::Client;
 use aws_sdk_dynamodb::error::{DisplayErrorContext, SdkError};
 use aws_sdk_dynamodb::types::AttributeValue;
 use obt_contract::outbox::{
-    IDENTITY_ATTR, OUTBOX_ATTR, OutboxImage, PENDING_SINCE_ATTR, VERSION_ATTR, outbox_key,
+    IDENTITY_ATTR, OUTBOX_ATTR, PARKED_AT_ATTR, PARKED_ATTR, PARKED_INDEX, PENDING_BUCKET_ATTR,
+    PENDING_BUCKETS, PENDING_SINCE_ATTR, VERSION_ATTR, outbox_key, pending_bucket, pending_since,
 };
 
 use crate::backoff::Backoff;
+use crate::image::{Image, Parked};
 
 #[derive(Debug, thiserror::Error)]
 pub enum OutboxError {
@@ -79,9 +81,10 @@ impl OutboxTable {
             attribute,
         };
         let oldest_pending = match item.get(OUTBOX_ATTR) {
+            // A key that is no seq is an unreadable entry, which parks the
+            // identity; the mark only has to be right for the others.
             Some(AttributeValue::M(outbox)) => {
-                let seqs: Result<Vec<u64>, _> = outbox.keys().map(|k| k.parse::<u64>()).collect();
-                seqs.map_err(|_| malformed(OUTBOX_ATTR))?.into_iter().min()
+                outbox.keys().filter_map(|k| k.parse::<u64>().ok()).min()
             }
             None => None,
             Some(_) => return Err(malformed(OUTBOX_ATTR)),
@@ -95,34 +98,132 @@ impl OutboxTable {
         }
     }
 
-    /// The item of `identity` as the relay sees it (identity, version and
-    /// outbox), read consistently; `None` when there is no item.
+    /// The item of `identity` as the relay sees it, read consistently;
+    /// `None` when there is no item.
     #[tracing::instrument(skip_all, fields(identity))]
-    pub async fn image(&self, identity: &str) -> Result<Option<OutboxImage>, OutboxError> {
+    pub async fn image(&self, identity: &str) -> Result<Option<Image>, OutboxError> {
         let out = self
             .client
             .get_item()
             .table_name(&self.table)
             .key(IDENTITY_ATTR, AttributeValue::S(identity.to_owned()))
             .consistent_read(true)
-            .projection_expression("#id, #v, #o")
+            .projection_expression("#id, #v, #o, #p")
             .expression_attribute_names("#id", IDENTITY_ATTR)
             .expression_attribute_names("#v", VERSION_ATTR)
             .expression_attribute_names("#o", OUTBOX_ATTR)
+            .expression_attribute_names("#p", PARKED_ATTR)
             .send()
             .await
             .map_err(self.error("GetItem", identity))?;
         out.item
             .map(|item| {
-                serde_dynamo::aws_sdk_dynamodb_1::from_item(item).map_err(|_| {
-                    OutboxError::Malformed {
-                        table: self.table.clone(),
-                        identity: identity.to_owned(),
-                        attribute: OUTBOX_ATTR,
-                    }
+                Image::read(item.into()).map_err(|_| OutboxError::Malformed {
+                    table: self.table.clone(),
+                    identity: identity.to_owned(),
+                    attribute: IDENTITY_ATTR,
                 })
             })
             .transpose()
+    }
+
+    /// The identities whose items carry a parking mark, read from the
+    /// sparse index [`PARKED_INDEX`] (every bucket; only parked items are
+    /// in it), oldest parking first within a bucket.
+    pub async fn parked_identities(&self) -> Result<Vec<String>, OutboxError> {
+        let mut identities = Vec::new();
+        for bucket in 0..PENDING_BUCKETS {
+            let items = self
+                .client
+                .query()
+                .table_name(&self.table)
+                .index_name(PARKED_INDEX)
+                .key_condition_expression("#b = :b")
+                .expression_attribute_names("#b", PENDING_BUCKET_ATTR)
+                .expression_attribute_values(":b", AttributeValue::N(bucket.to_string()))
+                .into_paginator()
+                .items()
+                .send()
+                .collect::<Result<Vec<_>, _>>()
+                .await
+                .map_err(|e| OutboxError::DynamoDb {
+                    call: "Query (index parked)",
+                    table: self.table.clone(),
+                    identity: String::new(),
+                    message: DisplayErrorContext(&e).to_string(),
+                })?;
+            identities.extend(items.into_iter().filter_map(|mut item| {
+                match item.remove(IDENTITY_ATTR) {
+                    Some(AttributeValue::S(identity)) => Some(identity),
+                    _ => None,
+                }
+            }));
+        }
+        Ok(identities)
+    }
+
+    /// Parks `identity`: marks its item so that no relay publishes its
+    /// events until an operator takes the mark off. The events stay in the
+    /// outbox. A mark already there is kept (it names the first problem),
+    /// and a deleted item stays deleted. The item also gets its
+    /// `pending_bucket`, so that it is listed in the parked index.
+    #[tracing::instrument(skip_all, fields(identity))]
+    pub async fn park(&self, identity: &str, mark: &Parked) -> Result<(), OutboxError> {
+        let value = serde_dynamo::aws_sdk_dynamodb_1::to_attribute_value(mark).map_err(|_| {
+            OutboxError::Malformed {
+                table: self.table.clone(),
+                identity: identity.to_owned(),
+                attribute: PARKED_ATTR,
+            }
+        })?;
+        let now = pending_since(time::OffsetDateTime::now_utc());
+        let request = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .key(IDENTITY_ATTR, AttributeValue::S(identity.to_owned()))
+            .update_expression("SET #p = :p, #pa = :pa, #pb = if_not_exists(#pb, :pb)")
+            .condition_expression("attribute_exists(#id) AND attribute_not_exists(#p)")
+            .expression_attribute_names("#id", IDENTITY_ATTR)
+            .expression_attribute_names("#p", PARKED_ATTR)
+            .expression_attribute_names("#pa", PARKED_AT_ATTR)
+            .expression_attribute_names("#pb", PENDING_BUCKET_ATTR)
+            .expression_attribute_values(":p", value)
+            .expression_attribute_values(":pa", AttributeValue::N(now.to_string()))
+            .expression_attribute_values(
+                ":pb",
+                AttributeValue::N(pending_bucket(identity).to_string()),
+            );
+        match self.send_update(identity, request).await? {
+            Removed::Yes => {}
+            Removed::ConditionFailed => {
+                tracing::debug!(identity, "parked already, or the item is gone");
+            }
+        }
+        Ok(())
+    }
+
+    /// Takes the parking mark `at` off `identity`'s item. The write makes a
+    /// stream record that the relay reads as "publish what waits"; the
+    /// sweeper takes the item too if that record is lost. `false` when the
+    /// item no longer carries that mark (unparked already, or parked anew).
+    #[tracing::instrument(skip_all, fields(identity))]
+    pub async fn unpark(&self, identity: &str, at: &str) -> Result<bool, OutboxError> {
+        let request = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .key(IDENTITY_ATTR, AttributeValue::S(identity.to_owned()))
+            .update_expression("REMOVE #p, #pa")
+            .condition_expression("#p.#at = :at")
+            .expression_attribute_names("#p", PARKED_ATTR)
+            .expression_attribute_names("#pa", PARKED_AT_ATTR)
+            .expression_attribute_names("#at", "at")
+            .expression_attribute_values(":at", AttributeValue::S(at.to_owned()));
+        Ok(matches!(
+            self.send_update(identity, request).await?,
+            Removed::Yes
+        ))
     }
 
     /// Removes the events `seqs` of `identity` from its outbox. Removing a
@@ -201,11 +302,20 @@ impl OutboxTable {
             None => request.condition_expression("attribute_exists(#id)"),
         };
         let request = request.update_expression(format!("REMOVE {}", paths.join(", ")));
-        // The api writes each spending with a TransactWriteItems; while one
-        // is under way on the item (milliseconds), DynamoDB refuses other
-        // writes to it with TransactionConflictException, which the SDK
-        // does not retry. Such a refusal says nothing about the condition:
-        // try again, a bounded number of times.
+        self.send_update(identity, request).await
+    }
+
+    /// Sends a conditional update of `identity`'s item. The api writes each
+    /// spending with a TransactWriteItems; while one is under way on the
+    /// item (milliseconds), DynamoDB refuses other writes to it with
+    /// TransactionConflictException, which the SDK does not retry. Such a
+    /// refusal says nothing about the condition: try again, a bounded
+    /// number of times.
+    async fn send_update(
+        &self,
+        identity: &str,
+        request: aws_sdk_dynamodb::operation::update_item::builders::UpdateItemFluentBuilder,
+    ) -> Result<Removed, OutboxError> {
         let mut backoff = Backoff::new(Duration::from_millis(20), Duration::from_millis(500));
         let mut conflicts = 0;
         loop {
@@ -233,7 +343,7 @@ impl OutboxTable {
 /// How many times a removal is tried again after a transaction conflict.
 const MAX_TRANSACTION_CONFLICTS: u32 = 8;
 
-/// How a conditional removal ended, short of an error.
+/// How a conditional write ended, short of an error.
 enum Removed {
     Yes,
     ConditionFailed,

@@ -12,6 +12,11 @@
 //! and deletes a row only after SQS accepted its event. A crash between
 //! the two re-publishes the event, which SQS and the consumer deduplicate.
 //!
+//! A row that cannot be read, or whose event SQS refuses for good, parks
+//! its identity (a row in `obt_parked`): the identity's rows stay in `obt`,
+//! in order, and are left out of every window until an operator repairs the
+//! row and unparks the identity, while the other identities flow on.
+//!
 //! Several instances may run; one publishes at a time. The leader holds
 //! the MySQL user lock [`LOCK_PREFIX`] + database (`GET_LOCK`) on a connection of its
 //! own, and checks it before every round; the others wait for it. When the
@@ -32,7 +37,8 @@ use sqlx::{ConnectOptions, Connection, Row};
 use tokio_util::sync::CancellationToken;
 
 use crate::backoff::Backoff;
-use crate::publisher::Publisher;
+use crate::image::Cause;
+use crate::publisher::{Publisher, TOO_LONG};
 
 /// The prefix of the user lock only the leading relay holds; the database
 /// name completes it, since a lock name is global to the server and several
@@ -75,6 +81,16 @@ fn db(what: &'static str) -> impl FnOnce(sqlx::Error) -> PollerError {
 struct OutboxRow {
     id: u64,
     event: Envelope,
+}
+
+/// An identity to park, at one of its rows.
+#[derive(Debug)]
+struct Parking {
+    identity: String,
+    obt_id: u64,
+    seq: Option<u64>,
+    cause: Cause,
+    reason: String,
 }
 
 /// The relay of the MySQL mode.
@@ -256,43 +272,68 @@ impl OutboxPoller {
         Ok(())
     }
 
-    /// Reads the oldest rows, publishes them, deletes those SQS accepted.
-    /// Returns how many were published.
+    /// Reads the oldest rows of identities that are not parked, publishes
+    /// them, deletes those SQS accepted, and parks the identities of rows
+    /// that cannot be read or that SQS refused for good. Returns how many
+    /// were published.
     pub async fn round(&self) -> Result<usize, RoundError> {
-        let rows = self.oldest().await?;
+        let (rows, unreadable) = self.oldest().await?;
+        for parking in &unreadable {
+            self.park(parking).await?;
+        }
         if rows.is_empty() {
             return Ok(0);
         }
         let events: Vec<Envelope> = rows.iter().map(|r| r.event.clone()).collect();
-        let (published, failure) = match self.publisher.publish(&events).await {
-            Ok(()) => (rows.iter().map(|r| r.id).collect::<Vec<_>>(), None),
-            Err(failure) => {
-                let published = rows
-                    .iter()
-                    .enumerate()
-                    .filter(|(i, _)| !failure.unpublished.contains(i))
-                    .map(|(_, r)| r.id)
-                    .collect();
-                (published, Some(failure.error))
-            }
-        };
+        let report = self.publisher.publish(&events).await;
+        let not_accepted = report.not_accepted();
+        let published: Vec<u64> = rows
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| not_accepted.binary_search(i).is_err())
+            .map(|(_, r)| r.id)
+            .collect();
         self.delete(&published).await?;
-        match failure {
+        for refusal in &report.refused {
+            let row = &rows[refusal.index];
+            let cause = if refusal.code == TOO_LONG {
+                Cause::TooLarge
+            } else {
+                Cause::Refused
+            };
+            self.park(&Parking {
+                identity: row.event.identity.to_string(),
+                obt_id: row.id,
+                seq: Some(row.event.seq),
+                cause,
+                reason: format!(
+                    "SQS refused event {} (seq {}): {}: {}",
+                    row.event.event_id, row.event.seq, refusal.code, refusal.message
+                ),
+            })
+            .await?;
+        }
+        match report.failure {
             None => Ok(published.len()),
-            Some(error) => Err(RoundError::Publish(error)),
+            Some(failure) => Err(RoundError::Publish(failure.error)),
         }
     }
 
-    /// The oldest rows of the outbox, in id order: per identity, seq order.
-    /// A row whose payload cannot be read stops its identity (its later
-    /// rows would be a gap downstream), loudly.
-    async fn oldest(&self) -> Result<Vec<OutboxRow>, PollerError> {
+    /// The oldest rows of the outbox whose identity is not parked, in id
+    /// order (per identity, seq order); and the identities to park because
+    /// a row of theirs cannot be read (their later rows are left out too,
+    /// since they would be a gap downstream).
+    async fn oldest(&self) -> Result<(Vec<OutboxRow>, Vec<Parking>), PollerError> {
         let select = sqlx::query(
             // The text columns are utf8mb4_bin (identities are case
             // sensitive), which sqlx reports as VARBINARY: CAST reads them
-            // as text.
-            "SELECT id, CAST(identity AS CHAR) AS identity, CAST(payload AS CHAR) AS payload \
-             FROM obt ORDER BY id LIMIT ?",
+            // as text. A parked identity's rows are not read at all, so
+            // that however many of them wait, the window holds the rows of
+            // the others.
+            "SELECT id, CAST(identity AS CHAR) AS identity, seq, CAST(payload AS CHAR) AS payload \
+             FROM obt WHERE NOT EXISTS \
+             (SELECT 1 FROM obt_parked p WHERE p.identity = obt.identity) \
+             ORDER BY id LIMIT ?",
         )
         .bind(self.batch)
         .fetch_all(&self.pool);
@@ -301,31 +342,73 @@ impl OutboxPoller {
                 select.await.map_err(db("SELECT from obt"))
             })
             .await?;
-        let mut blocked: Vec<String> = Vec::new();
+        let mut parked: Vec<Parking> = Vec::new();
         let mut out = Vec::with_capacity(rows.len());
         for row in rows {
             let id: u64 = row.try_get("id").map_err(db("reading obt.id"))?;
             let identity: String = row
                 .try_get("identity")
                 .map_err(db("reading obt.identity"))?;
-            if blocked.contains(&identity) {
+            if parked.iter().any(|p| p.identity == identity) {
                 continue;
             }
+            let seq: u64 = row.try_get("seq").map_err(db("reading obt.seq"))?;
             let payload: String = row.try_get("payload").map_err(db("reading obt.payload"))?;
             match Envelope::decode(&payload) {
-                Ok(event) => out.push(OutboxRow { id, event }),
-                Err(e) => {
-                    tracing::error!(
-                        id,
-                        identity,
-                        error = %e,
-                        "an outbox row cannot be read; its identity's events wait until it is repaired"
-                    );
-                    blocked.push(identity);
+                Ok(event) if event.identity.as_str() == identity && event.seq == seq => {
+                    out.push(OutboxRow { id, event })
                 }
+                Ok(event) => parked.push(Parking {
+                    identity,
+                    obt_id: id,
+                    seq: Some(seq),
+                    cause: Cause::Undecodable,
+                    reason: format!(
+                        "outbox row {id} holds event {} of identity {} at seq {}, not its own \
+                         identity and seq {seq}",
+                        event.event_id, event.identity, event.seq
+                    ),
+                }),
+                Err(e) => parked.push(Parking {
+                    identity,
+                    obt_id: id,
+                    seq: Some(seq),
+                    cause: Cause::Undecodable,
+                    reason: format!("outbox row {id} cannot be read: {e}"),
+                }),
             }
         }
-        Ok(out)
+        Ok((out, parked))
+    }
+
+    /// Parks an identity: its rows are not read again until an operator
+    /// deletes its `obt_parked` row. A parking already there is kept.
+    async fn park(&self, parking: &Parking) -> Result<(), PollerError> {
+        tracing::error!(
+            identity = %parking.identity,
+            obt_id = parking.obt_id,
+            seq = ?parking.seq,
+            cause = parking.cause.as_str(),
+            reason = %parking.reason,
+            "identity parked: its events wait, in order, until the row is repaired and \
+             `obt-admin parked retry {}` is run; other identities flow on",
+            parking.identity
+        );
+        let insert = sqlx::query(
+            "INSERT IGNORE INTO obt_parked (identity, obt_id, seq, cause, reason, parked_at) \
+             VALUES (?, ?, ?, ?, ?, UTC_TIMESTAMP(3))",
+        )
+        .bind(&parking.identity)
+        .bind(parking.obt_id)
+        .bind(parking.seq)
+        .bind(parking.cause.as_str())
+        .bind(&parking.reason)
+        .execute(&self.pool);
+        self.bounded("INSERT into obt_parked", self.statement_timeout, async {
+            insert.await.map_err(db("INSERT into obt_parked"))
+        })
+        .await?;
+        Ok(())
     }
 
     async fn delete(&self, ids: &[u64]) -> Result<(), PollerError> {

@@ -5,12 +5,22 @@
 //! second would be in the queue ahead of it, and no retry could restore the
 //! order. So a batch never holds two events of one message group: an
 //! identity's next event goes into a later batch, and a batch is sent only
-//! when every entry of the batches before it was accepted.
+//! when every entry of the batches before it was accepted or refused for
+//! good.
 //!
-//! The same rule makes a failure easy to report precisely: what was not
-//! accepted is the rest of the failing batch plus every later batch, and
-//! for each identity that is a tail of its events (see [`PublishFailure`]).
-//! The relay maps it back to the first stream record not done.
+//! Two kinds of failure, told apart by SQS's answer:
+//! - A **refusal**: SQS blames the message itself ([`PERMANENT_CODES`] with
+//!   `SenderFault`), or its body is larger than SQS takes. Sending it again
+//!   cannot help. The identity's later events in the call are not sent
+//!   ([`PublishReport::held`]); every other identity goes on. The caller
+//!   parks the identity.
+//! - Anything else (SQS unreachable, throttling, an internal error) may
+//!   pass: the entries are tried again a few times, then the call stops and
+//!   reports what it did not send ([`PublishFailure`]), for the caller to
+//!   retry later.
+//!
+//! Either way, what was not accepted is, for each identity, a tail of its
+//! events, so "published up to" stays a plain number.
 
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
@@ -24,9 +34,36 @@ use crate::backoff::Backoff;
 /// The most entries SQS accepts in one `SendMessageBatch`.
 pub const MAX_BATCH: usize = 10;
 
+/// The largest message body SQS accepts, and the largest sum of the bodies
+/// of one batch: 256 KiB, which every queue takes (a queue may be set
+/// lower; an event of this contract is a few hundred bytes).
+pub const MAX_BODY_BYTES: usize = 262_144;
+
+/// The error codes of a failed `SendMessageBatch` entry that blame the
+/// message itself (with `SenderFault`): no retry can succeed. Any other
+/// failed entry is tried again: codes such as KMS errors or throttling say
+/// nothing against one identity, and parking every identity for them would
+/// stop the pipeline instead of isolating a bad record.
+pub const PERMANENT_CODES: &[&str] = &[
+    "InvalidMessageContents",
+    "MessageTooLong",
+    "InvalidParameterValue",
+];
+
+/// The code of a [`Refusal`] for a body over [`MAX_BODY_BYTES`], which is
+/// not sent at all.
+pub const TOO_LONG: &str = "MessageTooLong";
+
 /// Attempts at one batch before the publisher gives up and reports the
 /// failure (the caller retries the whole change set later).
 const ATTEMPTS: u32 = 5;
+
+/// Whether a failed entry blames the message itself. SQS may prefix codes
+/// (`AWS.SimpleQueueService.`), so the last part is compared.
+pub fn is_permanent(code: &str, sender_fault: bool) -> bool {
+    let code = code.rsplit('.').next().unwrap_or(code);
+    sender_fault && PERMANENT_CODES.contains(&code)
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum PublishError {
@@ -41,9 +78,10 @@ pub enum PublishError {
         >,
     },
     #[error(
-        "SQS rejected event {event_id} of identity {identity} (seq {seq}) {attempts} times: {code}: {message}"
+        "SQS did not accept event {event_id} of identity {identity} (seq {seq}) in {attempts} \
+         attempts: {code}: {message}"
     )]
-    Rejected {
+    NotAccepted {
         event_id: String,
         identity: String,
         seq: u64,
@@ -55,18 +93,52 @@ pub enum PublishError {
     Entry(String),
 }
 
-/// A [`Publisher::publish`] that stopped short: which events SQS has not
-/// accepted, and why.
+/// A [`Publisher::publish`] that stopped at a failure that may pass.
 #[derive(Debug, thiserror::Error)]
 #[error("{} of the events were not published", unpublished.len())]
 pub struct PublishFailure {
-    /// Indexes into the `events` given to [`Publisher::publish`] that SQS
-    /// did not accept (or that were never sent), in increasing order. Every
-    /// other event was accepted. For each identity these are its last
-    /// events (a tail), so "published up to" stays a plain number.
+    /// Indexes into the `events` given to [`Publisher::publish`] that were
+    /// not accepted or never sent, in increasing order (refused and held
+    /// events are in the [`PublishReport`] instead).
     pub unpublished: Vec<usize>,
     #[source]
     pub error: PublishError,
+}
+
+/// An event SQS will never accept as it is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refusal {
+    /// Index into the `events` given to [`Publisher::publish`].
+    pub index: usize,
+    /// SQS's error code (`InvalidMessageContents`, ...), or [`TOO_LONG`].
+    pub code: String,
+    pub message: String,
+}
+
+/// What [`Publisher::publish`] did. Every event not named here was
+/// accepted by SQS.
+#[derive(Debug, Default)]
+pub struct PublishReport {
+    /// Events refused for good, in increasing index order.
+    pub refused: Vec<Refusal>,
+    /// Events not sent because an earlier event of their identity was
+    /// refused, in increasing index order.
+    pub held: Vec<usize>,
+    /// The failure that stopped the call, when one did.
+    pub failure: Option<PublishFailure>,
+}
+
+impl PublishReport {
+    /// Every event SQS did not accept, sorted.
+    pub fn not_accepted(&self) -> Vec<usize> {
+        let mut all: Vec<usize> = self.refused.iter().map(|r| r.index).collect();
+        all.extend(&self.held);
+        if let Some(failure) = &self.failure {
+            all.extend(&failure.unpublished);
+        }
+        all.sort_unstable();
+        all
+    }
 }
 
 /// What went wrong in one line: the service's code and message when SQS
@@ -99,36 +171,39 @@ impl Publisher {
     }
 
     /// Publishes `events`, which are in order per identity, keeping that
-    /// order. Returns when SQS has accepted all of them, or with the events
-    /// it has not accepted.
-    pub async fn publish(&self, events: &[Envelope]) -> Result<(), PublishFailure> {
-        let batches = plan_batch_indexes(events);
-        for (b, batch) in batches.iter().enumerate() {
-            if let Err(failure) = self.send_batch(events, batch).await {
-                return Err(PublishFailure {
-                    unpublished: unpublished(&batches, b, failure.unpublished),
-                    error: failure.error,
-                });
+    /// order. Returns what SQS did not accept and why.
+    pub async fn publish(&self, events: &[Envelope]) -> PublishReport {
+        let mut tally = Tally::new(events);
+        while let Some(batch) = tally.next_batch() {
+            match self.send_batch(events, &batch).await {
+                Ok(refused) => tally.refused(refused),
+                Err(failure) => tally.stop(failure),
             }
         }
-        Ok(())
+        tally.report
     }
 
     /// Sends one batch (`batch` indexes into `events`), retrying the entries
-    /// SQS did not accept. A failure lists the entries of this batch that
-    /// are not accepted.
-    async fn send_batch(&self, events: &[Envelope], batch: &[usize]) -> Result<(), PublishFailure> {
+    /// SQS did not accept for a reason that may pass. Returns the entries
+    /// it refused for good; fails with the entries still not accepted when
+    /// the attempts are used up.
+    async fn send_batch(
+        &self,
+        events: &[Envelope],
+        batch: &[usize],
+    ) -> Result<Vec<Refusal>, PublishFailure> {
         let mut pending: Vec<usize> = batch.to_vec();
+        let mut refused = Vec::new();
         let mut backoff = Backoff::new(Duration::from_millis(50), Duration::from_secs(2));
         let mut attempt = 0;
         loop {
             attempt += 1;
-            let entries = match pending
+            let entries = pending
                 .iter()
                 .enumerate()
                 .map(|(i, &event)| entry(i, &events[event]))
-                .collect::<Result<Vec<_>, _>>()
-            {
+                .collect::<Result<Vec<_>, _>>();
+            let entries = match entries {
                 Ok(entries) => entries,
                 Err(error) => {
                     return Err(PublishFailure {
@@ -163,46 +238,139 @@ impl Publisher {
                     });
                 }
             };
-            // Ids are indexes into `pending`. Whatever SQS did not confirm
-            // as successful is sent again: a duplicate is harmless, a loss
-            // is not.
+            // Ids are indexes into `pending`. Whatever SQS neither confirmed
+            // nor refused for good is sent again: a duplicate is harmless,
+            // a loss is not.
             let accepted: HashSet<&str> = output.successful().iter().map(|e| e.id()).collect();
-            let failed: Vec<usize> = (0..pending.len())
-                .filter(|i| !accepted.contains(i.to_string().as_str()))
-                .collect();
-            let Some(&first_index) = failed.first() else {
-                return Ok(());
+            let mut retry = Vec::new();
+            let mut first_retried: Option<(usize, String, String)> = None;
+            for (i, &index) in pending.iter().enumerate() {
+                let id = i.to_string();
+                if accepted.contains(id.as_str()) {
+                    continue;
+                }
+                let failed = output.failed().iter().find(|f| f.id() == id);
+                let code = failed.map_or("NotConfirmed", |f| f.code()).to_owned();
+                let message = failed
+                    .and_then(|f| f.message())
+                    .unwrap_or_default()
+                    .to_owned();
+                let sender_fault = failed.is_some_and(|f| f.sender_fault());
+                let event = &events[index];
+                tracing::warn!(
+                    event_id = %event.event_id, identity = %event.identity, seq = event.seq,
+                    code, message, sender_fault, attempt,
+                    "SQS did not accept an entry"
+                );
+                if is_permanent(&code, sender_fault) {
+                    refused.push(Refusal {
+                        index,
+                        code,
+                        message,
+                    });
+                } else {
+                    first_retried.get_or_insert((index, code, message));
+                    retry.push(index);
+                }
+            }
+            let Some((first, code, message)) = first_retried else {
+                return Ok(refused);
             };
-            let event = &events[pending[first_index]];
-            let report = output
-                .failed()
-                .iter()
-                .find(|f| f.id() == first_index.to_string());
-            let code = report.map_or("NotConfirmed", |f| f.code());
-            let message = report.and_then(|f| f.message()).unwrap_or_default();
-            let sender_fault = report.is_some_and(|f| f.sender_fault());
-            tracing::warn!(
-                event_id = %event.event_id, identity = %event.identity, seq = event.seq,
-                code, message, sender_fault, failed = failed.len(), attempt,
-                "SQS did not accept some entries"
-            );
-            if sender_fault || attempt >= ATTEMPTS {
-                let error = PublishError::Rejected {
-                    event_id: event.event_id.to_string(),
-                    identity: event.identity.to_string(),
-                    seq: event.seq,
-                    attempts: attempt,
-                    code: code.to_owned(),
-                    message: message.to_owned(),
-                };
+            if attempt >= ATTEMPTS {
+                let event = &events[first];
+                // The refusals of this batch are lost with the failure; the
+                // retry of the whole call refuses them again.
                 return Err(PublishFailure {
-                    unpublished: failed.iter().map(|&i| pending[i]).collect(),
-                    error,
+                    unpublished: retry,
+                    error: PublishError::NotAccepted {
+                        event_id: event.event_id.to_string(),
+                        identity: event.identity.to_string(),
+                        seq: event.seq,
+                        attempts: attempt,
+                        code,
+                        message,
+                    },
                 });
             }
-            pending = failed.iter().map(|&i| pending[i]).collect();
+            pending = retry;
             backoff.wait().await;
         }
+    }
+}
+
+/// The bookkeeping of one [`Publisher::publish`], free of I/O: which batch
+/// goes next, and what of it may be sent.
+struct Tally<'e> {
+    events: &'e [Envelope],
+    batches: std::vec::IntoIter<Vec<usize>>,
+    /// Identities with a refused event: nothing more of them is sent.
+    stopped: HashSet<&'e str>,
+    report: PublishReport,
+}
+
+impl<'e> Tally<'e> {
+    fn new(events: &'e [Envelope]) -> Self {
+        Self {
+            events,
+            batches: plan_batch_indexes(events).into_iter(),
+            stopped: HashSet::new(),
+            report: PublishReport::default(),
+        }
+    }
+
+    /// The next batch's events that may be sent; `None` when every batch
+    /// is done or the call stopped.
+    fn next_batch(&mut self) -> Option<Vec<usize>> {
+        if self.report.failure.is_some() {
+            return None;
+        }
+        while let Some(batch) = self.batches.next() {
+            let mut sendable = Vec::with_capacity(batch.len());
+            for index in batch {
+                let event = &self.events[index];
+                let size = event.encode().len();
+                if self.stopped.contains(event.identity.as_str()) {
+                    self.report.held.push(index);
+                } else if size > MAX_BODY_BYTES {
+                    self.refused(vec![Refusal {
+                        index,
+                        code: TOO_LONG.to_owned(),
+                        message: format!(
+                            "the message body is {size} bytes; SQS takes at most {MAX_BODY_BYTES}"
+                        ),
+                    }]);
+                } else {
+                    sendable.push(index);
+                }
+            }
+            if !sendable.is_empty() {
+                return Some(sendable);
+            }
+        }
+        None
+    }
+
+    fn refused(&mut self, refused: Vec<Refusal>) {
+        for refusal in refused {
+            self.stopped
+                .insert(self.events[refusal.index].identity.as_str());
+            self.report.refused.push(refusal);
+        }
+        self.report.refused.sort_by_key(|r| r.index);
+    }
+
+    /// A failure that may pass stops the call: nothing after it is sent.
+    fn stop(&mut self, mut failure: PublishFailure) {
+        for index in self.batches.by_ref().flatten() {
+            if self.stopped.contains(self.events[index].identity.as_str()) {
+                self.report.held.push(index);
+            } else {
+                failure.unpublished.push(index);
+            }
+        }
+        failure.unpublished.sort_unstable();
+        self.report.held.sort_unstable();
+        self.report.failure = Some(failure);
     }
 }
 
@@ -216,9 +384,9 @@ fn entry(index: usize, event: &Envelope) -> Result<SendMessageBatchRequestEntry,
         .map_err(|e| PublishError::Entry(e.to_string()))
 }
 
-/// Splits `events` into batches of at most [`MAX_BATCH`], with no two
-/// events of one identity in a batch and each identity's events in
-/// increasing batch order.
+/// Splits `events` into batches of at most [`MAX_BATCH`] entries and
+/// [`MAX_BODY_BYTES`] of bodies, with no two events of one identity in a
+/// batch and each identity's events in increasing batch order.
 pub fn plan_batches(events: &[Envelope]) -> Vec<Vec<&Envelope>> {
     plan_batch_indexes(events)
         .into_iter()
@@ -228,31 +396,27 @@ pub fn plan_batches(events: &[Envelope]) -> Vec<Vec<&Envelope>> {
 
 /// [`plan_batches`] as indexes into `events`.
 pub fn plan_batch_indexes(events: &[Envelope]) -> Vec<Vec<usize>> {
-    let mut batches: Vec<Vec<usize>> = Vec::new();
+    // Each batch with the sum of its bodies' sizes.
+    let mut batches: Vec<(Vec<usize>, usize)> = Vec::new();
     let mut last_batch_of: HashMap<&str, usize> = HashMap::new();
     for (i, event) in events.iter().enumerate() {
         let group = event.identity.as_str();
+        let size = event.encode().len();
         let earliest = last_batch_of.get(group).map_or(0, |b| b + 1);
+        let fits = |(batch, bytes): &(Vec<usize>, usize)| {
+            batch.len() < MAX_BATCH && (batch.is_empty() || bytes + size <= MAX_BODY_BYTES)
+        };
         let index = (earliest..batches.len())
-            .find(|&b| batches[b].len() < MAX_BATCH)
+            .find(|&b| fits(&batches[b]))
             .unwrap_or_else(|| {
-                batches.push(Vec::new());
+                batches.push((Vec::new(), 0));
                 batches.len() - 1
             });
-        batches[index].push(i);
+        batches[index].0.push(i);
+        batches[index].1 += size;
         last_batch_of.insert(group, index);
     }
-    batches
-}
-
-/// The events not accepted when batch `failed` of `batches` stopped with
-/// `left_in_batch` not accepted: those, and every event of the batches
-/// after it (never sent), sorted.
-fn unpublished(batches: &[Vec<usize>], failed: usize, left_in_batch: Vec<usize>) -> Vec<usize> {
-    let mut unpublished = left_in_batch;
-    unpublished.extend(batches.iter().skip(failed + 1).flatten().copied());
-    unpublished.sort_unstable();
-    unpublished
+    batches.into_iter().map(|(batch, _)| batch).collect()
 }
 
 #[cfg(test)]
@@ -264,17 +428,40 @@ mod tests {
         obt_testkit::event(&Identity::parse(identity).expect("valid"), seq, "1")
     }
 
-    #[test]
-    fn a_batch_never_holds_two_events_of_one_identity_and_order_is_kept() {
+    /// 3 identities x 4 events, then `singles` identities with one event.
+    fn interleaved(singles: usize) -> Vec<Envelope> {
         let mut events = Vec::new();
         for seq in 1..=4 {
             for identity in ["A", "B", "C"] {
                 events.push(event(identity, seq));
             }
         }
-        for identity in 0..15 {
+        for identity in 0..singles {
             events.push(event(&format!("X{identity}"), 1));
         }
+        events
+    }
+
+    /// For each of A, B and C: whether each of its events is not accepted.
+    fn tails_hold(events: &[Envelope], not_accepted: &[usize]) -> Result<(), String> {
+        for identity in ["A", "B", "C"] {
+            let flags: Vec<bool> = events
+                .iter()
+                .enumerate()
+                .filter(|(_, e)| e.identity.as_str() == identity)
+                .map(|(i, _)| not_accepted.contains(&i))
+                .collect();
+            let first = flags.iter().position(|l| *l).unwrap_or(flags.len());
+            if !flags[first..].iter().all(|l| *l) {
+                return Err(format!("{identity}: {flags:?}"));
+            }
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn a_batch_never_holds_two_events_of_one_identity_and_order_is_kept() {
+        let events = interleaved(15);
         let batches = plan_batches(&events);
         let mut seen = 0;
         let mut last_seq: HashMap<String, (usize, u64)> = HashMap::new();
@@ -302,38 +489,81 @@ mod tests {
     }
 
     #[test]
-    fn what_a_failed_batch_leaves_unpublished_is_a_tail_of_each_identity() {
-        // 3 identities x 4 events, plus singles: whichever batch fails, and
-        // whichever of its entries SQS refused, each identity's published
-        // events are a prefix of its events (so a "published up to" mark
-        // can never pass an unpublished event).
-        let mut events = Vec::new();
-        for seq in 1..=4 {
-            for identity in ["A", "B", "C"] {
-                events.push(event(identity, seq));
-            }
-        }
-        for identity in 0..12 {
-            events.push(event(&format!("X{identity}"), 1));
-        }
+    fn a_refusal_holds_back_its_identity_only() {
+        let events = interleaved(12);
         let batches = plan_batch_indexes(&events);
-        for (failed, batch) in batches.iter().enumerate() {
-            for refused in batch {
-                let left = unpublished(&batches, failed, vec![*refused]);
-                assert!(left.windows(2).all(|w| w[0] < w[1]), "sorted, no repeats");
-                for identity in ["A", "B", "C"] {
-                    let flags: Vec<bool> = events
-                        .iter()
-                        .enumerate()
-                        .filter(|(_, e)| e.identity.as_str() == identity)
-                        .map(|(i, _)| left.contains(&i))
-                        .collect();
-                    let first_left = flags.iter().position(|l| *l).unwrap_or(flags.len());
-                    assert!(
-                        flags[first_left..].iter().all(|l| *l),
-                        "batch {failed}, refused {refused}: {identity} {flags:?}"
+        for (b, batch) in batches.iter().enumerate() {
+            for &refused in batch {
+                let mut tally = Tally::new(&events);
+                let mut sent = Vec::new();
+                while let Some(next) = tally.next_batch() {
+                    sent.extend(next.iter().copied());
+                    if next.contains(&refused) {
+                        tally.refused(vec![Refusal {
+                            index: refused,
+                            code: "InvalidMessageContents".to_owned(),
+                            message: String::new(),
+                        }]);
+                    } else {
+                        tally.refused(Vec::new());
+                    }
+                }
+                let identity = events[refused].identity.as_str();
+                let report = tally.report;
+                assert!(report.failure.is_none());
+                let not_accepted = report.not_accepted();
+                tails_hold(&events, &not_accepted).unwrap_or_else(|e| panic!("batch {b}: {e}"));
+                for (i, e) in events.iter().enumerate() {
+                    let held_back = e.identity.as_str() == identity && e.seq >= events[refused].seq;
+                    assert_eq!(
+                        not_accepted.contains(&i),
+                        held_back,
+                        "event {i}, refused {refused}"
+                    );
+                    assert_eq!(
+                        sent.contains(&i),
+                        !held_back || i == refused,
+                        "event {i} sent"
                     );
                 }
+            }
+        }
+    }
+
+    #[test]
+    fn a_failure_that_may_pass_stops_the_call_and_leaves_a_tail_of_each_identity() {
+        let events = interleaved(12);
+        let batches = plan_batch_indexes(&events);
+        for b in 0..batches.len() {
+            for pick_last in [false, true] {
+                let mut tally = Tally::new(&events);
+                // A is refused in the first batch; one entry of batch b fails.
+                let mut number = 0;
+                while let Some(next) = tally.next_batch() {
+                    if number == b {
+                        let failed = if pick_last {
+                            next[next.len() - 1]
+                        } else {
+                            next[0]
+                        };
+                        tally.stop(PublishFailure {
+                            unpublished: vec![failed],
+                            error: PublishError::Entry("injected".to_owned()),
+                        });
+                    } else if number == 0 {
+                        tally.refused(vec![Refusal {
+                            index: next[0],
+                            code: "InvalidMessageContents".to_owned(),
+                            message: String::new(),
+                        }]);
+                    }
+                    number += 1;
+                }
+                let report = tally.report;
+                let not_accepted = report.not_accepted();
+                assert!(not_accepted.windows(2).all(|w| w[0] < w[1]), "no repeats");
+                tails_hold(&events, &not_accepted).unwrap_or_else(|e| panic!("batch {b}: {e}"));
+                assert!(report.failure.is_some());
             }
         }
     }
@@ -343,5 +573,17 @@ mod tests {
         let events: Vec<Envelope> = (0..25).map(|i| event(&format!("I{i}"), 1)).collect();
         let sizes: Vec<usize> = plan_batches(&events).iter().map(Vec::len).collect();
         assert_eq!(sizes, vec![10, 10, 5]);
+    }
+
+    #[test]
+    fn only_a_sender_fault_that_blames_the_message_is_permanent() {
+        assert!(is_permanent("InvalidMessageContents", true));
+        assert!(is_permanent(
+            "AWS.SimpleQueueService.InvalidMessageContents",
+            true
+        ));
+        assert!(!is_permanent("InvalidMessageContents", false));
+        assert!(!is_permanent("KmsThrottled", true));
+        assert!(!is_permanent("InternalError", false));
     }
 }

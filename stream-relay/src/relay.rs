@@ -28,8 +28,9 @@ use futures::{StreamExt, stream};
 use obt_contract::Envelope;
 
 use crate::change::Change;
+use crate::image::{Cause, Parked};
 use crate::outbox::{OutboxError, OutboxTable};
-use crate::publisher::{PublishError, Publisher};
+use crate::publisher::{PublishError, Publisher, TOO_LONG};
 
 /// DynamoDB calls on different items made at once (mark look-ups,
 /// acknowledgements): a batch of records may touch hundreds of items.
@@ -66,7 +67,8 @@ pub struct HandleError {
     pub error: RelayError,
 }
 
-/// Publishes and acknowledges outbox events. Cheap to share (`Arc`).
+/// Publishes and acknowledges outbox events, and parks the identities whose
+/// events can never be published as they are. Cheap to share (`Arc`).
 #[derive(Debug)]
 pub struct Relay {
     publisher: Publisher,
@@ -82,6 +84,11 @@ impl Relay {
             outbox,
             published: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// The api's table, as this relay reads and writes it.
+    pub fn outbox(&self) -> &OutboxTable {
+        &self.outbox
     }
 
     fn cached_mark(&self, identity: &str) -> Option<u64> {
@@ -103,16 +110,16 @@ impl Relay {
         }
     }
 
-    /// The marks of every identity that `changes` add events to: from
-    /// memory, or read from the items (concurrently) when unknown; and the
-    /// identities whose item could not be read.
-    async fn marks_before(
+    /// The marks of every identity that the `planned` changes add events
+    /// to: from memory, or read from the items (concurrently) when unknown;
+    /// and the identities whose item could not be read.
+    async fn marks_before<'c>(
         &self,
-        changes: &[Change],
+        planned: impl Iterator<Item = &'c Change>,
     ) -> (HashMap<String, u64>, Vec<(String, OutboxError)>) {
         let mut marks = HashMap::new();
         let mut unknown = HashSet::new();
-        for change in changes.iter().filter(|c| c.adds_events) {
+        for change in planned {
             if marks.contains_key(&change.identity) || unknown.contains(&change.identity) {
                 continue;
             }
@@ -145,32 +152,65 @@ impl Relay {
         (marks, failed)
     }
 
-    /// Handles `changes` (in shard order). On `Ok`, every event they add has
-    /// been accepted by SQS and acknowledged; the caller may checkpoint past
-    /// the last change. On `Err`, the caller may checkpoint before
+    /// Handles `changes` (in shard order). On `Ok`, every event they add
+    /// has been accepted by SQS and acknowledged, or is held on a parked
+    /// identity (durably marked so); the caller may checkpoint past the
+    /// last change. On `Err`, the caller may checkpoint before
     /// [`HandleError::first_unfinished`], no further.
     pub async fn handle(&self, changes: &[Change]) -> Result<Summary, HandleError> {
         let mut failures = Failures::default();
-        let (marks, unreadable) = self.marks_before(changes).await;
+        let mut triage = triage(changes);
+        let (marks, unreadable) = self
+            .marks_before(triage.planned(changes).map(|(_, change)| change))
+            .await;
         for (identity, error) in unreadable {
-            failures.add(first_adding_change(changes, &identity), error.into());
+            let at = first_adding_change(changes, &identity);
+            match error {
+                // An item that is not what the api writes: its identity
+                // alone waits for a repair.
+                OutboxError::Malformed { .. } => {
+                    triage.block(&identity, at.unwrap_or(0), error.to_string());
+                }
+                error => failures.add(at, error.into()),
+            }
         }
         // No event of an identity with an unknown mark can be planned; the
         // changes after its first one will be handled again anyway.
-        let planned = &changes[..failures.first().unwrap_or(changes.len())];
-        let plan = plan(planned, &marks);
+        let end = failures.first().unwrap_or(changes.len());
+        let plan = plan(triage.planned(&changes[..end]), &marks);
 
-        let unpublished = match self.publisher.publish(&plan.events).await {
-            Ok(()) => Vec::new(),
-            Err(failure) => {
-                failures.add(
-                    plan.first_planner_of(&failure.unpublished),
-                    failure.error.into(),
-                );
-                failure.unpublished
+        let report = self.publisher.publish(&plan.events).await;
+        let not_accepted = report.not_accepted();
+        for refusal in &report.refused {
+            let event = &plan.events[refusal.index];
+            let cause = if refusal.code == TOO_LONG {
+                Cause::TooLarge
+            } else {
+                Cause::Refused
+            };
+            triage.park(
+                event.identity.as_str(),
+                plan.planned_by[refusal.index],
+                Some(event.seq),
+                cause,
+                format!(
+                    "SQS refused event {} (seq {}): {}: {}",
+                    event.event_id, event.seq, refusal.code, refusal.message
+                ),
+            );
+        }
+        if let Some(failure) = report.failure {
+            // An identity whose earlier events wait for the retry is not
+            // parked at a later unreadable entry yet.
+            for &index in &failure.unpublished {
+                triage.unpark_unreadable(plan.events[index].identity.as_str());
             }
-        };
-        let published = published_marks(&marks, &plan.events, &unpublished);
+            failures.add(
+                plan.first_planner_of(&failure.unpublished),
+                failure.error.into(),
+            );
+        }
+        let published = published_marks(&marks, &plan.events, &not_accepted);
 
         let acknowledged: Vec<(usize, Result<(), OutboxError>)> =
             stream::iter(plan.acknowledgements(&published))
@@ -189,12 +229,39 @@ impl Relay {
                 failures.add(Some(first_change), error.into());
             }
         }
+        let parks: Vec<(String, usize, Parked)> = triage
+            .parks
+            .iter()
+            .map(|(identity, p)| (identity.clone(), p.first_change, p.mark.clone()))
+            .collect();
+        let parked: Vec<(usize, Result<(), OutboxError>)> = stream::iter(parks)
+            .map(|(identity, first_change, mark)| async move {
+                tracing::error!(
+                    identity = %identity,
+                    seq = ?mark.seq,
+                    cause = %mark.cause,
+                    reason = %mark.reason,
+                    "identity parked: its events wait, in order, until the item is repaired and \
+                     `obt-admin parked retry {identity}` is run; other identities flow on"
+                );
+                (first_change, self.outbox.park(&identity, &mark).await)
+            })
+            .buffer_unordered(CONCURRENT_ITEM_CALLS)
+            .collect()
+            .await;
+        for (first_change, result) in parked {
+            if let Err(error) = result {
+                failures.add(Some(first_change), error.into());
+            }
+        }
         self.raise_marks(&published);
 
         match failures.into_first() {
             None => Ok(Summary {
-                published: plan.events.len(),
-                skipped: plan.skipped,
+                published: plan.events.len() - not_accepted.len(),
+                skipped: changes.iter().filter(|c| !c.adds_events).count(),
+                parked: triage.parks.len(),
+                held: triage.held.len(),
             }),
             Some((first_unfinished, error)) => Err(HandleError {
                 first_unfinished,
@@ -209,8 +276,12 @@ impl Relay {
 pub struct Summary {
     /// Events accepted by SQS.
     pub published: usize,
-    /// Changes that added no event (acknowledgements).
+    /// Changes that added no event (acknowledgements, parkings).
     pub skipped: usize,
+    /// Identities parked by this call.
+    pub parked: usize,
+    /// Changes not handled because their identity is parked.
+    pub held: usize,
 }
 
 /// The failures of one [`Relay::handle`], each at the index of the first
@@ -250,6 +321,124 @@ fn first_adding_change(changes: &[Change], identity: &str) -> Option<usize> {
         .position(|c| c.adds_events && c.identity == identity)
 }
 
+/// Which changes wait on a parked identity, and which identities to park.
+/// No I/O, so that it can be unit-tested.
+#[derive(Debug, Default)]
+struct Triage {
+    /// Changes not handled because their identity is parked: the item was
+    /// parked when the change was written, or an earlier change of this
+    /// batch shows an entry that cannot be read.
+    held: HashSet<usize>,
+    /// Identities none of whose changes can be planned (their item cannot
+    /// tell what was published).
+    blocked: HashSet<String>,
+    /// The identities to park, with the first change the parking concerns
+    /// (if the parking write fails, the retry starts there).
+    parks: HashMap<String, Parking>,
+}
+
+#[derive(Debug)]
+struct Parking {
+    first_change: usize,
+    mark: Parked,
+    /// Parked at an unreadable outbox entry (not at a refused event).
+    unreadable: bool,
+}
+
+fn triage(changes: &[Change]) -> Triage {
+    let mut triage = Triage::default();
+    for (index, change) in changes.iter().enumerate() {
+        if !change.adds_events {
+            continue;
+        }
+        if change.parked || triage.parks.contains_key(&change.identity) {
+            triage.held.insert(index);
+            continue;
+        }
+        if let Some(unreadable) = &change.unreadable {
+            triage.park(
+                &change.identity,
+                index,
+                unreadable.seq,
+                Cause::Undecodable,
+                unreadable.reason.clone(),
+            );
+            if let Some(parking) = triage.parks.get_mut(&change.identity) {
+                parking.unreadable = true;
+            }
+        }
+    }
+    triage
+}
+
+impl Triage {
+    /// The changes to plan events from, with their indexes.
+    fn planned<'c>(&'c self, changes: &'c [Change]) -> impl Iterator<Item = (usize, &'c Change)> {
+        changes.iter().enumerate().filter(|(index, change)| {
+            change.adds_events
+                && !self.held.contains(index)
+                && !self.blocked.contains(&change.identity)
+        })
+    }
+
+    /// Parks `identity` at the change `first_change`. A refused event comes
+    /// before any unreadable entry (events are read up to the first one),
+    /// so it replaces such a parking.
+    fn park(
+        &mut self,
+        identity: &str,
+        first_change: usize,
+        seq: Option<u64>,
+        cause: Cause,
+        reason: String,
+    ) {
+        let mark = Parked {
+            cause: cause.as_str().to_owned(),
+            reason,
+            seq,
+            at: now_rfc3339(),
+        };
+        match self.parks.get_mut(identity) {
+            Some(parking) if parking.unreadable => {
+                parking.first_change = parking.first_change.min(first_change);
+                parking.mark = mark;
+                parking.unreadable = false;
+            }
+            Some(_) => {}
+            None => {
+                self.parks.insert(
+                    identity.to_owned(),
+                    Parking {
+                        first_change,
+                        mark,
+                        unreadable: false,
+                    },
+                );
+            }
+        }
+    }
+
+    /// Parks `identity` without planning any of its changes.
+    fn block(&mut self, identity: &str, first_change: usize, reason: String) {
+        self.blocked.insert(identity.to_owned());
+        self.park(identity, first_change, None, Cause::Malformed, reason);
+    }
+
+    /// Not yet: the identity's earlier events wait for a retry, which will
+    /// come to the unreadable entry again.
+    fn unpark_unreadable(&mut self, identity: &str) {
+        if self.parks.get(identity).is_some_and(|p| p.unreadable) {
+            self.parks.remove(identity);
+        }
+    }
+}
+
+fn now_rfc3339() -> String {
+    time::OffsetDateTime::now_utc()
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_default()
+}
+
 /// What [`Relay::handle`] sends and removes for some changes, given the
 /// marks before them. No I/O, so that its bookkeeping can be unit-tested.
 #[derive(Debug, Default)]
@@ -260,8 +449,6 @@ struct Plan {
     planned_by: Vec<usize>,
     /// Per identity, what its acknowledgement may remove.
     acks: HashMap<String, PlannedAck>,
-    /// Changes that added no event.
-    skipped: usize,
 }
 
 #[derive(Debug, Default)]
@@ -286,14 +473,13 @@ struct Ack {
     first_change: usize,
 }
 
-fn plan(changes: &[Change], marks_before: &HashMap<String, u64>) -> Plan {
+fn plan<'c>(
+    changes: impl Iterator<Item = (usize, &'c Change)>,
+    marks_before: &HashMap<String, u64>,
+) -> Plan {
     let mut plan = Plan::default();
     let mut marks = marks_before.clone();
-    for (index, change) in changes.iter().enumerate() {
-        if !change.adds_events {
-            plan.skipped += 1;
-            continue;
-        }
+    for (index, change) in changes {
         let mark = marks.entry(change.identity.clone()).or_default();
         for event in &change.pending {
             if event.seq > *mark {
@@ -318,7 +504,12 @@ fn plan(changes: &[Change], marks_before: &HashMap<String, u64>) -> Plan {
                 .filter(|seq| *seq <= published_up_to),
         );
         ack.version = change.version;
-        ack.last_pending = change.pending.iter().map(|e| e.seq).max().unwrap_or(0);
+        // An unreadable entry stays in the outbox: the item keeps its
+        // place in the sweeper's index.
+        ack.last_pending = match change.unreadable {
+            Some(_) => u64::MAX,
+            None => change.pending.iter().map(|e| e.seq).max().unwrap_or(0),
+        };
     }
     plan
 }
@@ -403,6 +594,7 @@ mod tests {
             version: Some(seq),
             adds_events: true,
             pending: pending.iter().map(|s| event(identity, *s)).collect(),
+            ..Change::default()
         }
     }
 
@@ -414,6 +606,7 @@ mod tests {
             version: Some(version),
             adds_events: false,
             pending: Vec::new(),
+            ..Change::default()
         }
     }
 
@@ -438,7 +631,10 @@ mod tests {
             write("A", 2, &[1, 2]),
             write("A", 3, &[1, 2, 3]),
         ];
-        let plan = plan(&changes, &marks(&[("A", 0), ("B", 4)]));
+        let plan = plan(
+            triage(&changes).planned(&changes),
+            &marks(&[("A", 0), ("B", 4)]),
+        );
         assert_eq!(
             planned(&plan),
             [
@@ -448,13 +644,12 @@ mod tests {
                 ("A".to_owned(), 3, 4)
             ]
         );
-        assert_eq!(plan.skipped, 1);
     }
 
     #[test]
     fn events_below_the_mark_are_acknowledged_not_published() {
         let changes = [write("A", 3, &[2, 3])];
-        let plan = plan(&changes, &marks(&[("A", 2)]));
+        let plan = plan(triage(&changes).planned(&changes), &marks(&[("A", 2)]));
         assert_eq!(planned(&plan), [("A".to_owned(), 3, 0)]);
         let acks = plan.acknowledgements(&marks(&[("A", 3)]));
         assert_eq!(
@@ -477,7 +672,10 @@ mod tests {
             write("B", 2, &[1, 2]),
             write("A", 3, &[1, 2, 3]),
         ];
-        let plan = plan(&changes, &marks(&[("A", 0), ("B", 0)]));
+        let plan = plan(
+            triage(&changes).planned(&changes),
+            &marks(&[("A", 0), ("B", 0)]),
+        );
         // Batches: [A1, B1], [A2, B2], [A3]; SQS refused B2 in the second.
         let unpublished = [3, 4];
         assert_eq!(plan.first_planner_of(&unpublished), Some(3));
@@ -542,5 +740,101 @@ mod tests {
         assert_eq!(first_adding_change(&changes, "A"), Some(2));
         assert_eq!(first_adding_change(&changes, "B"), Some(1));
         assert_eq!(first_adding_change(&changes, "C"), None);
+    }
+
+    fn unreadable_at(mut change: Change, seq: Option<u64>) -> Change {
+        change.unreadable = Some(crate::image::Unreadable {
+            seq,
+            reason: "bad entry".to_owned(),
+        });
+        change
+    }
+
+    #[test]
+    fn a_parked_image_is_held_and_so_is_what_follows_an_unreadable_entry() {
+        let mut parked = write("B", 2, &[1, 2]);
+        parked.parked = true;
+        let changes = [
+            write("A", 1, &[1]),
+            parked,
+            unreadable_at(write("A", 3, &[1, 2]), Some(3)),
+            write("A", 4, &[1, 2]),
+            write("C", 1, &[1]),
+        ];
+        let triage = triage(&changes);
+        assert_eq!(triage.held, HashSet::from([1, 3]));
+        let parking = &triage.parks["A"];
+        assert_eq!((parking.first_change, parking.mark.seq), (2, Some(3)));
+        assert_eq!(parking.mark.cause, Cause::Undecodable.as_str());
+        let planned: Vec<usize> = triage.planned(&changes).map(|(i, _)| i).collect();
+        assert_eq!(
+            planned,
+            [0, 2, 4],
+            "the unreadable change's readable events go first"
+        );
+        let plan = plan(triage.planned(&changes), &marks(&[("A", 0), ("C", 0)]));
+        assert_eq!(
+            planned_events(&plan),
+            [
+                ("A".to_owned(), 1),
+                ("A".to_owned(), 2),
+                ("C".to_owned(), 1)
+            ]
+        );
+    }
+
+    fn planned_events(plan: &Plan) -> Vec<(String, u64)> {
+        plan.events
+            .iter()
+            .map(|e| (e.identity.to_string(), e.seq))
+            .collect()
+    }
+
+    #[test]
+    fn a_refused_event_replaces_a_later_unreadable_entry_as_the_reason() {
+        let changes = [unreadable_at(write("A", 3, &[1, 2]), Some(3))];
+        let mut triage = triage(&changes);
+        triage.park("A", 0, Some(1), Cause::Refused, "refused".to_owned());
+        let parking = &triage.parks["A"];
+        assert_eq!(parking.mark.seq, Some(1));
+        assert_eq!(parking.mark.cause, Cause::Refused.as_str());
+        // A second refusal does not move the parking.
+        triage.park("A", 0, Some(2), Cause::Refused, "again".to_owned());
+        assert_eq!(triage.parks["A"].mark.seq, Some(1));
+    }
+
+    #[test]
+    fn an_unreadable_entry_waits_while_the_events_before_it_wait_for_a_retry() {
+        let changes = [unreadable_at(write("A", 3, &[1, 2]), Some(3))];
+        let mut triage = triage(&changes);
+        triage.unpark_unreadable("A");
+        assert!(triage.parks.is_empty());
+        triage.park("B", 0, Some(1), Cause::Refused, "refused".to_owned());
+        triage.unpark_unreadable("B");
+        assert!(triage.parks.contains_key("B"), "a refusal stays");
+    }
+
+    #[test]
+    fn an_item_that_cannot_tell_its_mark_is_parked_and_none_of_its_changes_planned() {
+        let changes = [
+            write("A", 1, &[1]),
+            write("B", 1, &[1]),
+            write("A", 2, &[1, 2]),
+        ];
+        let mut triage = triage(&changes);
+        triage.block("A", 0, "malformed".to_owned());
+        let planned: Vec<usize> = triage.planned(&changes).map(|(i, _)| i).collect();
+        assert_eq!(planned, [1]);
+        assert_eq!(triage.parks["A"].mark.cause, Cause::Malformed.as_str());
+    }
+
+    #[test]
+    fn an_unreadable_change_does_not_clear_the_sweepers_index_entry() {
+        let changes = [unreadable_at(write("A", 3, &[1, 2]), Some(3))];
+        let plan = plan(triage(&changes).planned(&changes), &marks(&[("A", 0)]));
+        let acks = plan.acknowledgements(&marks(&[("A", 2)]));
+        assert_eq!(acks.len(), 1);
+        assert_eq!(acks[0].seqs, [1, 2]);
+        assert_eq!(acks[0].version, None, "the unreadable entry stays pending");
     }
 }

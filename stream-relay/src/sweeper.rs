@@ -16,6 +16,10 @@
 //! the identity was published, so the first copy of each event reaches the
 //! queue in order, and later copies are duplicates that SQS and the
 //! consumer drop.
+//!
+//! A parked item is skipped (its events wait for an operator), and one item
+//! or bucket that fails does not end the pass: the rest is swept, and the
+//! failure is reported at the end.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -23,7 +27,7 @@ use std::time::Duration;
 use aws_sdk_dynamodb::Client;
 use aws_sdk_dynamodb::error::DisplayErrorContext;
 use aws_sdk_dynamodb::types::AttributeValue;
-use futures::{StreamExt, TryStreamExt, stream};
+use futures::{StreamExt, stream};
 use obt_contract::outbox::{
     IDENTITY_ATTR, PENDING_BUCKET_ATTR, PENDING_BUCKETS, PENDING_INDEX, PENDING_SINCE_ATTR,
     pending_since,
@@ -55,6 +59,16 @@ pub enum SweepError {
     Outbox(#[from] OutboxError),
     #[error("could not republish the events of {identity}: {message}")]
     Relay { identity: String, message: String },
+    /// The pass went on past these failures; they are retried at the next.
+    #[error(
+        "{} part(s) of the sweep failed and are retried at the next one (the first: {first}); \
+         everything else was swept",
+        summary.failed
+    )]
+    Incomplete {
+        summary: SweepSummary,
+        first: Box<SweepError>,
+    },
 }
 
 /// What one pass did.
@@ -65,6 +79,10 @@ pub struct SweepSummary {
     /// Events published again (their stream records never came, or came
     /// too late).
     pub republished: usize,
+    /// Items skipped because their identity is parked.
+    pub parked: usize,
+    /// Items (or index buckets) that could not be swept this time.
+    pub failed: usize,
 }
 
 /// Sweeps one table. Cheap to share.
@@ -80,6 +98,12 @@ pub struct Sweeper {
     older_than: Duration,
 }
 
+/// How one item was swept.
+enum Swept {
+    Published(usize),
+    Parked,
+}
+
 impl Sweeper {
     pub fn new(client: Client, table: String, relay: Arc<Relay>, older_than: Duration) -> Self {
         Self {
@@ -91,21 +115,41 @@ impl Sweeper {
         }
     }
 
-    /// One pass over every bucket of the index.
+    /// One pass over every bucket of the index. A bucket or an item that
+    /// fails does not stop the pass: the others are swept, and the failure
+    /// is reported at the end ([`SweepError::Incomplete`]).
     #[tracing::instrument(skip_all, fields(table = %self.table))]
     pub async fn sweep(&self) -> Result<SweepSummary, SweepError> {
         let cutoff = pending_since(time::OffsetDateTime::now_utc())
             .saturating_sub(u64::try_from(self.older_than.as_millis()).unwrap_or(u64::MAX));
         let mut summary = SweepSummary::default();
+        let mut first_failure: Option<SweepError> = None;
+        let mut failed = |summary: &mut SweepSummary, error: SweepError| {
+            tracing::error!(error = %error, "could not sweep part of the table; going on");
+            summary.failed += 1;
+            first_failure.get_or_insert(error);
+        };
         for bucket in 0..PENDING_BUCKETS {
-            let identities = self.overdue(bucket, cutoff).await?;
+            let identities = match self.overdue(bucket, cutoff).await {
+                Ok(identities) => identities,
+                Err(e) => {
+                    failed(&mut summary, e);
+                    continue;
+                }
+            };
             summary.items += identities.len();
-            let republished: Vec<usize> = stream::iter(identities)
+            let swept: Vec<Result<Swept, SweepError>> = stream::iter(identities)
                 .map(|identity| async move { self.sweep_item(&identity).await })
                 .buffer_unordered(CONCURRENT_ITEMS)
-                .try_collect()
-                .await?;
-            summary.republished += republished.iter().sum::<usize>();
+                .collect()
+                .await;
+            for result in swept {
+                match result {
+                    Ok(Swept::Published(count)) => summary.republished += count,
+                    Ok(Swept::Parked) => summary.parked += 1,
+                    Err(e) => failed(&mut summary, e),
+                }
+            }
         }
         if summary.republished > 0 {
             tracing::warn!(
@@ -114,9 +158,15 @@ impl Sweeper {
                 "the sweeper published events the stream had not delivered in time"
             );
         } else {
-            tracing::debug!(items = summary.items, "sweep done");
+            tracing::debug!(items = summary.items, parked = summary.parked, "sweep done");
         }
-        Ok(summary)
+        match first_failure {
+            None => Ok(summary),
+            Some(first) => Err(SweepError::Incomplete {
+                summary,
+                first: Box::new(first),
+            }),
+        }
     }
 
     /// The identities in `bucket` with an event pending since before `cutoff`.
@@ -150,19 +200,23 @@ impl Sweeper {
             .collect())
     }
 
-    /// Publishes and acknowledges what `identity` has pending; an item with
-    /// nothing pending leaves the index. Returns the events published.
-    async fn sweep_item(&self, identity: &str) -> Result<usize, SweepError> {
+    /// Publishes and acknowledges what `identity` has pending (or parks it,
+    /// when that cannot be published); an item with nothing pending leaves
+    /// the index; a parked item is left to its operator.
+    async fn sweep_item(&self, identity: &str) -> Result<Swept, SweepError> {
         let Some(image) = self.outbox.image(identity).await? else {
-            return Ok(0);
+            return Ok(Swept::Published(0));
         };
+        if image.parked.is_some() {
+            return Ok(Swept::Parked);
+        }
         let version = image.version;
         let change = Change::from_images(SWEEP_SEQUENCE_NUMBER.to_owned(), None, image);
         if !change.adds_events {
             // The outbox is empty: a stale index entry (an acknowledgement
             // that raced a write). Clear it if the item is still as read.
             self.outbox.acknowledge(identity, &[], version).await?;
-            return Ok(0);
+            return Ok(Swept::Published(0));
         }
         let summary = self
             .relay
@@ -172,6 +226,10 @@ impl Sweeper {
                 identity: identity.to_owned(),
                 message: e.to_string(),
             })?;
-        Ok(summary.published)
+        Ok(if summary.parked > 0 {
+            Swept::Parked
+        } else {
+            Swept::Published(summary.published)
+        })
     }
 }

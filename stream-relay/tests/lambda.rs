@@ -254,34 +254,124 @@ async fn when_sqs_refuses_an_event_the_function_names_its_record_and_the_retry_f
 }
 
 #[tokio::test]
-async fn an_undecodable_record_is_the_failure_reported_and_the_records_before_it_are_relayed() {
+async fn a_record_whose_outbox_entry_cannot_be_read_parks_its_identity_and_the_batch_is_done() {
     let stack = Stack::create(3).await;
-    let x = obt_testkit::identity("UX");
-    write_interleaved(&stack, &[&x], 3).await;
-    let writes = stream::records(&stack, 3, DEADLINE).await;
+    let (x, y) = (obt_testkit::identity("UX"), obt_testkit::identity("UY"));
+    write_interleaved(&stack, &[&x, &y], 3).await;
+    let writes = stream::records(&stack, 6, DEADLINE).await;
     let mut event = dynamodb_event(&writes, &stack.stream_arn);
-    // Record 1 shows events 1 and 2 pending; event 2 as this relay
-    // cannot read it (a schema from the future, say).
-    event["Records"][1]["dynamodb"]["NewImage"]["outbox"]["M"]["2"]["M"]["seq"] =
-        json!({ "S": "two" });
+    // Record 2 (X's second write) shows event 2 as this relay cannot read
+    // it (a schema from the future, say); so do X's later records.
+    for record in [2, 4] {
+        event["Records"][record]["dynamodb"]["NewImage"]["outbox"]["M"]["2"]["M"]["seq"] =
+            json!({ "S": "two" });
+    }
     let mut function = start_function(&stack, &[]).await;
 
     let response = function.invoke(&event).await;
-    assert_eq!(failures(&response), [sequence_number(&writes[1])]);
-    let published = drain(&stack, 1).await;
-    assert_eq!(published[0].seq, 1, "the record before it was relayed");
+    assert_eq!(
+        failures(&response),
+        Vec::<String>::new(),
+        "the shard goes on"
+    );
+    let published = seqs_per_identity(&drain(&stack, 4).await);
+    assert_eq!(published[x.as_str()], [1], "nothing of X past the entry");
+    assert_eq!(published[y.as_str()], [1, 2, 3], "Y is not held back");
     assert!(obt_testkit::receives_nothing(&stack, &stack.queue_url).await);
     assert_outbox(&stack, &x, &[2, 3]).await;
+    assert_outbox(&stack, &y, &[]).await;
+    assert_parked(&stack, &x, "undecodable", 2).await;
+}
 
-    // The function keeps serving: a later record shows event 2 still
-    // pending, and it goes out before event 3.
+/// The item of `identity` carries a parking mark of `cause` at `seq`.
+async fn assert_parked(stack: &Stack, identity: &Identity, cause: &str, seq: u64) {
+    let item = outbox::item(stack, identity.as_str())
+        .await
+        .expect("the item exists");
+    let mark = item
+        .get("parked")
+        .unwrap_or_else(|| panic!("{identity} is parked: {item:?}"))
+        .as_m()
+        .expect("a map");
+    assert_eq!(
+        mark.get("cause").and_then(|c| c.as_s().ok()),
+        Some(&cause.to_owned())
+    );
+    assert_eq!(
+        mark.get("seq").and_then(|c| c.as_n().ok()),
+        Some(&seq.to_string())
+    );
+}
+
+#[tokio::test]
+async fn when_sqs_refuses_an_event_for_good_its_identity_is_parked_and_the_function_reports_no_failure()
+ {
+    let stack = Stack::create(3).await;
+    let (a, b) = (obt_testkit::identity("GA"), obt_testkit::identity("GB"));
+    let written = write_interleaved(&stack, &[&a, &b], 3).await;
+    let writes = stream::records(&stack, written.len(), DEADLINE).await;
+    let refused = written[3].event_id.to_string();
+    assert_eq!(
+        (written[3].identity.as_str(), written[3].seq),
+        (b.as_str(), 2)
+    );
+    let proxy = SqsProxy::start(move |entry, _| {
+        entry["MessageDeduplicationId"].as_str() == Some(refused.as_str())
+    })
+    .await;
+    proxy.refuse_for_good();
+    let mut function = start_function(&stack, &[("AWS_ENDPOINT_URL_SQS", proxy.url.clone())]).await;
+
     let response = function
-        .invoke(&dynamodb_event(&writes[2..], &stack.stream_arn))
+        .invoke(&dynamodb_event(&writes, &stack.stream_arn))
+        .await;
+    assert_eq!(
+        failures(&response),
+        Vec::<String>::new(),
+        "no record is retried"
+    );
+    let published = accepted(&proxy);
+    assert_eq!(
+        published.get(a.as_str()),
+        Some(&vec![1, 2, 3]),
+        "A is not held back"
+    );
+    assert_eq!(published.get(b.as_str()), Some(&vec![1]));
+    assert_outbox(&stack, &a, &[]).await;
+    assert_outbox(&stack, &b, &[2, 3]).await;
+    assert_parked(&stack, &b, "sqs_refused", 2).await;
+
+    // The operator's retry, once SQS takes the event: the mark comes off,
+    // and its stream record lets the function publish what waited.
+    proxy.heal();
+    let table =
+        obt_stream_relay::outbox::OutboxTable::new(stack.dynamodb(), stack.names.table.clone());
+    let image = table
+        .image(b.as_str())
+        .await
+        .expect("read")
+        .expect("an item");
+    let at = image.parked.expect("parked").at;
+    assert!(table.unpark(b.as_str(), &at).await.expect("unpark"));
+    let records = eventually("the unparking's record", DEADLINE, || async {
+        let records = stream::records(&stack, writes.len(), DEADLINE).await;
+        let unparked = records.last().and_then(|r| r.dynamodb()).is_some_and(|d| {
+            d.old_image().is_some_and(|i| i.contains_key("parked"))
+                && d.new_image().is_some_and(|i| !i.contains_key("parked"))
+        });
+        if unparked {
+            Ok(records)
+        } else {
+            Err(format!("{} records", records.len()))
+        }
+    })
+    .await;
+    let response = function
+        .invoke(&dynamodb_event(&records[writes.len()..], &stack.stream_arn))
         .await;
     assert_eq!(failures(&response), Vec::<String>::new());
-    let seqs: Vec<u64> = drain(&stack, 2).await.iter().map(|e| e.seq).collect();
-    assert_eq!(seqs, [2, 3]);
-    assert_outbox(&stack, &x, &[]).await;
+    assert_eq!(accepted(&proxy).get(b.as_str()), Some(&vec![1, 2, 3]));
+    assert_outbox(&stack, &b, &[]).await;
 }
 
 #[tokio::test]

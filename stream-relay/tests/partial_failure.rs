@@ -36,6 +36,7 @@ fn change(event: &Envelope) -> Change {
         version: Some(event.seq),
         adds_events: true,
         pending: vec![event.clone()],
+        ..Change::default()
     }
 }
 

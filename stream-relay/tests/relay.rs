@@ -192,6 +192,7 @@ fn change(sequence_number: &str, identity: &str, pending: Vec<Envelope>) -> Chan
         version: pending.last().map(|e| e.seq),
         adds_events: true,
         pending,
+        ..Change::default()
     }
 }
 

@@ -112,7 +112,8 @@ async fn events_left_past_the_threshold_are_published_once_in_order_and_leave_th
         summary,
         SweepSummary {
             items: 2,
-            republished: 5
+            republished: 5,
+            ..SweepSummary::default()
         }
     );
     let seqs = received(&stack, 5).await;
@@ -157,7 +158,8 @@ async fn a_stale_index_entry_over_an_empty_outbox_is_cleared_without_publishing(
         summary,
         SweepSummary {
             items: 1,
-            republished: 0
+            republished: 0,
+            ..SweepSummary::default()
         }
     );
     assert_eq!(pending(&stack, "E1").await, (0, false));
@@ -272,14 +274,20 @@ async fn the_scheduled_sweeper_lambda_publishes_what_waited_too_long() {
         "detail": {}
     });
     let answer = function.invoke(&scheduled).await;
-    assert_eq!(answer, serde_json::json!({ "items": 2, "republished": 3 }));
+    assert_eq!(
+        answer,
+        serde_json::json!({ "items": 2, "republished": 3, "parked": 0, "failed": 0 })
+    );
     let seqs = received(&stack, 3).await;
     assert_eq!(seqs["L1"], [1, 2]);
     assert_eq!(seqs["L2"], [1]);
     assert_eq!(pending(&stack, "L1").await, (0, false));
 
     let answer = function.invoke(&scheduled).await;
-    assert_eq!(answer, serde_json::json!({ "items": 0, "republished": 0 }));
+    assert_eq!(
+        answer,
+        serde_json::json!({ "items": 0, "republished": 0, "parked": 0, "failed": 0 })
+    );
     assert!(obt_testkit::receives_nothing(&stack, &stack.queue_url).await);
 }
 
@@ -308,4 +316,57 @@ async fn an_acknowledgement_from_an_older_image_keeps_the_item_in_the_index() {
         (1, true),
         "event 2 is pending, and the item stays in the sweeper's index"
     );
+}
+
+#[tokio::test]
+async fn the_sweeper_goes_past_a_malformed_item_parks_it_and_sweeps_the_rest() {
+    let stack = Stack::create(3).await;
+    // Items in every order of the index: the broken one among them.
+    record(&stack, "M1", 2).await;
+    record(&stack, "M2", 1).await;
+    record(&stack, "M3", 2).await;
+    // M2's outbox overwritten with something that is no map of events.
+    stack
+        .dynamodb()
+        .update_item()
+        .table_name(&stack.names.table)
+        .key("identity", AttributeValue::S("M2".to_owned()))
+        .update_expression("SET #o = :bad")
+        .expression_attribute_names("#o", "outbox")
+        .expression_attribute_values(":bad", AttributeValue::S("garbage".to_owned()))
+        .send()
+        .await
+        .expect("break M2");
+
+    let sweeper = sweeper(&stack, Duration::ZERO).await;
+    let summary = sweeper.sweep().await.expect("the pass completes");
+    assert_eq!(
+        summary,
+        SweepSummary {
+            items: 3,
+            republished: 4,
+            parked: 1,
+            failed: 0,
+        }
+    );
+    let seqs = received(&stack, 4).await;
+    assert_eq!(seqs["M1"], [1, 2]);
+    assert_eq!(seqs["M3"], [1, 2]);
+    assert!(!seqs.contains_key("M2"));
+    let broken = item(&stack, "M2").await;
+    let Some(AttributeValue::M(mark)) = broken.get("parked") else {
+        panic!("M2 is parked: {broken:?}");
+    };
+    assert_eq!(
+        mark.get("cause"),
+        Some(&AttributeValue::S("malformed".to_owned()))
+    );
+
+    // The next pass leaves the parked item to its operator.
+    let summary = sweeper.sweep().await.expect("the pass completes");
+    assert_eq!(
+        (summary.items, summary.parked, summary.republished),
+        (1, 1, 0)
+    );
+    assert!(obt_testkit::receives_nothing(&stack, &stack.queue_url).await);
 }

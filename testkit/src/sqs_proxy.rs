@@ -35,6 +35,8 @@ struct Shared {
     upstream: String,
     http: reqwest::Client,
     rule: Mutex<Rule>,
+    /// The code and `SenderFault` of a failed entry.
+    failure: Mutex<(String, bool)>,
     failed: AtomicUsize,
     accepted: Mutex<Vec<Accepted>>,
 }
@@ -58,6 +60,7 @@ impl SqsProxy {
             ),
             http: reqwest::Client::new(),
             rule: Mutex::new(Box::new(rule)),
+            failure: Mutex::new(("InternalError".to_owned(), false)),
             failed: AtomicUsize::new(0),
             accepted: Mutex::new(Vec::new()),
         });
@@ -79,6 +82,17 @@ impl SqsProxy {
     /// Replaces the rule (from the next batch on).
     pub fn set_rule(&self, rule: impl FnMut(&Value, usize) -> bool + Send + 'static) {
         *self.shared.rule.lock().unwrap_or_else(|p| p.into_inner()) = Box::new(rule);
+    }
+
+    /// Fails the entries the rule picks as SQS refuses a message for its
+    /// content, for good: `InvalidMessageContents` with `SenderFault`
+    /// (by default they fail as `InternalError`, which may pass).
+    pub fn refuse_for_good(&self) {
+        *self
+            .shared
+            .failure
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = ("InvalidMessageContents".to_owned(), true);
     }
 
     /// Fails nothing from now on.
@@ -191,11 +205,16 @@ async fn forward(State(shared): State<Arc<Shared>>, request: Request) -> Respons
             return bad_gateway("fauxqs answered a SendMessageBatch with no JSON".to_owned());
         };
         record_accepted(&shared, &forwarded, &document);
+        let (code, sender_fault) = shared
+            .failure
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
         for entry in &failed {
             let failure = json!({
                 "Id": entry["Id"],
-                "SenderFault": false,
-                "Code": "InternalError",
+                "SenderFault": sender_fault,
+                "Code": code,
                 "Message": "injected by the test proxy",
             });
             match document["Failed"].as_array_mut() {

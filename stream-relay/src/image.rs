@@ -1,0 +1,286 @@
+//! An item of the api's table read leniently: one outbox entry that this
+//! relay cannot read spoils only itself and what comes after it, never the
+//! item's other events, and never another identity (invariant 6).
+//!
+//! The stream images, `GetItem` and the Lambda events all arrive here as a
+//! [`serde_dynamo::Item`], so every driver reads items the same way.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use obt_contract::Envelope;
+use obt_contract::outbox::{IDENTITY_ATTR, OUTBOX_ATTR, PARKED_ATTR, VERSION_ATTR};
+use serde_dynamo::AttributeValue;
+
+/// The part of an aggregate item that the relay reads.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Image {
+    pub identity: String,
+    /// The seq of the item's last event; `None` when absent or malformed
+    /// (the acknowledgement then leaves the sweeper's index entry alone).
+    pub version: Option<u64>,
+    /// The keys of every outbox entry, readable or not: which entries a
+    /// write added is told by keys alone.
+    pub keys: BTreeSet<String>,
+    /// The readable pending events in `seq` order, all of them before
+    /// [`Image::unreadable`] when there is such an entry.
+    pub pending: Vec<Envelope>,
+    /// The first outbox entry that cannot be read: the identity is parked
+    /// there, and nothing after it is published.
+    pub unreadable: Option<Unreadable>,
+    /// The parking mark, when the identity is parked.
+    pub parked: Option<Parked>,
+}
+
+/// An outbox entry the relay cannot read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Unreadable {
+    /// Its seq, from its key; `None` when the key is no number (then no
+    /// event of the item is published, since its place is unknown).
+    pub seq: Option<u64>,
+    pub reason: String,
+}
+
+/// A parking mark as stored on the item (see [`PARKED_ATTR`]).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Parked {
+    /// What kind of problem: [`Cause`] as text, kept as text so that a
+    /// mark written by a newer relay is still shown.
+    pub cause: String,
+    /// The problem in words, with what to do.
+    pub reason: String,
+    /// The seq of the first event held, when known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seq: Option<u64>,
+    /// When the identity was parked (RFC 3339).
+    pub at: String,
+}
+
+/// Why an identity is parked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Cause {
+    /// SQS refused the event for its content (a sender fault).
+    Refused,
+    /// The event's body is larger than SQS takes.
+    TooLarge,
+    /// The outbox entry cannot be read by this relay.
+    Undecodable,
+    /// The item's outbox or version is not what the api writes.
+    Malformed,
+}
+
+impl Cause {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Refused => "sqs_refused",
+            Self::TooLarge => "too_large",
+            Self::Undecodable => "undecodable",
+            Self::Malformed => "malformed",
+        }
+    }
+}
+
+/// An item that is not one of the api's aggregates at all.
+#[derive(Debug, thiserror::Error)]
+#[error("the item has no string attribute `{IDENTITY_ATTR}`")]
+pub struct NoIdentity;
+
+impl Image {
+    /// Reads an item. Only an item without an identity is an error: any
+    /// other damage is described in the image, for the relay to park it.
+    pub fn read(item: serde_dynamo::Item) -> Result<Self, NoIdentity> {
+        let mut item = item.into_inner();
+        let Some(AttributeValue::S(identity)) = item.remove(IDENTITY_ATTR) else {
+            return Err(NoIdentity);
+        };
+        let version = match item.remove(VERSION_ATTR) {
+            Some(AttributeValue::N(n)) => n.parse().ok(),
+            _ => None,
+        };
+        let parked = item.remove(PARKED_ATTR).map(|value| {
+            serde_dynamo::from_attribute_value(value).unwrap_or_else(|_| unknown_mark())
+        });
+        let mut image = Self {
+            identity,
+            version,
+            parked,
+            ..Self::default()
+        };
+        match item.remove(OUTBOX_ATTR) {
+            None => {}
+            Some(AttributeValue::M(outbox)) => image.read_outbox(outbox),
+            Some(_) => {
+                image.unreadable = Some(Unreadable {
+                    seq: None,
+                    reason: format!("the `{OUTBOX_ATTR}` attribute is not a map"),
+                });
+            }
+        }
+        Ok(image)
+    }
+
+    fn read_outbox(&mut self, outbox: std::collections::HashMap<String, AttributeValue>) {
+        let mut events = BTreeMap::new();
+        let mut unreadable: Vec<Unreadable> = Vec::new();
+        for (key, value) in outbox {
+            self.keys.insert(key.clone());
+            let seq = key.parse::<u64>().ok();
+            match (seq, serde_dynamo::from_attribute_value::<_, Envelope>(value)) {
+                (Some(seq), Ok(event)) if event.seq == seq && event.identity.as_str() == self.identity => {
+                    events.insert(seq, event);
+                }
+                (Some(seq), Ok(event)) => unreadable.push(Unreadable {
+                    seq: Some(seq),
+                    reason: format!(
+                        "outbox entry {key} holds event {} of identity {} at seq {}, not this item's seq {seq}",
+                        event.event_id, event.identity, event.seq
+                    ),
+                }),
+                (Some(seq), Err(e)) => unreadable.push(Unreadable {
+                    seq: Some(seq),
+                    reason: format!("outbox entry {key} cannot be read: {e}"),
+                }),
+                (None, _) => unreadable.push(Unreadable {
+                    seq: None,
+                    reason: format!("outbox key {key:?} is not a seq"),
+                }),
+            }
+        }
+        // The first unreadable entry in seq order (an unknown place first).
+        self.unreadable = unreadable
+            .into_iter()
+            .min_by_key(|u| u.seq.map_or((0, 0), |seq| (1, seq)));
+        let limit = match &self.unreadable {
+            Some(Unreadable { seq: Some(seq), .. }) => *seq,
+            Some(Unreadable { seq: None, .. }) => 0,
+            None => u64::MAX,
+        };
+        self.pending = events.range(..limit).map(|(_, e)| e.clone()).collect();
+    }
+}
+
+/// A mark this relay cannot read (written by hand, or by a newer relay):
+/// still a mark, so the identity stays parked.
+fn unknown_mark() -> Parked {
+    Parked {
+        cause: "unknown".to_owned(),
+        reason: format!("the `{PARKED_ATTR}` attribute cannot be read"),
+        seq: None,
+        at: String::new(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use super::*;
+    use obt_contract::Identity;
+
+    fn event(seq: u64) -> Envelope {
+        obt_testkit::event(&Identity::parse("A").expect("valid"), seq, "1")
+    }
+
+    fn item(entries: Vec<(&str, AttributeValue)>) -> serde_dynamo::Item {
+        let outbox: HashMap<String, AttributeValue> = entries
+            .into_iter()
+            .map(|(k, v)| (k.to_owned(), v))
+            .collect();
+        HashMap::from([
+            (IDENTITY_ATTR.to_owned(), AttributeValue::S("A".to_owned())),
+            (VERSION_ATTR.to_owned(), AttributeValue::N("4".to_owned())),
+            (OUTBOX_ATTR.to_owned(), AttributeValue::M(outbox)),
+        ])
+        .into()
+    }
+
+    fn entry(seq: u64) -> AttributeValue {
+        serde_dynamo::to_attribute_value(event(seq)).expect("serializes")
+    }
+
+    fn seqs(image: &Image) -> Vec<u64> {
+        image.pending.iter().map(|e| e.seq).collect()
+    }
+
+    #[test]
+    fn a_sound_item_reads_in_seq_order() {
+        let image = Image::read(item(vec![("3", entry(3)), ("2", entry(2))])).expect("reads");
+        assert_eq!(seqs(&image), [2, 3]);
+        assert_eq!(image.version, Some(4));
+        assert!(image.unreadable.is_none() && image.parked.is_none());
+    }
+
+    #[test]
+    fn an_unreadable_entry_cuts_the_pending_events_at_its_seq() {
+        let bad = AttributeValue::M(HashMap::from([(
+            "event_id".to_owned(),
+            AttributeValue::S("not-a-uuid".to_owned()),
+        )]));
+        let image =
+            Image::read(item(vec![("2", entry(2)), ("3", bad), ("4", entry(4))])).expect("reads");
+        assert_eq!(seqs(&image), [2], "nothing at or after the bad entry");
+        let unreadable = image.unreadable.expect("described");
+        assert_eq!(unreadable.seq, Some(3));
+        assert!(
+            unreadable.reason.contains("entry 3"),
+            "{}",
+            unreadable.reason
+        );
+        assert_eq!(image.keys.len(), 3);
+    }
+
+    #[test]
+    fn an_entry_under_the_wrong_key_or_a_key_that_is_no_seq_is_unreadable() {
+        let image = Image::read(item(vec![("2", entry(2)), ("5", entry(3))])).expect("reads");
+        assert_eq!(seqs(&image), [2]);
+        assert_eq!(image.unreadable.map(|u| u.seq), Some(Some(5)));
+
+        let image = Image::read(item(vec![("2", entry(2)), ("x", entry(3))])).expect("reads");
+        assert!(image.pending.is_empty(), "the bad entry's place is unknown");
+        assert_eq!(image.unreadable.map(|u| u.seq), Some(None));
+    }
+
+    #[test]
+    fn an_outbox_that_is_no_map_is_unreadable_and_a_bad_version_is_none() {
+        let mut raw = item(vec![]).into_inner();
+        raw.insert(OUTBOX_ATTR.to_owned(), AttributeValue::S("x".to_owned()));
+        raw.insert(VERSION_ATTR.to_owned(), AttributeValue::S("4".to_owned()));
+        let image = Image::read(raw.into()).expect("reads");
+        assert_eq!(image.unreadable.map(|u| u.seq), Some(None));
+        assert_eq!(image.version, None);
+    }
+
+    #[test]
+    fn a_parking_mark_is_read_even_when_it_is_not_ours() {
+        let mut raw = item(vec![("2", entry(2))]).into_inner();
+        let mark = Parked {
+            cause: Cause::Refused.as_str().to_owned(),
+            reason: "refused".to_owned(),
+            seq: Some(2),
+            at: "2026-12-06T00:00:00Z".to_owned(),
+        };
+        raw.insert(
+            PARKED_ATTR.to_owned(),
+            serde_dynamo::to_attribute_value(&mark).expect("serializes"),
+        );
+        assert_eq!(
+            Image::read(raw.clone().into()).expect("reads").parked,
+            Some(mark)
+        );
+        raw.insert(
+            PARKED_ATTR.to_owned(),
+            AttributeValue::S("by hand".to_owned()),
+        );
+        let parked = Image::read(raw.into())
+            .expect("reads")
+            .parked
+            .expect("parked");
+        assert_eq!(parked.cause, "unknown");
+    }
+
+    #[test]
+    fn an_item_without_an_identity_is_an_error() {
+        let mut raw = item(vec![]).into_inner();
+        raw.remove(IDENTITY_ATTR);
+        assert!(Image::read(raw.into()).is_err());
+    }
+}
