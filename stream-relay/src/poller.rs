@@ -385,6 +385,7 @@ impl OutboxPoller {
     /// deletes its `obt_parked` row. A parking already there is kept.
     async fn park(&self, parking: &Parking) -> Result<(), PollerError> {
         tracing::error!(
+            parked = true,
             identity = %parking.identity,
             obt_id = parking.obt_id,
             seq = ?parking.seq,

@@ -237,6 +237,7 @@ impl Relay {
         let parked: Vec<(usize, Result<(), OutboxError>)> = stream::iter(parks)
             .map(|(identity, first_change, mark)| async move {
                 tracing::error!(
+                    parked = true,
                     identity = %identity,
                     seq = ?mark.seq,
                     cause = %mark.cause,
