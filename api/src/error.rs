@@ -126,6 +126,9 @@ impl From<StoreError> for ApiError {
             )),
             #[cfg(feature = "mysql")]
             StoreError::MySql { .. } => Self::Internal(e),
+            // 500, never 503: the spending may be recorded, and a 503 says
+            // it is not. The client retries with its Idempotency-Key.
+            StoreError::WriteOutcomeUnknown { .. } => Self::Internal(e),
             StoreError::DynamoDb { .. } | StoreError::Malformed { .. } | StoreError::Encode(_) => {
                 Self::Internal(e)
             }

@@ -5,9 +5,10 @@
 //! It lets a test put something at an exact point between a service's
 //! requests (another instance's write between a read and a write; a
 //! request held until the test lets it go; an error answer; an answer
-//! lost after the write committed) without any test hook in the service's
-//! code: the service under test is unchanged, only its DynamoDB endpoint
-//! differs. (`fault_proxy` works on bytes; this one on DynamoDB calls.)
+//! replaced or lost after the write committed) without any test hook in
+//! the service's code: the service under test is unchanged, only its
+//! DynamoDB endpoint differs. (`fault_proxy` works on bytes; this one on
+//! DynamoDB calls.)
 
 use std::future::Future;
 use std::pin::Pin;
@@ -30,8 +31,22 @@ pub type HookFuture = Pin<Box<dyn Future<Output = Option<Response>> + Send>>;
 pub type Hook = Arc<dyn Fn(String) -> HookFuture + Send + Sync>;
 /// Called with the operation of each forwarded request once DynamoDB has
 /// answered it; `Some` goes to the client instead of DynamoDB's answer
-/// (which is lost: what the request did stays done).
+/// (which is lost: what the request did stays done). [`lost_answer`]
+/// sends the client nothing at all.
 pub type AfterHook = Arc<dyn Fn(&str) -> Option<Response> + Send + Sync>;
+
+/// Marks the response of [`lost_answer`].
+#[derive(Clone, Copy)]
+struct LostAnswer;
+
+/// For an [`AfterHook`]: the client gets no answer, ever, as when the answer
+/// is lost on the network after the request did its work. The client's
+/// own attempt timeout ends its wait; DynamoDB's answer is dropped.
+pub fn lost_answer() -> Response {
+    let mut response = Response::new(Body::empty());
+    response.extensions_mut().insert(LostAnswer);
+    response
+}
 
 struct Inner {
     upstream: String,
@@ -161,6 +176,10 @@ async fn forward(State(inner): State<Arc<Inner>>, request: Request) -> Response 
     }
     let bytes = answer.bytes().await.expect("read DynamoDB Local's answer");
     if let Some(replaced) = inner.after.as_ref().and_then(|after| after(&operation)) {
+        if replaced.extensions().get::<LostAnswer>().is_some() {
+            // Never answers: the client's attempt timeout gives up.
+            std::future::pending::<()>().await;
+        }
         return replaced;
     }
     response.body(Body::from(bytes)).expect("a valid response")

@@ -19,11 +19,14 @@
 //! the oldest event that may be pending; see [`obt_contract::outbox`]).
 //!
 //! The update is sent as a TransactWriteItems, not an UpdateItem, for its
-//! ClientRequestToken (the event id): the SDK's own retry of a write that
-//! committed but whose answer was lost is then answered as the first
-//! attempt was, instead of failing the version condition and being taken
-//! for a lost race, which would record the spending twice. It costs twice
-//! the write capacity of an UpdateItem; that is the price of exactly once.
+//! ClientRequestToken (the event id): a retry of a write that committed
+//! but whose answer was lost is then answered as the first attempt was,
+//! instead of failing the version condition and being taken for a lost
+//! race, which would record the spending twice. It costs twice the write
+//! capacity of an UpdateItem; that is the price of exactly once. The store
+//! makes those retries itself (see `transact`), so that it knows when an
+//! attempt may have committed: the request's answer is then never a 503,
+//! which says that nothing was written.
 //!
 //! With an `Idempotency-Key` the same transaction also holds a Put of the
 //! key's record into the idempotency table, conditioned on the key being
@@ -42,6 +45,8 @@ use std::collections::HashMap;
 use std::fmt::Debug;
 
 use aws_sdk_dynamodb::Client;
+use aws_sdk_dynamodb::config::http::HttpResponse;
+use aws_sdk_dynamodb::config::retry::RetryConfig;
 use aws_sdk_dynamodb::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError;
 use aws_sdk_dynamodb::types::{AttributeValue, Put, TransactWriteItem, Update};
@@ -57,7 +62,7 @@ use super::item::{
     UPDATED_AT_ATTR, VERSION_ATTR,
 };
 use super::locks::StripedLocks;
-use super::{BoxError, StoreError, StoreOptions, Summary};
+use super::{BoxError, RetryPolicy, StoreError, StoreOptions, Summary};
 use crate::idempotency::{Created, Fingerprint, Idempotency, IdempotencyKey, Outcome};
 use crate::input::NewSpending;
 
@@ -159,12 +164,37 @@ impl SpendingStore {
         }
     }
 
+    /// Records the spending, retrying lost races; any failure after an
+    /// attempt of the write whose outcome is unknown is
+    /// [`StoreError::WriteOutcomeUnknown`], whatever failed last: the
+    /// spending may be recorded, so the answer must not say it is not.
     async fn record_with(
         &self,
         spending: &NewSpending,
         idempotency: Option<&Idempotency>,
     ) -> Result<Done, StoreError> {
         let _turn = self.locks.lock(spending.identity.as_str()).await;
+        let mut outcome_unknown = false;
+        let result = self
+            .try_record(spending, idempotency, &mut outcome_unknown)
+            .await;
+        result.map_err(|error| match error {
+            // The key is another request's: true whatever this one did.
+            StoreError::KeyReused => error,
+            error if outcome_unknown => StoreError::WriteOutcomeUnknown {
+                call: WRITE_CALL,
+                last: Box::new(error),
+            },
+            error => error,
+        })
+    }
+
+    async fn try_record(
+        &self,
+        spending: &NewSpending,
+        idempotency: Option<&Idempotency>,
+        outcome_unknown: &mut bool,
+    ) -> Result<Done, StoreError> {
         let policy = self.options.retry;
         // Conditional writes that lost so far, and the version the last
         // one was conditioned on when it lost on the item's condition.
@@ -199,13 +229,20 @@ impl SpendingStore {
                 },
             );
             let (written, created) = match idempotency {
-                None => (self.write(&envelope, version).await?, None),
+                None => (self.write(&envelope, version, outcome_unknown).await?, None),
                 Some(idempotency) => {
                     let created =
                         Created::of(&envelope).map_err(|e| StoreError::Encode(e.to_string()))?;
                     let now = epoch_secs();
                     let written = self
-                        .write_with_key(&envelope, version, idempotency, &created, now)
+                        .write_with_key(
+                            &envelope,
+                            version,
+                            idempotency,
+                            &created,
+                            now,
+                            outcome_unknown,
+                        )
                         .await?;
                     if let Written::KeyTaken = written {
                         // None: expired or removed since the write; the
@@ -270,8 +307,10 @@ impl SpendingStore {
         &self,
         envelope: &Envelope,
         version: Option<u64>,
+        outcome_unknown: &mut bool,
     ) -> Result<Written, StoreError> {
-        self.transact(envelope, version, None).await
+        self.transact(envelope, version, None, outcome_unknown)
+            .await
     }
 
     /// The update of the identity's item that records `envelope`,
@@ -376,6 +415,7 @@ impl SpendingStore {
         idempotency: &Idempotency,
         created: &Created,
         now: u64,
+        outcome_unknown: &mut bool,
     ) -> Result<Written, StoreError> {
         let build = |e: aws_sdk_dynamodb::error::BuildError| StoreError::Encode(e.to_string());
         let expires_at = now.saturating_add(self.options.idempotency_ttl.as_secs());
@@ -414,25 +454,33 @@ impl SpendingStore {
             .expression_attribute_values(":now", AttributeValue::N(now.to_string()))
             .build()
             .map_err(build)?;
-        self.transact(envelope, version, Some(put)).await
+        self.transact(envelope, version, Some(put), outcome_unknown)
+            .await
     }
 
     /// One TransactWriteItems: `key`'s Put (when there is one), then the
     /// conditional update of the identity's item that records `envelope`.
     ///
-    /// The event id is the transaction's ClientRequestToken. The SDK sends
-    /// a request again after a timeout, a lost connection or a 5xx, and
-    /// the first one may have committed although its answer never came
-    /// back; for ten minutes DynamoDB answers a request with a token it
-    /// has seen with that request's outcome, without writing again. Without
-    /// the token, such a retry of a committed write would fail its own
-    /// version condition, look like a lost race, and the spending would be
-    /// recorded a second time at the next seq.
+    /// The event id is the transaction's ClientRequestToken: for ten
+    /// minutes DynamoDB answers a request with a token it has seen with that
+    /// request's outcome, without writing again. So the same request can be
+    /// sent again after an attempt whose answer was lost (a timeout, a
+    /// connection that failed after sending, a 5xx), although that attempt
+    /// may have committed. Without the token, such a retry of a committed
+    /// write would fail its own version condition, look like a lost race,
+    /// and the spending would be recorded a second time at the next seq.
+    ///
+    /// The attempts are counted here, not by the SDK (its retries are off
+    /// for this call; the bounds are the client's, see [`Self::write_retry`]),
+    /// so that an attempt whose outcome is unknown is known of: it sets
+    /// `outcome_unknown`, and the request's final failure is then a 500
+    /// even when the last attempt was merely throttled.
     async fn transact(
         &self,
         envelope: &Envelope,
         version: Option<u64>,
         key: Option<Put>,
+        outcome_unknown: &mut bool,
     ) -> Result<Written, StoreError> {
         let parts = self.update_of(envelope, version)?;
         let update = Update::builder()
@@ -455,54 +503,60 @@ impl SpendingStore {
         if let Some(put) = key {
             request = request.transact_items(TransactWriteItem::builder().put(put).build());
         }
-        let result = request
-            .transact_items(TransactWriteItem::builder().update(update).build())
-            .send()
-            .await;
-        let error = match result {
-            Ok(_) => return Ok(Written::Yes),
-            Err(e) => e,
-        };
-        let reasons: Vec<Option<String>> = match &error {
-            SdkError::ServiceError(e) => match e.err() {
-                TransactWriteItemsError::TransactionCanceledException(cancelled) => cancelled
-                    .cancellation_reasons()
-                    .iter()
-                    .map(|r| r.code().map(str::to_owned))
-                    .collect(),
-                _ => return Err(classify(WRITE_CALL)(error)),
-            },
-            _ => return Err(classify(WRITE_CALL)(error)),
-        };
-        // In the order of the items: the key's Put (if any), then the update.
-        let code = |i: usize| reasons.get(i).cloned().flatten().unwrap_or_default();
-        let (key, item) = if with_key {
-            (code(0), code(1))
-        } else {
-            (String::new(), code(0))
-        };
-        tracing::debug!(key, item, "TransactWriteItems cancelled");
-        if key == "ConditionalCheckFailed" {
-            Ok(Written::KeyTaken)
-        } else if item == "ConditionalCheckFailed" {
-            Ok(Written::LostRace)
-        } else if [&key, &item]
-            .iter()
-            .any(|c| c.as_str() == "TransactionConflict")
-        {
-            Ok(Written::Conflict)
-        } else if [&key, &item].iter().any(|c| {
-            matches!(
-                c.as_str(),
-                "ThrottlingError" | "ProvisionedThroughputExceeded" | "RequestLimitExceeded"
-            )
-        }) {
-            Err(StoreError::Throttled {
-                call: WRITE_CALL,
-                source: Box::new(error),
-            })
-        } else {
-            Err(classify(WRITE_CALL)(error))
+        let request = request.transact_items(TransactWriteItem::builder().update(update).build());
+        let policy = self.write_retry();
+        let mut failures: u32 = 0;
+        loop {
+            let result = request
+                .clone()
+                .customize()
+                .config_override(
+                    aws_sdk_dynamodb::config::Builder::new().retry_config(RetryConfig::disabled()),
+                )
+                .send()
+                .await;
+            let error = match result {
+                Ok(_) => return Ok(Written::Yes),
+                Err(error) => error,
+            };
+            let error = match judge(error, with_key) {
+                Attempt::Cancelled(outcome) => return outcome,
+                Attempt::Final(error) => return Err(error),
+                Attempt::NotWritten(error) => error,
+                Attempt::Unknown(error) => {
+                    tracing::warn!(
+                        error = %crate::error::chain(&error),
+                        "the outcome of TransactWriteItems is unknown: it may have committed"
+                    );
+                    *outcome_unknown = true;
+                    error
+                }
+            };
+            failures += 1;
+            if !policy.may_retry(failures) {
+                return Err(error);
+            }
+            // ThreadRng is not Send: draw before the await.
+            let wait = policy.backoff(failures - 1, &mut rand::rng());
+            tokio::time::sleep(wait).await;
+        }
+    }
+
+    /// The bounds of the write's attempts: the client's retry
+    /// configuration (the SDK's standard when it has none: 3 attempts,
+    /// waits drawn below 1 s, 2 s, 4 s ... at most 20 s), as the SDK would
+    /// apply them.
+    fn write_retry(&self) -> RetryPolicy {
+        let config = self
+            .client
+            .config()
+            .retry_config()
+            .cloned()
+            .unwrap_or_else(RetryConfig::standard);
+        RetryPolicy {
+            max_retries: config.max_attempts().saturating_sub(1),
+            base: config.initial_backoff(),
+            cap: config.max_backoff(),
         }
     }
 
@@ -620,31 +674,217 @@ fn malformed(identity: &Identity, reason: String) -> StoreError {
 /// nothing.
 const WRITE_CALL: &str = "TransactWriteItems";
 
-/// Turns an SDK error into a [`StoreError`], telling throttling apart, and
-/// a read that got no answer (which wrote nothing) from a write that got
-/// none (which may have committed).
+/// Turns the SDK error of a call that writes nothing into a
+/// [`StoreError`], telling throttling and no answer apart. (The write's
+/// errors are judged by [`judge`].)
 fn classify<E, R>(call: &'static str) -> impl FnOnce(SdkError<E, R>) -> StoreError
 where
     E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
     R: Debug + Send + Sync + 'static,
 {
     move |e| {
-        let throttled = matches!(
-            e.code(),
-            Some(
-                "ThrottlingException"
-                    | "ProvisionedThroughputExceededException"
-                    | "RequestLimitExceeded"
-            )
-        );
+        let throttled = is_throttling(e.code());
         let unanswered = matches!(e, SdkError::DispatchFailure(_) | SdkError::TimeoutError(_));
         let source: BoxError = Box::new(e);
         if throttled {
             StoreError::Throttled { call, source }
-        } else if unanswered && call != WRITE_CALL {
+        } else if unanswered {
             StoreError::DynamoDbUnreachable { call, source }
         } else {
             StoreError::DynamoDb { call, source }
         }
+    }
+}
+
+fn is_throttling(code: Option<&str>) -> bool {
+    matches!(
+        code,
+        Some(
+            "ThrottlingException"
+                | "ProvisionedThroughputExceededException"
+                | "RequestLimitExceeded"
+        )
+    )
+}
+
+/// What a failed attempt of the write says about it.
+enum Attempt {
+    /// DynamoDB cancelled the transaction and said why: how the write
+    /// ended (a lost race, a taken key, a conflict), or why it failed.
+    Cancelled(Result<Written, StoreError>),
+    /// DynamoDB wrote nothing (throttled), or the request never left (the
+    /// connection was refused); the same request may succeed later.
+    NotWritten(StoreError),
+    /// The request may have reached DynamoDB and committed: no answer (a
+    /// timeout, a connection that failed after sending, an answer that
+    /// could not be read), a 5xx, or the same transaction still in
+    /// progress. Sent again, its token makes it safe.
+    Unknown(StoreError),
+    /// A failure that sending the same request again will not change.
+    Final(StoreError),
+}
+
+fn judge(error: SdkError<TransactWriteItemsError, HttpResponse>, with_key: bool) -> Attempt {
+    let dynamodb = |error| StoreError::DynamoDb {
+        call: WRITE_CALL,
+        source: Box::new(error),
+    };
+    let service = match &error {
+        SdkError::ServiceError(service) => service,
+        SdkError::ConstructionFailure(_) => return Attempt::Final(dynamodb(error)),
+        SdkError::DispatchFailure(_) if connection_refused(&error) => {
+            return Attempt::NotWritten(StoreError::DynamoDbUnreachable {
+                call: WRITE_CALL,
+                source: Box::new(error),
+            });
+        }
+        _ => return Attempt::Unknown(dynamodb(error)),
+    };
+    match service.err() {
+        TransactWriteItemsError::TransactionCanceledException(cancelled) => {
+            let reasons: Vec<String> = cancelled
+                .cancellation_reasons()
+                .iter()
+                .map(|r| r.code().unwrap_or_default().to_owned())
+                .collect();
+            // The reasons' spelling of throttling.
+            let for_capacity = |c: &String| {
+                matches!(
+                    c.as_str(),
+                    "ThrottlingError" | "ProvisionedThroughputExceeded" | "RequestLimitExceeded"
+                )
+            };
+            Attempt::Cancelled(cancellation(&reasons, with_key).ok_or_else(|| {
+                if reasons.iter().any(for_capacity) {
+                    StoreError::Throttled {
+                        call: WRITE_CALL,
+                        source: Box::new(error),
+                    }
+                } else {
+                    dynamodb(error)
+                }
+            }))
+        }
+        TransactWriteItemsError::TransactionInProgressException(_) => {
+            Attempt::Unknown(dynamodb(error))
+        }
+        _ if service.raw().status().is_server_error() => Attempt::Unknown(dynamodb(error)),
+        _ if is_throttling(error.code()) => Attempt::NotWritten(StoreError::Throttled {
+            call: WRITE_CALL,
+            source: Box::new(error),
+        }),
+        _ => Attempt::Final(dynamodb(error)),
+    }
+}
+
+/// How a cancelled transaction ended, from its cancellation reasons (in
+/// the order of its items: the key's Put, if any, then the update);
+/// `None` when no condition or conflict explains it.
+fn cancellation(reasons: &[String], with_key: bool) -> Option<Written> {
+    let code = |i: usize| reasons.get(i).map_or("", String::as_str);
+    let (key, item) = if with_key {
+        (code(0), code(1))
+    } else {
+        ("", code(0))
+    };
+    tracing::debug!(key, item, "TransactWriteItems cancelled");
+    if key == "ConditionalCheckFailed" {
+        Some(Written::KeyTaken)
+    } else if item == "ConditionalCheckFailed" {
+        Some(Written::LostRace)
+    } else if [key, item].contains(&"TransactionConflict") {
+        Some(Written::Conflict)
+    } else {
+        None
+    }
+}
+
+/// Whether the connection was refused: then the request never left.
+fn connection_refused(error: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cause = Some(error);
+    while let Some(error) = cause {
+        let refused = error
+            .downcast_ref::<std::io::Error>()
+            .is_some_and(|e| e.kind() == std::io::ErrorKind::ConnectionRefused);
+        if refused {
+            return true;
+        }
+        cause = error.source();
+    }
+    false
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use aws_sdk_dynamodb::config::timeout::TimeoutConfig;
+    use aws_sdk_dynamodb::config::{Credentials, Region};
+
+    use super::*;
+
+    /// One attempt of a write to `endpoint`, as the store sends it.
+    async fn write_to(endpoint: &str) -> SdkError<TransactWriteItemsError, HttpResponse> {
+        let config = aws_sdk_dynamodb::Config::builder()
+            .region(Region::new("us-east-1"))
+            .credentials_provider(Credentials::new("test", "test", None, None, "test"))
+            .endpoint_url(endpoint)
+            .retry_config(RetryConfig::disabled())
+            .timeout_config(
+                TimeoutConfig::builder()
+                    .operation_attempt_timeout(Duration::from_millis(300))
+                    .build(),
+            )
+            .build();
+        let put = Put::builder()
+            .table_name("t")
+            .item(IDENTITY_ATTR, AttributeValue::S("AB1".to_owned()))
+            .build()
+            .expect("a valid Put");
+        Client::from_conf(config)
+            .transact_write_items()
+            .transact_items(TransactWriteItem::builder().put(put).build())
+            .send()
+            .await
+            .expect_err("nothing answers")
+    }
+
+    #[tokio::test]
+    async fn a_write_whose_connection_was_refused_is_known_to_have_written_nothing() {
+        // A port that was free a moment ago: connections to it are refused.
+        let closed = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|listener| listener.local_addr())
+            .expect("a free port");
+        let error = write_to(&format!("http://{closed}")).await;
+        assert!(
+            matches!(
+                judge(error, false),
+                Attempt::NotWritten(StoreError::DynamoDbUnreachable { .. })
+            ),
+            "a refused connection sent nothing"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_write_that_timed_out_after_it_was_sent_may_have_committed() {
+        // Accepts the connection and reads the request, never answers.
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let address = listener.local_addr().expect("its address");
+        let silent = tokio::spawn(async move {
+            let (mut socket, _) = listener.accept().await.expect("a connection");
+            let mut buffer = vec![0; 64 * 1024];
+            while tokio::io::AsyncReadExt::read(&mut socket, &mut buffer)
+                .await
+                .is_ok_and(|n| n > 0)
+            {}
+        });
+        let error = write_to(&format!("http://{address}")).await;
+        silent.abort();
+        assert!(
+            matches!(judge(error, false), Attempt::Unknown(_)),
+            "an unanswered write may have committed"
+        );
     }
 }

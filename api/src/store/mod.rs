@@ -55,7 +55,7 @@ pub enum StoreError {
     /// nothing was written.
     #[error("the outbox holds {limit} unpublished events, the most allowed")]
     OutboxFull { limit: u32 },
-    /// DynamoDB refused the request for capacity.
+    /// DynamoDB refused the request for capacity; nothing was written.
     #[error("DynamoDB throttled {call}")]
     Throttled {
         call: &'static str,
@@ -64,20 +64,33 @@ pub enum StoreError {
     },
     /// A DynamoDB call that writes nothing (a read before the write, a
     /// summary, the readiness probe) got no answer: the connection failed
-    /// or the call timed out, after the SDK's retries. Nothing was written.
+    /// or the call timed out, after the SDK's retries. Or the connection
+    /// of the write was refused, so that it was never sent. Nothing was
+    /// written.
     #[error("DynamoDB did not answer {call}")]
     DynamoDbUnreachable {
         call: &'static str,
         #[source]
         source: BoxError,
     },
-    /// Any other DynamoDB failure. A write that got no answer is one too:
-    /// it may have committed.
+    /// Any other DynamoDB failure.
     #[error("DynamoDB call {call} failed")]
     DynamoDb {
         call: &'static str,
         #[source]
         source: BoxError,
+    },
+    /// An attempt of the write may have reached DynamoDB and committed
+    /// (its answer was lost: a timeout, a connection that failed after
+    /// sending, a 5xx), and the request then failed, `last` saying how
+    /// (throttled, say, or out of attempts). The spending may be
+    /// recorded: whatever `last` is, this must not be answered as if
+    /// nothing was written.
+    #[error("an attempt of {call} may have committed, then the request failed")]
+    WriteOutcomeUnknown {
+        call: &'static str,
+        #[source]
+        last: Box<StoreError>,
     },
     /// MySQL could not be reached, had no connection to give in time (the
     /// pool's acquire timeout), refused connections or was shutting down,
@@ -92,8 +105,9 @@ pub enum StoreError {
     },
     /// A MySQL statement failed for another reason (a missing privilege, a
     /// broken constraint, an unreadable value); the transaction rolled
-    /// back. Or the answer to COMMIT was lost, and nobody knows whether it
-    /// committed.
+    /// back. Or COMMIT failed otherwise than by a deadlock (its answer was
+    /// lost, or the server was shutting down or killed the connection),
+    /// and nobody knows whether it committed.
     #[cfg(feature = "mysql")]
     #[error("MySQL {what} failed")]
     MySql {

@@ -43,9 +43,13 @@
 //! identity and seq). A relay that stays away fills the disk slowly, which
 //! is for monitoring to see, not a reason to refuse spendings.
 //!
-//! A connection lost while COMMIT is on its way leaves it unknown whether
-//! the transaction committed. That is answered 500, not 503: a 503 invites
-//! the client to send the spending again, which might record it twice.
+//! A COMMIT that fails otherwise than by a deadlock (the connection lost
+//! while it is on its way, or the server answering that it is shutting
+//! down or killed the connection) leaves it unknown whether the
+//! transaction committed. That is answered 500, not 503: a 503 says that
+//! nothing was written and invites the client to send the spending again,
+//! which might record it twice. Every failure before COMMIT was sent
+//! rolled everything back, and may be a 503.
 
 use std::str::FromStr;
 use std::time::Duration;
@@ -575,14 +579,18 @@ fn classify(what: &'static str) -> impl Fn(sqlx::Error) -> Failure {
     }
 }
 
-/// A failed COMMIT. When the server answered, it rolled back; when the
-/// connection failed instead, nobody knows, and the error must not say
-/// "retry" (see the module's documentation).
+/// A failed COMMIT. A deadlock (or lock wait timeout) answered to it
+/// rolled the transaction back, and it is tried again. Anything else
+/// leaves it unknown whether the transaction committed: a connection that
+/// failed, and also an answer such as "shutting down" (1053) or
+/// "connection killed" (1927), which does not say whether the commit had
+/// taken effect. So the error must not say "nothing was written, retry"
+/// (a 503): it is a 500 (see the module's documentation).
 fn classify_commit(e: sqlx::Error) -> Failure {
-    match e {
-        sqlx::Error::Database(_) => classify("COMMIT")(e),
-        e => {
-            tracing::warn!(error = %e, "COMMIT got no answer: the spending may or may not be stored");
+    match number(&e) {
+        Some(code::DEADLOCK | code::LOCK_WAIT_TIMEOUT) => Failure::Retry(e),
+        _ => {
+            tracing::warn!(error = %e, "COMMIT failed: the spending may or may not be stored");
             Failure::Fail(StoreError::MySql {
                 what: "COMMIT",
                 source: e,

@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use obt_testkit::Stack;
-pub use obt_testkit::dynamo_proxy::{AfterHook, DynamoProxy, dynamodb_error, hook};
+pub use obt_testkit::dynamo_proxy::{AfterHook, DynamoProxy, dynamodb_error, hook, lost_answer};
 use tokio::sync::{Semaphore, mpsc};
 
 /// An app state whose store reaches `stack`'s table through `proxy`.

@@ -5,9 +5,10 @@
 //! DynamoDB only: MySQL's failures are in `mysql.rs`.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::time::Duration;
 
-use axum::http::StatusCode;
+use axum::http::{HeaderValue, StatusCode};
 use obt_api::StoreOptions;
 use obt_runtime::Storage;
 
@@ -268,4 +269,105 @@ async fn an_unreachable_dynamodb_is_a_503_with_retry_after_for_posts_and_gets() 
     let get = send(&api, crate::helpers::get_request("/api/v1/spending/AB1")).await;
     get.assert_retry_later("5", "the database is unavailable; retry later");
     assert_eq!(item_count(app.stack()).await, 0);
+}
+
+/// The write reaches DynamoDB and commits, but its answer never comes back
+/// (the client's attempt timeout gives up), and every later attempt is
+/// throttled. The last error alone says "throttled, nothing written"; but
+/// the first attempt may have committed, and did: a 503 ("nothing was
+/// recorded, send it again") would be false, and a retry without the key
+/// would record the spending twice. The answer is 500; the client's retry
+/// with its Idempotency-Key then gets the original 201.
+#[tokio::test]
+async fn a_committed_write_whose_answer_is_lost_and_whose_retries_are_throttled_is_a_500() {
+    if !runs_in(
+        Storage::Dynamodb,
+        "faults injected between the api and DynamoDB",
+    ) {
+        return;
+    }
+    let app = TestApp::new().await;
+    let writes = Arc::new(AtomicU32::new(0));
+    let healed = Arc::new(AtomicBool::new(false));
+    let (counter, heal) = (writes.clone(), healed.clone());
+    let before = hook(move |operation| {
+        let first = operation == WRITE && counter.fetch_add(1, Ordering::SeqCst) == 0;
+        let throttle = operation == WRITE && !first && !heal.load(Ordering::SeqCst);
+        async move {
+            throttle.then(|| {
+                dynamodb_error(
+                    StatusCode::BAD_REQUEST,
+                    "ProvisionedThroughputExceededException",
+                    "slow down",
+                )
+            })
+        }
+    });
+    let lost = Arc::new(AtomicU32::new(0));
+    let lost_counter = lost.clone();
+    let after: crate::proxy::AfterHook = Arc::new(move |operation| {
+        (operation == WRITE && lost_counter.fetch_add(1, Ordering::SeqCst) == 0)
+            .then(crate::proxy::lost_answer)
+    });
+    let proxy = DynamoProxy::start_with(before, Some(after)).await;
+    // The SDK's standard retries (3 attempts), each attempt bounded.
+    let config = obt_runtime::with_attempt_timeout(&app.stack().config, Duration::from_secs(1));
+    let client = aws_sdk_dynamodb::Client::from_conf(
+        aws_sdk_dynamodb::config::Builder::from(&config)
+            .endpoint_url(&proxy.url)
+            .build(),
+    );
+    let api = obt_api::app(crate::helpers::state_through(
+        client,
+        app.stack(),
+        retries(2),
+    ));
+    let post = || {
+        let mut request = post_request(Some("application/json"), &spending("AB1", "Once", "7"));
+        request.headers_mut().insert(
+            "idempotency-key",
+            HeaderValue::from_static("lost-then-throttled"),
+        );
+        request
+    };
+
+    let response = send(&api, post()).await;
+
+    assert_eq!(
+        response.status,
+        StatusCode::INTERNAL_SERVER_ERROR,
+        "{}",
+        response.text
+    );
+    assert_eq!(
+        response.json,
+        serde_json::json!({"errors": {"server": ["internal error"]}})
+    );
+    assert_eq!(response.header("retry-after"), None);
+    assert_eq!(
+        writes.load(Ordering::SeqCst),
+        3,
+        "the committed attempt and two throttled ones"
+    );
+    assert_eq!(lost.load(Ordering::SeqCst), 1, "one write reached DynamoDB");
+    let summary = app.get("/api/v1/spending/AB1").await;
+    assert_eq!(summary.json["count"], 1, "recorded once: {}", summary.text);
+    assert_eq!(summary.json["total"], "7.00");
+    let events = app.outbox_events("AB1").await;
+    assert_eq!(events.len(), 1, "{events:?}");
+
+    healed.store(true, Ordering::SeqCst);
+    let retry = send(&api, post()).await;
+
+    assert_eq!(retry.status, StatusCode::CREATED, "{}", retry.text);
+    assert_eq!(retry.header("idempotent-replayed"), Some("true"));
+    assert_eq!(retry.json["seq"], 1);
+    assert_eq!(
+        retry.json["event_id"].as_str(),
+        Some(events[0].event_id.to_string().as_str()),
+        "the answer of the write that committed"
+    );
+    let summary = app.get("/api/v1/spending/AB1").await;
+    assert_eq!(summary.json["count"], 1, "{}", summary.text);
+    assert_eq!(app.outbox_events("AB1").await.len(), 1);
 }
