@@ -25,6 +25,12 @@ pub struct Settings {
     #[arg(long, env = "OBT_QUEUE_NAME", default_value = "obt-events.fifo")]
     pub queue_name: String,
 
+    /// The URL of the dead-letter queue that messages which can never be
+    /// applied are sent to. When absent, the target of the queue's redrive
+    /// policy (read at start-up).
+    #[arg(long, env = "OBT_DLQ_URL")]
+    pub dlq_url: Option<String>,
+
     /// Where the consumer records what it applied.
     #[command(flatten)]
     pub storage: StorageArgs,
@@ -84,6 +90,19 @@ pub struct Settings {
     )]
     pub store_retry_secs: u64,
 
+    /// How long a message whose write still failed after the in-process
+    /// retries stays invisible after its first receive, in seconds; after
+    /// each later receive 4 times longer (at most 12 hours), so that a
+    /// store outage climbs receive counts slowly: with maxReceiveCount 5 and
+    /// the default, an outage of 85 minutes dead-letters nothing.
+    #[arg(
+        long,
+        env = "OBT_REDELIVERY_BACKOFF_SECS",
+        default_value_t = 60,
+        value_parser = clap::value_parser!(u64).range(1..=43_200)
+    )]
+    pub redelivery_backoff_secs: u64,
+
     /// The longest one attempt of an AWS call (SQS, DynamoDB) may take, in
     /// seconds, ReceiveMessage's long poll not counted: an endpoint that
     /// hangs is given up on and the call retried.
@@ -107,12 +126,14 @@ impl Settings {
         Self {
             queue_url: None,
             queue_name: "obt-events.fifo".to_owned(),
+            dlq_url: None,
             storage: StorageArgs::defaults(),
             pollers: 4,
             wait_time_secs: 20,
             visibility_timeout_secs: None,
             store_timeout_secs: 10,
             store_retry_secs: 20,
+            redelivery_backoff_secs: 60,
             aws_timeout_secs: 10,
             log_format: LogFormat::Text,
         }
@@ -124,6 +145,13 @@ impl Settings {
             attempt_timeout: Duration::from_secs(self.store_timeout_secs),
             budget: Duration::from_secs(self.store_retry_secs),
             ..crate::consumer::StoreRetry::default()
+        }
+    }
+
+    /// How messages whose retries gave up are kept away.
+    pub fn redelivery(&self) -> crate::consumer::Redelivery {
+        crate::consumer::Redelivery {
+            base: Duration::from_secs(self.redelivery_backoff_secs),
         }
     }
 
@@ -200,6 +228,11 @@ mod tests {
         );
         assert_eq!(parsed.store_timeout_secs, defaults.store_timeout_secs);
         assert_eq!(parsed.store_retry_secs, defaults.store_retry_secs);
+        assert_eq!(parsed.dlq_url, defaults.dlq_url);
+        assert_eq!(
+            parsed.redelivery_backoff_secs,
+            defaults.redelivery_backoff_secs
+        );
         assert_eq!(parsed.aws_timeout_secs, defaults.aws_timeout_secs);
         assert_eq!(parsed.log_format, defaults.log_format);
     }
@@ -212,6 +245,7 @@ mod tests {
             &["consumer", "--visibility-timeout-secs", "0"],
             &["consumer", "--store-timeout-secs", "0"],
             &["consumer", "--aws-timeout-secs", "0"],
+            &["consumer", "--redelivery-backoff-secs", "0"],
         ] {
             assert!(Settings::try_parse_from(args).is_err(), "accepted {args:?}");
         }

@@ -1,22 +1,19 @@
 //! The consumer proper: pollers that long-poll the queue, the handling of
 //! one message, and graceful shutdown.
 //!
-//! A message is deleted only after its event is committed to the
-//! consumer's records ([`Ledger`], DynamoDB or MySQL), or recognised as
-//! committed before: a crash anywhere before the delete means a
-//! redelivery, which the ledger turns into a no-op (at-least-once
-//! delivery, exactly-once effect). A message that fails is left alone: it
-//! comes back after its visibility timeout and, failing every time, ends
-//! in the dead-letter queue, which operators are alerted on.
+//! A message is deleted only after its fate is committed: its event
+//! applied (or recognised as applied), held for its parked identity, or
+//! the message sent to the dead-letter queue ([`crate::parking`],
+//! [`crate::dead_letter`]). A crash anywhere before the delete means a
+//! redelivery, which the records turn into a no-op (at-least-once
+//! delivery, exactly-once effect).
 //!
-//! A write that fails for a transient reason (the records unreachable,
-//! hanging, throttled, or a concurrent writer) is first retried in process
-//! ([`StoreRetry`]): each attempt bounded by a timeout, with jittered
-//! exponential backoff, the message's visibility extended to cover the
-//! retries. Only when they are used up is the message left to its
-//! visibility timeout. Nothing else changes: the message is still deleted
-//! only after the commit, and poison messages and gaps are not retried
-//! here, so they still reach the dead-letter queue.
+//! A store failure that is transient is retried in process
+//! ([`StoreRetry`]), the message kept invisible meanwhile; then the
+//! message, and the ones of its group received behind it, are made
+//! invisible for a delay that grows with its receive count
+//! ([`Redelivery`]), so that an outage within
+//! [`Redelivery::budget`] dead-letters nothing.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -31,14 +28,19 @@ use tracing::{Instrument, Span, debug, error, info, info_span, instrument, warn}
 
 use crate::batch::{self, Disposition};
 use crate::config::Settings;
+use crate::dead_letter::DeadLetterQueue;
+use crate::parking::{self, Cause, Held, ParkRequest};
 use crate::queue::{Queue, QueueError, Received};
-use crate::store::{self, Applied, ApplyError, Ledger, OpenError};
+use crate::store::{self, Applied, ApplyError, HoldError, Ledger, OpenError, StoreError};
 
 /// The first pause after a failed receive; it doubles up to [`MAX_PAUSE`].
 const MIN_PAUSE: Duration = Duration::from_millis(100);
 const MAX_PAUSE: Duration = Duration::from_secs(10);
 /// Between empty receives when long polling is off, so as not to spin.
 const IDLE_PAUSE: Duration = Duration::from_millis(200);
+/// How often one message is tried again when an operator's retry parks or
+/// unparks its identity between two steps of its handling.
+const RACE_ROUNDS: usize = 3;
 
 /// How a write that failed for a transient reason is retried in process.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -48,7 +50,7 @@ pub struct StoreRetry {
     pub attempt_timeout: Duration,
     /// How long, from the first attempt, the retries may take: an attempt
     /// starts only if it would end (at `attempt_timeout`) within it; then
-    /// the message is left to its visibility timeout. Zero: one attempt.
+    /// the message is left to its redelivery. Zero: one attempt.
     pub budget: Duration,
     /// The pause after the first failure; it doubles up to `max_backoff`,
     /// each pause drawn at random between half of it and all of it.
@@ -83,20 +85,52 @@ impl StoreRetry {
     }
 }
 
+/// How long a message whose store write kept failing stays invisible
+/// before it comes back: `base` x 4^(receive count - 1), at most SQS's
+/// 12 hours. Its receive count, which sends it to the dead-letter queue
+/// past the queue's maxReceiveCount, so climbs slowly.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Redelivery {
+    pub base: Duration,
+}
+
+/// ChangeMessageVisibility's maximum.
+pub const MAX_VISIBILITY: Duration = Duration::from_secs(43_200);
+const REDELIVERY_FACTOR: u32 = 4;
+
+impl Default for Redelivery {
+    fn default() -> Self {
+        Self {
+            base: Duration::from_secs(60),
+        }
+    }
+}
+
+impl Redelivery {
+    /// The delay after the receive number `receive_count` (1 for the first).
+    pub fn delay(&self, receive_count: u32) -> Duration {
+        let factor = REDELIVERY_FACTOR.saturating_pow(receive_count.saturating_sub(1));
+        self.base.saturating_mul(factor).min(MAX_VISIBILITY)
+    }
+
+    /// The longest store outage that dead-letters nothing with a queue's
+    /// `max_receive_count`: the delays after the first max - 1 receives
+    /// (the in-process retries of each receive come on top). The receive
+    /// past the maximum is the one SQS dead-letters at.
+    pub fn budget(&self, max_receive_count: u32) -> Duration {
+        (1..max_receive_count).map(|n| self.delay(n)).sum()
+    }
+}
+
 /// Margin added to a visibility extension, beyond the retries it covers.
 const VISIBILITY_MARGIN: Duration = Duration::from_secs(5);
 
 /// Why a group stopped at a message (see [`batch`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum StopReason {
-    /// The message is not an event this consumer can read.
-    Poison,
-    /// An earlier event of the identity is missing.
-    Gap,
-    /// The event contradicts what is applied, or the table is damaged.
-    Rejected,
-    /// The table could not be written for now.
-    Transient,
+    /// The records (or SQS) could not be written for now: the message and
+    /// those behind it come back after `redeliver_in`.
+    Transient { redeliver_in: Duration },
 }
 
 /// Why a message is poison: no retry can ever apply it.
@@ -116,14 +150,27 @@ pub enum PoisonReason {
 /// Reads a message's event, checking that it was published in its
 /// identity's message group.
 pub fn decode(message: &Received) -> Result<Envelope, PoisonReason> {
-    let event = Envelope::decode(&message.body)?;
-    if message.group_id.as_deref() != Some(event.identity.as_str()) {
+    decode_body(&message.body, message.group_id.as_deref())
+}
+
+/// [`decode`] of a body received in `group`.
+pub fn decode_body(body: &str, group: Option<&str>) -> Result<Envelope, PoisonReason> {
+    let event = Envelope::decode(body)?;
+    if group != Some(event.identity.as_str()) {
         return Err(PoisonReason::WrongGroup {
             identity: event.identity.to_string(),
-            group: message.group_id.clone(),
+            group: group.map(str::to_owned),
         });
     }
     Ok(event)
+}
+
+/// The seq a poison body names, if it names one: for the operator.
+fn loose_seq(body: &str) -> Option<u64> {
+    serde_json::from_str::<serde_json::Value>(body)
+        .ok()?
+        .get("seq")?
+        .as_u64()
 }
 
 /// Why the consumer could not start.
@@ -146,10 +193,12 @@ pub enum RunError {
     GraceExceeded { secs: u64 },
 }
 
-/// The consumer: its queue, its records and how many pollers share them.
+/// The consumer: its queues, its records and how many pollers share them.
 #[derive(Debug)]
 pub struct Consumer {
     queue: Queue,
+    /// Where a message that can never be applied is sent, explicitly.
+    dead_letters: DeadLetterQueue,
     /// Where applied events are recorded: the backend chosen at start-up.
     ledger: Arc<dyn Ledger>,
     /// Concurrent receive loops: more of them keep more message groups in
@@ -158,15 +207,24 @@ pub struct Consumer {
     pollers: u16,
     /// How transient write failures are retried before giving up.
     retry: StoreRetry,
+    /// How long a message is kept away after the retries gave up.
+    redelivery: Redelivery,
 }
 
 impl Consumer {
-    pub fn new(queue: Queue, ledger: Arc<dyn Ledger>, pollers: u16) -> Self {
+    pub fn new(
+        queue: Queue,
+        dead_letters: DeadLetterQueue,
+        ledger: Arc<dyn Ledger>,
+        pollers: u16,
+    ) -> Self {
         Self {
             queue,
+            dead_letters,
             ledger,
             pollers: pollers.max(1),
             retry: StoreRetry::default(),
+            redelivery: Redelivery::default(),
         }
     }
 
@@ -176,8 +234,15 @@ impl Consumer {
         self
     }
 
+    /// Redelivers messages whose retries gave up by `redelivery`.
+    pub fn with_redelivery(mut self, redelivery: Redelivery) -> Self {
+        self.redelivery = redelivery;
+        self
+    }
+
     /// Opens the records (checking that they are reachable), builds the
-    /// clients and resolves the queue URL (unless given).
+    /// clients and resolves the queue URL (unless given) and the
+    /// dead-letter queue's (its redrive policy's target, unless given).
     pub async fn connect(config: &SdkConfig, settings: &Settings) -> Result<Self, StartupError> {
         // A MySQL pool big enough for every poller to have a transaction
         // open, plus two for the moments when several groups of one batch
@@ -197,13 +262,23 @@ impl Consumer {
             Some(url) => url.clone(),
             None => Queue::resolve_url(&sqs, &settings.queue_name).await?,
         };
+        let dead_letters = match &settings.dlq_url {
+            Some(dlq) => DeadLetterQueue::new(sqs.clone(), dlq.clone()),
+            None => DeadLetterQueue::of_queue(&sqs, &url).await?,
+        };
         let queue = Queue::new(
             sqs,
             url,
             settings.wait_time_secs,
             settings.visibility_timeout_secs,
         );
-        Ok(Self::new(queue, ledger, settings.pollers).with_retry(settings.store_retry()))
+        Ok(Self::new(queue, dead_letters, ledger, settings.pollers)
+            .with_retry(settings.store_retry())
+            .with_redelivery(settings.redelivery()))
+    }
+
+    pub fn dead_letters(&self) -> &DeadLetterQueue {
+        &self.dead_letters
     }
 
     pub fn queue(&self) -> &Queue {
@@ -326,93 +401,350 @@ impl Consumer {
             if stopped.skipped.is_empty() {
                 continue;
             }
+            let StopReason::Transient { redeliver_in } = stopped.reason;
             info!(
                 group = %report.key,
                 skipped = stopped.skipped.len(),
-                reason = ?stopped.reason,
-                "left the group's later messages unapplied, to come back in order"
+                redeliver_in_secs = redeliver_in.as_secs(),
+                "left the group's later messages unapplied, to come back in order with the one that failed"
             );
-            if stopped.reason == StopReason::Poison {
-                // The poison message was released to come back at once;
-                // release those behind it too, so that the group is not
-                // held up by their visibility timeout.
-                for message in &stopped.skipped {
-                    if let Err(e) = self.queue.release(message).await {
-                        warn!(error = %e, message_id = %message.message_id, "could not release a message");
-                    }
+            // Kept away as long as the failed one: released earlier they
+            // would only wait behind it (its group is in flight), or, should
+            // it come back first, be received, and counted, for nothing.
+            for message in &stopped.skipped {
+                if let Err(e) = self
+                    .queue
+                    .extend(message, visibility_secs(redeliver_in))
+                    .await
+                {
+                    debug!(error = %e, message_id = %message.message_id, "could not keep a later message invisible");
                 }
             }
         }
     }
 
-    /// Applies one message's event and deletes the message once the event
-    /// is recorded.
+    /// Handles one message and deletes it once its fate is committed.
     #[instrument(skip_all, fields(identity, seq, message_id = %message.message_id))]
     pub async fn handle_message(&self, message: Received) -> Disposition<StopReason> {
-        let event = match decode(&message) {
-            Ok(event) => event,
-            Err(reason) => {
-                error!(
-                    message_id = %message.message_id,
-                    group = message.group_id.as_deref().unwrap_or("<none>"),
-                    receive_count = ?message.receive_count,
-                    error = %reason,
-                    "poison message: it can never be applied; leaving it to the dead-letter queue"
-                );
-                // Not deleted: the queue's redrive policy moves it to the
-                // dead-letter queue after maxReceiveCount receives, and
-                // visibility 0 gets it there without waiting.
-                if let Err(e) = self.queue.release(&message).await {
-                    warn!(error = %e, "could not release the poison message; it comes back after its visibility timeout");
-                }
-                return Disposition::Stop(StopReason::Poison);
+        let handled = match decode(&message) {
+            Ok(event) => {
+                let span = Span::current();
+                span.record("identity", tracing::field::display(&event.identity));
+                span.record("seq", event.seq);
+                self.handle_event(&message, &event).await
             }
+            Err(reason) => self.poison(&message, &reason).await,
         };
-        let span = Span::current();
-        span.record("identity", tracing::field::display(&event.identity));
-        span.record("seq", event.seq);
-
-        match self.apply(&message, &event).await {
-            Ok(Applied::New) => {
-                info!(event_id = %event.event_id, amount = %event.data.amount, "applied");
+        if let Err(Deferred) = handled {
+            let redeliver_in = self
+                .redelivery
+                .delay(message.receive_count.unwrap_or(1).max(1));
+            warn!(
+                receive_count = ?message.receive_count,
+                redeliver_in_secs = redeliver_in.as_secs(),
+                "not applied for now, after the in-process retries; the message comes back in {} s",
+                redeliver_in.as_secs()
+            );
+            if let Err(e) = self
+                .queue
+                .extend(&message, visibility_secs(redeliver_in))
+                .await
+            {
+                warn!(error = %e, "could not delay the message; it comes back after its visibility timeout");
             }
-            Ok(Applied::Duplicate) => {
-                info!(event_id = %event.event_id, "duplicate of an applied event; deleting it, changing nothing");
-            }
-            Err(e) => return Disposition::Stop(refused(&message, &e)),
+            return Disposition::Stop(StopReason::Transient { redeliver_in });
         }
         if let Err(e) = self.queue.delete(&message).await {
-            // The effect is committed; when the message comes back it is
-            // recognised as a duplicate. The group may go on.
-            warn!(error = %e, "applied, but the message could not be deleted");
+            // Its fate is committed; when the message comes back it is
+            // recognised (a duplicate, held already, dead-lettered under
+            // the same deduplication id). The group may go on.
+            warn!(error = %e, "handled, but the message could not be deleted");
         }
         Disposition::Continue
     }
 
-    /// Applies `event`, retrying transient failures in process by the
-    /// [`StoreRetry`], and keeping `message` invisible meanwhile. Returns
+    /// Applies, holds or dead-letters one decoded event.
+    async fn handle_event(&self, message: &Received, event: &Envelope) -> Result<(), Deferred> {
+        let identity = event.identity.as_str();
+        for _ in 0..RACE_ROUNDS {
+            let applied = self
+                .retrying(
+                    message,
+                    || self.ledger.apply(event),
+                    |secs| ApplyError::TimedOut {
+                        identity: identity.to_owned(),
+                        seq: event.seq,
+                        secs,
+                    },
+                )
+                .await;
+            match applied {
+                Ok(Applied::New) => {
+                    info!(event_id = %event.event_id, amount = %event.data.amount, "applied");
+                    return Ok(());
+                }
+                Ok(Applied::Duplicate) => {
+                    info!(event_id = %event.event_id, "duplicate of an applied event; deleting it, changing nothing");
+                    return Ok(());
+                }
+                Err(ApplyError::Parked {
+                    last_seq, parking, ..
+                }) => {
+                    if parking.cause == Cause::Gap && event.seq == last_seq + 1 {
+                        return self.heal_gap(message, event).await;
+                    }
+                    match self.hold(message, event).await? {
+                        Some(()) => {
+                            if parking.cause == Cause::Gap
+                                && parking.seq.is_some_and(|expected| expected <= last_seq)
+                            {
+                                // The gap healed but its held events wait:
+                                // a drain was cut short.
+                                self.drain_gap(identity).await;
+                            }
+                            return Ok(());
+                        }
+                        None => continue,
+                    }
+                }
+                Err(ApplyError::Gap {
+                    expected, received, ..
+                }) => {
+                    let request = parking::gap_request(expected, received);
+                    self.park(message, identity, &request).await?;
+                    // Next round: parked, so held.
+                }
+                Err(e) if e.is_transient() => return Err(Deferred),
+                Err(e) => {
+                    return self
+                        .dead_letter(
+                            message,
+                            Some(identity),
+                            Cause::Conflict,
+                            &e.to_string(),
+                            Some(event.seq),
+                        )
+                        .await;
+                }
+            }
+        }
+        warn!("the identity was parked and unparked while this message was handled; it comes back");
+        Err(Deferred)
+    }
+
+    /// Holds `event` for its parked identity. `None`: it is not parked any
+    /// more (an operator's retry just unparked it), so apply it after all.
+    async fn hold(&self, message: &Received, event: &Envelope) -> Result<Option<()>, Deferred> {
+        let held = self
+            .retrying(
+                message,
+                || self.ledger.hold(event),
+                |secs| {
+                    HoldError::Store(StoreError::TimedOut {
+                        what: format!("holding seq {} of {}", event.seq, event.identity),
+                        secs,
+                    })
+                },
+            )
+            .await;
+        match held {
+            Ok(Held::New) => {
+                info!(event_id = %event.event_id, "held: its identity is parked; applied in order once it is resolved");
+                Ok(Some(()))
+            }
+            Ok(Held::Duplicate) => {
+                info!(event_id = %event.event_id, "held already; deleting the copy");
+                Ok(Some(()))
+            }
+            Err(HoldError::NotParked { .. }) => Ok(None),
+            Err(e @ HoldError::Conflict { .. }) => self
+                .dead_letter(
+                    message,
+                    Some(event.identity.as_str()),
+                    Cause::Conflict,
+                    &e.to_string(),
+                    Some(event.seq),
+                )
+                .await
+                .map(Some),
+            Err(e) => {
+                warn!(error = %e, "could not hold the event");
+                Err(Deferred)
+            }
+        }
+    }
+
+    /// The missing event of a gap arrived: applies it, then what was held.
+    async fn heal_gap(&self, message: &Received, event: &Envelope) -> Result<(), Deferred> {
+        let applied = self
+            .retrying(
+                message,
+                || self.ledger.apply_parked(event),
+                |secs| ApplyError::TimedOut {
+                    identity: event.identity.to_string(),
+                    seq: event.seq,
+                    secs,
+                },
+            )
+            .await;
+        match applied {
+            Ok(_) => {
+                info!(event_id = %event.event_id, "applied the missing event of a gap");
+                self.drain_gap(event.identity.as_str()).await;
+                Ok(())
+            }
+            Err(e) if e.is_transient() => Err(Deferred),
+            Err(e) => {
+                self.dead_letter(
+                    message,
+                    Some(event.identity.as_str()),
+                    Cause::Conflict,
+                    &e.to_string(),
+                    Some(event.seq),
+                )
+                .await
+            }
+        }
+    }
+
+    /// Applies a gap-parked identity's held events that are now in order,
+    /// and unparks it when none is left. A failure here loses nothing: the
+    /// events stay held, for the next event of the identity or the
+    /// operator's retry.
+    async fn drain_gap(&self, identity: &str) {
+        match parking::drain(self.ledger.as_ref(), identity, |p| p.cause == Cause::Gap).await {
+            Ok(drained) if drained.parking.is_none() => {
+                info!(
+                    identity,
+                    applied = drained.applied,
+                    "the gap healed: applied the held events in order; no longer parked"
+                );
+            }
+            Ok(drained) => info!(
+                identity,
+                applied = drained.applied,
+                gap = ?drained.gap,
+                conflict = ?drained.conflict,
+                "applied the held events in order as far as they go; still parked"
+            ),
+            Err(e) => {
+                warn!(identity, error = %e, "could not apply the held events now; they stay held")
+            }
+        }
+    }
+
+    /// Parks the identity, retried in process like a write.
+    async fn park(
+        &self,
+        message: &Received,
+        identity: &str,
+        request: &ParkRequest,
+    ) -> Result<(), Deferred> {
+        let parked = self
+            .retrying(
+                message,
+                || parking::park(self.ledger.as_ref(), identity, request),
+                |secs| StoreError::TimedOut {
+                    what: format!("parking {identity}"),
+                    secs,
+                },
+            )
+            .await;
+        match parked {
+            Ok(_) => Ok(()),
+            Err(e) => {
+                warn!(error = %e, identity, "could not park the identity");
+                Err(Deferred)
+            }
+        }
+    }
+
+    /// A message that is not an event this consumer can read.
+    async fn poison(&self, message: &Received, reason: &PoisonReason) -> Result<(), Deferred> {
+        error!(
+            message_id = %message.message_id,
+            group = message.group_id.as_deref().unwrap_or("<none>"),
+            receive_count = ?message.receive_count,
+            error = %reason,
+            "poison message: it can never be applied as it is"
+        );
+        let seq = loose_seq(&message.body);
+        self.dead_letter(
+            message,
+            message.group_id.as_deref(),
+            Cause::Poison,
+            &reason.to_string(),
+            seq,
+        )
+        .await
+    }
+
+    /// Parks the identity (if there is one), then sends the message alone
+    /// to the dead-letter queue; the caller deletes it. Parking first: a
+    /// crash in between leaves an identity parked with the message still
+    /// in the main queue, which comes back and is dead-lettered then,
+    /// never an identity flowing past a message that left.
+    async fn dead_letter(
+        &self,
+        message: &Received,
+        identity: Option<&str>,
+        cause: Cause,
+        reason: &str,
+        seq: Option<u64>,
+    ) -> Result<(), Deferred> {
+        if let Some(identity) = identity {
+            let request = ParkRequest {
+                cause,
+                reason: reason.to_owned(),
+                seq,
+                message_id: Some(message.message_id.clone()),
+            };
+            self.park(message, identity, &request).await?;
+        }
+        error!(
+            identity = identity.unwrap_or("<none>"),
+            cause = %cause,
+            receive_count = ?message.receive_count,
+            reason,
+            dead_letter_queue = %self.dead_letters.url(),
+            "dead-lettered message {} ({cause}): {reason}",
+            message.message_id
+        );
+        if let Err(e) = self.dead_letters.send(message, cause, reason).await {
+            warn!(error = %e, "could not send the message to the dead-letter queue");
+            return Err(Deferred);
+        }
+        Ok(())
+    }
+
+    /// Runs a store call, retrying transient failures in process by the
+    /// [`StoreRetry`] and keeping `message` invisible meanwhile. Returns
     /// the last failure when the retries are used up, or at once for a
     /// failure that is not transient.
-    async fn apply(&self, message: &Received, event: &Envelope) -> Result<Applied, ApplyError> {
+    async fn retrying<T, E, F, Fut>(
+        &self,
+        message: &Received,
+        call: F,
+        timed_out: impl Fn(f32) -> E,
+    ) -> Result<T, E>
+    where
+        E: Transient,
+        F: Fn() -> Fut,
+        Fut: Future<Output = Result<T, E>>,
+    {
         let started = Instant::now();
         let mut extended = false;
         let mut retry: u32 = 0;
         loop {
-            let attempt =
-                tokio::time::timeout(self.retry.attempt_timeout, self.ledger.apply(event));
-            let error = match attempt.await {
-                Ok(Ok(applied)) => {
+            let error = match tokio::time::timeout(self.retry.attempt_timeout, call()).await {
+                Ok(Ok(done)) => {
                     if retry > 0 {
                         info!(retries = retry, "applied after transient failures");
                     }
-                    return Ok(applied);
+                    return Ok(done);
                 }
                 Ok(Err(e)) => e,
-                Err(_) => ApplyError::TimedOut {
-                    identity: event.identity.to_string(),
-                    seq: event.seq,
-                    secs: self.retry.attempt_timeout.as_secs_f32(),
-                },
+                Err(_) => timed_out(self.retry.attempt_timeout.as_secs_f32()),
             };
             if !error.is_transient() {
                 return Err(error);
@@ -427,6 +759,7 @@ impl Consumer {
                     warn!(
                         retries = retry - 1,
                         elapsed_ms = elapsed.as_millis() as u64,
+                        error = %error,
                         "gave up retrying in process"
                     );
                 }
@@ -444,12 +777,11 @@ impl Consumer {
                 let cover = self.retry.budget.saturating_sub(elapsed)
                     + self.retry.attempt_timeout
                     + VISIBILITY_MARGIN;
-                let secs = i32::try_from(cover.as_secs() + 1).unwrap_or(i32::MAX);
-                match self.queue.extend(message, secs).await {
+                match self.queue.extend(message, visibility_secs(cover)).await {
                     Ok(()) => {
                         extended = true;
                         debug!(
-                            visibility_secs = secs,
+                            visibility_secs = visibility_secs(cover),
                             "extended the message's visibility for the retries"
                         );
                     }
@@ -463,34 +795,38 @@ impl Consumer {
     }
 }
 
-/// Logs why an event was not applied and says what stops its group.
-fn refused(message: &Received, e: &ApplyError) -> StopReason {
-    let receive_count = message.receive_count;
-    match e {
-        ApplyError::Gap {
-            identity,
-            expected,
-            received,
-        } => {
-            error!(
-                identity = %identity,
-                expected_seq = expected,
-                received_seq = received,
-                receive_count = ?receive_count,
-                "gap: identity {identity} expects seq {expected} but received seq {received}; not applying \
-                 it, leaving the message to be redelivered (and dead-lettered if seq {expected} never arrives)"
-            );
-            StopReason::Gap
-        }
-        e if e.is_transient() => {
-            warn!(error = %e, receive_count = ?receive_count, "not applied for now, after the in-process retries; the message comes back after its visibility timeout");
-            StopReason::Transient
-        }
-        e => {
-            error!(error = %e, receive_count = ?receive_count, "the event cannot be applied; the message is left to the dead-letter queue");
-            StopReason::Rejected
-        }
+/// A message left to come back later: the records (or SQS) failed for a
+/// transient reason, already logged.
+#[derive(Debug)]
+struct Deferred;
+
+/// A failure the in-process retries may wait out.
+trait Transient: std::fmt::Display {
+    fn is_transient(&self) -> bool;
+}
+
+impl Transient for ApplyError {
+    fn is_transient(&self) -> bool {
+        ApplyError::is_transient(self)
     }
+}
+
+impl Transient for HoldError {
+    fn is_transient(&self) -> bool {
+        HoldError::is_transient(self)
+    }
+}
+
+impl Transient for StoreError {
+    fn is_transient(&self) -> bool {
+        StoreError::is_transient(self)
+    }
+}
+
+/// A visibility timeout in whole seconds, rounded up, within SQS's range.
+fn visibility_secs(duration: Duration) -> i32 {
+    let secs = duration.as_secs() + u64::from(duration.subsec_nanos() > 0);
+    i32::try_from(secs.min(MAX_VISIBILITY.as_secs())).unwrap_or(i32::MAX)
 }
 
 #[cfg(test)]

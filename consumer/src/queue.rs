@@ -63,9 +63,19 @@ pub enum QueueError {
     },
     #[error("GetQueueUrl for queue {queue} returned no URL")]
     NoUrl { queue: String },
+    #[error(
+        "queue {queue} has no usable redrive policy, so its dead-letter queue is unknown: give it \
+         one (obt-migrate does), or name the dead-letter queue with OBT_DLQ_URL"
+    )]
+    NoDeadLetterQueue { queue: String },
+    #[error("cannot build the SQS request: {0}")]
+    Request(String),
 }
 
-fn sqs_error<E, R>(call: &'static str, queue: &str) -> impl FnOnce(SdkError<E, R>) -> QueueError
+pub(crate) fn sqs_error<E, R>(
+    call: &'static str,
+    queue: &str,
+) -> impl FnOnce(SdkError<E, R>) -> QueueError
 where
     E: std::error::Error + Send + Sync + 'static,
     R: std::fmt::Debug + Send + Sync + 'static,

@@ -112,9 +112,12 @@ impl SpendingTable {
             .client
             .query()
             .table_name(&self.name)
-            .key_condition_expression("#identity = :identity")
+            // Not the held events (negative sort keys): nothing applied.
+            .key_condition_expression("#identity = :identity AND #seq >= :head")
             .expression_attribute_names("#identity", attr::IDENTITY)
+            .expression_attribute_names("#seq", attr::SEQ)
             .expression_attribute_values(":identity", s(identity))
+            .expression_attribute_values(":head", n(HEAD_SEQ))
             .consistent_read(true)
             .into_paginator()
             .items()
@@ -127,7 +130,10 @@ impl SpendingTable {
         for item in &items {
             let reader = Reader::new(self, item)?;
             if reader.seq == HEAD_SEQ {
-                head = Some(reader.head()?);
+                // A head without `last_seq` is only a parking: nothing applied.
+                if item.contains_key(attr::LAST_SEQ) {
+                    head = Some(reader.head()?);
+                }
             } else {
                 spendings.push(reader.spending()?);
             }
@@ -151,8 +157,9 @@ impl SpendingTable {
             .client
             .scan()
             .table_name(&self.name)
-            .filter_expression("#seq = :head")
+            .filter_expression("#seq = :head AND attribute_exists(#last_seq)")
             .expression_attribute_names("#seq", attr::SEQ)
+            .expression_attribute_names("#last_seq", attr::LAST_SEQ)
             .expression_attribute_values(":head", n(HEAD_SEQ))
             .consistent_read(true)
             .into_paginator()

@@ -1,5 +1,7 @@
 //! Where the consumer records what it applied, and the one operation that
-//! matters: apply an event once, right after its predecessor.
+//! matters: apply an event once, right after its predecessor. Beside it,
+//! the identities the consumer parked and the events it holds for them
+//! ([`crate::parking`]).
 //!
 //! There are two backends, chosen at start-up by `OBT_STORAGE`:
 //! - [`dynamodb`] ([`SpendingTable`], the default): one conditional
@@ -31,6 +33,7 @@ use obt_contract::Envelope;
 use obt_runtime::Storage;
 
 use crate::config::StorageArgs;
+use crate::parking::{Held, IdentityState, ParkRequest, ParkedIdentity, Parking};
 use crate::read_model::{AppliedIdentity, IdentityHead};
 pub use dynamodb::SpendingTable;
 #[cfg(feature = "mysql")]
@@ -42,9 +45,54 @@ pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
 /// The consumer's record of applied events, in either backend.
 pub trait Ledger: Send + Sync + std::fmt::Debug {
-    /// Applies `event` if it is its identity's next one, recognises it if
-    /// it was applied before, and otherwise says why not, changing nothing.
+    /// Applies `event` if it is its identity's next one and the identity
+    /// is not parked, recognises it if it was applied before, and
+    /// otherwise says why not ([`ApplyError::Parked`] first, then a gap),
+    /// changing nothing.
     fn apply<'a>(&'a self, event: &'a Envelope) -> BoxFuture<'a, Result<Applied, ApplyError>>;
+
+    /// As [`Self::apply`], but whether the identity is parked or not: for
+    /// the event that heals a gap and for the held and replayed events of
+    /// a parked identity, applied in order. Removes the event from the
+    /// held ones in the same write (also when it is a duplicate).
+    fn apply_parked<'a>(
+        &'a self,
+        event: &'a Envelope,
+    ) -> BoxFuture<'a, Result<Applied, ApplyError>>;
+
+    /// The identity's last applied seq (0 when none) and its parking.
+    fn state<'a>(&'a self, identity: &'a str) -> BoxFuture<'a, Result<IdentityState, StoreError>>;
+
+    /// Parks `identity`. An identity already parked keeps its parking,
+    /// unless that is a `gap` (a poison or conflict then replaces it, a
+    /// newer gap updates it) or `replace` is set (the operator's retry,
+    /// which knows better). Returns the parking in force.
+    fn park<'a>(
+        &'a self,
+        identity: &'a str,
+        request: &'a ParkRequest,
+        replace: bool,
+    ) -> BoxFuture<'a, Result<Parking, StoreError>>;
+
+    /// Holds `event` of a parked identity, durably, until it can be
+    /// applied in order; bumps the parking's version, so that no unpark
+    /// can miss it.
+    fn hold<'a>(&'a self, event: &'a Envelope) -> BoxFuture<'a, Result<Held, HoldError>>;
+
+    /// The events held for `identity`, in seq order.
+    fn held<'a>(&'a self, identity: &'a str) -> BoxFuture<'a, Result<Vec<Envelope>, StoreError>>;
+
+    /// Unparks `identity` if its parking is still at `version` and nothing
+    /// is held for it; `false` (nothing changed) otherwise.
+    fn unpark<'a>(
+        &'a self,
+        identity: &'a str,
+        version: u64,
+    ) -> BoxFuture<'a, Result<bool, StoreError>>;
+
+    /// Every parked identity with its parking and how many events are held
+    /// for it, sorted by identity. Reads everything: for operators.
+    fn list_parked(&self) -> BoxFuture<'_, Result<Vec<ParkedIdentity>, StoreError>>;
 
     /// Everything applied for `identity`, or `None` if nothing is. For
     /// `consumer-show`, the tests and the end-to-end checks; the consumer
@@ -167,6 +215,55 @@ pub enum StoreError {
         seq: String,
         reason: String,
     },
+    /// The call did not finish in time: the records hang or are unreachable.
+    #[error("{what} took longer than {secs} s and was abandoned; it will be retried")]
+    TimedOut { what: String, secs: f32 },
+}
+
+impl StoreError {
+    /// Whether the same call can succeed later without anyone's help.
+    pub fn is_transient(&self) -> bool {
+        matches!(
+            self,
+            Self::DynamoDb { .. }
+                | Self::TimedOut { .. }
+                | Self::MySql {
+                    transient: true,
+                    ..
+                }
+        )
+    }
+}
+
+/// Why an event was not held.
+#[derive(Debug, thiserror::Error)]
+pub enum HoldError {
+    /// The identity is not parked (any more): apply the event instead.
+    #[error("identity {identity} is not parked: its event at seq {seq} is not held")]
+    NotParked { identity: String, seq: u64 },
+    /// Another event is held at this seq: two events with one number.
+    #[error(
+        "conflict for identity {identity} at seq {seq}: event {held_event_id} is held there, the \
+         message carries event {event_id}"
+    )]
+    Conflict {
+        identity: String,
+        seq: u64,
+        held_event_id: String,
+        event_id: String,
+    },
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("cannot build the request: {0}")]
+    Request(String),
+    #[error("cannot format a timestamp: {0}")]
+    Timestamp(#[from] time::error::Format),
+}
+
+impl HoldError {
+    pub fn is_transient(&self) -> bool {
+        matches!(self, Self::Store(e) if e.is_transient())
+    }
 }
 
 /// Why an event was not applied.
@@ -192,6 +289,15 @@ pub enum ApplyError {
         seq: u64,
         stored_event_id: String,
         event_id: String,
+    },
+    /// The identity is parked: the event is to be held, not applied (or,
+    /// for the one that heals a gap, applied with [`Ledger::apply_parked`]).
+    #[error("identity {identity} is parked ({}): seq {seq} is not applied past it", parking.cause)]
+    Parked {
+        identity: String,
+        seq: u64,
+        last_seq: u64,
+        parking: Box<Parking>,
     },
     /// The event's id is recorded for another identity or seq: one id was
     /// given to two events, a contract violation (MySQL, which indexes the
@@ -251,16 +357,8 @@ impl ApplyError {
     /// Whether the same message can succeed later without anyone's help
     /// (the network, throttling, a concurrent writer).
     pub fn is_transient(&self) -> bool {
-        matches!(
-            self,
-            Self::Contended { .. }
-                | Self::TimedOut { .. }
-                | Self::Store(StoreError::DynamoDb { .. })
-                | Self::Store(StoreError::MySql {
-                    transient: true,
-                    ..
-                })
-        )
+        matches!(self, Self::Contended { .. } | Self::TimedOut { .. })
+            || matches!(self, Self::Store(e) if e.is_transient())
     }
 }
 

@@ -229,9 +229,13 @@ pub async fn setup(
         (
             &names.consumer_user,
             &passwords.consumer,
-            vec![format!(
-                "GRANT SELECT, INSERT, UPDATE ON `{consumer_db}`.* TO {{user}}"
-            )],
+            vec![
+                format!("GRANT SELECT, INSERT, UPDATE ON `{consumer_db}`.* TO {{user}}"),
+                // Parkings end and held events go once applied; what it
+                // applied it may still never delete.
+                format!("GRANT DELETE ON `{consumer_db}`.`obt_consumer_parked` TO {{user}}"),
+                format!("GRANT DELETE ON `{consumer_db}`.`obt_consumer_held` TO {{user}}"),
+            ],
         ),
     ];
     for (user, password, grants) in users {

@@ -3,11 +3,14 @@
 //!
 //! Layout (see `migrations/dynamodb/consumer_spending.json`): per identity,
 //! one item per applied event at its `seq` (1, 2, ...), and a head item at
-//! `seq` 0 holding `last_seq` and the running totals.
+//! `seq` 0 holding `last_seq` and the running totals. A parked identity's
+//! parking is on its head (`parked_*`; a head with no `last_seq` yet when
+//! nothing is applied), its held events at negative sort keys (`-seq`),
+//! one item each ([`parking`]).
 //!
 //! An event is applied by ONE `TransactWriteItems` of two conditional
 //! writes: the event's item, only if that `seq` is still free, and the
-//! head, only if it stands at `seq - 1`. So an event is applied at most
+//! head, only if it stands at `seq - 1` (and is not parked). So an event is applied at most
 //! once (invariant 3) and only right after its predecessor (invariant 4);
 //! DynamoDB's all-or-nothing transaction keeps the totals equal to the sum
 //! of the items. When the transaction is refused, consistent reads of the
@@ -23,8 +26,11 @@ use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 use tracing::{debug, instrument};
 
-use super::{Applied, ApplyError, BoxFuture, Ledger, StoreError};
+use super::{Applied, ApplyError, BoxFuture, HoldError, Ledger, StoreError};
+use crate::parking::{Held, IdentityState, ParkRequest, ParkedIdentity, Parking};
 use crate::read_model::{AppliedIdentity, IdentityHead};
+
+mod parking;
 
 /// Attribute names of the consumer's table. All of them go through
 /// expression attribute names: several (`name`, `count`, `total`) are
@@ -42,6 +48,30 @@ pub(crate) mod attr {
     pub const TOTAL: &str = "total";
     pub const COUNT: &str = "count";
     pub const UPDATED_AT: &str = "updated_at";
+    pub const PARKED_CAUSE: &str = "parked_cause";
+    pub const PARKED_REASON: &str = "parked_reason";
+    pub const PARKED_SEQ: &str = "parked_seq";
+    pub const PARKED_MESSAGE_ID: &str = "parked_message_id";
+    pub const PARKED_AT: &str = "parked_at";
+    pub const PARKING_VERSION: &str = "parking_version";
+    /// A held event's envelope, as received.
+    pub const ENVELOPE: &str = "envelope";
+    pub const HELD_AT: &str = "held_at";
+}
+
+/// Whether an apply may go past a parking.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    /// Not while the identity is parked.
+    Normal,
+    /// Whether parked or not; the held copy of the event goes.
+    Parked,
+}
+
+/// The sort key of the event held at `seq`: below the head's 0, where no
+/// applied event can be.
+pub(crate) fn held_key(seq: u64) -> AttributeValue {
+    AttributeValue::N(format!("-{seq}"))
 }
 
 /// The sort key of an identity's head item.
@@ -90,11 +120,22 @@ impl SpendingTable {
         &self.name
     }
 
-    /// Applies `event` if it is the identity's next one; recognises it if
-    /// it was applied before.
+    /// Applies `event` if it is the identity's next one and the identity
+    /// is not parked; recognises it if it was applied before.
     #[instrument(skip_all, fields(table = %self.name))]
     pub async fn apply(&self, event: &Envelope) -> Result<Applied, ApplyError> {
-        let request = self
+        self.write(event, Mode::Normal).await
+    }
+
+    /// Applies `event` if it is the identity's next one, parked or not,
+    /// and takes its held copy away.
+    #[instrument(skip_all, fields(table = %self.name))]
+    pub async fn apply_parked(&self, event: &Envelope) -> Result<Applied, ApplyError> {
+        self.write(event, Mode::Parked).await
+    }
+
+    async fn write(&self, event: &Envelope, mode: Mode) -> Result<Applied, ApplyError> {
+        let mut request = self
             .client
             .transact_write_items()
             .transact_items(
@@ -104,9 +145,16 @@ impl SpendingTable {
             )
             .transact_items(
                 TransactWriteItem::builder()
-                    .update(self.update_head(event)?)
+                    .update(self.update_head(event, mode)?)
                     .build(),
             );
+        if mode == Mode::Parked {
+            request = request.transact_items(
+                TransactWriteItem::builder()
+                    .delete(self.delete_held(event.identity.as_str(), event.seq)?)
+                    .build(),
+            );
+        }
         match request.send().await {
             Ok(_) => Ok(Applied::New),
             Err(SdkError::ServiceError(e)) if e.err().is_transaction_canceled_exception() => {
@@ -122,7 +170,7 @@ impl SpendingTable {
                     _ => String::new(),
                 };
                 debug!(%reasons, "the write was refused; reading the table to tell why");
-                self.classify(event, reasons).await
+                self.classify(event, reasons, mode).await
             }
             Err(e) => Err(dynamo_error("TransactWriteItems", &self.name)(e).into()),
         }
@@ -150,7 +198,7 @@ impl SpendingTable {
     }
 
     /// The head moves from `seq - 1` to `seq` and adds the amount.
-    fn update_head(&self, event: &Envelope) -> Result<Update, ApplyError> {
+    fn update_head(&self, event: &Envelope, mode: Mode) -> Result<Update, ApplyError> {
         let now = OffsetDateTime::now_utc().format(&Rfc3339)?;
         let update = Update::builder()
             .table_name(&self.name)
@@ -175,24 +223,49 @@ impl SpendingTable {
             .expression_attribute_values(":one", n(1))
             .expression_attribute_values(":now", s(now));
         // DynamoDB refuses unused placeholders, so each branch names only
-        // what its condition uses.
-        let update = if event.seq == 1 {
-            update
-                .condition_expression("attribute_not_exists(#identity)")
-                .expression_attribute_names("#identity", attr::IDENTITY)
+        // what its condition uses. A parked identity's head may exist with
+        // no `last_seq` yet: the first event is the one that finds none.
+        let (update, after) = if event.seq == 1 {
+            (update, "attribute_not_exists(#last_seq)")
         } else {
-            update
-                .condition_expression("#last_seq = :prev")
-                .expression_attribute_values(":prev", n(event.seq - 1))
+            (
+                update.expression_attribute_values(":prev", n(event.seq - 1)),
+                "#last_seq = :prev",
+            )
+        };
+        let update = match mode {
+            Mode::Normal => update
+                .condition_expression(format!("{after} AND attribute_not_exists(#parked_cause)"))
+                .expression_attribute_names("#parked_cause", attr::PARKED_CAUSE),
+            Mode::Parked => update.condition_expression(after),
         };
         update
             .build()
             .map_err(|e| ApplyError::Request(e.to_string()))
     }
 
+    /// The held copy of an event, if there is one.
+    fn delete_held(
+        &self,
+        identity: &str,
+        seq: u64,
+    ) -> Result<aws_sdk_dynamodb::types::Delete, ApplyError> {
+        aws_sdk_dynamodb::types::Delete::builder()
+            .table_name(&self.name)
+            .key(attr::IDENTITY, s(identity))
+            .key(attr::SEQ, held_key(seq))
+            .build()
+            .map_err(|e| ApplyError::Request(e.to_string()))
+    }
+
     /// Tells why the transaction for `event` was refused, from consistent
     /// reads of the identity's head and of the item at the event's `seq`.
-    async fn classify(&self, event: &Envelope, reasons: String) -> Result<Applied, ApplyError> {
+    async fn classify(
+        &self,
+        event: &Envelope,
+        reasons: String,
+        mode: Mode,
+    ) -> Result<Applied, ApplyError> {
         let identity = event.identity.as_str();
         let (head, stored) =
             tokio::try_join!(self.get(identity, HEAD_SEQ), self.get(identity, event.seq))?;
@@ -206,6 +279,9 @@ impl SpendingTable {
                 }
             };
             return if stored_event_id == event.event_id.to_string() {
+                if mode == Mode::Parked {
+                    self.forget_held(event).await?;
+                }
                 Ok(Applied::Duplicate)
             } else {
                 Err(ApplyError::Conflict {
@@ -216,21 +292,16 @@ impl SpendingTable {
                 })
             };
         }
-        let last_seq = match &head {
-            None => 0,
-            Some(head) => match head.get(attr::LAST_SEQ) {
-                Some(AttributeValue::N(text)) => text.parse::<u64>().map_err(|e| {
-                    self.malformed(identity, HEAD_SEQ, &format!("last_seq {text}: {e}"))
-                })?,
-                _ => {
-                    return Err(self
-                        .malformed(identity, HEAD_SEQ, "last_seq is missing")
-                        .into());
-                }
-            },
-        };
+        let IdentityState { last_seq, parking } = self.state_of(identity, head.as_ref())?;
         let identity = identity.to_owned();
-        if last_seq + 1 < event.seq {
+        if let (Some(parking), Mode::Normal) = (parking, mode) {
+            Err(ApplyError::Parked {
+                identity,
+                seq: event.seq,
+                last_seq,
+                parking: Box::new(parking),
+            })
+        } else if last_seq + 1 < event.seq {
             Err(ApplyError::Gap {
                 identity,
                 expected: last_seq + 1,
@@ -284,6 +355,46 @@ impl SpendingTable {
 impl Ledger for SpendingTable {
     fn apply<'a>(&'a self, event: &'a Envelope) -> BoxFuture<'a, Result<Applied, ApplyError>> {
         Box::pin(SpendingTable::apply(self, event))
+    }
+
+    fn apply_parked<'a>(
+        &'a self,
+        event: &'a Envelope,
+    ) -> BoxFuture<'a, Result<Applied, ApplyError>> {
+        Box::pin(SpendingTable::apply_parked(self, event))
+    }
+
+    fn state<'a>(&'a self, identity: &'a str) -> BoxFuture<'a, Result<IdentityState, StoreError>> {
+        Box::pin(SpendingTable::state(self, identity))
+    }
+
+    fn park<'a>(
+        &'a self,
+        identity: &'a str,
+        request: &'a ParkRequest,
+        replace: bool,
+    ) -> BoxFuture<'a, Result<Parking, StoreError>> {
+        Box::pin(SpendingTable::park(self, identity, request, replace))
+    }
+
+    fn hold<'a>(&'a self, event: &'a Envelope) -> BoxFuture<'a, Result<Held, HoldError>> {
+        Box::pin(SpendingTable::hold(self, event))
+    }
+
+    fn held<'a>(&'a self, identity: &'a str) -> BoxFuture<'a, Result<Vec<Envelope>, StoreError>> {
+        Box::pin(SpendingTable::held(self, identity))
+    }
+
+    fn unpark<'a>(
+        &'a self,
+        identity: &'a str,
+        version: u64,
+    ) -> BoxFuture<'a, Result<bool, StoreError>> {
+        Box::pin(SpendingTable::unpark(self, identity, version))
+    }
+
+    fn list_parked(&self) -> BoxFuture<'_, Result<Vec<ParkedIdentity>, StoreError>> {
+        Box::pin(SpendingTable::list_parked(self))
     }
 
     fn load_identity<'a>(

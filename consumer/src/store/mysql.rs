@@ -19,7 +19,8 @@
 //!
 //! So the event id is recorded in the same commit as the write it made
 //! (invariant 3), and an event is applied only right after its predecessor
-//! (invariant 4). A crash before the commit leaves nothing; after it, the
+//! (invariant 4). Between 2 and 3 the identity's parking row is locked
+//! too: a parked identity's events are held, not applied ([`parking`]). A crash before the commit leaves nothing; after it, the
 //! redelivered message finds its event id and changes nothing.
 //!
 //! Sessions run at READ COMMITTED: the apply's only locking read is of
@@ -42,8 +43,20 @@ use sqlx::mysql::{MySqlConnectOptions, MySqlDatabaseError, MySqlPool, MySqlPoolO
 use sqlx::{ConnectOptions, Connection, Executor, MySql, Row, Transaction};
 use tracing::{debug, instrument};
 
-use super::{Applied, ApplyError, BoxFuture, Ledger, OpenError, StoreError};
+use super::{Applied, ApplyError, BoxFuture, HoldError, Ledger, OpenError, StoreError};
+use crate::parking::{Held, IdentityState, ParkRequest, ParkedIdentity, Parking};
 use crate::read_model::{AppliedIdentity, AppliedSpending, IdentityHead};
+
+mod parking;
+
+/// Whether an apply may go past a parking.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    /// Not while the identity is parked.
+    Normal,
+    /// Whether parked or not; the held copy of the event goes.
+    Parked,
+}
 
 /// How long start-up waits for the first connection, and an apply for a
 /// free connection of the pool.
@@ -225,7 +238,12 @@ impl MySqlLedger {
                 });
             }
         };
-        for table in ["consumer_identity", "obt_spending"] {
+        for table in [
+            "consumer_identity",
+            "obt_spending",
+            "obt_consumer_parked",
+            "obt_consumer_held",
+        ] {
             let probe = format!("SELECT 1 FROM {table} LIMIT 0");
             pool.execute(probe.as_str())
                 .await
@@ -240,13 +258,24 @@ impl MySqlLedger {
         })
     }
 
-    /// Applies `event` if it is its identity's next one; recognises it if
-    /// it was applied before.
+    /// Applies `event` if it is its identity's next one and the identity
+    /// is not parked; recognises it if it was applied before.
     #[instrument(skip_all)]
     pub async fn apply(&self, event: &Envelope) -> Result<Applied, ApplyError> {
+        self.write(event, Mode::Normal).await
+    }
+
+    /// Applies `event` if it is its identity's next one, parked or not,
+    /// and deletes its held copy.
+    #[instrument(skip_all)]
+    pub async fn apply_parked(&self, event: &Envelope) -> Result<Applied, ApplyError> {
+        self.write(event, Mode::Parked).await
+    }
+
+    async fn write(&self, event: &Envelope, mode: Mode) -> Result<Applied, ApplyError> {
         let mut attempt = 1;
         loop {
-            match self.try_apply(event).await {
+            match self.try_apply(event, mode).await {
                 Ok(applied) => return Ok(applied),
                 Err(Failure::Final(e)) => return Err(e),
                 Err(Failure::Retry { call, error }) if attempt < ATTEMPTS => {
@@ -268,7 +297,7 @@ impl MySqlLedger {
     }
 
     /// One transaction of [`Self::apply`].
-    async fn try_apply(&self, event: &Envelope) -> Result<Applied, Failure> {
+    async fn try_apply(&self, event: &Envelope, mode: Mode) -> Result<Applied, Failure> {
         let identity = event.identity.as_str();
         let event_id = event.event_id.to_string();
         let mut tx = self.pool.begin().await.map_err(failed("BEGIN"))?;
@@ -291,6 +320,20 @@ impl MySqlLedger {
                     .await
                     .and_then(|row| row.map(|row| text(&row, "event_id")).transpose())
                     .map_err(failed("SELECT obt_spending"))?;
+            if mode == Mode::Parked && stored.as_deref() == Some(event_id.as_str()) {
+                // Applied before: its held copy, if any, goes.
+                sqlx::query(
+                    "DELETE FROM obt_consumer_held WHERE identity = ? AND seq = ? AND event_id = ?",
+                )
+                .bind(identity)
+                .bind(event.seq)
+                .bind(&event_id)
+                .execute(&mut *tx)
+                .await
+                .map_err(failed("DELETE obt_consumer_held"))?;
+                tx.commit().await.map_err(failed("COMMIT"))?;
+                return Ok(Applied::Duplicate);
+            }
             rollback(tx).await;
             return match stored {
                 Some(stored) if stored == event_id => Ok(Applied::Duplicate),
@@ -308,6 +351,17 @@ impl MySqlLedger {
                 }
                 .into()),
             };
+        }
+        let parking = parking::lock_parking(&mut tx, identity).await?;
+        if let (Some(parking), Mode::Normal) = (parking, mode) {
+            rollback(tx).await;
+            return Err(ApplyError::Parked {
+                identity: identity.to_owned(),
+                seq: event.seq,
+                last_seq,
+                parking: Box::new(parking),
+            }
+            .into());
         }
         if event.seq > last_seq + 1 {
             rollback(tx).await;
@@ -399,6 +453,14 @@ impl MySqlLedger {
                 reasons: format!("the head update matched {} rows", updated.rows_affected()),
             }
             .into());
+        }
+        if mode == Mode::Parked {
+            sqlx::query("DELETE FROM obt_consumer_held WHERE identity = ? AND seq = ?")
+                .bind(identity)
+                .bind(event.seq)
+                .execute(&mut *tx)
+                .await
+                .map_err(failed("DELETE obt_consumer_held"))?;
         }
         tx.commit().await.map_err(failed("COMMIT"))?;
         Ok(Applied::New)
@@ -562,6 +624,46 @@ fn spending_from_row(row: &MySqlRow) -> Result<AppliedSpending, sqlx::Error> {
 impl Ledger for MySqlLedger {
     fn apply<'a>(&'a self, event: &'a Envelope) -> BoxFuture<'a, Result<Applied, ApplyError>> {
         Box::pin(MySqlLedger::apply(self, event))
+    }
+
+    fn apply_parked<'a>(
+        &'a self,
+        event: &'a Envelope,
+    ) -> BoxFuture<'a, Result<Applied, ApplyError>> {
+        Box::pin(MySqlLedger::apply_parked(self, event))
+    }
+
+    fn state<'a>(&'a self, identity: &'a str) -> BoxFuture<'a, Result<IdentityState, StoreError>> {
+        Box::pin(MySqlLedger::state(self, identity))
+    }
+
+    fn park<'a>(
+        &'a self,
+        identity: &'a str,
+        request: &'a ParkRequest,
+        replace: bool,
+    ) -> BoxFuture<'a, Result<Parking, StoreError>> {
+        Box::pin(MySqlLedger::park(self, identity, request, replace))
+    }
+
+    fn hold<'a>(&'a self, event: &'a Envelope) -> BoxFuture<'a, Result<Held, HoldError>> {
+        Box::pin(MySqlLedger::hold(self, event))
+    }
+
+    fn held<'a>(&'a self, identity: &'a str) -> BoxFuture<'a, Result<Vec<Envelope>, StoreError>> {
+        Box::pin(MySqlLedger::held(self, identity))
+    }
+
+    fn unpark<'a>(
+        &'a self,
+        identity: &'a str,
+        version: u64,
+    ) -> BoxFuture<'a, Result<bool, StoreError>> {
+        Box::pin(MySqlLedger::unpark(self, identity, version))
+    }
+
+    fn list_parked(&self) -> BoxFuture<'_, Result<Vec<ParkedIdentity>, StoreError>> {
+        Box::pin(MySqlLedger::list_parked(self))
     }
 
     fn load_identity<'a>(

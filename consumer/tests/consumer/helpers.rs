@@ -8,6 +8,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use aws_sdk_sqs::types::QueueAttributeName;
+use std::collections::BTreeMap;
+
+use obt_consumer::parking::ParkedIdentity;
 use obt_consumer::{
     AppliedIdentity, Consumer, IdentityHead, Ledger, RunError, Settings, StorageArgs,
 };
@@ -16,7 +19,7 @@ use obt_runtime::Storage;
 use obt_testkit::Stack;
 #[cfg(feature = "mysql")]
 use obt_testkit::mysql::MySqlStack;
-pub use obt_testkit::{event, identity, receive_dead_letter, send, send_raw};
+pub use obt_testkit::{event, identity, send, send_raw};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::instrument::WithSubscriber;
@@ -263,6 +266,11 @@ impl Running {
         let consumer = Consumer::connect(&stack.config, &Self::settings(stack))
             .await
             .unwrap_or_else(|e| panic!("starting the consumer: {e}"));
+        Self::spawn(consumer)
+    }
+
+    /// Runs `consumer` as the binary runs it.
+    pub fn spawn(consumer: Consumer) -> Self {
         let shutdown = CancellationToken::new();
         let serve = consumer.serve(shutdown.clone().cancelled_owned(), Duration::from_secs(20));
         let task = tokio::spawn(serve.with_current_subscriber());
@@ -348,4 +356,104 @@ pub async fn wait_queue_empty(stack: &Stack, deadline: Duration) {
         },
     )
     .await
+}
+
+/// Waits until `identity` is parked.
+pub async fn wait_parked(
+    stack: &TestStack,
+    identity: &Identity,
+    deadline: Duration,
+) -> ParkedIdentity {
+    obt_testkit::eventually(&format!("{identity} to be parked"), deadline, || async {
+        let parked = stack
+            .ledger()
+            .list_parked()
+            .await
+            .map_err(|e| e.to_string())?;
+        parked
+            .into_iter()
+            .find(|p| p.identity == identity.as_str())
+            .ok_or_else(|| "not parked".to_owned())
+    })
+    .await
+}
+
+/// Waits until `count` events are held for `identity`.
+pub async fn wait_held(stack: &TestStack, identity: &Identity, count: usize, deadline: Duration) {
+    obt_testkit::eventually(
+        &format!("{count} events of {identity} held"),
+        deadline,
+        || async {
+            match stack.ledger().held(identity.as_str()).await {
+                Ok(held) if held.len() == count => Ok(()),
+                Ok(held) => Err(format!(
+                    "held: {:?}",
+                    held.iter().map(|e| e.seq).collect::<Vec<_>>()
+                )),
+                Err(e) => Err(e.to_string()),
+            }
+        },
+    )
+    .await;
+}
+
+/// A message of a dead-letter queue, with its message attributes.
+#[derive(Debug, Clone)]
+pub struct DeadLetter {
+    pub group: String,
+    pub body: String,
+    pub attributes: BTreeMap<String, String>,
+}
+
+impl DeadLetter {
+    /// A message attribute's value, or "" when it has none.
+    pub fn attribute(&self, name: &str) -> &str {
+        self.attributes.get(name).map_or("", String::as_str)
+    }
+}
+
+/// Every message of the dead-letter queue at `url` (up to 10), left there:
+/// received with a visibility timeout of 0.
+pub async fn receive_dead_letters(stack: &Stack, url: &str) -> Vec<DeadLetter> {
+    let out = stack
+        .sqs()
+        .receive_message()
+        .queue_url(url)
+        .max_number_of_messages(10)
+        .wait_time_seconds(1)
+        .visibility_timeout(0)
+        .message_system_attribute_names(
+            aws_sdk_sqs::types::MessageSystemAttributeName::MessageGroupId,
+        )
+        .message_attribute_names("All")
+        .send()
+        .await
+        .unwrap_or_else(|e| {
+            panic!(
+                "ReceiveMessage: {}",
+                aws_sdk_sqs::error::DisplayErrorContext(&e)
+            )
+        });
+    out.messages
+        .unwrap_or_default()
+        .into_iter()
+        .map(|m| DeadLetter {
+            group: m
+                .attributes()
+                .and_then(|a| {
+                    a.get(&aws_sdk_sqs::types::MessageSystemAttributeName::MessageGroupId)
+                })
+                .cloned()
+                .unwrap_or_default(),
+            attributes: m
+                .message_attributes()
+                .map(|a| {
+                    a.iter()
+                        .map(|(k, v)| (k.clone(), v.string_value().unwrap_or_default().to_owned()))
+                        .collect()
+                })
+                .unwrap_or_default(),
+            body: m.body.unwrap_or_default(),
+        })
+        .collect()
 }

@@ -6,13 +6,17 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use obt_consumer::consumer::StoreRetry;
-use obt_consumer::{Consumer, Queue};
+use obt_consumer::consumer::{Redelivery, StoreRetry};
+use obt_consumer::{Consumer, DeadLetterQueue, Queue};
 use obt_testkit::fault_proxy::{FaultProxy, Mode};
 use tokio_util::sync::CancellationToken;
 use tracing::instrument::WithSubscriber;
 
 use crate::helpers::{Logs, TestStack, event, identity, send, wait_applied, wait_queue_empty};
+
+fn dead_letters(stack: &TestStack) -> DeadLetterQueue {
+    DeadLetterQueue::new(stack.sqs(), stack.dead_letter_queue_url.clone())
+}
 
 /// Far longer than the test waits: a message left to its visibility
 /// timeout would not come back in time to pass.
@@ -32,7 +36,7 @@ async fn a_refused_then_hanging_database_is_retried_in_process_and_the_event_app
         1,
         Some(VISIBILITY_SECS),
     );
-    let consumer = Consumer::new(queue, ledger, 2).with_retry(StoreRetry {
+    let consumer = Consumer::new(queue, dead_letters(&stack), ledger, 2).with_retry(StoreRetry {
         attempt_timeout: Duration::from_secs(1),
         budget: Duration::from_secs(60),
         min_backoff: Duration::from_millis(50),
@@ -117,7 +121,8 @@ async fn a_refused_then_hanging_database_is_retried_in_process_and_the_event_app
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn with_the_retries_used_up_the_message_is_left_to_its_visibility_timeout_undeleted() {
+async fn with_the_retries_used_up_the_message_is_left_to_come_back_after_its_redelivery_delay_undeleted()
+ {
     let logs = Logs::capture();
     let stack = TestStack::create(5).await;
     let proxy = FaultProxy::start(stack.records_addr())
@@ -125,12 +130,17 @@ async fn with_the_retries_used_up_the_message_is_left_to_its_visibility_timeout_
         .expect("proxy");
     let ledger = stack.ledger_through(proxy.addr()).await;
     let queue = Queue::new(stack.sqs(), stack.queue_url.clone(), 1, Some(3));
-    let consumer = Arc::new(Consumer::new(queue, ledger, 1).with_retry(StoreRetry {
-        attempt_timeout: Duration::from_secs(1),
-        budget: Duration::from_secs(2),
-        min_backoff: Duration::from_millis(50),
-        max_backoff: Duration::from_millis(200),
-    }));
+    let consumer = Consumer::new(queue, dead_letters(&stack), ledger, 1)
+        .with_retry(StoreRetry {
+            attempt_timeout: Duration::from_secs(1),
+            budget: Duration::from_secs(2),
+            min_backoff: Duration::from_millis(50),
+            max_backoff: Duration::from_millis(200),
+        })
+        .with_redelivery(Redelivery {
+            base: Duration::from_secs(1),
+        });
+    let consumer = Arc::new(consumer);
     proxy.set_mode(Mode::Refuse);
     let who = identity("given-up");
     send(&stack, &event(&who, 1, "1.00")).await;
@@ -143,7 +153,11 @@ async fn with_the_retries_used_up_the_message_is_left_to_its_visibility_timeout_
             .with_current_subscriber(),
     );
     obt_testkit::eventually("the retries given up", Duration::from_secs(30), || async {
-        match logs.lines_with(&["gave up retrying in process"]).len() {
+        match logs
+            .lines_with(&["gave up retrying in process"])
+            .len()
+            .min(logs.lines_with(&["the message comes back in 1 s"]).len())
+        {
             0 => Err("not yet".to_owned()),
             _ => Ok(()),
         }
@@ -175,7 +189,7 @@ async fn the_message_stays_invisible_while_its_write_is_retried() {
         .expect("proxy");
     let ledger = stack.ledger_through(proxy.addr()).await;
     let queue = Queue::new(stack.sqs(), stack.queue_url.clone(), 1, Some(2));
-    let consumer = Consumer::new(queue, ledger, 2).with_retry(StoreRetry {
+    let consumer = Consumer::new(queue, dead_letters(&stack), ledger, 2).with_retry(StoreRetry {
         attempt_timeout: Duration::from_secs(1),
         budget: Duration::from_secs(20),
         min_backoff: Duration::from_millis(50),
