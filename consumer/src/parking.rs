@@ -122,7 +122,10 @@ pub async fn park(
 ) -> Result<Parking, StoreError> {
     let parking = ledger.park(identity, request, false).await?;
     if parking.cause == request.cause && parking.reason == request.reason {
+        // `parked = true`: the field the alarms' metric filters count, as
+        // on the relay's parking lines.
         error!(
+            parked = true,
             identity,
             cause = %request.cause,
             seq = ?request.seq,
