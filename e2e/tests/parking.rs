@@ -174,11 +174,14 @@ async fn an_event_sqs_refuses_for_good_holds_back_its_identity_only_until_the_op
     deployment.wait_applied(&victim, REFUSED_SEQ - 1).await;
     let listed = eventually("the victim listed as parked", DEADLINE, || async {
         let output = deployment.admin(&["parked", "list", "--json"]).await;
-        let listed: Value = serde_json::from_slice(&output.stdout).map_err(|e| {
-            format!("{e}: {}", String::from_utf8_lossy(&output.stderr))
-        })?;
+        let listed: Value = serde_json::from_slice(&output.stdout)
+            .map_err(|e| format!("{e}: {}", String::from_utf8_lossy(&output.stderr)))?;
         let listed = listed.as_array().cloned().unwrap_or_default();
-        if listed.len() == 1 { Ok(listed) } else { Err(format!("{listed:?}")) }
+        if listed.len() == 1 {
+            Ok(listed)
+        } else {
+            Err(format!("{listed:?}"))
+        }
     })
     .await;
     assert_eq!(listed[0]["identity"], victim.as_str());
