@@ -917,6 +917,34 @@ mod tests {
     }
 
     #[test]
+    fn redelivery_delays_grow_fourfold_to_the_12_hour_maximum_and_the_documented_budget_holds() {
+        let redelivery = Redelivery::default();
+        let minutes = |n: u32| redelivery.delay(n).as_secs() / 60;
+        assert_eq!(
+            [minutes(1), minutes(2), minutes(3), minutes(4)],
+            [1, 4, 16, 64]
+        );
+        assert_eq!(redelivery.delay(30), MAX_VISIBILITY);
+        // README, RELIABILITY.md: maxReceiveCount 5 -> 85 minutes.
+        assert_eq!(redelivery.budget(5), Duration::from_secs(85 * 60));
+        assert_eq!(redelivery.budget(1), Duration::ZERO);
+    }
+
+    #[test]
+    fn a_visibility_is_whole_seconds_rounded_up_within_sqs_range() {
+        assert_eq!(visibility_secs(Duration::from_millis(1500)), 2);
+        assert_eq!(visibility_secs(Duration::ZERO), 0);
+        assert_eq!(visibility_secs(Duration::from_secs(1 << 40)), 43_200);
+    }
+
+    #[test]
+    fn the_seq_of_a_poison_body_is_read_when_it_has_one() {
+        assert_eq!(loose_seq(r#"{"schema_version":2,"seq":7}"#), Some(7));
+        assert_eq!(loose_seq("not json"), None);
+        assert_eq!(loose_seq(r#"{"seq":"7"}"#), None);
+    }
+
+    #[test]
     fn a_body_that_is_no_envelope_is_poison() {
         assert!(matches!(
             decode(&message(Some("AB1"), "not json".to_owned())),

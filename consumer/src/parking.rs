@@ -327,6 +327,9 @@ pub enum RetryOutcome {
         because: String,
         gap_at: Option<u64>,
     },
+    /// Not parked, but a dead letter of it stays in the dead-letter queue
+    /// (one that SQS's own redrive put there), for `because`.
+    DeadLettersLeft { because: String },
 }
 
 impl fmt::Display for RetryReport {
@@ -339,6 +342,12 @@ impl fmt::Display for RetryReport {
         )?;
         match &self.outcome {
             RetryOutcome::NotParked => write!(f, "it was not parked"),
+            RetryOutcome::DeadLettersLeft { because } => {
+                write!(
+                    f,
+                    "it is not parked, but a dead letter of it stays because {because}"
+                )
+            }
             RetryOutcome::Unparked => write!(f, "it flows again"),
             RetryOutcome::StillParked {
                 cause,
@@ -404,8 +413,9 @@ pub async fn retry(
     report.applied += drained.applied;
     report.last_seq = drained.last_seq;
     report.outcome = match (drained.parking, blocked) {
-        (None, _) if before.parking.is_none() && report.replayed == 0 => RetryOutcome::NotParked,
-        (None, _) => RetryOutcome::Unparked,
+        (None, Some((_, because))) => RetryOutcome::DeadLettersLeft { because },
+        (None, None) if before.parking.is_none() && report.replayed == 0 => RetryOutcome::NotParked,
+        (None, None) => RetryOutcome::Unparked,
         (Some(parking), Some((cause, because))) => RetryOutcome::StillParked {
             cause: cause.max_severity(parking.cause),
             because,
@@ -444,7 +454,9 @@ pub async fn retry(
         },
     };
     match &report.outcome {
-        RetryOutcome::StillParked { .. } => warn!(identity, %report, "retry"),
+        RetryOutcome::StillParked { .. } | RetryOutcome::DeadLettersLeft { .. } => {
+            warn!(identity, %report, "retry")
+        }
         _ => info!(identity, %report, "retry"),
     }
     Ok(report)

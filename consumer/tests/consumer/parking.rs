@@ -1,0 +1,177 @@
+//! The records' parking operations on their own, in either backend
+//! (`OBT_TEST_STORAGE`): both must give the same answers. The unpark must
+//! never lose an event held at the same moment.
+
+use obt_consumer::parking::{self, Cause, Held, ParkRequest};
+use obt_consumer::{Applied, ApplyError, HoldError};
+
+use crate::helpers::{TestStack, event, identity};
+
+fn request(cause: Cause, reason: &str) -> ParkRequest {
+    ParkRequest {
+        cause,
+        reason: reason.to_owned(),
+        seq: Some(2),
+        message_id: Some("m-1".to_owned()),
+    }
+}
+
+#[tokio::test]
+async fn a_parked_identity_applies_nothing_and_holds_its_events_in_seq_order() {
+    let stack = TestStack::create(5).await;
+    let ledger = stack.ledger();
+    let who = identity("held");
+    ledger
+        .apply(&event(&who, 1, "1.00"))
+        .await
+        .expect("applied");
+    let parked = ledger
+        .park(who.as_str(), &request(Cause::Poison, "unreadable"), false)
+        .await
+        .expect("parks");
+    assert_eq!((parked.cause, parked.seq), (Cause::Poison, Some(2)));
+
+    let second = event(&who, 2, "2.00");
+    match ledger.apply(&second).await {
+        Err(ApplyError::Parked { last_seq: 1, .. }) => {}
+        other => panic!("expected the parking to refuse it, got {other:?}"),
+    }
+    let fourth = event(&who, 4, "4.00");
+    let third = event(&who, 3, "3.00");
+    assert_eq!(ledger.hold(&fourth).await.expect("held"), Held::New);
+    assert_eq!(ledger.hold(&third).await.expect("held"), Held::New);
+    assert_eq!(ledger.hold(&third).await.expect("held"), Held::Duplicate);
+    let impostor = event(&who, 3, "9.00");
+    assert!(matches!(
+        ledger.hold(&impostor).await,
+        Err(HoldError::Conflict { seq: 3, .. })
+    ));
+    let held: Vec<u64> = ledger
+        .held(who.as_str())
+        .await
+        .expect("reads")
+        .iter()
+        .map(|e| e.seq)
+        .collect();
+    assert_eq!(held, [3, 4]);
+    let listed = ledger.list_parked().await.expect("lists");
+    assert_eq!(listed.len(), 1);
+    assert_eq!(
+        (listed[0].identity.as_str(), listed[0].held),
+        (who.as_str(), 2)
+    );
+
+    // What the read model shows is what is applied, nothing held.
+    let applied = ledger
+        .load_identity(who.as_str())
+        .await
+        .expect("loads")
+        .expect("exists");
+    assert_eq!((applied.last_seq, applied.spendings.len()), (1, 1));
+
+    // The operator's path: apply in order regardless of the parking.
+    assert_eq!(
+        ledger.apply_parked(&second).await.expect("applied"),
+        Applied::New
+    );
+    let drained = parking::drain(ledger, who.as_str(), |_| true)
+        .await
+        .expect("drains");
+    assert_eq!((drained.applied, drained.last_seq), (2, 4));
+    assert!(drained.parking.is_none(), "{drained:?}");
+    assert!(ledger.held(who.as_str()).await.expect("reads").is_empty());
+    assert!(ledger.list_parked().await.expect("lists").is_empty());
+    let applied = ledger
+        .load_identity(who.as_str())
+        .await
+        .expect("loads")
+        .expect("exists");
+    assert_eq!((applied.last_seq, applied.count), (4, 4));
+    assert_eq!(applied.total.to_string(), "10.00");
+}
+
+#[tokio::test]
+async fn an_unpark_fails_once_an_event_was_held_after_the_version_it_saw() {
+    let stack = TestStack::create(5).await;
+    let ledger = stack.ledger();
+    let who = identity("race");
+    let parked = ledger
+        .park(who.as_str(), &request(Cause::Gap, "expected seq 1"), false)
+        .await
+        .expect("parks");
+    // An event held between the operator's look and its unpark.
+    ledger.hold(&event(&who, 2, "2.00")).await.expect("held");
+    assert!(
+        !ledger
+            .unpark(who.as_str(), parked.version)
+            .await
+            .expect("answers"),
+        "unparked with an event held"
+    );
+    let now = ledger
+        .state(who.as_str())
+        .await
+        .expect("reads")
+        .parking
+        .expect("still parked");
+    assert_ne!(now.version, parked.version);
+    assert!(
+        !ledger
+            .unpark(who.as_str(), now.version)
+            .await
+            .expect("answers"),
+        "unparked with an event held, at the current version"
+    );
+    // Once nothing is held, the current version unparks; the next hold
+    // then finds it unparked.
+    ledger
+        .apply_parked(&event(&who, 1, "1.00"))
+        .await
+        .expect("applied");
+    let held = ledger.held(who.as_str()).await.expect("reads");
+    ledger.apply_parked(&held[0]).await.expect("applied");
+    let now = ledger.state(who.as_str()).await.expect("reads");
+    let version = now.parking.expect("still parked").version;
+    assert!(ledger.unpark(who.as_str(), version).await.expect("answers"));
+    assert!(matches!(
+        ledger.hold(&event(&who, 3, "3.00")).await,
+        Err(HoldError::NotParked { .. })
+    ));
+    assert_eq!(ledger.state(who.as_str()).await.expect("reads").last_seq, 2);
+}
+
+#[tokio::test]
+async fn a_poison_or_conflict_replaces_a_gap_parking_and_is_never_replaced_by_one() {
+    let stack = TestStack::create(5).await;
+    let ledger = stack.ledger();
+    let who = identity("causes");
+    ledger
+        .park(who.as_str(), &request(Cause::Gap, "expected seq 2"), false)
+        .await
+        .expect("parks");
+    let poison = ledger
+        .park(who.as_str(), &request(Cause::Poison, "unreadable"), false)
+        .await
+        .expect("parks");
+    assert_eq!(poison.cause, Cause::Poison);
+    let kept = ledger
+        .park(who.as_str(), &request(Cause::Gap, "expected seq 5"), false)
+        .await
+        .expect("parks");
+    assert_eq!(
+        (kept.cause, kept.reason.as_str()),
+        (Cause::Poison, "unreadable")
+    );
+    // The operator's retry, which knows better, may.
+    let replaced = ledger
+        .park(who.as_str(), &request(Cause::Gap, "expected seq 5"), true)
+        .await
+        .expect("parks");
+    assert_eq!(replaced.cause, Cause::Gap);
+    // Parked before anything was applied: nothing shows as applied.
+    assert_eq!(
+        ledger.load_identity(who.as_str()).await.expect("loads"),
+        None
+    );
+    assert!(stack.heads().await.is_empty());
+}
