@@ -373,8 +373,8 @@ async fn a_conflict_received_with_valid_messages_is_dead_lettered_alone_and_park
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_store_outage_longer_than_max_receive_count_visibility_timeouts_dead_letters_nothing() {
     let logs = Logs::capture();
-    // Three receives of 2 s before SQS's redrive: 6 s.
-    let on = OnModel::create(3, 2).await;
+    // Three receives of 3 s before SQS's redrive: 9 s.
+    let on = OnModel::create(3, 3).await;
     let proxy = FaultProxy::start(on.stack.records_addr())
         .await
         .expect("proxy");
@@ -383,16 +383,16 @@ async fn a_store_outage_longer_than_max_receive_count_visibility_timeouts_dead_l
         .consumer(ledger, 2)
         .await
         .with_retry(StoreRetry {
-            // Well within the visibility timeout, as in production (10 s
-            // of 30 s): the receipt handle must still be valid to delay it.
-            attempt_timeout: Duration::from_millis(500),
+            // Within the visibility timeout, as in production (10 s of
+            // 30 s): the receipt handle must still be valid to delay it.
+            attempt_timeout: Duration::from_millis(1500),
             // One attempt per receive: the receive counts alone tell.
             budget: Duration::ZERO,
             ..StoreRetry::default()
         })
-        // 2 s, then 8 s: 10 s before the third receive.
+        // 4 s, then 16 s: 20 s before the third receive.
         .with_redelivery(Redelivery {
-            base: Duration::from_secs(2),
+            base: Duration::from_secs(4),
         });
     proxy.set_mode(Mode::Refuse);
     let identities: Vec<Identity> = (0..3).map(|i| identity(&format!("outage{i}"))).collect();
@@ -406,14 +406,15 @@ async fn a_store_outage_longer_than_max_receive_count_visibility_timeouts_dead_l
     }
     let running = Running::spawn(consumer);
     obt_testkit::eventually("a failed receive", Duration::from_secs(10), || async {
-        match logs.lines_with(&["the message comes back in 2 s"]).len() {
+        match logs.lines_with(&["the message comes back in 4 s"]).len() {
             0 => Err("none yet".to_owned()),
             _ => Ok(()),
         }
     })
     .await;
-    // Fault timing: longer than 3 receives x 2 s visibility.
-    tokio::time::sleep(Duration::from_secs(7)).await;
+    // Fault timing: longer than 3 receives x (3 s visibility + 1.5 s
+    // attempt), shorter than the 20 s the redelivery delays give.
+    tokio::time::sleep(Duration::from_secs(14)).await;
     proxy.set_mode(Mode::Pass);
 
     for (who, sent) in identities.iter().zip(&sent) {
@@ -428,7 +429,7 @@ async fn a_store_outage_longer_than_max_receive_count_visibility_timeouts_dead_l
     assert!(on.dead_letters().is_empty());
     assert!(
         !logs
-            .lines_with(&["the message comes back in 8 s"])
+            .lines_with(&["the message comes back in 16 s"])
             .is_empty(),
         "a second receive failed too, and waited longer"
     );
