@@ -435,3 +435,61 @@ async fn a_store_outage_longer_than_max_receive_count_visibility_timeouts_dead_l
     );
     running.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_event_redriven_by_sqs_leaves_a_gap_that_the_retry_closes_and_other_dead_letters_stay() {
+    let _logs = Logs::capture();
+    let on = OnModel::create(2, 5).await;
+    let who = identity("redriven");
+    let events: Vec<Envelope> = (1..=3).map(|seq| event(&who, seq, "1.00")).collect();
+    // As SQS's redrive leaves them after a long outage: another identity's
+    // event first, then this one's first event, without attributes.
+    let stranger = event(&identity("stranger"), 1, "5.00");
+    for event in [&stranger, &events[0]] {
+        on.sqs
+            .send_message()
+            .queue_url(&on.dead_letter_queue_url)
+            .message_group_id(event.identity.as_str())
+            .message_deduplication_id(event.event_id.to_string())
+            .message_body(event.encode())
+            .send()
+            .await
+            .expect("SendMessage to the DLQ");
+    }
+    on.send(&events[1]).await;
+    on.send(&events[2]).await;
+    let consumer = Running::spawn(on.consumer(on.ledger().await, 2).await);
+    wait_held(&on.stack, &who, 2, Duration::from_secs(30)).await;
+    let parked = wait_parked(&on.stack, &who, Duration::from_secs(1)).await;
+    assert_eq!(
+        (parked.parking.cause, parked.parking.seq),
+        (Cause::Gap, Some(1))
+    );
+
+    let dead_letters = DeadLetterQueue::of_queue(&on.sqs, &on.queue_url)
+        .await
+        .expect("the dead-letter queue");
+    let report = parking::retry(
+        on.stack.ledger(),
+        &dead_letters,
+        who.as_str(),
+        &RetryOptions::default(),
+    )
+    .await
+    .expect("retry");
+    assert_eq!(report.outcome, RetryOutcome::Unparked, "{report}");
+    assert_eq!(
+        (report.replayed, report.applied, report.last_seq),
+        (1, 3, 3)
+    );
+    assert_exactly(&on.stack, &who, &events).await;
+    let left = on.dead_letters();
+    assert_eq!(left.len(), 1, "{left:?}");
+    assert_eq!(
+        left[0].body,
+        stranger.encode(),
+        "the other group's dead letter stays"
+    );
+    assert!(!left[0].in_flight, "and is released at once");
+    consumer.stop().await;
+}
