@@ -51,9 +51,11 @@ scripts/deploy.sh --dry-run --skip-build --region us-east-1 --bucket example-buc
 
 step "a build without the mysql feature refuses the MySQL mode, saying how to fix it"
 cargo build --workspace --bins --quiet
-for binary in api stream-relay consumer obt-migrate obt-check; do
+for binary in api stream-relay consumer obt-migrate obt-check obt-admin; do
+  args=()
+  [ "$binary" != obt-admin ] || args=(parked list)
   if OBT_STORAGE=mysql RUST_BACKTRACE=0 OBT_QUEUE_URL=http://127.0.0.1:9/none.fifo OBT_CHECK_API_URL=http://127.0.0.1:9 \
-    "target/debug/$binary" >"$run_dir/no-mysql-$binary.log" 2>&1; then
+    "target/debug/$binary" "${args[@]}" >"$run_dir/no-mysql-$binary.log" 2>&1; then
     echo "$binary started in MySQL mode without the mysql feature" >&2
     exit 1
   fi

@@ -33,7 +33,10 @@ pub fn table(parked: &[ParkedIdentity]) -> String {
             p.parked_at.clone(),
             p.age_secs.map_or_else(String::new, age),
             p.waiting.to_string(),
-            p.reason.clone(),
+            match &p.message_id {
+                Some(id) => format!("{} (message {id})", p.reason),
+                None => p.reason.clone(),
+            },
         ]);
     }
     format!("{table}\n")

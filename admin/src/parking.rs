@@ -46,6 +46,14 @@ pub enum AdminError {
     },
     #[error("identity {0} has no item in the api's table: nothing is parked or pending for it")]
     NoItem(String),
+    #[error("cannot open the consumer's records: {0}")]
+    ConsumerOpen(#[from] obt_consumer::OpenError),
+    #[error(transparent)]
+    ConsumerStore(#[from] obt_consumer::StoreError),
+    #[error(transparent)]
+    ConsumerRetry(#[from] obt_consumer::parking::RetryError),
+    #[error(transparent)]
+    Queue(#[from] obt_consumer::QueueError),
 }
 
 /// One parked identity, as the operator sees it.
@@ -54,7 +62,8 @@ pub struct ParkedIdentity {
     pub identity: String,
     /// The stage that parked it.
     pub stage: &'static str,
-    /// `sqs_refused`, `too_large`, `undecodable` or `malformed`.
+    /// Relay: `sqs_refused`, `too_large`, `undecodable` or `malformed`.
+    /// Consumer: `poison`, `conflict` or `gap`.
     pub cause: String,
     pub reason: String,
     /// The seq of the first event held, when known.
@@ -64,6 +73,10 @@ pub struct ParkedIdentity {
     pub age_secs: Option<u64>,
     /// Events of the identity waiting (the held one included).
     pub waiting: usize,
+    /// Consumer stage: the dead-lettered message that parked it, for
+    /// `retry --discard` when it is garbage.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub message_id: Option<String>,
 }
 
 /// How a retry ended.
@@ -210,7 +223,7 @@ fn aws_sdk_dynamodb_client(config: &aws_config::SdkConfig) -> aws_sdk_dynamodb::
 }
 
 /// Seconds from an RFC 3339 time to now; `None` when it is not one.
-fn age_secs(at: &str) -> Option<u64> {
+pub(crate) fn age_secs(at: &str) -> Option<u64> {
     let at =
         time::OffsetDateTime::parse(at, &time::format_description::well_known::Rfc3339).ok()?;
     u64::try_from((time::OffsetDateTime::now_utc() - at).whole_seconds()).ok()
@@ -238,6 +251,7 @@ async fn list_dynamodb(outbox: &OutboxTable) -> Result<Vec<ParkedIdentity>, Admi
             age_secs: age_secs(&mark.at),
             parked_at: mark.at.clone(),
             waiting: waiting(&image),
+            message_id: None,
         });
     }
     Ok(parked)
@@ -357,6 +371,7 @@ mod mysql {
                             .try_get::<Option<i64>, _>("age")?
                             .and_then(|a| u64::try_from(a).ok()),
                         waiting: usize::try_from(row.try_get::<i64, _>("waiting")?).unwrap_or(0),
+                        message_id: None,
                     })
                 })();
                 parked.map_err(read)

@@ -8,7 +8,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use obt_admin::cli::Settings;
+use obt_admin::cli::{Settings, Stage};
 use obt_admin::{RelayParkings, RetryOutcome};
 use obt_contract::{Envelope, Identity};
 use obt_runtime::{DatabaseUrl, LogFormat, Storage};
@@ -73,9 +73,14 @@ fn start_poller(stack: &MySqlStack, sqs: aws_sdk_sqs::Client) -> CancellationTok
 
 async fn parkings(stack: &MySqlStack) -> RelayParkings {
     RelayParkings::connect(&Settings {
+        stage: Stage::Relay,
         storage: Storage::Mysql,
         table: String::new(),
+        consumer_table: String::new(),
         database_url: Some(DatabaseUrl::new(stack.urls.relay_url.clone())),
+        queue_url: None,
+        queue_name: String::new(),
+        dlq_url: None,
         log_format: LogFormat::Text,
     })
     .await

@@ -18,8 +18,10 @@
 //! - `duplicates`: copies of the published messages re-sent with fresh
 //!   deduplication ids, in group order: no double effect;
 //! - `poison`: an undecodable message in one identity's group during a
-//!   run: it alone reaches the dead-letter queue, and every real event of
-//!   that identity still arrives;
+//!   run: it alone reaches the dead-letter queue, its identity is parked at
+//!   the consumer, and after the operator discards it (`obt-admin parked
+//!   retry --stage consumer --discard`) every real event of that identity
+//!   is applied, in order;
 //! - `one_identity_100_concurrent_posts`: 100 POSTs at once on one
 //!   identity: seqs 1..100, no gap.
 //!
@@ -49,7 +51,6 @@ use std::net::SocketAddr;
 use std::process::Output;
 use std::time::{Duration, Instant};
 
-use aws_sdk_sqs::types::MessageSystemAttributeName;
 use obt_consumer::{Ledger, StorageArgs};
 use obt_runtime::Storage;
 use obt_testkit::fault_proxy::{FaultProxy, Mode};
@@ -328,6 +329,17 @@ impl Harness {
     async fn pause(&mut self, range: std::ops::Range<u64>) {
         let ms = self.rng.random_range(range);
         tokio::time::sleep(Duration::from_millis(ms)).await;
+    }
+
+    /// `obt-admin` with the consumer's settings (straight to the stand-ins,
+    /// not through the fault proxies).
+    async fn admin(&self, args: &[&str]) -> Output {
+        Command::new(obt_testkit::bin_path("obt-admin"))
+            .args(args)
+            .envs(self.backend.env("consumer"))
+            .output()
+            .await
+            .expect("run obt-admin")
     }
 
     /// The checker's identity prefix for this run.
@@ -633,6 +645,32 @@ async fn duplicates() {
     timed("duplicates", started);
 }
 
+/// Messages in the dead-letter queue, visible or not.
+async fn dead_letter_depth(stack: &Stack) -> u64 {
+    use aws_sdk_sqs::types::QueueAttributeName;
+    let out = stack
+        .sqs()
+        .get_queue_attributes()
+        .queue_url(&stack.dead_letter_queue_url)
+        .attribute_names(QueueAttributeName::ApproximateNumberOfMessages)
+        .attribute_names(QueueAttributeName::ApproximateNumberOfMessagesNotVisible)
+        .send()
+        .await
+        .expect("GetQueueAttributes");
+    [
+        QueueAttributeName::ApproximateNumberOfMessages,
+        QueueAttributeName::ApproximateNumberOfMessagesNotVisible,
+    ]
+    .iter()
+    .map(|name| {
+        out.attributes()
+            .and_then(|a| a.get(name))
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(u64::MAX)
+    })
+    .sum()
+}
+
 /// (visible, in flight) messages of the main queue.
 async fn queue_depth(stack: &Stack) -> (u64, u64) {
     use aws_sdk_sqs::types::QueueAttributeName;
@@ -681,46 +719,51 @@ async fn poison() {
     )
     .await;
     eprintln!("poison: sent into group {group} at {:?}", started.elapsed());
-    checker.assert_green("poison").await;
 
-    // In the dead-letter queue: exactly it.
-    let stack = harness.stack();
-    let mut dead: Vec<(String, String)> = Vec::new();
-    eventually(
-        "the poison message in the dead-letter queue",
+    // The consumer dead-letters it alone and parks its identity, whose
+    // later events wait in order. The operator looks: garbage, no event.
+    let parked = eventually(
+        "the poisoned identity parked at the consumer",
         Duration::from_secs(60),
         || async {
-            let received = obt_testkit::receive(stack, &stack.dead_letter_queue_url).await;
-            let got: Vec<(String, String)> = received
-                .into_iter()
-                .map(|m| {
-                    let group = m
-                        .attributes()
-                        .and_then(|a| a.get(&MessageSystemAttributeName::MessageGroupId))
-                        .cloned()
-                        .unwrap_or_default();
-                    (group, m.body.unwrap_or_default())
-                })
-                .collect();
-            if got.is_empty() {
-                Err("none yet".to_owned())
-            } else {
-                Ok(got)
-            }
+            let output = harness
+                .admin(&["parked", "list", "--stage", "consumer", "--json"])
+                .await;
+            let listed: Value = serde_json::from_slice(&output.stdout)
+                .map_err(|e| format!("{e}: {}", String::from_utf8_lossy(&output.stderr)))?;
+            listed
+                .as_array()
+                .and_then(|l| l.iter().find(|p| p["identity"] == group.as_str()))
+                .cloned()
+                .ok_or_else(|| format!("{listed}"))
         },
     )
-    .await
-    .into_iter()
-    .for_each(|m| dead.push(m));
-    // Anything else there would be visible to a second receive.
-    for message in obt_testkit::receive(stack, &stack.dead_letter_queue_url).await {
-        dead.push(("?".to_owned(), message.body.unwrap_or_default()));
-    }
+    .await;
+    assert_eq!(parked["cause"], "poison", "{parked}");
+    let stack = harness.stack();
     assert_eq!(
-        dead,
-        vec![(group, body)],
-        "the dead-letter queue holds exactly the poison message"
+        dead_letter_depth(stack).await,
+        1,
+        "the poison message alone is in the dead-letter queue"
     );
+    let message_id = parked["message_id"]
+        .as_str()
+        .expect("the poison's message id");
+    let output = harness
+        .admin(&[
+            "parked",
+            "retry",
+            &group,
+            "--stage",
+            "consumer",
+            "--discard",
+            message_id,
+        ])
+        .await;
+    assert_eq!(output.status.code(), Some(0), "{output:?}");
+    eprintln!("poison: {}", String::from_utf8_lossy(&output.stdout).trim());
+    checker.assert_green("poison").await;
+    assert_eq!(dead_letter_depth(stack).await, 0, "discarded");
     timed("poison", started);
 }
 
