@@ -48,7 +48,9 @@ async fn a_second_run_applies_nothing_and_sets_the_passwords_again() {
     let first = setup(&admin_url(), &names, &passwords("first"))
         .await
         .expect("first run");
-    assert_eq!(first.applied.len(), 3, "{:?}", first.applied);
+    let migrations = obt_migrate::mysql::API_MIGRATIONS.iter().count()
+        + obt_migrate::mysql::CONSUMER_MIGRATIONS.iter().count();
+    assert_eq!(first.applied.len(), migrations, "{:?}", first.applied);
     let second = setup(&admin_url(), &names, &passwords("second"))
         .await
         .expect("second run");
@@ -100,8 +102,30 @@ async fn each_service_user_may_do_what_its_service_needs_and_nothing_more() {
         "the api never deletes Idempotency-Key records"
     );
 
+    assert!(
+        !allowed(&mut api, "SELECT COUNT(*) FROM obt_parked").await,
+        "parking is the relay's"
+    );
+
     let mut relay = connect(&urls.relay_url).await;
     assert!(allowed(&mut relay, "DELETE FROM obt WHERE identity = 'G1'").await);
+    assert!(
+        allowed(
+            &mut relay,
+            "INSERT INTO obt_parked (identity, obt_id, seq, cause, reason, parked_at) \
+             VALUES ('G1', 1, 1, 'undecodable', 'test', UTC_TIMESTAMP(3))"
+        )
+        .await,
+        "the relay parks identities"
+    );
+    assert!(
+        allowed(&mut relay, "DELETE FROM obt_parked WHERE identity = 'G1'").await,
+        "obt-admin's retry, with the relay's user, unparks them"
+    );
+    assert!(
+        !allowed(&mut relay, "UPDATE obt SET seq = 2").await,
+        "the relay never rewrites outbox rows"
+    );
     assert!(
         !allowed(&mut relay, "SELECT COUNT(*) FROM obt_spending").await,
         "the relay reads the outbox only"
