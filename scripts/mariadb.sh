@@ -51,7 +51,7 @@ mariadb_start() {
   mariadbd --no-defaults --datadir="$dir/data" --socket="$dir/mariadb.sock" \
     --port="$port" --bind-address=127.0.0.1 --pid-file="$dir/mariadb.pid" \
     --log-error="$dir/mariadb.log" --skip-log-bin --innodb-buffer-pool-size=128M \
-    --max-connections=500 --skip-name-resolve "${user_args[@]}" &
+    --max-connections=500 --skip-name-resolve "${user_args[@]}" >"$dir/mariadbd.out" 2>&1 &
   MARIADB_PID=$!
   local deadline=$((SECONDS + 60))
   until mariadb --no-defaults --socket="$dir/mariadb.sock" -uroot -e 'SELECT 1' >/dev/null 2>&1; do
