@@ -13,6 +13,7 @@ use http_body_util::{BodyExt, Full};
 use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
+use obt_runtime::error_chain;
 
 /// A bearer token: never shown by `Debug`, never printed.
 #[derive(Clone)]
@@ -196,12 +197,14 @@ impl Http {
                 .client
                 .request(request)
                 .await
-                .map_err(|e| TransportError::Failed(chain(&e)))?;
+                .map_err(|e| TransportError::Failed(error_chain(&e)))?;
             let (parts, body) = response.into_parts();
             let body = body
                 .collect()
                 .await
-                .map_err(|e| TransportError::Failed(format!("reading the answer: {}", chain(&e))))?
+                .map_err(|e| {
+                    TransportError::Failed(format!("reading the answer: {}", error_chain(&e)))
+                })?
                 .to_bytes();
             Ok(Answer {
                 status: parts.status,
@@ -213,22 +216,6 @@ impl Http {
             .await
             .unwrap_or(Err(TransportError::Timeout(self.timeout)))
     }
-}
-
-/// An error and its sources: `client error (Connect): tcp connect error:
-/// Connection refused (os error 111)`.
-pub fn chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        let cause_text = cause.to_string();
-        if !text.contains(&cause_text) {
-            text.push_str(": ");
-            text.push_str(&cause_text);
-        }
-        source = cause.source();
-    }
-    text
 }
 
 #[cfg(test)]

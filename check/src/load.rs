@@ -12,21 +12,21 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use futures::StreamExt;
 use indicatif::ProgressBar;
-use rand::Rng;
 use rust_decimal::Decimal;
 use serde::Serialize;
 use serde_json::Value;
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
+use obt_runtime::backoff::Backoff;
+
 use crate::http::{Answer, Http, TransportError};
 use crate::model::{Created, Outcome, PostResult};
 use crate::plan::Planned;
 
-/// The first retry waits about this long; each next one twice as long.
-const BACKOFF_BASE: Duration = Duration::from_millis(100);
-/// No retry waits longer (unless `Retry-After` says so).
-const BACKOFF_CAP: Duration = Duration::from_secs(5);
+/// The waits between retries: the first at most 100 ms, each next ceiling
+/// twice as high, none above 5 s (unless `Retry-After` says so).
+const BACKOFF: Backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
 
 /// Why a request was sent again.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
@@ -269,15 +269,9 @@ pub fn classify(answer: &Answer) -> Option<RetryCause> {
     }
 }
 
-/// Capped exponential backoff with jitter: between half and all of
-/// `min(BASE * 2^(attempt-1), CAP)`.
+/// The wait before retry number `attempt` (1 for the first).
 pub fn backoff(attempt: u32) -> Duration {
-    let exponent = attempt.saturating_sub(1).min(16);
-    let ceiling = BACKOFF_BASE
-        .saturating_mul(1u32 << exponent)
-        .min(BACKOFF_CAP);
-    let half = ceiling / 2;
-    half + rand::rng().random_range(Duration::ZERO..=half)
+    BACKOFF.delay(attempt.saturating_sub(1))
 }
 
 /// Reads a 201's body: `{"event_id","identity","seq","name","surname",
@@ -355,18 +349,6 @@ mod tests {
             answer(503, &[("retry-after", "5")], "").retry_after(),
             Some(Duration::from_secs(5))
         );
-    }
-
-    #[test]
-    fn backoff_grows_jittered_and_capped() {
-        for attempt in 1..40 {
-            let wait = backoff(attempt);
-            let ceiling = (BACKOFF_BASE * 2u32.pow(attempt.min(16) - 1)).min(BACKOFF_CAP);
-            assert!(
-                wait >= ceiling / 2 && wait <= ceiling,
-                "{attempt}: {wait:?}"
-            );
-        }
     }
 
     #[test]

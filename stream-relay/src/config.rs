@@ -8,23 +8,18 @@
 use std::time::Duration;
 
 use clap::{Args, Parser};
-use obt_runtime::LogFormat;
+use obt_runtime::args::{LogArgs, QueueArgs, StorageArgs, TableArgs};
 
-/// Where the relay reads outbox events from and publishes them to.
+/// Where the relay reads outbox events from and publishes them to, and
+/// how it logs: what every driver needs.
 #[derive(Debug, Clone, Args)]
 pub struct RelayArgs {
-    /// The api's table, whose outbox the relay drains.
-    #[arg(long, env = "OBT_TABLE", default_value = "obt-spending")]
-    pub table: String,
-    /// The queue's URL [default: looked up from --queue-name].
-    #[arg(long, env = "OBT_QUEUE_URL")]
-    pub queue_url: Option<String>,
-    /// The FIFO queue to publish to, when --queue-url is not given.
-    #[arg(long, env = "OBT_QUEUE_NAME", default_value = "obt-events.fifo")]
-    pub queue_name: String,
-    /// The log format.
-    #[arg(long, env = "OBT_LOG_FORMAT", value_enum, default_value = "text")]
-    pub log_format: LogFormat,
+    #[command(flatten)]
+    pub table: TableArgs,
+    #[command(flatten)]
+    pub queue: QueueArgs,
+    #[command(flatten)]
+    pub log: LogArgs,
 }
 
 /// Publish the outbox events to the SQS FIFO queue, in order per identity:
@@ -83,15 +78,10 @@ pub struct Settings {
 /// and sweep settings do not apply then.
 #[derive(Debug, Clone, Args)]
 pub struct MySqlArgs {
-    /// Where the api and the outbox live: `dynamodb` (the stream) or `mysql`
-    /// (the outbox table `obt`).
-    #[arg(long, env = "OBT_STORAGE", value_enum, default_value = "dynamodb")]
-    pub storage: obt_runtime::Storage,
-    /// The api's database as the relay's user (SELECT and DELETE on `obt`):
-    /// mysql://USER:PASSWORD@HOST:PORT/DATABASE. Required with
-    /// OBT_STORAGE=mysql; never logged.
-    #[arg(long, env = "OBT_DATABASE_URL", hide_env_values = true)]
-    pub database_url: Option<obt_runtime::DatabaseUrl>,
+    /// OBT_STORAGE and, in MySQL mode, the api's database as the relay's
+    /// user (SELECT and DELETE on `obt`, its own `obt_parked`).
+    #[command(flatten)]
+    pub storage: StorageArgs,
     /// Outbox rows read per round.
     #[arg(long, env = "OBT_POLL_BATCH", default_value_t = 100)]
     pub poll_batch: u32,

@@ -26,7 +26,7 @@ use aws_sdk_dynamodbstreams::types::{Shard, ShardIteratorType};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use crate::backoff::Backoff;
+use crate::backoff::{Backoff, wait_or_stop};
 use crate::change::{Change, ChangeError};
 use crate::lease::{Held, Lease, LeaseError, LeaseTable, Observations, Position, to_take};
 use crate::relay::Relay;
@@ -320,7 +320,8 @@ impl Daemon {
     #[tracing::instrument(skip_all, fields(shard_id = %held.shard_id))]
     async fn read_shard(&self, held: &Held, mut position: Option<Position>) {
         let (shard_id, stop) = (held.shard_id.as_str(), &held.stop);
-        let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(10));
+        let mut backoff =
+            Backoff::new(Duration::from_millis(100), Duration::from_secs(10)).attempts();
         let mut iterator: Option<String> = None;
         let mut last_call: Option<Instant> = None;
         tracing::info!(?position, "reading shard");
@@ -372,7 +373,7 @@ impl Daemon {
                     continue;
                 }
             };
-            backoff.reset(Duration::from_millis(100));
+            backoff.reset();
             let records = out.records.unwrap_or_default();
             if let Some(last) = records
                 .last()
@@ -422,7 +423,8 @@ impl Daemon {
         records: &[aws_sdk_dynamodbstreams::types::Record],
         stop: &CancellationToken,
     ) -> bool {
-        let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(10));
+        let mut backoff =
+            Backoff::new(Duration::from_millis(100), Duration::from_secs(10)).attempts();
         loop {
             let result = match to_changes(records) {
                 Ok(changes) => self.relay.handle(&changes).await.map_err(|e| e.to_string()),
@@ -455,7 +457,8 @@ impl Daemon {
     /// new owner redoes the records since the last checkpoint) or when
     /// stopping, which is as safe. `false` when it gave up.
     async fn save_until_done(&self, held: &Held, position: &Position) -> bool {
-        let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(10));
+        let mut backoff =
+            Backoff::new(Duration::from_millis(100), Duration::from_secs(10)).attempts();
         loop {
             match self.leases.checkpoint(held, position).await {
                 Ok(()) => return true,
@@ -496,11 +499,4 @@ fn to_changes(
         }
     }
     Ok(changes)
-}
-
-async fn wait_or_stop(backoff: &mut Backoff, stop: &CancellationToken) {
-    tokio::select! {
-        () = stop.cancelled() => {}
-        () = backoff.wait() => {}
-    }
 }

@@ -357,7 +357,7 @@ mod tests {
         // values a developer chose; either way parsing ignores argv.
         let settings = settings_from_env().expect("defaults parse");
         if std::env::var_os("OBT_LOG_FORMAT").is_none() {
-            assert_eq!(settings.log_format, obt_runtime::LogFormat::Json);
+            assert_eq!(settings.log.log_format, obt_runtime::LogFormat::Json);
         }
     }
 }

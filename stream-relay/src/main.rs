@@ -12,7 +12,7 @@ use tokio_util::sync::CancellationToken;
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let settings = Settings::parse();
-    obt_runtime::init_tracing(settings.relay.log_format);
+    obt_runtime::init_tracing(settings.relay.log.log_format);
     let config = settings.bounded(&obt_runtime::aws_config().await);
     let shutdown = CancellationToken::new();
     tokio::spawn({
@@ -22,7 +22,7 @@ async fn main() -> anyhow::Result<()> {
             shutdown.cancel();
         }
     });
-    match settings.mysql.storage {
+    match settings.mysql.storage.storage {
         Storage::Dynamodb => {
             let daemon = obt_stream_relay::startup::daemon(&config, &settings).await?;
             Arc::new(daemon).run(shutdown).await;

@@ -316,7 +316,8 @@ impl OutboxTable {
         identity: &str,
         request: aws_sdk_dynamodb::operation::update_item::builders::UpdateItemFluentBuilder,
     ) -> Result<Removed, OutboxError> {
-        let mut backoff = Backoff::new(Duration::from_millis(20), Duration::from_millis(500));
+        let mut backoff =
+            Backoff::new(Duration::from_millis(20), Duration::from_millis(500)).attempts();
         let mut conflicts = 0;
         loop {
             match request.clone().send().await {

@@ -36,7 +36,7 @@ use sqlx::mysql::{MySqlConnectOptions, MySqlConnection, MySqlPool, MySqlPoolOpti
 use sqlx::{ConnectOptions, Connection, Row};
 use tokio_util::sync::CancellationToken;
 
-use crate::backoff::Backoff;
+use crate::backoff::{Backoff, wait_or_stop};
 use crate::image::Cause;
 use crate::publisher::{Publisher, TOO_LONG};
 
@@ -165,7 +165,8 @@ impl OutboxPoller {
     /// Runs until `shutdown`: waits to be the leader, then publishes; the
     /// round in hand is finished first.
     pub async fn run(&self, shutdown: CancellationToken) {
-        let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(10));
+        let mut backoff =
+            Backoff::new(Duration::from_millis(200), Duration::from_secs(10)).attempts();
         while !shutdown.is_cancelled() {
             let mut lock = match self.lead(&shutdown).await {
                 Ok(Some(lock)) => lock,
@@ -176,7 +177,7 @@ impl OutboxPoller {
                     continue;
                 }
             };
-            backoff.reset(Duration::from_millis(200));
+            backoff.reset();
             tracing::info!("leading: this relay publishes the outbox");
             if let Err(e) = self.publish_while_leading(&mut lock, &shutdown).await {
                 tracing::error!(error = %e, "stopped leading");
@@ -246,7 +247,7 @@ impl OutboxPoller {
         lock: &mut MySqlConnection,
         shutdown: &CancellationToken,
     ) -> Result<(), PollerError> {
-        let mut idle = Backoff::new(Duration::from_millis(25), self.max_idle);
+        let mut idle = Backoff::new(Duration::from_millis(25), self.max_idle).attempts();
         while !shutdown.is_cancelled() {
             if !self.still_leading(lock).await? {
                 tracing::warn!("the leader lock was lost");
@@ -259,7 +260,7 @@ impl OutboxPoller {
                         () = idle.wait() => {}
                     }
                 }
-                Ok(_) => idle.reset(Duration::from_millis(25)),
+                Ok(_) => idle.reset(),
                 Err(e) => {
                     tracing::error!(error = %e, "could not relay the outbox; retrying");
                     tokio::select! {
@@ -440,11 +441,4 @@ pub enum RoundError {
     Database(#[from] PollerError),
     #[error(transparent)]
     Publish(#[from] crate::publisher::PublishError),
-}
-
-async fn wait_or_stop(backoff: &mut Backoff, stop: &CancellationToken) {
-    tokio::select! {
-        () = stop.cancelled() => {}
-        () = backoff.wait() => {}
-    }
 }

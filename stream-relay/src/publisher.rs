@@ -194,7 +194,8 @@ impl Publisher {
     ) -> Result<Vec<Refusal>, PublishFailure> {
         let mut pending: Vec<usize> = batch.to_vec();
         let mut refused = Vec::new();
-        let mut backoff = Backoff::new(Duration::from_millis(50), Duration::from_secs(2));
+        let mut backoff =
+            Backoff::new(Duration::from_millis(50), Duration::from_secs(2)).attempts();
         let mut attempt = 0;
         loop {
             attempt += 1;

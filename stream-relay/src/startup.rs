@@ -28,11 +28,8 @@ pub enum StartupError {
         "table {table} has no stream. Enable one with view type NEW_AND_OLD_IMAGES (obt-migrate does)"
     )]
     NoStream { table: String },
-    #[error(
-        "OBT_STORAGE=mysql needs OBT_DATABASE_URL: the api's database as the relay's user, \
-         mysql://USER:PASSWORD@HOST:PORT/DATABASE"
-    )]
-    NoDatabaseUrl,
+    #[error(transparent)]
+    NoDatabaseUrl(#[from] obt_runtime::args::MissingDatabaseUrl),
     #[error(transparent)]
     MySqlNotBuilt(#[from] obt_runtime::MySqlNotBuilt),
     #[cfg(feature = "mysql")]
@@ -45,16 +42,16 @@ pub async fn queue_url(
     sqs: &aws_sdk_sqs::Client,
     settings: &RelayArgs,
 ) -> Result<String, StartupError> {
-    if let Some(url) = &settings.queue_url {
+    if let Some(url) = &settings.queue.queue_url {
         return Ok(url.clone());
     }
     let error = |message: String| StartupError::Queue {
-        name: settings.queue_name.clone(),
+        name: settings.queue.queue_name.clone(),
         message,
     };
     let out = sqs
         .get_queue_url()
-        .queue_name(&settings.queue_name)
+        .queue_name(&settings.queue.queue_name)
         .send()
         .await
         .map_err(|e| error(aws_sdk_sqs::error::DisplayErrorContext(&e).to_string()))?;
@@ -70,7 +67,7 @@ pub async fn stream_arn(
     if let Some(arn) = &settings.stream_arn {
         return Ok(arn.clone());
     }
-    let table = &settings.relay.table;
+    let table = &settings.relay.table.table;
     let out = dynamodb
         .describe_table()
         .table_name(table)
@@ -93,7 +90,7 @@ pub async fn relay(config: &SdkConfig, settings: &RelayArgs) -> Result<Relay, St
     let queue_url = queue_url(&sqs, settings).await?;
     let outbox = OutboxTable::new(
         aws_sdk_dynamodb::Client::new(config),
-        settings.table.clone(),
+        settings.table.table.clone(),
     );
     Ok(Relay::new(Publisher::new(sqs, queue_url), outbox))
 }
@@ -106,7 +103,7 @@ pub async fn daemon(config: &SdkConfig, settings: &Settings) -> Result<Daemon, S
     let sweeper = settings.sweep.interval().map(|every| {
         let sweeper = Sweeper::new(
             dynamodb.clone(),
-            settings.relay.table.clone(),
+            settings.relay.table.table.clone(),
             Arc::clone(&relay),
             settings.sweep.older_than(),
         );
@@ -138,7 +135,7 @@ pub async fn sweeper(
     let relay = Arc::new(relay(config, relay_args).await?);
     Ok(Sweeper::new(
         aws_sdk_dynamodb::Client::new(config),
-        relay_args.table.clone(),
+        relay_args.table.table.clone(),
         relay,
         older_than,
     ))
@@ -150,11 +147,7 @@ pub async fn poller(
     config: &SdkConfig,
     settings: &Settings,
 ) -> Result<crate::poller::OutboxPoller, StartupError> {
-    let url = settings
-        .mysql
-        .database_url
-        .as_ref()
-        .ok_or(StartupError::NoDatabaseUrl)?;
+    let url = settings.mysql.storage.mysql_url("relay")?;
     let sqs = aws_sdk_sqs::Client::new(config);
     let queue_url = queue_url(&sqs, &settings.relay).await?;
     Ok(crate::poller::OutboxPoller::new(

@@ -47,10 +47,16 @@ async fn queue_is_empty(stack: &Stack) -> bool {
 fn settings(stack: &Stack) -> Settings {
     Settings {
         relay: RelayArgs {
-            table: stack.names.table.clone(),
-            queue_url: Some(stack.queue_url.clone()),
-            queue_name: stack.names.queue.clone(),
-            log_format: obt_runtime::LogFormat::Text,
+            table: obt_runtime::args::TableArgs {
+                table: stack.names.table.clone(),
+            },
+            queue: obt_runtime::args::QueueArgs {
+                queue_url: Some(stack.queue_url.clone()),
+                queue_name: stack.names.queue.clone(),
+            },
+            log: obt_runtime::args::LogArgs {
+                log_format: obt_runtime::LogFormat::Text,
+            },
         },
         stream_arn: None,
         lease_table: stack.names.lease_table.clone(),
@@ -64,8 +70,10 @@ fn settings(stack: &Stack) -> Settings {
             sweep_after_secs: 300,
         },
         mysql: MySqlArgs {
-            storage: obt_runtime::Storage::Dynamodb,
-            database_url: None,
+            storage: obt_runtime::args::StorageArgs {
+                storage: obt_runtime::Storage::Dynamodb,
+                database_url: None,
+            },
             poll_batch: 100,
             poll_max_idle_ms: 500,
             database_timeout_secs: 10,
@@ -270,7 +278,7 @@ async fn when_sqs_fails_nothing_is_acknowledged_and_a_retry_publishes_in_order()
     append(&stack, &e1).await;
     append(&stack, &e2).await;
     let mut broken = settings(&stack);
-    broken.relay.queue_url = Some(format!(
+    broken.relay.queue.queue_url = Some(format!(
         "{}-missing.fifo",
         stack.queue_url.trim_end_matches(".fifo")
     ));

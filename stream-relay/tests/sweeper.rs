@@ -43,10 +43,16 @@ async fn record(stack: &Stack, identity: &str, count: u64) {
 
 fn relay_args(stack: &Stack) -> RelayArgs {
     RelayArgs {
-        table: stack.names.table.clone(),
-        queue_url: Some(stack.queue_url.clone()),
-        queue_name: stack.names.queue.clone(),
-        log_format: obt_runtime::LogFormat::Text,
+        table: obt_runtime::args::TableArgs {
+            table: stack.names.table.clone(),
+        },
+        queue: obt_runtime::args::QueueArgs {
+            queue_url: Some(stack.queue_url.clone()),
+            queue_name: stack.names.queue.clone(),
+        },
+        log: obt_runtime::args::LogArgs {
+            log_format: obt_runtime::LogFormat::Text,
+        },
     }
 }
 

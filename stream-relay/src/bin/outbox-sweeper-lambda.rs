@@ -8,7 +8,7 @@ use anyhow::Context;
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let (relay, sweep) = obt_stream_relay::lambda::sweeper_settings_from_env()?;
-    obt_runtime::init_tracing(relay.log_format);
+    obt_runtime::init_tracing(relay.log.log_format);
     // Cold start: clients and the queue URL once, for every invocation.
     let config = obt_runtime::aws_config().await;
     let sweeper = obt_stream_relay::startup::sweeper(&config, &relay, sweep.older_than()).await?;

@@ -7,7 +7,7 @@ use anyhow::Context;
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let settings = obt_stream_relay::lambda::settings_from_env()?;
-    obt_runtime::init_tracing(settings.log_format);
+    obt_runtime::init_tracing(settings.log.log_format);
     // Cold start: the clients and the queue URL are made once, here, and
     // serve every invocation of this execution environment.
     let config = obt_runtime::aws_config().await;
