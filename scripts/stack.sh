@@ -12,9 +12,10 @@
 # --services builds the binaries (debug, both modes), creates the tables
 # and queues (obt-migrate) and starts the three services in the given
 # storage mode (dynamodb when none is given), the api on
-# 127.0.0.1:${OBT_DEMO_PORT:-8081}. Logs and state are in
-# ${OBT_STACK_DIR:-.run/stack}; scripts/demo.sh runs its own stack in
-# .run/demo, so the two never meet.
+# 127.0.0.1:${OBT_DEMO_PORT:-8081}; services.env then holds what
+# consumer-show, obt-check and obt-admin need to read their data. Logs and
+# state are in ${OBT_STACK_DIR:-.run/stack}; scripts/demo.sh runs its own
+# stack in .run/demo, so the two never meet.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/emulators.sh
@@ -22,14 +23,28 @@ source scripts/mariadb.sh
 
 stack_dir=${OBT_STACK_DIR:-.run/stack}
 env_file=$stack_dir/env
+# With --services: what the tools that read the services' data need
+# (consumer-show, obt-check, obt-admin): OBT_API_URL, and in MySQL mode
+# OBT_STORAGE and the consumer's OBT_DATABASE_URL. Apart from env_file,
+# which the tests read: a test starts its own services, in the mode it
+# chooses.
+services_env_file=$stack_dir/services.env
 pids_file=$stack_dir/pids
 
 usage() {
-  sed -n '2,17p' "$0" | sed 's/^# \{0,1\}//' >&2
+  sed -n '2,18p' "$0" | sed 's/^# \{0,1\}//' >&2
   exit 2
 }
 
 log() { printf '[stack] %s\n' "$*" >&2; }
+
+down_command() {
+  if [ "$stack_dir" = .run/stack ]; then
+    echo "scripts/stack.sh down"
+  else
+    echo "OBT_STACK_DIR=$stack_dir scripts/stack.sh down"
+  fi
+}
 
 # Each line of the pids file: NAME PID.
 record_pid() { printf '%s %s\n' "$1" "$2" >>"$pids_file"; }
@@ -61,7 +76,7 @@ stop_all() {
       sleep 0.1
     done
   done
-  rm -f "$pids_file" "$env_file"
+  rm -f "$pids_file" "$env_file" "$services_env_file"
 }
 
 wait_ready() {
@@ -103,7 +118,7 @@ start_services() {
     # The consumer's URL is what consumer-show and obt-check need to read
     # its table; the admin's stays in this stack's env file only.
     printf 'export OBT_STORAGE=mysql\nexport OBT_DATABASE_URL=%q\n' \
-      "${service_env[consumer]#OBT_DATABASE_URL=}" >>"$env_file"
+      "${service_env[consumer]#OBT_DATABASE_URL=}" >>"$services_env_file"
     unset OBT_MYSQL_API_PASSWORD OBT_MYSQL_RELAY_PASSWORD OBT_MYSQL_CONSUMER_PASSWORD
   else
     log "creating the tables and queues (obt-migrate)"
@@ -120,7 +135,7 @@ start_services() {
       env "${extra[@]}" "$bin/$service" >"$stack_dir/$service.log" 2>&1 &
     record_pid "$service" $!
   done
-  printf 'export OBT_API_URL=%q\n' "http://127.0.0.1:$port" >>"$env_file"
+  printf 'export OBT_API_URL=%q\n' "http://127.0.0.1:$port" >>"$services_env_file"
   wait_ready "http://127.0.0.1:$port/health/ready" "$(awk '$1 == "api" { print $2 }' "$pids_file")" \
     "$stack_dir/api.log"
   log "api, stream-relay and consumer up in $storage mode; the api on http://127.0.0.1:$port"
@@ -145,13 +160,14 @@ up() {
     *) log "--services takes dynamodb or mysql, not '$services'"; exit 2 ;;
   esac
   if is_up; then
-    log "a stack is up already ($stack_dir); its environment follows. 'scripts/stack.sh down' stops it."
+    log "a stack is up already ($stack_dir); its environment follows. '$(down_command)' stops it."
     cat "$env_file"
     return 0
   fi
   stop_all # the remains of a stack that half died
   mkdir -p "$stack_dir"
   : >"$pids_file"
+  rm -f "$services_env_file"
   # Whatever fails from here stops what was started.
   trap 'stop_all' ERR INT TERM
   emulators_start "$stack_dir"
@@ -170,9 +186,13 @@ up() {
     record_pid mariadb "$MARIADB_PID"
     printf 'export OBT_MYSQL_ADMIN_URL=%q\n' "$OBT_MYSQL_ADMIN_URL" >>"$env_file"
   fi
-  [ -z "$services" ] || start_services "$services"
+  if [ -n "$services" ]; then
+    start_services "$services"
+    log "try: curl -i -H 'Content-Type: application/json' -d '{\"identity\":\"AB1\",\"name\":\"Martin\",\"surname\":\"Robi\",\"amount\":51.3}' http://127.0.0.1:${OBT_DEMO_PORT:-8081}/api/v1/spending"
+    log "then: (source $services_env_file; target/debug/consumer-show AB1)"
+  fi
   trap - ERR INT TERM
-  log "up; its environment follows (also in $env_file). 'scripts/stack.sh down' stops it."
+  log "up; its environment follows (also in $env_file). '$(down_command)' stops it."
   cat "$env_file"
 }
 
