@@ -1,29 +1,9 @@
 //! The verifier: a pure function from what a run observed
 //! ([`Observations`]) to a [`Verdict`], one row per invariant and every
-//! violation found, each naming its identity and what differs.
-//!
-//! The definitions (docs/CHECK.md says the same):
-//! - **committed**: the distinct 201s. The api agrees when, per identity,
-//!   its `count` equals the number of distinct 201s, `last_seq == count`,
-//!   the 201s' seqs are exactly `1..=count`, its `total` is the exact sum
-//!   of their amounts, event ids are distinct and each 201 carries the
-//!   amount that was sent. Any difference is an "api mismatch".
-//! - **applied exactly once**: a 201's event id is applied once, at its
-//!   seq, with its amount.
-//! - **lost**: a 201's event id is not applied at all.
-//! - **duplicated**: an applied entry that repeats a seq or an event id
-//!   applied before it.
-//! - **gap**: a seq below the highest applied one that is not applied.
-//! - **reordered**: an applied event (in seq order) applied before its
-//!   predecessor (`applied_at` goes backwards), or listed out of seq order.
-//! - **extra**: an applied event id that no 201 answered.
-//! - **wrong content**: a 201's event id applied at another seq or with
-//!   another amount.
-//! - **totals differ**: the consumer's total, count or last seq differ
-//!   from the api's, or its total from the sum of its own events.
-//! - **rejected**: a 4xx other than 429. **unresolved**: no definite
-//!   answer before giving up. **not converged**: an identity the consumer
-//!   had not caught up with when the wait ended.
+//! violation found, each naming its identity and what differs. The
+//! definitions of committed, applied exactly once, lost, duplicated, gap,
+//! reordered, extra, wrong content, totals differ, rejected, unresolved and
+//! not converged are those of `docs/CHECK.md` ("The invariants").
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 

@@ -1,22 +1,17 @@
-//! The MySQL mode's databases, users and schema.
+//! The MySQL mode's databases, users and schema: the api's database
+//! (`outboxtable`, with the outbox table `obt`) and the consumer's own
+//! (`consumed_outboxtable`), as in the original project. Their schemas are
+//! the versioned migrations of `migrations/mysql/{api,consumer}`, compiled
+//! in and applied in order, each once (sqlx records them in
+//! `_sqlx_migrations`).
 //!
-//! Two databases, as in the original project: the api's (`outboxtable`:
-//! `obt_identity`, `obt_spending` and the outbox table `obt`) and the
-//! consumer's own (`consumed_outboxtable`). Their schemas are the versioned
-//! migrations of `migrations/mysql/{api,consumer}`, compiled in and applied
-//! in order, each once (sqlx records them in `_sqlx_migrations`).
-//!
-//! The services connect as least-privilege users, never as the admin:
-//! - the api's user may read and write `obt_identity` and `obt_spending`,
-//!   insert and read `obt` (never delete from it), and read, insert and
-//!   update its Idempotency-Key records `obt_idempotency`;
-//! - the relay's user may only read and delete `obt` rows;
-//! - the consumer's user may read and write its own database only.
-//!
-//! Their passwords come from the caller (the environment, for the binary);
-//! nothing secret is in the repository. Everything here is idempotent: a
-//! second run finds the databases, re-applies nothing, and sets the users'
-//! passwords and grants again.
+//! The services connect as least-privilege users, never as the admin; each
+//! grant in [`setup`] says what it is for (the api never deletes from `obt`,
+//! the relay only reads and deletes `obt` rows and parks identities, the
+//! consumer never deletes what it applied). Their passwords come from the
+//! caller (the environment, for the binary). Everything here is idempotent:
+//! a second run finds the databases, re-applies nothing, and sets the
+//! users' passwords and grants again.
 
 use std::str::FromStr;
 

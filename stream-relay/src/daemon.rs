@@ -1,20 +1,10 @@
 //! Daemon mode: the relay reads the stream itself, on one or several
-//! instances.
-//!
-//! The instances share the stream's shards through leases ([`crate::lease`]):
-//! every `lease_duration / 3` an instance heartbeats the leases it holds,
-//! reads the lease table, and takes leases that nobody holds or whose
-//! holder stopped heartbeating, up to its fair share (unfinished shards
-//! divided by live instances). A shard is taken only when its parent was
-//! read to its end (or the stream no longer lists the parent), so that an
-//! item's records are handled in order across a shard split.
-//!
-//! One task reads each held shard with `GetRecords`, hands the records to
-//! the [`Relay`], and checkpoints (fenced by the lease) after the relay
-//! succeeded. It never skips a record it could not publish: it retries,
-//! with backoff, until it succeeds, the lease is lost or the daemon stops.
-//! On SIGTERM the batch in hand is finished and checkpointed, and the
-//! leases are released so that another instance continues at once.
+//! instances sharing the shards through [`crate::lease`]s. One task per held
+//! shard reads with `GetRecords`, hands the records to the [`Relay`] and
+//! checkpoints (fenced by the lease) once it succeeded; it never skips a
+//! record it could not publish, and retries with backoff until it succeeds,
+//! the lease is lost or the daemon stops. Taking shards (fair share, parents
+//! first), expired iterators and SIGTERM: `docs/ARCHITECTURE.md` ("Daemon").
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;

@@ -1,35 +1,21 @@
 //! Lambda driver: the function behind an event source mapping on the api
-//! table's stream.
+//! table's stream (`stream-relay-lambda`), and the scheduled sweeper
+//! ([`run_sweeper`], `outbox-sweeper-lambda`: one [`Sweeper::sweep`] per
+//! invocation).
 //!
-//! Lambda reads the stream and hands the function batches of records of
-//! one shard, in order. The records become [`Change`]s and go to the same
-//! [`Relay::handle`] as the daemon's; only the transport differs.
+//! The records become [`Change`]s for the same [`Relay::handle`] as the
+//! daemon's. The answer is a partial batch response
+//! (`ReportBatchItemFailures`): the sequence number of the first record not
+//! fully done, so that the retry starts there and each identity's order
+//! holds; a record whose identity was parked ([`crate::relay`]) is done.
+//! Never an empty list for records that were not done, never a panic; only
+//! a record without a sequence number fails the whole invocation. The event
+//! source mapping must list `ReportBatchItemFailures` in its
+//! `FunctionResponseTypes`, or Lambda ignores the list.
 //!
-//! The answer is a partial batch response (`ReportBatchItemFailures`): the
-//! sequence number of the first record not fully done (its events published
-//! and acknowledged), so that the event source mapping retries from that
-//! record on and each identity's order holds; an empty list when all is
-//! done. A record whose events can never be published as they are (an
-//! outbox entry this relay cannot read, an event SQS refuses for good) is
-//! done once its identity is parked ([`crate::relay`]): it is not reported,
-//! so that the shard goes on. Every other failure becomes such an answer at
-//! the first record it leaves unfinished, whether it is about one record (a
-//! record of another table) or not (SQS or DynamoDB away, a wrong queue):
-//! never an empty list for records that were not done, never a panic. Only
-//! a record that cannot even be named (no sequence number) fails the whole
-//! invocation, which makes Lambda retry the whole batch.
-//!
-//! The event source mapping must list `ReportBatchItemFailures` in its
-//! `FunctionResponseTypes`: without it Lambda ignores the list and counts
-//! the batch as done (the events would stay in their outboxes until the
-//! sweeper publishes them).
-//!
-//! The scheduled sweeper ([`run_sweeper`], binary `outbox-sweeper-lambda`)
-//! is the other function: one [`Sweeper::sweep`] per invocation.
-//!
-//! Settings come from the function's environment ([`RelayArgs`]); the SDK
-//! clients and the queue URL are resolved once, at cold start, and reused
-//! by every invocation, together with the relay's in-memory marks.
+//! Settings come from the function's environment ([`RelayArgs`], JSON logs
+//! by default); the clients and the queue URL are made once, at cold start.
+//! More: `docs/ARCHITECTURE.md` ("Lambda").
 
 use std::sync::Arc;
 

@@ -1,23 +1,12 @@
-//! Leases: how several daemon instances share a stream's shards.
-//!
-//! One row per shard in the lease table (partition key `stream_arn`, sort
-//! key `shard_id`) holds its owner, its checkpoint and a lease counter.
-//! Every write to a row (take, heartbeat, checkpoint, release) is
-//! conditioned on the counter the writer last saw, and increments it. So
-//! the counter is a fencing token: once another instance has taken a
-//! lease, the former owner's next write, checkpoint included, is rejected
-//! ([`LeaseError::Lost`]) and that owner stops reading the shard.
-//!
-//! Expiry needs no synchronised clocks: an instance watches each row's
-//! counter, and a lease whose counter has not moved for the lease duration
-//! on the watcher's own monotonic clock belongs to an instance that stopped
-//! heartbeating ([`Observations`]).
-//!
-//! Publishing itself is not fenced, and need not be: a former owner that
-//! still publishes for a moment publishes events in order (each relay
-//! publishes an event only after every older one of its identity was
-//! published), so the worst it adds is duplicates, which SQS and the
-//! consumer drop.
+//! Leases: how several daemon instances share a stream's shards. One row per
+//! shard (partition key `stream_arn`, sort key `shard_id`) holds its owner,
+//! its checkpoint and a lease counter that every write (take, heartbeat,
+//! checkpoint, release) is conditioned on and increments: a fencing token,
+//! so that a former owner's next write is rejected ([`LeaseError::Lost`]).
+//! Expiry is judged on the watcher's own monotonic clock ([`Observations`]),
+//! never by comparing clocks. Publishing is not fenced and need not be (a
+//! former owner adds only duplicates): `docs/ARCHITECTURE.md` ("Daemon",
+//! "Several publishers are safe").
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;

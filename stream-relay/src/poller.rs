@@ -1,33 +1,15 @@
 //! MySQL mode: the relay polls the outbox table `obt` (the original
-//! project's "job", done right).
-//!
-//! The api writes a spending and its `obt` row in one transaction, taking
-//! the identity's next seq under a row lock. So for one identity, a later
-//! seq is inserted (and gets a higher id) only after the earlier one
-//! committed: reading `obt` in id order never shows an identity's event
-//! before its predecessor, whatever other identities' transactions are
-//! still open. The poller reads the oldest rows, publishes them with the
-//! same [`Publisher`] as the stream relay (in seq order per identity, at
-//! most 10 per `SendMessageBatch`, never two of one identity in a batch),
-//! and deletes a row only after SQS accepted its event. A crash between
-//! the two re-publishes the event, which SQS and the consumer deduplicate.
-//!
-//! A row that cannot be read, or whose event SQS refuses for good, parks
-//! its identity (a row in `obt_parked`): the identity's rows stay in `obt`,
-//! in order, and are left out of every window until an operator repairs the
-//! row and unparks the identity, while the other identities flow on.
-//!
-//! Several instances may run; one publishes at a time. The leader holds
-//! the MySQL user lock [`LOCK_PREFIX`] + database (`GET_LOCK`) on a connection of its
-//! own, and checks it before every round; the others wait for it. When the
-//! leader dies its connection closes, the server frees the lock, and a
-//! standby takes over. (A second publisher would be harmless for order,
-//! since each publishes an event only after its predecessor was accepted,
-//! but it would double the work and the duplicates.)
-//!
-//! Polling is immediate while rows come, then backs off exponentially to
-//! `max_idle`: an event waits at most about `max_idle` when the outbox was
-//! idle, and the time of one round when busy.
+//! project's "job", done right). Reading `obt` in id order is reading each
+//! identity's events in seq order, since the api inserts a later seq only
+//! after the earlier one committed, under the identity's row lock. The
+//! poller publishes the oldest rows with the same [`Publisher`] as the
+//! stream relay and deletes a row only after SQS accepted its event. A row
+//! that cannot be read, or whose event SQS refuses for good, parks its
+//! identity (a row in `obt_parked`), whose rows every window then leaves
+//! out. One instance publishes: the holder of the MySQL user lock
+//! [`LOCK_PREFIX`] + database, on a connection of its own; the others stand
+//! by. Polling backs off to `max_idle` while the outbox is empty. Why each:
+//! `docs/ARCHITECTURE.md` ("Relational mode").
 
 use std::time::Duration;
 

@@ -1,25 +1,16 @@
-//! Publishing to the SQS FIFO queue.
+//! Publishing to the SQS FIFO queue. A batch never holds two events of one
+//! message group, and is sent only once every entry of the batches before it
+//! was accepted or refused for good, so that a partial failure of
+//! `SendMessageBatch` can never put an identity's later event ahead of an
+//! earlier one (`docs/ARCHITECTURE.md`, "Batches never hold two events of
+//! one identity").
 //!
-//! `SendMessageBatch` can fail for some entries and succeed for others. If
-//! one batch held two events of one identity and only the first failed, the
-//! second would be in the queue ahead of it, and no retry could restore the
-//! order. So a batch never holds two events of one message group: an
-//! identity's next event goes into a later batch, and a batch is sent only
-//! when every entry of the batches before it was accepted or refused for
-//! good.
-//!
-//! Two kinds of failure, told apart by SQS's answer:
-//! - A **refusal**: SQS blames the message itself ([`PERMANENT_CODES`] with
-//!   `SenderFault`), or its body is larger than SQS takes. Sending it again
-//!   cannot help. The identity's later events in the call are not sent
-//!   ([`PublishReport::held`]); every other identity goes on. The caller
-//!   parks the identity.
-//! - Anything else (SQS unreachable, throttling, an internal error) may
-//!   pass: the entries are tried again a few times, then the call stops and
-//!   reports what it did not send ([`PublishFailure`]), for the caller to
-//!   retry later.
-//!
-//! Either way, what was not accepted is, for each identity, a tail of its
+//! Two kinds of failure: a **refusal** (SQS blames the message:
+//! [`PERMANENT_CODES`] with `SenderFault`; or the body is larger than SQS
+//! takes) holds back that identity's later events ([`PublishReport::held`])
+//! and the caller parks it; anything else may pass, is tried again a few
+//! times, then reported ([`PublishFailure`]) for the caller to retry later.
+//! Either way what was not accepted is, for each identity, a tail of its
 //! events, so "published up to" stays a plain number.
 
 use std::collections::{HashMap, HashSet};

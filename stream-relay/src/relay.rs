@@ -1,25 +1,15 @@
 //! The core of the relay, shared by every driver: given stream changes in
 //! shard order, publish the events they add, in `seq` order per identity,
-//! then acknowledge them on the item.
+//! then acknowledge them on the item. It publishes every pending event of
+//! the item above the identity's "published up to" mark, not only the one
+//! the write added, and raises the mark only to what SQS accepted: why, in
+//! `docs/ARCHITECTURE.md` ("The relay").
 //!
-//! Which events to publish: every pending event of the changed item above
-//! the identity's "published up to" mark, not just the one the write added.
-//! Normally that is the same thing; but when the stream lost a record (data
-//! trimmed after 24 h, a stream re-created) the older event is still
-//! pending on the item and goes out first, so the consumer never sees a
-//! gap. The mark is kept in memory and, when unknown (a restart, a new
-//! identity), read from the item: an event below the oldest pending one was
-//! acknowledged, hence published. Re-sending is always safe (SQS
-//! deduplicates by event id for 5 minutes, the consumer for ever); losing
-//! is not, so a mark is only ever raised to what SQS accepted, and a
-//! failure tells the caller where to resume.
-//!
-//! Where to resume ([`HandleError::first_unfinished`]): the first change
-//! that is not fully done, so that a driver that can retry part of a batch
-//! (the Lambda's partial batch response) starts there and keeps each
-//! identity's order. Every change before it had all its events accepted by
-//! SQS and acknowledged. A driver that retries whole batches (the daemon)
-//! just retries.
+//! A failure says where to resume ([`HandleError::first_unfinished`]): the
+//! first change not fully done, so that a driver that retries part of a
+//! batch (the Lambda's partial batch response) starts there and keeps each
+//! identity's order. A driver that retries whole batches (the daemon) just
+//! retries.
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::Mutex;

@@ -1,25 +1,11 @@
-//! The sweeper: publishes what the stream did not deliver in time.
-//!
-//! Events stay in an item's outbox until the relay acknowledges them, so
-//! nothing the stream lost is lost for good: records trimmed after 24 h,
-//! a Lambda that gave up after its retries, a stream that was disabled or
-//! re-created. The sweeper finds such items through the sparse index
-//! [`PENDING_INDEX`] (only items whose outbox may hold events are in it,
-//! keyed by the time of the oldest one), so a pass reads a few index
-//! partitions, never the whole table.
-//!
-//! For each item older than the threshold it reads the item and hands it to
-//! the same [`Relay::handle`] as the stream does, as if the stream had
-//! delivered it now: pending events above the identity's published mark go
-//! out in `seq` order, then are acknowledged. Racing the stream relay is
-//! safe: each of them publishes an event only after every older event of
-//! the identity was published, so the first copy of each event reaches the
-//! queue in order, and later copies are duplicates that SQS and the
-//! consumer drop.
-//!
-//! A parked item is skipped (its events wait for an operator), and one item
-//! or bucket that fails does not end the pass: the rest is swept, and the
-//! failure is reported at the end.
+//! The sweeper: publishes what the stream did not deliver in time (records
+//! trimmed after 24 h, a Lambda that gave up, a stream disabled or
+//! re-created). It queries the sparse index [`PENDING_INDEX`] for items whose
+//! oldest pending event is older than the threshold, and hands each to the
+//! same [`Relay::handle`] as the stream does; racing the stream relay adds
+//! only duplicates. A parked item is skipped; an item or bucket that fails
+//! does not end the pass and is reported at its end. Design:
+//! `docs/ARCHITECTURE.md` ("The sweeper, and the sparse index").
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -1,7 +1,9 @@
 //! The relay against the real emulators: DynamoDB Local's stream and
-//! fauxqs. Items are written here the way the api writes them (one
-//! conditional UpdateItem adding the event to the outbox map); the api's
-//! own writes are covered by the end-to-end tests.
+//! fauxqs. Items are written here as the api leaves them (the testkit's
+//! conditional UpdateItem adding the event to the outbox map; the api sends
+//! its update inside a one-item TransactWriteItems, which makes the same
+//! item and stream record); the api's own writes are covered by the
+//! end-to-end tests.
 
 use std::collections::HashMap;
 use std::sync::Arc;

@@ -1,7 +1,9 @@
 //! The api's write, reduced to what the relay reads: one conditional
 //! `UpdateItem` that bumps the item's `version` and adds the event to its
-//! `outbox` map under its `seq`. The api's full write (totals, names, the
-//! sweeper's index) is covered by its own tests and the end-to-end ones.
+//! `outbox` map under its `seq` (the api sends its update inside a one-item
+//! `TransactWriteItems`; the item and the stream record are the same). The
+//! api's full write (totals, names, the sweeper's index) is covered by its
+//! own tests and the end-to-end ones.
 
 use std::collections::HashMap;
 
