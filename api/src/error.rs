@@ -11,6 +11,7 @@ use axum::body::Body;
 use axum::http::header::{CONTENT_LENGTH, CONTENT_TYPE, RETRY_AFTER, WWW_AUTHENTICATE};
 use axum::http::{HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
+use obt_runtime::error_chain;
 use serde::Serialize;
 
 use crate::store::StoreError;
@@ -185,10 +186,10 @@ impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         match &self {
             Self::Internal(cause) => {
-                tracing::error!(error = %chain(cause), "request failed");
+                tracing::error!(error = %error_chain(cause), "request failed");
             }
             Self::Unavailable { source, .. } => {
-                tracing::warn!(error = %chain(source), "answering 503");
+                tracing::warn!(error = %error_chain(source), "answering 503");
             }
             _ => {}
         }
@@ -222,19 +223,6 @@ impl IntoResponse for ApiError {
         }
         response
     }
-}
-
-/// An error and all its sources, `outer: inner: innermost`: the SDK's own
-/// `Display` says little more than "service error".
-pub fn chain(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }
 
 /// Middleware: gives the error answers that do not come from [`ApiError`]

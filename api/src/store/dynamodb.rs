@@ -54,6 +54,7 @@ use obt_contract::outbox::{
     PENDING_BUCKET_ATTR, PENDING_SINCE_ATTR, outbox_key, pending_bucket, pending_since,
 };
 use obt_contract::{Envelope, Identity, SpendingRecorded};
+use obt_runtime::backoff::Backoff;
 use time::format_description::well_known::Rfc3339;
 use tracing::instrument;
 
@@ -274,9 +275,7 @@ impl SpendingStore {
             }
             failures += 1;
             if policy.may_retry(failures) {
-                // ThreadRng is not Send: draw before the await.
-                let wait = policy.backoff(failures - 1, &mut rand::rng());
-                tokio::time::sleep(wait).await;
+                tokio::time::sleep(policy.delay(failures)).await;
             }
         }
     }
@@ -525,7 +524,7 @@ impl SpendingStore {
                 Attempt::NotWritten(error) => error,
                 Attempt::Unknown(error) => {
                     tracing::warn!(
-                        error = %crate::error::chain(&error),
+                        error = %obt_runtime::error_chain(&error),
                         "the outcome of TransactWriteItems is unknown: it may have committed"
                     );
                     *outcome_unknown = true;
@@ -536,9 +535,7 @@ impl SpendingStore {
             if !policy.may_retry(failures) {
                 return Err(error);
             }
-            // ThreadRng is not Send: draw before the await.
-            let wait = policy.backoff(failures - 1, &mut rand::rng());
-            tokio::time::sleep(wait).await;
+            tokio::time::sleep(policy.delay(failures)).await;
         }
     }
 
@@ -555,8 +552,7 @@ impl SpendingStore {
             .unwrap_or_else(RetryConfig::standard);
         RetryPolicy {
             max_retries: config.max_attempts().saturating_sub(1),
-            base: config.initial_backoff(),
-            cap: config.max_backoff(),
+            backoff: Backoff::new(config.initial_backoff(), config.max_backoff()),
         }
     }
 

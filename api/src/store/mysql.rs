@@ -265,9 +265,7 @@ impl MySqlStore {
                     if !self.retry.may_retry(failures) {
                         return Err(StoreError::Contention { attempts: failures });
                     }
-                    // ThreadRng is not Send: draw before the await.
-                    let wait = self.retry.backoff(failures - 1, &mut rand::rng());
-                    tokio::time::sleep(wait).await;
+                    tokio::time::sleep(self.retry.delay(failures)).await;
                 }
             }
         }

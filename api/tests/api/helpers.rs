@@ -20,6 +20,7 @@ use http_body_util::BodyExt;
 use obt_api::{AppState, Application, RetryPolicy, Settings, SpendingStore, StoreOptions};
 use obt_contract::Envelope;
 use obt_runtime::Storage;
+use obt_runtime::args::TableArgs;
 use obt_testkit::Stack;
 use serde_json::Value;
 use tokio::sync::{Semaphore, mpsc, oneshot};
@@ -473,7 +474,9 @@ pub fn outbox(item: &Item) -> &HashMap<String, AttributeValue> {
 pub fn settings(table: &str) -> Settings {
     Settings {
         listen: SocketAddr::from(([127, 0, 0, 1], 0)),
-        table: table.to_owned(),
+        table: TableArgs {
+            table: table.to_owned(),
+        },
         ..Settings::defaults()
     }
 }

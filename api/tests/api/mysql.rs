@@ -444,15 +444,13 @@ async fn an_unreachable_database_stops_the_start_up_saying_what_to_fix() {
         &format!("@{}:{}/", options.get_host(), options.get_port()),
         &format!("@127.0.0.1:{}/", proxy.addr.port()),
     );
-    let settings = obt_api::Settings {
-        database_url: Some(url.into()),
-        ..app.settings()
-    };
+    let mut settings = app.settings();
+    settings.storage.database_url = Some(url.into());
 
     let error = Application::build(&settings, &SdkConfig::builder().build())
         .await
         .expect_err("no database to connect to");
-    let message = obt_api::error::chain(&error);
+    let message = obt_runtime::error_chain(&error);
     assert!(
         message.contains(&format!(
             "cannot connect to MySQL at 127.0.0.1:{}",
@@ -476,6 +474,6 @@ async fn a_database_without_the_api_tables_stops_the_start_up_saying_what_to_fix
     let error = Application::build(&app.settings(), &SdkConfig::builder().build())
         .await
         .expect_err("no schema");
-    let message = obt_api::error::chain(&error);
+    let message = obt_runtime::error_chain(&error);
     assert!(message.contains("obt-migrate --storage mysql"), "{message}");
 }

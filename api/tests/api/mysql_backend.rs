@@ -12,6 +12,7 @@ use obt_api::store::mysql::pool_options;
 use obt_api::{AppState, MySqlStore, Settings, StoreOptions};
 use obt_contract::Envelope;
 use obt_runtime::Storage;
+use obt_runtime::args::StorageArgs;
 use obt_testkit::eventually;
 use obt_testkit::mysql::MySqlStack;
 use sqlx::mysql::{MySqlConnectOptions, MySqlPool};
@@ -69,8 +70,10 @@ impl MySqlBackend {
     pub fn settings(&self) -> Settings {
         Settings {
             listen: SocketAddr::from(([127, 0, 0, 1], 0)),
-            storage: Storage::Mysql,
-            database_url: Some(self.url().to_owned().into()),
+            storage: StorageArgs {
+                storage: Storage::Mysql,
+                database_url: Some(self.url().to_owned().into()),
+            },
             ..Settings::defaults()
         }
     }
