@@ -4,8 +4,6 @@
 //! its cause, which is logged instead (inside the request's span, so the
 //! log line carries the request id).
 
-use std::collections::BTreeMap;
-
 use axum::Json;
 use axum::body::Body;
 use axum::http::header::{CONTENT_LENGTH, CONTENT_TYPE, RETRY_AFTER, WWW_AUTHENTICATE};
@@ -14,38 +12,10 @@ use axum::response::{IntoResponse, Response};
 use obt_runtime::error_chain;
 use serde::Serialize;
 
+use crate::idempotency::InvalidKey;
+pub use crate::input::FieldErrors;
+use crate::input::InputError;
 use crate::store::StoreError;
-
-/// The messages about each field of a request, in a stable order.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
-#[serde(transparent)]
-pub struct FieldErrors(BTreeMap<String, Vec<String>>);
-
-impl FieldErrors {
-    pub fn new() -> Self {
-        Self::default()
-    }
-
-    /// One field's single message.
-    pub fn single(field: impl Into<String>, message: impl Into<String>) -> Self {
-        let mut errors = Self::new();
-        errors.add(field, message);
-        errors
-    }
-
-    pub fn add(&mut self, field: impl Into<String>, message: impl Into<String>) {
-        self.0.entry(field.into()).or_default().push(message.into());
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
-    }
-
-    /// The messages about `field`, if any.
-    pub fn get(&self, field: &str) -> Option<&[String]> {
-        self.0.get(field).map(Vec::as_slice)
-    }
-}
 
 /// Why a request was not answered with success.
 #[derive(Debug, thiserror::Error)]
@@ -88,6 +58,24 @@ pub enum ApiError {
     /// 500: anything else. Logged, never shown.
     #[error("internal error")]
     Internal(#[source] StoreError),
+}
+
+impl From<InputError> for ApiError {
+    fn from(e: InputError) -> Self {
+        match e {
+            InputError::Malformed(errors) => Self::BadRequest(errors),
+            InputError::Invalid(errors) => Self::Validation(errors),
+        }
+    }
+}
+
+impl From<InvalidKey> for ApiError {
+    fn from(_: InvalidKey) -> Self {
+        Self::BadRequest(FieldErrors::single(
+            crate::idempotency::HEADER,
+            crate::idempotency::INVALID_KEY,
+        ))
+    }
 }
 
 impl From<StoreError> for ApiError {

@@ -49,7 +49,7 @@ use crate::error::json_error_bodies;
 use crate::rate_limit::RateLimit;
 use crate::routes::{health, openapi, spending};
 use crate::settings::Settings;
-use crate::store::{SpendingStore, Store};
+use crate::store::{DynamoDbStore, Store};
 
 /// What every handler shares. Cloned per request, hence the `Arc`s.
 #[derive(Debug, Clone)]
@@ -95,7 +95,7 @@ impl AppState {
         let store: Store = match settings.storage.storage {
             Storage::Dynamodb => {
                 let client = aws_sdk_dynamodb::Client::new(aws);
-                SpendingStore::new(
+                DynamoDbStore::new(
                     client,
                     settings.table.table.clone(),
                     settings.store_options(),

@@ -21,7 +21,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use crate::helpers::REQUEST_TIMEOUT;
+use crate::helpers::{KeyRecord, REQUEST_TIMEOUT};
 
 /// The api's database of one test.
 pub struct MySqlBackend {
@@ -141,6 +141,47 @@ impl MySqlBackend {
         .fetch_all(&self.admin)
         .await
         .unwrap_or_else(|e| panic!("seqs of {table}: {e}"))
+    }
+
+    /// See [`crate::helpers::TestApp::put_key_record`].
+    pub async fn put_key_record(&self, record: &KeyRecord) {
+        sqlx::query(
+            "INSERT INTO obt_idempotency \
+                 (idempotency_key, fingerprint, response_location, response_body, created_at, \
+                  expires_at) \
+             VALUES (?, ?, ?, ?, UTC_TIMESTAMP(3), UTC_TIMESTAMP(3) + INTERVAL 1 HOUR)",
+        )
+        .bind(&record.key)
+        .bind(&record.fingerprint)
+        .bind(&record.location)
+        .bind(&record.body)
+        .execute(&self.admin)
+        .await
+        .expect("insert a key record");
+    }
+
+    /// See [`crate::helpers::TestApp::key_record`].
+    pub async fn key_record(&self, key: &str) -> Option<KeyRecord> {
+        let row = sqlx::query(
+            "SELECT idempotency_key, fingerprint, response_location, response_body \
+             FROM obt_idempotency WHERE idempotency_key = ?",
+        )
+        .bind(key)
+        .fetch_optional(&self.admin)
+        .await
+        .expect("read a key record")?;
+        let text = |column: &str| {
+            utf8(
+                sqlx::Row::try_get(&row, column)
+                    .unwrap_or_else(|e| panic!("obt_idempotency.{column}: {e}")),
+            )
+        };
+        Some(KeyRecord {
+            key: text("idempotency_key"),
+            fingerprint: text("fingerprint"),
+            location: text("response_location"),
+            body: text("response_body"),
+        })
     }
 
     /// Takes the lock of `identity`'s `obt_identity` row (creating the row
