@@ -33,13 +33,10 @@ pub type Item = HashMap<String, AttributeValue>;
 
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// The backend the tests run against (`OBT_TEST_STORAGE`).
+/// The backend the tests run against (`OBT_TEST_STORAGE`, read by the
+/// testkit).
 pub fn mode() -> Storage {
-    let Ok(value) = std::env::var("OBT_TEST_STORAGE") else {
-        return Storage::Dynamodb;
-    };
-    let storage = <Storage as clap::ValueEnum>::from_str(&value, true)
-        .unwrap_or_else(|_| panic!("OBT_TEST_STORAGE={value}: expected dynamodb or mysql"));
+    let storage = obt_testkit::storage_under_test();
     if storage == Storage::Mysql && cfg!(not(feature = "mysql")) {
         panic!("OBT_TEST_STORAGE=mysql needs the api's MySQL backend: add --features mysql");
     }
