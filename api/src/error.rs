@@ -4,47 +4,18 @@
 //! its cause, which is logged instead (inside the request's span, so the
 //! log line carries the request id).
 
-use std::collections::BTreeMap;
-
 use axum::Json;
 use axum::body::Body;
 use axum::http::header::{CONTENT_LENGTH, CONTENT_TYPE, RETRY_AFTER, WWW_AUTHENTICATE};
 use axum::http::{HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
+use obt_runtime::error_chain;
 use serde::Serialize;
 
+use crate::idempotency::InvalidKey;
+pub use crate::input::FieldErrors;
+use crate::input::InputError;
 use crate::store::StoreError;
-
-/// The messages about each field of a request, in a stable order.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
-#[serde(transparent)]
-pub struct FieldErrors(BTreeMap<String, Vec<String>>);
-
-impl FieldErrors {
-    pub fn new() -> Self {
-        Self::default()
-    }
-
-    /// One field's single message.
-    pub fn single(field: impl Into<String>, message: impl Into<String>) -> Self {
-        let mut errors = Self::new();
-        errors.add(field, message);
-        errors
-    }
-
-    pub fn add(&mut self, field: impl Into<String>, message: impl Into<String>) {
-        self.0.entry(field.into()).or_default().push(message.into());
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
-    }
-
-    /// The messages about `field`, if any.
-    pub fn get(&self, field: &str) -> Option<&[String]> {
-        self.0.get(field).map(Vec::as_slice)
-    }
-}
 
 /// Why a request was not answered with success.
 #[derive(Debug, thiserror::Error)]
@@ -87,6 +58,24 @@ pub enum ApiError {
     /// 500: anything else. Logged, never shown.
     #[error("internal error")]
     Internal(#[source] StoreError),
+}
+
+impl From<InputError> for ApiError {
+    fn from(e: InputError) -> Self {
+        match e {
+            InputError::Malformed(errors) => Self::BadRequest(errors),
+            InputError::Invalid(errors) => Self::Validation(errors),
+        }
+    }
+}
+
+impl From<InvalidKey> for ApiError {
+    fn from(_: InvalidKey) -> Self {
+        Self::BadRequest(FieldErrors::single(
+            crate::idempotency::HEADER,
+            crate::idempotency::INVALID_KEY,
+        ))
+    }
 }
 
 impl From<StoreError> for ApiError {
@@ -185,10 +174,10 @@ impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         match &self {
             Self::Internal(cause) => {
-                tracing::error!(error = %chain(cause), "request failed");
+                tracing::error!(error = %error_chain(cause), "request failed");
             }
             Self::Unavailable { source, .. } => {
-                tracing::warn!(error = %chain(source), "answering 503");
+                tracing::warn!(error = %error_chain(source), "answering 503");
             }
             _ => {}
         }
@@ -222,19 +211,6 @@ impl IntoResponse for ApiError {
         }
         response
     }
-}
-
-/// An error and all its sources, `outer: inner: innermost`: the SDK's own
-/// `Display` says little more than "service error".
-pub fn chain(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }
 
 /// Middleware: gives the error answers that do not come from [`ApiError`]

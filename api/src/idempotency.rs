@@ -12,9 +12,10 @@
 //!   whitespace do not matter. So two bodies that would record the same
 //!   spending are the same request.
 //! - The first successful (201) request with a key stores the key, the
-//!   fingerprint and the response ([`Created`]: body and Location) in the
-//!   same atomic write as the spending and its event; a retry with the same
-//!   key and fingerprint gets that response again, with
+//!   fingerprint and what was recorded (the store's own
+//!   [`StoredOutcome`](crate::store::StoredOutcome), not the response) in
+//!   the same atomic write as the spending and its event; a retry with the
+//!   same key and fingerprint gets the same answer again, with
 //!   `Idempotent-Replayed: true`, and records nothing. The same key with
 //!   another fingerprint is a 422. Failures (4xx, 503) store nothing, so
 //!   a retry after them may succeed.
@@ -30,13 +31,10 @@
 use std::time::Duration;
 
 use axum::http::HeaderMap;
-use obt_contract::Envelope;
 use sha2::{Digest, Sha256};
 
 use crate::auth::Principal;
-use crate::error::{ApiError, FieldErrors};
 use crate::input::NewSpending;
-use crate::routes::spending::Recorded;
 
 /// The request header.
 pub const HEADER: &str = "Idempotency-Key";
@@ -53,6 +51,12 @@ pub const INVALID_KEY: &str = "must be 1 to 255 visible ASCII characters (0x21 t
 /// The message of a key already used for another request.
 pub const KEY_REUSED: &str = "was already used for a different request";
 
+/// The header is not one valid key: [`INVALID_KEY`] (the HTTP layer
+/// answers 400).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("the Idempotency-Key header {INVALID_KEY}")]
+pub struct InvalidKey;
+
 /// A valid key.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct IdempotencyKey(String);
@@ -66,18 +70,17 @@ impl IdempotencyKey {
         valid.then(|| Self(String::from_utf8_lossy(value).into_owned()))
     }
 
-    /// The request's key: `None` without the header, a 400 when it is
-    /// invalid or sent more than once.
-    pub fn from_headers(headers: &HeaderMap) -> Result<Option<Self>, ApiError> {
+    /// The request's key: `None` without the header, [`InvalidKey`] when
+    /// it is invalid or sent more than once.
+    pub fn from_headers(headers: &HeaderMap) -> Result<Option<Self>, InvalidKey> {
         let mut values = headers.get_all(HEADER).iter();
         let Some(value) = values.next() else {
             return Ok(None);
         };
-        let invalid = || ApiError::BadRequest(FieldErrors::single(HEADER, INVALID_KEY));
         if values.next().is_some() {
-            return Err(invalid());
+            return Err(InvalidKey);
         }
-        Self::parse(value.as_bytes()).map(Some).ok_or_else(invalid)
+        Self::parse(value.as_bytes()).map(Some).ok_or(InvalidKey)
     }
 
     /// The key as stored for `principal`: [`SCOPED_PREFIX`] and the
@@ -137,49 +140,35 @@ impl Fingerprint {
     }
 }
 
-/// What the store needs to make a write idempotent.
+/// A request with a key: what the store needs to make its write
+/// idempotent.
 #[derive(Debug, Clone)]
-pub struct Idempotency {
+pub struct KeyedRequest {
     pub key: IdempotencyKey,
     pub fingerprint: Fingerprint,
 }
 
+/// Whether a write is made idempotent: chosen once per request, from its
+/// `Idempotency-Key` header.
+#[derive(Debug, Clone)]
+pub enum Idempotency {
+    /// No key: the spending is recorded, whatever came before.
+    Unkeyed,
+    /// A key: recorded once; a retry gets the first request's outcome.
+    Keyed(KeyedRequest),
+}
+
 impl Idempotency {
-    pub fn new(key: IdempotencyKey, spending: &NewSpending) -> Self {
-        Self {
-            key,
-            fingerprint: Fingerprint::of(spending),
+    /// The choice of a request with `key` (or none) for `spending`.
+    pub fn of(key: Option<IdempotencyKey>, spending: &NewSpending) -> Self {
+        match key {
+            None => Self::Unkeyed,
+            Some(key) => Self::Keyed(KeyedRequest {
+                key,
+                fingerprint: Fingerprint::of(spending),
+            }),
         }
     }
-}
-
-/// The 201 answer to a recorded spending, exactly as it is sent, and as it
-/// is stored under a key to be sent again.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Created {
-    /// The `Location` header.
-    pub location: String,
-    /// The JSON body.
-    pub body: String,
-}
-
-impl Created {
-    pub fn of(envelope: &Envelope) -> Result<Self, serde_json::Error> {
-        Ok(Self {
-            location: format!("/api/v1/spending/{}", envelope.identity),
-            body: serde_json::to_string(&Recorded::from(envelope.clone()))?,
-        })
-    }
-}
-
-/// How an idempotent write ended.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Outcome {
-    /// Recorded now.
-    Recorded(Created),
-    /// Recorded by an earlier request with the same key and fingerprint:
-    /// its answer, nothing written now.
-    Replayed(Created),
 }
 
 #[cfg(test)]
@@ -214,9 +203,13 @@ mod tests {
         let mut headers = HeaderMap::new();
         headers.append(HEADER, HeaderValue::from_static("k1"));
         headers.append(HEADER, HeaderValue::from_static("k1"));
+        assert_eq!(IdempotencyKey::from_headers(&headers), Err(InvalidKey));
+        // Answered 400 under the header's name.
+        let error = crate::ApiError::from(InvalidKey);
+        assert_eq!(error.status(), axum::http::StatusCode::BAD_REQUEST);
         assert!(matches!(
-            IdempotencyKey::from_headers(&headers),
-            Err(ApiError::BadRequest(_))
+            error,
+            crate::ApiError::BadRequest(errors) if errors.get(HEADER) == Some(&[INVALID_KEY.to_owned()][..])
         ));
     }
 

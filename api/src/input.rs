@@ -7,16 +7,61 @@
 //! which also lets the answer list every broken rule at once, and lets a
 //! key that appears twice be rejected rather than silently take the last
 //! value (what a derived `Deserialize` would do).
+//!
+//! Its errors are its own ([`InputError`]); the HTTP layer decides the
+//! status of each (`ApiError`'s `From<InputError>`).
 
 use std::collections::BTreeMap;
 use std::fmt;
 
 use obt_contract::{Amount, AmountError, Identity, PersonName};
-use serde::Deserialize;
 use serde::de::{Deserializer, MapAccess, Visitor};
+use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
-use crate::error::{ApiError, FieldErrors};
+/// The messages about each field of a request, in a stable order.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[serde(transparent)]
+pub struct FieldErrors(BTreeMap<String, Vec<String>>);
+
+impl FieldErrors {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// One field's single message.
+    pub fn single(field: impl Into<String>, message: impl Into<String>) -> Self {
+        let mut errors = Self::new();
+        errors.add(field, message);
+        errors
+    }
+
+    pub fn add(&mut self, field: impl Into<String>, message: impl Into<String>) {
+        self.0.entry(field.into()).or_default().push(message.into());
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// The messages about `field`, if any.
+    pub fn get(&self, field: &str) -> Option<&[String]> {
+        self.0.get(field).map(Vec::as_slice)
+    }
+}
+
+/// Why a request body is not a [`NewSpending`].
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum InputError {
+    /// Not JSON: not UTF-8, a byte order mark, a syntax error (the HTTP
+    /// layer answers 400).
+    #[error("the body is not JSON: {0:?}")]
+    Malformed(FieldErrors),
+    /// JSON that is not an object, or an object that breaks a rule; every
+    /// broken rule is listed (the HTTP layer answers 422).
+    #[error("the spending is invalid: {0:?}")]
+    Invalid(FieldErrors),
+}
 
 /// A spending as the client asked for it, every field valid.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -36,10 +81,11 @@ const FIELDS: [&str; 4] = [IDENTITY, NAME, SURNAME, AMOUNT];
 impl NewSpending {
     /// Parses and validates a request body.
     ///
-    /// Not JSON (or not UTF-8) is a 400; JSON that is not an object, or an
-    /// object that breaks any rule, is a 422 listing every broken rule.
-    pub fn from_json(body: &[u8]) -> Result<Self, ApiError> {
-        let malformed = |reason: String| ApiError::BadRequest(FieldErrors::single("body", reason));
+    /// Not JSON (or not UTF-8) is [`InputError::Malformed`]; JSON that is
+    /// not an object, or an object that breaks any rule, is
+    /// [`InputError::Invalid`], listing every broken rule.
+    pub fn from_json(body: &[u8]) -> Result<Self, InputError> {
+        let malformed = |reason: String| InputError::Malformed(FieldErrors::single("body", reason));
         let text =
             std::str::from_utf8(body).map_err(|e| malformed(format!("is not valid UTF-8: {e}")))?;
         if text.starts_with('\u{feff}') {
@@ -53,14 +99,14 @@ impl NewSpending {
         let document: &RawValue =
             serde_json::from_str(text).map_err(|e| malformed(not_json(&e)))?;
         if !document.get().trim_start().starts_with('{') {
-            return Err(ApiError::Validation(FieldErrors::single(
+            return Err(InputError::Invalid(FieldErrors::single(
                 "body",
                 "must be a JSON object",
             )));
         }
         let Members(members) =
             serde_json::from_str(document.get()).map_err(|e| malformed(not_json(&e)))?;
-        validate(members).map_err(ApiError::Validation)
+        validate(members).map_err(InputError::Invalid)
     }
 }
 
@@ -263,7 +309,7 @@ mod tests {
 
     fn errors_of(body: &str) -> FieldErrors {
         match NewSpending::from_json(body.as_bytes()) {
-            Err(ApiError::Validation(errors)) => errors,
+            Err(InputError::Invalid(errors)) => errors,
             other => panic!("{body}: expected a validation error, got {other:?}"),
         }
     }
@@ -364,15 +410,15 @@ mod tests {
         let body = r#"{"identity":"AB1","name":"Martin","surname":"Robi","amount":1,}"#;
         assert!(matches!(
             NewSpending::from_json(body.as_bytes()),
-            Err(ApiError::BadRequest(_))
+            Err(InputError::Malformed(_))
         ));
         assert!(matches!(
             NewSpending::from_json(b"\xff"),
-            Err(ApiError::BadRequest(_))
+            Err(InputError::Malformed(_))
         ));
         assert!(matches!(
             NewSpending::from_json(b"{} {}"),
-            Err(ApiError::BadRequest(_))
+            Err(InputError::Malformed(_))
         ));
     }
 }

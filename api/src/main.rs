@@ -10,14 +10,14 @@ use obt_runtime::Storage;
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let settings = Settings::parse();
-    obt_runtime::init_tracing(settings.log_format);
+    obt_runtime::init_tracing(settings.log.log_format);
     let aws = obt_runtime::aws_config().await;
     let app = Application::build(&settings, &aws)
         .await
         .context("starting the api")?;
-    match settings.storage {
+    match settings.storage.storage {
         Storage::Dynamodb => {
-            tracing::info!(address = %app.local_addr(), table = %settings.table, "listening");
+            tracing::info!(address = %app.local_addr(), table = %settings.table.table, "listening");
         }
         Storage::Mysql => {
             tracing::info!(address = %app.local_addr(), storage = "mysql", "listening")

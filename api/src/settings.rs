@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::Parser;
-use obt_runtime::{DatabaseUrl, LogFormat, Storage};
+use obt_runtime::args::{LogArgs, StorageArgs, TableArgs};
 
 use crate::auth::AuthMode;
 use crate::store::{RetryPolicy, StoreOptions};
@@ -25,26 +25,20 @@ pub struct Settings {
     #[arg(long, env = "OBT_LISTEN", default_value = "127.0.0.1:8081")]
     pub listen: SocketAddr,
 
-    /// Where spendings and their events are kept: `dynamodb` (an item per
-    /// identity with its outbox) or `mysql` (tables and the outbox table
-    /// `obt`, in builds with the cargo feature `mysql`).
-    #[arg(long, env = "OBT_STORAGE", value_enum, default_value = "dynamodb")]
-    pub storage: Storage,
-
-    /// With OBT_STORAGE=mysql, required: the api's database, as the api's
-    /// own user (mysql://USER:PASSWORD@HOST:PORT/DATABASE). Never logged.
-    #[arg(long, env = "OBT_DATABASE_URL", hide_env_values = true)]
-    pub database_url: Option<DatabaseUrl>,
+    /// OBT_STORAGE and, with `mysql`, OBT_DATABASE_URL: the api's
+    /// database as the api's own user.
+    #[command(flatten)]
+    pub storage: StorageArgs,
 
     /// With OBT_STORAGE=mysql: the most connections the api keeps open to
     /// the database.
     #[arg(long, env = "OBT_DATABASE_MAX_CONNECTIONS", default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..))]
     pub database_max_connections: u32,
 
-    /// The DynamoDB table holding one aggregate item (and its outbox) per
-    /// identity.
-    #[arg(long, env = "OBT_TABLE", default_value = "obt-spending")]
-    pub table: String,
+    /// OBT_TABLE: the DynamoDB table holding one aggregate item (and its
+    /// outbox) per identity.
+    #[command(flatten)]
+    pub table: TableArgs,
 
     /// How many times a write that lost an optimistic-concurrency race (in
     /// MySQL: a transaction rolled back by a deadlock or lock wait timeout)
@@ -78,9 +72,9 @@ pub struct Settings {
     #[arg(long, env = "OBT_REQUEST_TIMEOUT_SECS", default_value_t = 10)]
     pub request_timeout_secs: u64,
 
-    /// The log format: `text` for people, `json` for log pipelines.
-    #[arg(long, env = "OBT_LOG_FORMAT", value_enum, default_value = "text")]
-    pub log_format: LogFormat,
+    /// OBT_LOG_FORMAT.
+    #[command(flatten)]
+    pub log: LogArgs,
 
     /// Whether the spending routes require a JWT bearer token: `auto`
     /// (required unless OBT_LISTEN is a loopback address), `required`, or
@@ -180,6 +174,8 @@ impl Settings {
 
 #[cfg(test)]
 mod tests {
+    use obt_runtime::{DatabaseUrl, LogFormat, Storage};
+
     use super::*;
 
     #[test]
@@ -257,9 +253,9 @@ mod tests {
         ])
         .expect("parses");
         assert_eq!(settings.listen.port(), 9000);
-        assert_eq!(settings.table, "other");
+        assert_eq!(settings.table.table, "other");
         assert_eq!(settings.store_options().retry.max_retries, 3);
-        assert_eq!(settings.log_format, LogFormat::Json);
+        assert_eq!(settings.log.log_format, LogFormat::Json);
     }
 
     #[test]
@@ -268,9 +264,13 @@ mod tests {
         let settings =
             Settings::try_parse_from(["api", "--storage", "mysql", "--database-url", secret])
                 .expect("parses");
-        assert_eq!(settings.storage, Storage::Mysql);
+        assert_eq!(settings.storage.storage, Storage::Mysql);
         assert_eq!(
-            settings.database_url.as_ref().map(DatabaseUrl::expose),
+            settings
+                .storage
+                .database_url
+                .as_ref()
+                .map(DatabaseUrl::expose),
             Some(secret)
         );
         assert!(!format!("{settings:?}").contains("s3cret"));

@@ -49,7 +49,7 @@ use crate::error::json_error_bodies;
 use crate::rate_limit::RateLimit;
 use crate::routes::{health, openapi, spending};
 use crate::settings::Settings;
-use crate::store::{SpendingStore, Store};
+use crate::store::{DynamoDbStore, Store};
 
 /// What every handler shares. Cloned per request, hence the `Arc`s.
 #[derive(Debug, Clone)]
@@ -92,12 +92,16 @@ impl AppState {
     /// a pool, connected and checked now, so that a wrong URL or an
     /// unreachable server stops the api at start-up.
     pub async fn from_settings(settings: &Settings, aws: &SdkConfig) -> Result<Self, StartupError> {
-        let store: Store = match settings.storage {
+        let store: Store = match settings.storage.storage {
             Storage::Dynamodb => {
                 let client = aws_sdk_dynamodb::Client::new(aws);
-                SpendingStore::new(client, settings.table.clone(), settings.store_options())
-                    .with_idempotency_table(settings.idempotency_table.clone())
-                    .into()
+                DynamoDbStore::new(
+                    client,
+                    settings.table.table.clone(),
+                    settings.store_options(),
+                )
+                .with_idempotency_table(settings.idempotency_table.clone())
+                .into()
             }
             Storage::Mysql => mysql_store(settings).await?,
         };
@@ -115,10 +119,7 @@ impl AppState {
 
 #[cfg(feature = "mysql")]
 async fn mysql_store(settings: &Settings) -> Result<Store, StartupError> {
-    let url = settings
-        .database_url
-        .as_ref()
-        .ok_or(StartupError::DatabaseUrlMissing)?;
+    let url = settings.storage.mysql_url("api")?;
     let store = crate::store::MySqlStore::connect(
         url.expose(),
         settings.database_max_connections,
@@ -215,13 +216,10 @@ pub enum StartupError {
     /// `OBT_STORAGE=mysql` in a build without the `mysql` feature.
     #[error(transparent)]
     MySqlNotBuilt(#[from] obt_runtime::MySqlNotBuilt),
+    /// `OBT_STORAGE=mysql` without `OBT_DATABASE_URL`.
     #[cfg(feature = "mysql")]
-    #[error(
-        "OBT_STORAGE=mysql needs OBT_DATABASE_URL (or --database-url): the api's database as \
-         the api's own user, mysql://USER:PASSWORD@HOST:PORT/DATABASE (obt-migrate --storage \
-         mysql creates both)"
-    )]
-    DatabaseUrlMissing,
+    #[error(transparent)]
+    DatabaseUrlMissing(#[from] obt_runtime::args::MissingDatabaseUrl),
     #[cfg(feature = "mysql")]
     #[error(transparent)]
     MySql(#[from] crate::store::mysql::ConnectError),
@@ -310,11 +308,10 @@ mod tests {
     use super::*;
 
     fn mysql_settings() -> Settings {
-        Settings {
-            storage: Storage::Mysql,
-            database_url: None,
-            ..Settings::defaults()
-        }
+        let mut settings = Settings::defaults();
+        settings.storage.storage = Storage::Mysql;
+        settings.storage.database_url = None;
+        settings
     }
 
     #[cfg(not(feature = "mysql"))]
@@ -337,7 +334,7 @@ mod tests {
             .await
             .expect_err("no URL to connect to");
         assert!(
-            matches!(error, StartupError::DatabaseUrlMissing),
+            matches!(error, StartupError::DatabaseUrlMissing(_)),
             "{error:?}"
         );
         assert!(error.to_string().contains("OBT_DATABASE_URL"), "{error}");

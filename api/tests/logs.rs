@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use axum::body::Body;
 use axum::http::{Request, StatusCode};
-use obt_api::{AppState, SpendingStore, StoreOptions};
+use obt_api::{AppState, DynamoDbStore, StoreOptions};
 use obt_testkit::Stack;
 use tower::ServiceExt;
 use tracing_subscriber::fmt::MakeWriter;
@@ -45,7 +45,7 @@ async fn every_log_line_of_a_request_carries_its_request_id() {
         .with_writer(captured.clone())
         .init();
     let stack = Stack::create(3).await;
-    let store = SpendingStore::new(
+    let store = DynamoDbStore::new(
         stack.dynamodb(),
         &stack.names.table,
         StoreOptions::default(),

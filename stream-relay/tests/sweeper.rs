@@ -7,8 +7,9 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use aws_sdk_dynamodb::types::{AttributeValue, StreamSpecification, StreamViewType};
+use obt_api::idempotency::Idempotency;
 use obt_api::input::NewSpending;
-use obt_api::{SpendingStore, StoreOptions};
+use obt_api::{DynamoDbStore, StoreOptions};
 use obt_contract::outbox::{PENDING_BUCKET_ATTR, PENDING_SINCE_ATTR, pending_bucket};
 use obt_contract::{Amount, Envelope, Identity, PersonName};
 use obt_stream_relay::config::RelayArgs;
@@ -19,8 +20,8 @@ use obt_testkit::{Service, Stack, eventually};
 const DEADLINE: Duration = Duration::from_secs(30);
 const AN_HOUR: Duration = Duration::from_secs(3600);
 
-fn store(stack: &Stack) -> SpendingStore {
-    SpendingStore::new(
+fn store(stack: &Stack) -> DynamoDbStore {
+    DynamoDbStore::new(
         stack.dynamodb(),
         stack.names.table.clone(),
         StoreOptions::default(),
@@ -37,7 +38,10 @@ async fn record(stack: &Stack, identity: &str, count: u64) {
             surname: PersonName::parse("Robi").expect("surname"),
             amount: Amount::parse(&format!("{}.10", i + 1)).expect("amount"),
         };
-        store.record(&spending).await.expect("record");
+        store
+            .record(&spending, &Idempotency::Unkeyed)
+            .await
+            .expect("record");
     }
 }
 

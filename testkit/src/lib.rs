@@ -6,6 +6,8 @@
 //!   saying how to start them.
 //! - [`Stack`]: a fresh set of tables and queues with unique names, so that
 //!   tests run in parallel on one emulator without seeing each other.
+//! - [`storage_under_test`]: the storage mode of the suites written for
+//!   both (`OBT_TEST_STORAGE`).
 //! - [`eventually`]: waits for a condition with a deadline (never a bare
 //!   sleep).
 //! - [`Service`]: one of the workspace's binaries as a child process, killed
@@ -45,6 +47,20 @@ pub mod outbox;
 pub mod sqs_model;
 pub mod sqs_proxy;
 pub mod stream;
+
+/// The storage mode the suites written for both modes run in:
+/// `OBT_TEST_STORAGE=mysql` for MariaDB, DynamoDB by default (or
+/// `dynamodb`), in any letter case. Anything else panics, saying what to
+/// set.
+pub fn storage_under_test() -> obt_runtime::Storage {
+    use obt_runtime::Storage;
+    match std::env::var("OBT_TEST_STORAGE") {
+        Err(std::env::VarError::NotPresent) => Storage::Dynamodb,
+        Ok(value) if value.eq_ignore_ascii_case("dynamodb") => Storage::Dynamodb,
+        Ok(value) if value.eq_ignore_ascii_case("mysql") => Storage::Mysql,
+        other => panic!("OBT_TEST_STORAGE is dynamodb or mysql, not {other:?}"),
+    }
+}
 
 /// The SDK configuration for the emulators started by `scripts/test.sh`.
 pub async fn aws() -> SdkConfig {

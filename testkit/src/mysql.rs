@@ -107,12 +107,13 @@ impl Backend {
     /// A fresh backend of the mode under test, with `max_receive_count`
     /// receives before the dead-letter queue.
     pub async fn create(max_receive_count: u32) -> Self {
-        match std::env::var("OBT_TEST_STORAGE").as_deref() {
-            Ok("mysql") => Self::MySql(Box::new(MySqlStack::create(max_receive_count).await)),
-            Ok("dynamodb") | Err(_) => {
+        match crate::storage_under_test() {
+            obt_runtime::Storage::Mysql => {
+                Self::MySql(Box::new(MySqlStack::create(max_receive_count).await))
+            }
+            obt_runtime::Storage::Dynamodb => {
                 Self::DynamoDb(Box::new(Stack::create(max_receive_count).await))
             }
-            Ok(other) => panic!("OBT_TEST_STORAGE is dynamodb or mysql, not {other:?}"),
         }
     }
 

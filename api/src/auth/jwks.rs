@@ -289,7 +289,7 @@ impl Shared {
             .client
             .request(request)
             .await
-            .map_err(|e| crate::error::chain(&e))?;
+            .map_err(|e| obt_runtime::error_chain(&e))?;
         let status = response.status();
         if !status.is_success() {
             return Err(format!("HTTP {status}"));

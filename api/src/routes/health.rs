@@ -9,9 +9,9 @@ use std::time::Duration;
 use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
+use obt_runtime::error_chain;
 use serde_json::{Value, json};
 
-use crate::error::chain;
 use crate::startup::AppState;
 
 /// A ready probe that hangs is as bad as a failing one; answer before the
@@ -42,7 +42,7 @@ pub async fn ready(State(state): State<AppState>) -> (StatusCode, Json<Value>) {
     match tokio::time::timeout(READY_TIMEOUT, state.store.ready()).await {
         Ok(Ok(())) => (StatusCode::OK, Json(json!({ "status": "ok" }))),
         Ok(Err(e)) => {
-            tracing::warn!(error = %chain(&e), "not ready");
+            tracing::warn!(error = %error_chain(&e), "not ready");
             unavailable()
         }
         Err(_) => {

@@ -7,21 +7,23 @@ use axum::http::header::{CONTENT_TYPE, LOCATION};
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
-use obt_contract::{Amount, Envelope, EventId, Identity, PersonName};
+use obt_contract::{Amount, EventId, Identity, PersonName};
 use serde::Serialize;
 use time::OffsetDateTime;
 
 use crate::auth::Principal;
 use crate::error::{ApiError, FieldErrors};
-use crate::idempotency::{self, Created, Idempotency, IdempotencyKey, Outcome};
+use crate::idempotency::{self, Idempotency, IdempotencyKey};
 use crate::input::NewSpending;
 use crate::startup::AppState;
-use crate::store::{StoreError, Summary};
+use crate::store::{Outcome, StoreError, StoredOutcome, Summary};
 
 /// The largest request body accepted: a spending is well under 1 KiB.
 pub const BODY_LIMIT: usize = 16 * 1024;
 
-/// The answer to a recorded spending.
+/// The answer to a recorded spending, made from the store's
+/// [`StoredOutcome`] (also when it is replayed from an Idempotency-Key's
+/// record).
 #[derive(Debug, Serialize)]
 pub struct Recorded {
     pub event_id: EventId,
@@ -35,17 +37,24 @@ pub struct Recorded {
     pub created_at: OffsetDateTime,
 }
 
-impl From<Envelope> for Recorded {
-    fn from(e: Envelope) -> Self {
+impl From<StoredOutcome> for Recorded {
+    fn from(o: StoredOutcome) -> Self {
         Self {
-            event_id: e.event_id,
-            identity: e.identity,
-            seq: e.seq,
-            name: e.data.name,
-            surname: e.data.surname,
-            amount: e.data.amount,
-            created_at: e.occurred_at,
+            event_id: o.event_id,
+            identity: o.identity,
+            seq: o.seq,
+            name: o.name,
+            surname: o.surname,
+            amount: o.amount,
+            created_at: o.occurred_at,
         }
+    }
+}
+
+impl Recorded {
+    /// The `Location` of the answer: the identity's totals.
+    pub fn location(&self) -> String {
+        format!("/api/v1/spending/{}", self.identity)
     }
 }
 
@@ -64,31 +73,21 @@ pub async fn record(
         None => key,
     });
     let spending = NewSpending::from_json(&body)?;
-    let encode = |e: serde_json::Error| ApiError::Internal(StoreError::Encode(e.to_string()));
-    let (created, replayed) = match key {
-        None => {
-            let envelope = state.store.record(&spending).await?;
-            (Created::of(&envelope).map_err(encode)?, false)
-        }
-        Some(key) => {
-            let idempotency = Idempotency::new(key, &spending);
-            match state
-                .store
-                .record_idempotent(&spending, &idempotency)
-                .await?
-            {
-                Outcome::Recorded(created) => (created, false),
-                Outcome::Replayed(created) => (created, true),
-            }
-        }
+    let idempotency = Idempotency::of(key, &spending);
+    let (outcome, replayed) = match state.store.record(&spending, &idempotency).await? {
+        Outcome::Recorded(outcome) => (outcome, false),
+        Outcome::Replayed(outcome) => (outcome, true),
     };
+    let recorded = Recorded::from(outcome);
+    let body = serde_json::to_string(&recorded)
+        .map_err(|e| ApiError::Internal(StoreError::Encode(e.to_string())))?;
     let mut response = (
         StatusCode::CREATED,
         [
-            (LOCATION, created.location),
+            (LOCATION, recorded.location()),
             (CONTENT_TYPE, "application/json".to_owned()),
         ],
-        created.body,
+        body,
     )
         .into_response();
     if replayed {

@@ -1,45 +1,9 @@
-//! The DynamoDB backend: everything that speaks DynamoDB.
-//!
-//! A spending is recorded by exactly one conditional update of the
-//! identity's item (one TransactWriteItems, see below) that, under a
-//! condition on `version`, sets the new `version` (the
-//! event's `seq`), adds to `total` and `count`, and puts the event into the
-//! `outbox` map. The write is atomic, so the totals and the event are
-//! stored together or not at all (invariant 1), and the condition makes
-//! seqs consecutive without gaps however many processes write at once.
-//!
-//! A write that loses the race (`ConditionalCheckFailedException`) starts
-//! again from a consistent read, after a jittered backoff
-//! ([`RetryPolicy`](super::RetryPolicy)), a bounded number of times. Inside one process, the writes of one
-//! identity wait for each other first ([`StripedLocks`]), so that
-//! races are rare and mostly between processes.
-//!
-//! The same write keeps the item in the sparse index that the sweeper
-//! reads (`pending_since`, set only when absent, so it tells the time of
-//! the oldest event that may be pending; see [`obt_contract::outbox`]).
-//!
-//! The update is sent as a TransactWriteItems, not an UpdateItem, for its
-//! ClientRequestToken (the event id): a retry of a write that committed
-//! but whose answer was lost is then answered as the first attempt was,
-//! instead of failing the version condition and being taken for a lost
-//! race, which would record the spending twice. It costs twice the write
-//! capacity of an UpdateItem; that is the price of exactly once. The store
-//! makes those retries itself (see `transact`), so that it knows when an
-//! attempt may have committed: the request's answer is then never a 503,
-//! which says that nothing was written.
-//!
-//! With an `Idempotency-Key` the same transaction also holds a Put of the
-//! key's record into the idempotency table, conditioned on the key being
-//! unused or expired. Its cancellation reasons tell which condition failed: the key's
-//! (checked first) means an earlier request holds it, whose record is read
-//! strongly consistently and replayed, or refused when its fingerprint
-//! differs; the item's is the race above; a transaction conflict is retried
-//! like a lost race.
-//!
-//! The outbox is bounded (`max_pending_events`): when the relay has not
-//! taken the events for a long time, a POST is refused with a 503 rather
-//! than letting the item grow to DynamoDB's 400 KB item limit, at which
-//! point every write to it would fail.
+//! The DynamoDB backend: one conditional write of the identity's item (a
+//! TransactWriteItems, with the Put of the Idempotency-Key's record when
+//! there is a key) records the spending and puts its event in the item's
+//! outbox; lost races are retried after a jittered backoff. Why it is a
+//! TransactWriteItems, when a failure is a 503 and when a 500, and how the
+//! outbox is bounded: docs/ARCHITECTURE.md, "The api's write".
 
 use std::collections::HashMap;
 use std::fmt::Debug;
@@ -54,6 +18,7 @@ use obt_contract::outbox::{
     PENDING_BUCKET_ATTR, PENDING_SINCE_ATTR, outbox_key, pending_bucket, pending_since,
 };
 use obt_contract::{Envelope, Identity, SpendingRecorded};
+use obt_runtime::backoff::Backoff;
 use time::format_description::well_known::Rfc3339;
 use tracing::instrument;
 
@@ -62,13 +27,14 @@ use super::item::{
     UPDATED_AT_ATTR, VERSION_ATTR,
 };
 use super::locks::StripedLocks;
+use super::outcome::{Outcome, StoredOutcome};
 use super::{BoxError, RetryPolicy, StoreError, StoreOptions, Summary};
-use crate::idempotency::{Created, Fingerprint, Idempotency, IdempotencyKey, Outcome};
+use crate::idempotency::{Fingerprint, Idempotency, IdempotencyKey, KeyedRequest};
 use crate::input::NewSpending;
 
 /// The api's table, and the table of its Idempotency-Key records.
 #[derive(Debug)]
-pub struct SpendingStore {
+pub struct DynamoDbStore {
     client: Client,
     table: String,
     idempotency_table: String,
@@ -101,6 +67,7 @@ struct UpdateParts {
 /// (`migrations/dynamodb/idempotency.json`).
 const KEY_ATTR: &str = "idempotency_key";
 const FINGERPRINT_ATTR: &str = "fingerprint";
+/// The [`StoredOutcome`]'s text ([`super::outcome::StoredText`]).
 const LOCATION_ATTR: &str = "response_location";
 const BODY_ATTR: &str = "response_body";
 const CREATED_AT_ATTR: &str = "created_at";
@@ -110,7 +77,7 @@ const EXPIRES_AT_ATTR: &str = "expires_at";
 /// The default name of the idempotency table.
 pub const DEFAULT_IDEMPOTENCY_TABLE: &str = "obt-idempotency";
 
-impl SpendingStore {
+impl DynamoDbStore {
     /// A store on `table`, with its Idempotency-Key records in
     /// [`DEFAULT_IDEMPOTENCY_TABLE`] unless
     /// [`with_idempotency_table`](Self::with_idempotency_table) says
@@ -135,44 +102,18 @@ impl SpendingStore {
         &self.table
     }
 
-    /// Records a spending and its event in one write; returns the event.
+    /// Records a spending and its event in one write (with a key, the
+    /// key's record too, or the key's first outcome is replayed), retrying
+    /// lost races. Any failure after an attempt of the write whose outcome
+    /// is unknown is [`StoreError::WriteOutcomeUnknown`], whatever failed
+    /// last: the spending may be recorded, so the answer must not say it
+    /// is not.
     #[instrument(skip_all, fields(identity = %spending.identity))]
-    pub async fn record(&self, spending: &NewSpending) -> Result<Envelope, StoreError> {
-        match self.record_with(spending, None).await? {
-            Done::Recorded(envelope, _) => Ok(envelope),
-            Done::Replayed(_) => unreachable!("a write without a key replays nothing"),
-        }
-    }
-
-    /// Records a spending, its event and its key record in one
-    /// TransactWriteItems, or answers what the key's first request was
-    /// answered.
-    #[instrument(skip_all, fields(identity = %spending.identity))]
-    pub async fn record_idempotent(
+    pub async fn record(
         &self,
         spending: &NewSpending,
         idempotency: &Idempotency,
     ) -> Result<Outcome, StoreError> {
-        match self.record_with(spending, Some(idempotency)).await? {
-            Done::Recorded(envelope, created) => match created {
-                Some(created) => Ok(Outcome::Recorded(created)),
-                None => Ok(Outcome::Recorded(
-                    Created::of(&envelope).map_err(|e| StoreError::Encode(e.to_string()))?,
-                )),
-            },
-            Done::Replayed(created) => Ok(Outcome::Replayed(created)),
-        }
-    }
-
-    /// Records the spending, retrying lost races; any failure after an
-    /// attempt of the write whose outcome is unknown is
-    /// [`StoreError::WriteOutcomeUnknown`], whatever failed last: the
-    /// spending may be recorded, so the answer must not say it is not.
-    async fn record_with(
-        &self,
-        spending: &NewSpending,
-        idempotency: Option<&Idempotency>,
-    ) -> Result<Done, StoreError> {
         let _turn = self.locks.lock(spending.identity.as_str()).await;
         let mut outcome_unknown = false;
         let result = self
@@ -192,9 +133,9 @@ impl SpendingStore {
     async fn try_record(
         &self,
         spending: &NewSpending,
-        idempotency: Option<&Idempotency>,
+        idempotency: &Idempotency,
         outcome_unknown: &mut bool,
-    ) -> Result<Done, StoreError> {
+    ) -> Result<Outcome, StoreError> {
         let policy = self.options.retry;
         // Conditional writes that lost so far, and the version the last
         // one was conditioned on when it lost on the item's condition.
@@ -228,41 +169,34 @@ impl SpendingStore {
                     amount: spending.amount,
                 },
             );
-            let (written, created) = match idempotency {
-                None => (self.write(&envelope, version, outcome_unknown).await?, None),
-                Some(idempotency) => {
-                    let created =
-                        Created::of(&envelope).map_err(|e| StoreError::Encode(e.to_string()))?;
-                    let now = epoch_secs();
+            let written = match idempotency {
+                Idempotency::Unkeyed => {
+                    self.transact(&envelope, version, None, outcome_unknown)
+                        .await?
+                }
+                Idempotency::Keyed(request) => {
                     let written = self
-                        .write_with_key(
-                            &envelope,
-                            version,
-                            idempotency,
-                            &created,
-                            now,
-                            outcome_unknown,
-                        )
+                        .write_with_key(&envelope, version, request, epoch_secs(), outcome_unknown)
                         .await?;
                     if let Written::KeyTaken = written {
                         // None: expired or removed since the write; the
                         // loop tries again.
-                        let stored = self.stored_key(&idempotency.key, epoch_secs()).await?;
-                        if let Some((fingerprint, created)) = stored {
-                            if fingerprint != idempotency.fingerprint {
+                        let stored = self.stored_key(&request.key, epoch_secs()).await?;
+                        if let Some((fingerprint, stored)) = stored {
+                            if fingerprint != request.fingerprint {
                                 return Err(StoreError::KeyReused);
                             }
-                            tracing::debug!("replaying the answer of the key's first request");
-                            return Ok(Done::Replayed(created));
+                            tracing::debug!("replaying the outcome of the key's first request");
+                            return Ok(Outcome::Replayed(stored));
                         }
                     }
-                    (written, Some(created))
+                    written
                 }
             };
             match written {
                 Written::Yes => {
                     tracing::debug!(seq, failures, "recorded");
-                    return Ok(Done::Recorded(envelope, created));
+                    return Ok(Outcome::Recorded(StoredOutcome::from(&envelope)));
                 }
                 Written::LostRace => {
                     tracing::debug!(seq, "lost an optimistic-concurrency race");
@@ -274,9 +208,7 @@ impl SpendingStore {
             }
             failures += 1;
             if policy.may_retry(failures) {
-                // ThreadRng is not Send: draw before the await.
-                let wait = policy.backoff(failures - 1, &mut rand::rng());
-                tokio::time::sleep(wait).await;
+                tokio::time::sleep(policy.delay(failures)).await;
             }
         }
     }
@@ -299,18 +231,6 @@ impl SpendingStore {
             .map(|item| item::integer(&item, VERSION_ATTR))
             .transpose()
             .map_err(|reason| malformed(identity, reason))
-    }
-
-    /// The one write of a spending, conditional on the item still being at
-    /// `version` (or still absent).
-    async fn write(
-        &self,
-        envelope: &Envelope,
-        version: Option<u64>,
-        outcome_unknown: &mut bool,
-    ) -> Result<Written, StoreError> {
-        self.transact(envelope, version, None, outcome_unknown)
-            .await
     }
 
     /// The update of the identity's item that records `envelope`,
@@ -412,30 +332,26 @@ impl SpendingStore {
         &self,
         envelope: &Envelope,
         version: Option<u64>,
-        idempotency: &Idempotency,
-        created: &Created,
+        request: &KeyedRequest,
         now: u64,
         outcome_unknown: &mut bool,
     ) -> Result<Written, StoreError> {
         let build = |e: aws_sdk_dynamodb::error::BuildError| StoreError::Encode(e.to_string());
+        let stored = StoredOutcome::from(envelope)
+            .encode()
+            .map_err(|e| StoreError::Encode(e.to_string()))?;
         let expires_at = now.saturating_add(self.options.idempotency_ttl.as_secs());
         let record = HashMap::from([
             (
                 KEY_ATTR.to_owned(),
-                AttributeValue::S(idempotency.key.as_str().to_owned()),
+                AttributeValue::S(request.key.as_str().to_owned()),
             ),
             (
                 FINGERPRINT_ATTR.to_owned(),
-                AttributeValue::S(idempotency.fingerprint.as_str().to_owned()),
+                AttributeValue::S(request.fingerprint.as_str().to_owned()),
             ),
-            (
-                LOCATION_ATTR.to_owned(),
-                AttributeValue::S(created.location.clone()),
-            ),
-            (
-                BODY_ATTR.to_owned(),
-                AttributeValue::S(created.body.clone()),
-            ),
+            (LOCATION_ATTR.to_owned(), AttributeValue::S(stored.location)),
+            (BODY_ATTR.to_owned(), AttributeValue::S(stored.body)),
             (
                 CREATED_AT_ATTR.to_owned(),
                 AttributeValue::N(now.to_string()),
@@ -459,16 +375,9 @@ impl SpendingStore {
     }
 
     /// One TransactWriteItems: `key`'s Put (when there is one), then the
-    /// conditional update of the identity's item that records `envelope`.
-    ///
-    /// The event id is the transaction's ClientRequestToken: for ten
-    /// minutes DynamoDB answers a request with a token it has seen with that
-    /// request's outcome, without writing again. So the same request can be
-    /// sent again after an attempt whose answer was lost (a timeout, a
-    /// connection that failed after sending, a 5xx), although that attempt
-    /// may have committed. Without the token, such a retry of a committed
-    /// write would fail its own version condition, look like a lost race,
-    /// and the spending would be recorded a second time at the next seq.
+    /// conditional update of the identity's item that records `envelope`,
+    /// with the event id as its ClientRequestToken, so that an attempt
+    /// whose answer was lost can be sent again (docs/ARCHITECTURE.md).
     ///
     /// The attempts are counted here, not by the SDK (its retries are off
     /// for this call; the bounds are the client's, see [`Self::write_retry`]),
@@ -525,7 +434,7 @@ impl SpendingStore {
                 Attempt::NotWritten(error) => error,
                 Attempt::Unknown(error) => {
                     tracing::warn!(
-                        error = %crate::error::chain(&error),
+                        error = %obt_runtime::error_chain(&error),
                         "the outcome of TransactWriteItems is unknown: it may have committed"
                     );
                     *outcome_unknown = true;
@@ -536,9 +445,7 @@ impl SpendingStore {
             if !policy.may_retry(failures) {
                 return Err(error);
             }
-            // ThreadRng is not Send: draw before the await.
-            let wait = policy.backoff(failures - 1, &mut rand::rng());
-            tokio::time::sleep(wait).await;
+            tokio::time::sleep(policy.delay(failures)).await;
         }
     }
 
@@ -555,8 +462,7 @@ impl SpendingStore {
             .unwrap_or_else(RetryConfig::standard);
         RetryPolicy {
             max_retries: config.max_attempts().saturating_sub(1),
-            base: config.initial_backoff(),
-            cap: config.max_backoff(),
+            backoff: Backoff::new(config.initial_backoff(), config.max_backoff()),
         }
     }
 
@@ -566,7 +472,7 @@ impl SpendingStore {
         &self,
         key: &IdempotencyKey,
         now: u64,
-    ) -> Result<Option<(Fingerprint, Created)>, StoreError> {
+    ) -> Result<Option<(Fingerprint, StoredOutcome)>, StoreError> {
         let out = self
             .client
             .get_item()
@@ -587,18 +493,10 @@ impl SpendingStore {
         if expires_at < now {
             return Ok(None);
         }
-        let text = |attr: &str| {
-            item::string(&record, attr)
-                .map(str::to_owned)
-                .map_err(malformed)
-        };
-        Ok(Some((
-            Fingerprint::stored(text(FINGERPRINT_ATTR)?),
-            Created {
-                location: text(LOCATION_ATTR)?,
-                body: text(BODY_ATTR)?,
-            },
-        )))
+        let fingerprint = item::string(&record, FINGERPRINT_ATTR).map_err(malformed)?;
+        let body = item::string(&record, BODY_ATTR).map_err(malformed)?;
+        let stored = StoredOutcome::decode(body).map_err(|e| malformed(e.to_string()))?;
+        Ok(Some((Fingerprint::stored(fingerprint), stored)))
     }
 
     /// An identity's totals, `None` when nothing was recorded for it.
@@ -647,13 +545,6 @@ fn summary_of(identity: &Identity, item: &Item) -> Result<Summary, String> {
         last_seq: item::integer(item, VERSION_ATTR)?,
         pending_events: item::map_len(item, OUTBOX_ATTR)?,
     })
-}
-
-/// How [`SpendingStore::record_with`] ended.
-enum Done {
-    /// With the answer, when it was asked for a key.
-    Recorded(Envelope, Option<Created>),
-    Replayed(Created),
 }
 
 /// Now, in seconds since the epoch (DynamoDB's Time to Live unit).

@@ -1,42 +1,31 @@
 //! Where spendings and their events are kept: the one place that speaks to
-//! a database. The handlers see [`Store`] and its three operations; how a
-//! backend keeps invariant 1 (the spending and its event are stored
-//! together or not at all) is its own business:
-//!
-//! - [`dynamodb`] ([`SpendingStore`], the default): one conditional
-//!   update of the identity's item (a TransactWriteItems), whose `outbox` attribute holds the
-//!   events; DynamoDB Streams carry them to the relay.
-//! - [`mysql`] (`MySqlStore`, cargo feature `mysql`): one transaction over
-//!   `obt_identity`, `obt_spending` and the outbox table `obt`; the relay
-//!   polls `obt`.
-//!
-//! Both also store an `Idempotency-Key`'s record in that same atomic write
-//! ([`Store::record_idempotent`]), so there is never a spending without its
-//! key record or the reverse.
-//!
-//! Both give the same outcomes for the same requests, so the HTTP answers
-//! do not depend on the backend: the api's integration tests run against
-//! either (`OBT_TEST_STORAGE`).
+//! a database. The handlers see [`Store`]: [`dynamodb`] ([`DynamoDbStore`],
+//! the default) or [`mysql`] (`MySqlStore`, cargo feature `mysql`). Both
+//! store the spending, its event and an Idempotency-Key's record in one
+//! atomic write, and give the same outcomes for the same requests (the
+//! api's integration tests run against either, `OBT_TEST_STORAGE`). How
+//! each does it, and why, is in docs/ARCHITECTURE.md.
 //!
 //! [`Store`] is an enum, not a trait object: the backends are a closed set
-//! chosen once at start-up, the MySQL one exists only in builds with the
-//! feature, and an enum needs neither boxed futures nor `async_trait`.
+//! chosen once at start-up, and an enum needs no boxed futures.
 
 pub mod dynamodb;
 pub mod item;
 pub mod locks;
 #[cfg(feature = "mysql")]
 pub mod mysql;
+pub mod outcome;
 pub mod retry;
 
-use obt_contract::{Envelope, Identity};
+use obt_contract::Identity;
 use rust_decimal::Decimal;
 
-use crate::idempotency::{Idempotency, Outcome};
+use crate::idempotency::Idempotency;
 use crate::input::NewSpending;
-pub use dynamodb::SpendingStore;
+pub use dynamodb::DynamoDbStore;
 #[cfg(feature = "mysql")]
 pub use mysql::MySqlStore;
+pub use outcome::{Outcome, StoredOutcome};
 pub use retry::RetryPolicy;
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -122,8 +111,9 @@ pub enum StoreError {
     /// The stored aggregate exists but is not what this code writes.
     #[error("the item of {identity} is malformed: {reason}")]
     Malformed { identity: String, reason: String },
-    /// The event could not be turned into attribute values.
-    #[error("cannot encode the event: {0}")]
+    /// The event, or the outcome kept under an Idempotency-Key, could not
+    /// be encoded for the database.
+    #[error("cannot encode for the database: {0}")]
     Encode(String),
 }
 
@@ -173,33 +163,24 @@ pub struct Summary {
 /// The backend the api runs with.
 #[derive(Debug)]
 pub enum Store {
-    DynamoDb(SpendingStore),
+    DynamoDb(DynamoDbStore),
     #[cfg(feature = "mysql")]
     MySql(MySqlStore),
 }
 
 impl Store {
-    /// Records a spending and its event atomically; returns the event.
-    pub async fn record(&self, spending: &NewSpending) -> Result<Envelope, StoreError> {
-        match self {
-            Self::DynamoDb(store) => store.record(spending).await,
-            #[cfg(feature = "mysql")]
-            Self::MySql(store) => store.record(spending).await,
-        }
-    }
-
-    /// Records a spending, its event and the record of its
-    /// Idempotency-Key atomically, or answers as the key's first request
-    /// was answered (same fingerprint) or refuses ([`StoreError::KeyReused`]).
-    pub async fn record_idempotent(
+    /// Records a spending and its event atomically. With a key, the key's
+    /// record too, or the outcome of the key's first request is replayed
+    /// (same fingerprint) or the request refused ([`StoreError::KeyReused`]).
+    pub async fn record(
         &self,
         spending: &NewSpending,
         idempotency: &Idempotency,
     ) -> Result<Outcome, StoreError> {
         match self {
-            Self::DynamoDb(store) => store.record_idempotent(spending, idempotency).await,
+            Self::DynamoDb(store) => store.record(spending, idempotency).await,
             #[cfg(feature = "mysql")]
-            Self::MySql(store) => store.record_idempotent(spending, idempotency).await,
+            Self::MySql(store) => store.record(spending, idempotency).await,
         }
     }
 
@@ -231,8 +212,8 @@ impl Store {
     }
 }
 
-impl From<SpendingStore> for Store {
-    fn from(store: SpendingStore) -> Self {
+impl From<DynamoDbStore> for Store {
+    fn from(store: DynamoDbStore) -> Self {
         Self::DynamoDb(store)
     }
 }

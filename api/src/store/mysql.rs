@@ -1,55 +1,11 @@
-//! The MySQL backend (cargo feature `mysql`): the spending, its event and
-//! the identity's totals in one transaction.
-//!
-//! The schema is `migrations/mysql/api`. A POST is one transaction:
-//!
-//! 1. an upsert of the identity's `obt_identity` row (seq 0 and zero totals
-//!    when it is new), which takes the row's exclusive lock either way;
-//! 2. `SELECT ... FOR UPDATE` of the last seq and the totals, under it;
-//! 3. `INSERT` into `obt_spending` with seq = last seq + 1;
-//! 4. `INSERT` into the outbox `obt`: the envelope exactly as the relay
-//!    will send it ([`Envelope::encode`]);
-//! 5. `UPDATE` of `obt_identity`: last seq, totals, names;
-//! 6. with an `Idempotency-Key`: `INSERT` into `obt_idempotency` of the
-//!    key, the request's fingerprint and the 201 answer (see
-//!    `insert_key`); when the key is taken and unexpired, the whole
-//!    transaction rolls back and the stored answer is replayed (same
-//!    fingerprint) or the request refused (another one);
-//! 7. `COMMIT`.
-//!
-//! Any failure before COMMIT rolls all of it back, so the outbox never
-//! holds an event without its spending or the reverse (invariants 1 and
-//! 5). The row lock makes every other write of the identity, in any
-//! process, wait until this one committed: seqs are consecutive, without
-//! gaps, in commit order.
-//!
-//! Why the upsert rather than a locking read and an insert when the row is
-//! missing: under REPEATABLE READ, `SELECT ... FOR UPDATE` of a missing row
-//! takes a gap lock, which other transactions may hold too; two first
-//! writes (of one identity, or of two new identities that fall into the
-//! same gap) would then deadlock on their inserts. The upsert takes only
-//! the lock of its own row.
-//!
-//! A deadlock (error 1213) or lock wait timeout (1205) is retried after a
-//! jittered backoff ([`RetryPolicy`]), a bounded number of times, then
-//! answered 503 like a lost race in DynamoDB. Inside one process the
-//! writes of one identity first queue on [`StripedLocks`]: then a burst for
-//! one identity keeps one pooled connection waiting for the row lock, not
-//! all of them, and the pool stays free for other identities.
-//!
-//! No outbox bound here (`OBT_MAX_PENDING_EVENTS` is ignored): the bound
-//! protects DynamoDB's 400 KB item, while here each event is a row of its
-//! own and a POST costs the same whatever the backlog (`obt` is indexed by
-//! identity and seq). A relay that stays away fills the disk slowly, which
-//! is for monitoring to see, not a reason to refuse spendings.
-//!
-//! A COMMIT that fails otherwise than by a deadlock (the connection lost
-//! while it is on its way, or the server answering that it is shutting
-//! down or killed the connection) leaves it unknown whether the
-//! transaction committed. That is answered 500, not 503: a 503 says that
-//! nothing was written and invites the client to send the spending again,
-//! which might record it twice. Every failure before COMMIT was sent
-//! rolled everything back, and may be a 503.
+//! The MySQL backend (cargo feature `mysql`): one transaction upserts and
+//! locks the identity's `obt_identity` row, inserts the spending and its
+//! outbox row `obt` (the envelope as the relay will send it), updates the
+//! totals and, with a key, inserts the key's record last; a deadlock or
+//! lock wait timeout is retried after a jittered backoff. The schema is
+//! `migrations/mysql/api`; why the upsert comes first, why there is no
+//! outbox bound here and when a failure is a 503 or a 500:
+//! docs/ARCHITECTURE.md, "Relational mode".
 
 use std::str::FromStr;
 use std::time::Duration;
@@ -62,8 +18,9 @@ use time::OffsetDateTime;
 use tracing::instrument;
 
 use super::locks::StripedLocks;
+use super::outcome::{Outcome, StoredOutcome};
 use super::{RetryPolicy, StoreError, StoreOptions, Summary};
-use crate::idempotency::{Created, Fingerprint, Idempotency, Outcome};
+use crate::idempotency::{Fingerprint, Idempotency, KeyedRequest};
 use crate::input::NewSpending;
 
 /// How long a request waits for a pooled connection (or for a new one to
@@ -140,15 +97,6 @@ pub struct MySqlStore {
     locks: StripedLocks,
 }
 
-/// How an attempt at the transaction ended, short of a failure.
-enum Done {
-    /// Committed; with the answer, when it was asked for a key.
-    Recorded(Envelope, Option<Created>),
-    /// Rolled back: the key is in use by an earlier request, whose
-    /// fingerprint and answer these are.
-    KeyTaken(Fingerprint, Created),
-}
-
 /// How an attempt at the transaction failed.
 enum Failure {
     /// A lock conflict rolled it back; trying again may succeed.
@@ -208,55 +156,27 @@ impl MySqlStore {
         Ok(store)
     }
 
-    /// Records a spending and its event in one transaction; returns the
-    /// event.
+    /// Records a spending and its event in one transaction (with a key,
+    /// the key's record too, or the key's first outcome is replayed).
+    ///
+    /// The writes of one identity in this process queue on
+    /// [`StripedLocks`] first: a burst for one identity then keeps one
+    /// pooled connection waiting for the row lock, not all of them.
     #[instrument(skip_all, fields(identity = %spending.identity))]
-    pub async fn record(&self, spending: &NewSpending) -> Result<Envelope, StoreError> {
-        match self.record_with(spending, None).await? {
-            Done::Recorded(envelope, _) => Ok(envelope),
-            Done::KeyTaken(..) => unreachable!("a write without a key finds no key"),
-        }
-    }
-
-    /// Records a spending, its event and the record of its Idempotency-Key
-    /// in one transaction, or answers what the key's first request was
-    /// answered.
-    #[instrument(skip_all, fields(identity = %spending.identity))]
-    pub async fn record_idempotent(
+    pub async fn record(
         &self,
         spending: &NewSpending,
         idempotency: &Idempotency,
     ) -> Result<Outcome, StoreError> {
-        match self.record_with(spending, Some(idempotency)).await? {
-            Done::Recorded(_, Some(created)) => Ok(Outcome::Recorded(created)),
-            Done::Recorded(envelope, None) => Ok(Outcome::Recorded(
-                Created::of(&envelope).map_err(|e| StoreError::Encode(e.to_string()))?,
-            )),
-            Done::KeyTaken(fingerprint, created) => {
-                if fingerprint == idempotency.fingerprint {
-                    tracing::debug!("replaying the answer of the key's first request");
-                    Ok(Outcome::Replayed(created))
-                } else {
-                    Err(StoreError::KeyReused)
-                }
-            }
-        }
-    }
-
-    async fn record_with(
-        &self,
-        spending: &NewSpending,
-        idempotency: Option<&Idempotency>,
-    ) -> Result<Done, StoreError> {
         let _turn = self.locks.lock(spending.identity.as_str()).await;
         let mut failures: u32 = 0;
         loop {
             match self.attempt(spending, idempotency).await {
-                Ok(done) => {
-                    if let Done::Recorded(envelope, _) = &done {
-                        tracing::debug!(seq = envelope.seq, failures, "recorded");
+                Ok(outcome) => {
+                    if let Outcome::Recorded(recorded) = &outcome {
+                        tracing::debug!(seq = recorded.seq, failures, "recorded");
                     }
-                    return Ok(done);
+                    return Ok(outcome);
                 }
                 Err(Failure::Fail(e)) => return Err(e),
                 Err(Failure::Retry(e)) => {
@@ -265,9 +185,7 @@ impl MySqlStore {
                     if !self.retry.may_retry(failures) {
                         return Err(StoreError::Contention { attempts: failures });
                     }
-                    // ThreadRng is not Send: draw before the await.
-                    let wait = self.retry.backoff(failures - 1, &mut rand::rng());
-                    tokio::time::sleep(wait).await;
+                    tokio::time::sleep(self.retry.delay(failures)).await;
                 }
             }
         }
@@ -277,33 +195,37 @@ impl MySqlStore {
     async fn attempt(
         &self,
         spending: &NewSpending,
-        idempotency: Option<&Idempotency>,
-    ) -> Result<Done, Failure> {
+        idempotency: &Idempotency,
+    ) -> Result<Outcome, Failure> {
         let mut tx = self.pool.begin().await.map_err(classify("BEGIN"))?;
         let written = async {
-            let envelope = write(&mut tx, spending).await?;
-            let Some(idempotency) = idempotency else {
-                return Ok(Done::Recorded(envelope, None));
+            let recorded = StoredOutcome::from(&write(&mut tx, spending).await?);
+            let Idempotency::Keyed(request) = idempotency else {
+                return Ok(Outcome::Recorded(recorded));
             };
-            let created = Created::of(&envelope)
-                .map_err(|e| Failure::Fail(StoreError::Encode(e.to_string())))?;
-            match insert_key(&mut tx, idempotency, &created, self.idempotency_ttl).await? {
-                None => Ok(Done::Recorded(envelope, Some(created))),
-                Some((fingerprint, stored)) => Ok(Done::KeyTaken(fingerprint, stored)),
+            match insert_key(&mut tx, request, &recorded, self.idempotency_ttl).await? {
+                None => Ok(Outcome::Recorded(recorded)),
+                Some((fingerprint, _)) if fingerprint != request.fingerprint => {
+                    Err(Failure::Fail(StoreError::KeyReused))
+                }
+                Some((_, stored)) => {
+                    tracing::debug!("replaying the outcome of the key's first request");
+                    Ok(Outcome::Replayed(stored))
+                }
             }
         }
         .await;
         match written {
-            Ok(done @ Done::Recorded(..)) => {
+            Ok(recorded @ Outcome::Recorded(_)) => {
                 tx.commit().await.map_err(classify_commit)?;
-                Ok(done)
+                Ok(recorded)
             }
-            Ok(taken @ Done::KeyTaken(..)) => {
+            Ok(replayed @ Outcome::Replayed(_)) => {
                 // The spending of this attempt must not stay.
                 if let Err(e) = tx.rollback().await {
                     tracing::debug!(error = %e, "rollback failed");
                 }
-                Ok(taken)
+                Ok(replayed)
             }
             Err(failure) => {
                 // Explicitly: a lock wait timeout rolls back only its
@@ -461,7 +383,7 @@ async fn write(conn: &mut MySqlConnection, spending: &NewSpending) -> Result<Env
 /// Inserts the record of the key, last in the transaction (so that no
 /// statement of it waits for a lock while it holds the key's). Returns
 /// `None` when the key is now this request's, or the fingerprint and
-/// answer of the unexpired request that holds it.
+/// outcome of the unexpired request that holds it.
 ///
 /// When another transaction inserted the key and has not finished, the
 /// INSERT waits for it: after its COMMIT, this one finds the key
@@ -470,13 +392,16 @@ async fn write(conn: &mut MySqlConnection, spending: &NewSpending) -> Result<Env
 /// it is read under that lock, and an expired record is replaced.
 async fn insert_key(
     conn: &mut MySqlConnection,
-    idempotency: &Idempotency,
-    created: &Created,
+    request: &KeyedRequest,
+    recorded: &StoredOutcome,
     ttl: Duration,
-) -> Result<Option<(Fingerprint, Created)>, Failure> {
+) -> Result<Option<(Fingerprint, StoredOutcome)>, Failure> {
     let now = OffsetDateTime::now_utc();
     let expires_at = now + ttl;
-    let key = idempotency.key.as_str();
+    let key = request.key.as_str();
+    let stored = recorded
+        .encode()
+        .map_err(|e| Failure::Fail(StoreError::Encode(e.to_string())))?;
     let inserted = sqlx::query(
         "INSERT INTO obt_idempotency \
              (idempotency_key, fingerprint, response_location, response_body, created_at, \
@@ -484,9 +409,9 @@ async fn insert_key(
          VALUES (?, ?, ?, ?, ?, ?)",
     )
     .bind(key)
-    .bind(idempotency.fingerprint.as_str())
-    .bind(&created.location)
-    .bind(&created.body)
+    .bind(request.fingerprint.as_str())
+    .bind(&stored.location)
+    .bind(&stored.body)
     .bind(now)
     .bind(expires_at)
     .execute(&mut *conn)
@@ -497,7 +422,7 @@ async fn insert_key(
         Err(e) => return Err(classify("INSERT obt_idempotency")(e)),
     }
     let row = sqlx::query(
-        "SELECT fingerprint, response_location, response_body, expires_at < ? AS expired \
+        "SELECT fingerprint, response_body, expires_at < ? AS expired \
          FROM obt_idempotency WHERE idempotency_key = ? LOCK IN SHARE MODE",
     )
     .bind(now)
@@ -510,13 +435,14 @@ async fn insert_key(
     if expired == 0 {
         // Unchecked: see `summary`.
         let fingerprint: String = row.try_get_unchecked("fingerprint").map_err(decode)?;
-        return Ok(Some((
-            Fingerprint::stored(fingerprint),
-            Created {
-                location: row.try_get_unchecked("response_location").map_err(decode)?,
-                body: row.try_get_unchecked("response_body").map_err(decode)?,
-            },
-        )));
+        let body: String = row.try_get_unchecked("response_body").map_err(decode)?;
+        let stored = StoredOutcome::decode(&body).map_err(|e| {
+            Failure::Fail(StoreError::Malformed {
+                identity: format!("(Idempotency-Key record {key})"),
+                reason: e.to_string(),
+            })
+        })?;
+        return Ok(Some((Fingerprint::stored(fingerprint), stored)));
     }
     sqlx::query(
         "UPDATE obt_idempotency \
@@ -524,9 +450,9 @@ async fn insert_key(
              expires_at = ? \
          WHERE idempotency_key = ?",
     )
-    .bind(idempotency.fingerprint.as_str())
-    .bind(&created.location)
-    .bind(&created.body)
+    .bind(request.fingerprint.as_str())
+    .bind(&stored.location)
+    .bind(&stored.body)
     .bind(now)
     .bind(expires_at)
     .bind(key)
@@ -585,7 +511,7 @@ fn classify(what: &'static str) -> impl Fn(sqlx::Error) -> Failure {
 /// failed, and also an answer such as "shutting down" (1053) or
 /// "connection killed" (1927), which does not say whether the commit had
 /// taken effect. So the error must not say "nothing was written, retry"
-/// (a 503): it is a 500 (see the module's documentation).
+/// (a 503): it is a 500 (docs/ARCHITECTURE.md).
 fn classify_commit(e: sqlx::Error) -> Failure {
     match number(&e) {
         Some(code::DEADLOCK | code::LOCK_WAIT_TIMEOUT) => Failure::Retry(e),

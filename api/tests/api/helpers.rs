@@ -17,9 +17,10 @@ use axum::Router;
 use axum::body::Body;
 use axum::http::{HeaderMap, Request, StatusCode};
 use http_body_util::BodyExt;
-use obt_api::{AppState, Application, RetryPolicy, Settings, SpendingStore, StoreOptions};
+use obt_api::{AppState, Application, DynamoDbStore, RetryPolicy, Settings, StoreOptions};
 use obt_contract::Envelope;
 use obt_runtime::Storage;
+use obt_runtime::args::TableArgs;
 use obt_testkit::Stack;
 use serde_json::Value;
 use tokio::sync::{Semaphore, mpsc, oneshot};
@@ -32,13 +33,10 @@ pub type Item = HashMap<String, AttributeValue>;
 
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// The backend the tests run against (`OBT_TEST_STORAGE`).
+/// The backend the tests run against (`OBT_TEST_STORAGE`, read by the
+/// testkit).
 pub fn mode() -> Storage {
-    let Ok(value) = std::env::var("OBT_TEST_STORAGE") else {
-        return Storage::Dynamodb;
-    };
-    let storage = <Storage as clap::ValueEnum>::from_str(&value, true)
-        .unwrap_or_else(|_| panic!("OBT_TEST_STORAGE={value}: expected dynamodb or mysql"));
+    let storage = obt_testkit::storage_under_test();
     if storage == Storage::Mysql && cfg!(not(feature = "mysql")) {
         panic!("OBT_TEST_STORAGE=mysql needs the api's MySQL backend: add --features mysql");
     }
@@ -145,7 +143,7 @@ impl TestResponse {
 
 /// A DynamoDB store on `table` through `client`.
 pub fn state(client: aws_sdk_dynamodb::Client, table: &str, options: StoreOptions) -> AppState {
-    AppState::new(SpendingStore::new(client, table, options), REQUEST_TIMEOUT)
+    AppState::new(DynamoDbStore::new(client, table, options), REQUEST_TIMEOUT)
 }
 
 /// A state with its own DynamoDB store (and so its own locks) on `stack`'s
@@ -161,7 +159,7 @@ pub fn state_through(
     stack: &Stack,
     options: StoreOptions,
 ) -> AppState {
-    let store = SpendingStore::new(client, &stack.names.table, options)
+    let store = DynamoDbStore::new(client, &stack.names.table, options)
         .with_idempotency_table(&stack.names.idempotency_table);
     AppState::new(store, REQUEST_TIMEOUT)
 }
@@ -290,6 +288,67 @@ impl TestApp {
         }
     }
 
+    /// Stores an Idempotency-Key record as it is laid out in the table
+    /// (key, fingerprint, `response_location`, `response_body`), unexpired
+    /// for an hour: a record of another build.
+    pub async fn put_key_record(&self, record: &KeyRecord) {
+        match &self.backend {
+            Backend::DynamoDb(stack) => {
+                let now = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .expect("after 1970")
+                    .as_secs();
+                let s = |v: &str| AttributeValue::S(v.to_owned());
+                let n = |v: u64| AttributeValue::N(v.to_string());
+                stack
+                    .dynamodb()
+                    .put_item()
+                    .table_name(&stack.names.idempotency_table)
+                    .item("idempotency_key", s(&record.key))
+                    .item("fingerprint", s(&record.fingerprint))
+                    .item("response_location", s(&record.location))
+                    .item("response_body", s(&record.body))
+                    .item("created_at", n(now))
+                    .item("expires_at", n(now + 3600))
+                    .send()
+                    .await
+                    .expect("put a key record");
+            }
+            #[cfg(feature = "mysql")]
+            Backend::MySql(mysql) => mysql.put_key_record(record).await,
+        }
+    }
+
+    /// The Idempotency-Key record of `key` as stored, if any.
+    pub async fn key_record(&self, key: &str) -> Option<KeyRecord> {
+        match &self.backend {
+            Backend::DynamoDb(stack) => {
+                let item = stack
+                    .dynamodb()
+                    .get_item()
+                    .table_name(&stack.names.idempotency_table)
+                    .key("idempotency_key", AttributeValue::S(key.to_owned()))
+                    .consistent_read(true)
+                    .send()
+                    .await
+                    .expect("read a key record")
+                    .item?;
+                let s = |attr: &str| match item.get(attr) {
+                    Some(AttributeValue::S(s)) => s.clone(),
+                    other => panic!("{attr} is not a string: {other:?}"),
+                };
+                Some(KeyRecord {
+                    key: s("idempotency_key"),
+                    fingerprint: s("fingerprint"),
+                    location: s("response_location"),
+                    body: s("response_body"),
+                })
+            }
+            #[cfg(feature = "mysql")]
+            Backend::MySql(mysql) => mysql.key_record(key).await,
+        }
+    }
+
     /// Removes an event from the outbox, as the relay does once it
     /// published it.
     pub async fn remove_published(&self, identity: &str, seq: u64) {
@@ -301,7 +360,7 @@ impl TestApp {
     }
 
     /// A state whose writes of `identity` are held at the database until
-    /// the test lets them go: DynamoDB, a proxy holds each UpdateItem;
+    /// the test lets them go: DynamoDB, a proxy holds each TransactWriteItems;
     /// MySQL, another session holds the identity's row lock.
     pub async fn hold_writes(&self, identity: &str, options: StoreOptions) -> HeldWrites {
         match &self.backend {
@@ -333,6 +392,15 @@ async fn state_of(backend: &Backend, options: StoreOptions) -> AppState {
         #[cfg(feature = "mysql")]
         Backend::MySql(mysql) => mysql.state(options).await,
     }
+}
+
+/// An Idempotency-Key record, as the tables hold it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyRecord {
+    pub key: String,
+    pub fingerprint: String,
+    pub location: String,
+    pub body: String,
 }
 
 /// See [`TestApp::hold_writes`].
@@ -473,7 +541,9 @@ pub fn outbox(item: &Item) -> &HashMap<String, AttributeValue> {
 pub fn settings(table: &str) -> Settings {
     Settings {
         listen: SocketAddr::from(([127, 0, 0, 1], 0)),
-        table: table.to_owned(),
+        table: TableArgs {
+            table: table.to_owned(),
+        },
         ..Settings::defaults()
     }
 }

@@ -8,12 +8,13 @@ use std::time::Duration;
 use axum::body::Body;
 use axum::http::{Request, StatusCode};
 use obt_api::StoreOptions;
-use obt_api::idempotency::{INVALID_KEY, KEY_REUSED};
+use obt_api::idempotency::{Fingerprint, INVALID_KEY, KEY_REUSED};
+use obt_api::input::NewSpending;
 use obt_runtime::Storage;
 use obt_testkit::eventually;
 use tokio::task::JoinSet;
 
-use crate::helpers::{TestApp, TestResponse, runs_in, send, spending};
+use crate::helpers::{KeyRecord, TestApp, TestResponse, runs_in, send, spending};
 
 const KEY: &str = "Idempotency-Key";
 const REPLAYED: &str = "idempotent-replayed";
@@ -79,6 +80,71 @@ async fn a_retry_with_the_same_key_replays_the_first_answer_and_records_nothing(
         .await;
     assert_eq!(without.status, StatusCode::CREATED);
     assert_eq!(without.json["seq"], 2);
+}
+
+fn fingerprint_of(body: &str) -> String {
+    let spending = NewSpending::from_json(body.as_bytes()).expect("a valid spending");
+    Fingerprint::of(&spending).as_str().to_owned()
+}
+
+/// What the deployed builds stored before the record had a type of its
+/// own: the 201 body and its Location.
+fn earlier_builds_record(key: &str, body: &str) -> KeyRecord {
+    KeyRecord {
+        key: key.to_owned(),
+        fingerprint: fingerprint_of(body),
+        location: "/api/v1/spending/AB1".to_owned(),
+        body: r#"{"event_id":"0193b7c4-5f6e-7a1b-8c2d-3e4f5a6b7c8d","identity":"AB1","seq":1,"name":"Martin","surname":"Robi","amount":"51.30","created_at":"2026-11-03T10:15:42.123Z"}"#.to_owned(),
+    }
+}
+
+#[tokio::test]
+async fn a_key_record_of_an_earlier_build_replays_the_same_answer() {
+    let app = TestApp::new().await;
+    let body = r#"{"identity":"AB1","name":"Martin","surname":"Robi","amount":51.3}"#;
+    let record = earlier_builds_record("from-the-last-release", body);
+    app.put_key_record(&record).await;
+
+    let retry = post_with_key(&app, &record.key, body).await;
+    assert_eq!(retry.status, StatusCode::CREATED, "{}", retry.text);
+    assert_eq!(retry.header(REPLAYED), Some("true"));
+    assert_eq!(retry.text, record.body, "the same body, byte for byte");
+    assert_eq!(retry.header("location"), Some(record.location.as_str()));
+    assert_eq!(retry.header("content-type"), Some("application/json"));
+    assert_eq!(app.stored_count().await, 0, "nothing recorded");
+
+    // Another request with the key is refused, as it was.
+    let other = post_with_key(&app, &record.key, &spending("AB1", "Martin", "1")).await;
+    assert_eq!(
+        other.status,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "{}",
+        other.text
+    );
+    assert_eq!(other.errors(KEY), [KEY_REUSED]);
+}
+
+#[tokio::test]
+async fn a_key_record_is_stored_as_the_earlier_builds_replay_it() {
+    // They send the stored body and Location as they are: after a
+    // rollback, they still answer a key first used by this build.
+    let app = TestApp::new().await;
+    let body = spending("AB1", "Martin", "51.3");
+    let first = post_with_key(&app, "stored-as-before", &body).await;
+    assert_eq!(first.status, StatusCode::CREATED, "{}", first.text);
+    let record = app
+        .key_record("stored-as-before")
+        .await
+        .expect("the key's record");
+    assert_eq!(
+        record,
+        KeyRecord {
+            key: "stored-as-before".to_owned(),
+            fingerprint: fingerprint_of(&body),
+            location: first.header("location").expect("a Location").to_owned(),
+            body: first.text.clone(),
+        }
+    );
 }
 
 #[tokio::test]

@@ -13,13 +13,14 @@ use aws_config::SdkConfig;
 use axum::http::StatusCode;
 use obt_api::{Application, StoreOptions};
 use obt_contract::Envelope;
+use obt_testkit::fault_proxy::Mode;
 use rust_decimal::Decimal;
 use time::format_description::well_known::Rfc3339;
 use time::{OffsetDateTime, PrimitiveDateTime};
 use tokio::task::JoinSet;
 
 use crate::helpers::{SpawnedApp, TestApp, TestResponse, get_request, retries, send, spending};
-use crate::mysql_backend::{MySqlBackend, TcpProxy, api_waits_for_a_lock, utf8};
+use crate::mysql_backend::{MySqlBackend, api_waits_for_a_lock, utf8};
 
 /// Text columns are read as bytes: see `mysql_backend::utf8`.
 type Text = Vec<u8>;
@@ -368,14 +369,14 @@ async fn a_deadlock_victim_out_of_retries_is_answered_503_and_writes_nothing() {
 async fn the_readiness_probe_and_posts_answer_503_while_the_database_is_unreachable() {
     let app = TestApp::mysql(StoreOptions::default()).await;
     let db = app.db();
-    let proxy = TcpProxy::start(db.url()).await;
+    let proxy = db.proxy().await;
     let router = obt_api::app(db.state_through(&proxy, Duration::from_secs(2)));
     let ready = || send(&router, get_request("/health/ready"));
 
     let response = ready().await;
     assert_eq!(response.status, StatusCode::OK, "{}", response.text);
 
-    proxy.cut();
+    proxy.set_mode(Mode::Refuse);
     let response = ready().await;
     assert_eq!(
         response.status,
@@ -393,7 +394,7 @@ async fn the_readiness_probe_and_posts_answer_503_while_the_database_is_unreacha
     post.assert_retry_later("5", "the database is unavailable; retry later");
     assert_eq!(db.stored_count().await, 0);
 
-    proxy.heal();
+    proxy.set_mode(Mode::Pass);
     let response = ready().await;
     assert_eq!(response.status, StatusCode::OK, "{}", response.text);
 }
@@ -437,26 +438,24 @@ async fn the_api_built_from_its_settings_serves_from_mysql() {
 async fn an_unreachable_database_stops_the_start_up_saying_what_to_fix() {
     let app = TestApp::mysql(StoreOptions::default()).await;
     let db = app.db();
-    let proxy = TcpProxy::start(db.url()).await;
-    proxy.cut();
+    let proxy = db.proxy().await;
+    proxy.set_mode(Mode::Refuse);
     let options = sqlx::mysql::MySqlConnectOptions::from_str(db.url()).expect("a MySQL URL");
     let url = db.url().replace(
         &format!("@{}:{}/", options.get_host(), options.get_port()),
-        &format!("@127.0.0.1:{}/", proxy.addr.port()),
+        &format!("@127.0.0.1:{}/", proxy.addr().port()),
     );
-    let settings = obt_api::Settings {
-        database_url: Some(url.into()),
-        ..app.settings()
-    };
+    let mut settings = app.settings();
+    settings.storage.database_url = Some(url.into());
 
     let error = Application::build(&settings, &SdkConfig::builder().build())
         .await
         .expect_err("no database to connect to");
-    let message = obt_api::error::chain(&error);
+    let message = obt_runtime::error_chain(&error);
     assert!(
         message.contains(&format!(
             "cannot connect to MySQL at 127.0.0.1:{}",
-            proxy.addr.port()
+            proxy.addr().port()
         )),
         "{message}"
     );
@@ -476,6 +475,6 @@ async fn a_database_without_the_api_tables_stops_the_start_up_saying_what_to_fix
     let error = Application::build(&app.settings(), &SdkConfig::builder().build())
         .await
         .expect_err("no schema");
-    let message = obt_api::error::chain(&error);
+    let message = obt_runtime::error_chain(&error);
     assert!(message.contains("obt-migrate --storage mysql"), "{message}");
 }

@@ -2,7 +2,7 @@
 //! least-privilege users (`obt_testkit::mysql::MySqlStack`), the api's
 //! store on them, an admin pool to look at and change what the api's user
 //! may not, and two ways to get in the api's way: a lock on an identity's
-//! row, and a TCP proxy that can cut the api off the server.
+//! row, and the testkit's fault proxy in front of the server.
 
 use std::net::SocketAddr;
 use std::str::FromStr;
@@ -12,15 +12,14 @@ use obt_api::store::mysql::pool_options;
 use obt_api::{AppState, MySqlStore, Settings, StoreOptions};
 use obt_contract::Envelope;
 use obt_runtime::Storage;
+use obt_runtime::args::StorageArgs;
 use obt_testkit::eventually;
+use obt_testkit::fault_proxy::FaultProxy;
 use obt_testkit::mysql::MySqlStack;
 use sqlx::mysql::{MySqlConnectOptions, MySqlPool};
 use sqlx::{MySql, Transaction};
-use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::watch;
-use tokio::task::JoinHandle;
 
-use crate::helpers::REQUEST_TIMEOUT;
+use crate::helpers::{KeyRecord, REQUEST_TIMEOUT};
 
 /// The api's database of one test.
 pub struct MySqlBackend {
@@ -49,13 +48,26 @@ impl MySqlBackend {
         AppState::new(store, REQUEST_TIMEOUT)
     }
 
+    /// A fault proxy in front of the server, passing everything for now.
+    pub async fn proxy(&self) -> FaultProxy {
+        let options = MySqlConnectOptions::from_str(self.url()).expect("the api's URL");
+        let server = tokio::net::lookup_host((options.get_host(), options.get_port()))
+            .await
+            .expect("resolve the server's address")
+            .next()
+            .expect("the server has an address");
+        FaultProxy::start(server)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"))
+    }
+
     /// A state whose store reaches the server through `proxy`, giving up
     /// on a connection after `acquire_timeout`.
-    pub fn state_through(&self, proxy: &TcpProxy, acquire_timeout: Duration) -> AppState {
+    pub fn state_through(&self, proxy: &FaultProxy, acquire_timeout: Duration) -> AppState {
         let options = MySqlConnectOptions::from_str(self.url())
             .expect("the api's URL")
             .host("127.0.0.1")
-            .port(proxy.addr.port());
+            .port(proxy.addr().port());
         let pool = pool_options(2)
             .acquire_timeout(acquire_timeout)
             .connect_lazy_with(options);
@@ -69,8 +81,10 @@ impl MySqlBackend {
     pub fn settings(&self) -> Settings {
         Settings {
             listen: SocketAddr::from(([127, 0, 0, 1], 0)),
-            storage: Storage::Mysql,
-            database_url: Some(self.url().to_owned().into()),
+            storage: StorageArgs {
+                storage: Storage::Mysql,
+                database_url: Some(self.url().to_owned().into()),
+            },
             ..Settings::defaults()
         }
     }
@@ -138,6 +152,47 @@ impl MySqlBackend {
         .fetch_all(&self.admin)
         .await
         .unwrap_or_else(|e| panic!("seqs of {table}: {e}"))
+    }
+
+    /// See [`crate::helpers::TestApp::put_key_record`].
+    pub async fn put_key_record(&self, record: &KeyRecord) {
+        sqlx::query(
+            "INSERT INTO obt_idempotency \
+                 (idempotency_key, fingerprint, response_location, response_body, created_at, \
+                  expires_at) \
+             VALUES (?, ?, ?, ?, UTC_TIMESTAMP(3), UTC_TIMESTAMP(3) + INTERVAL 1 HOUR)",
+        )
+        .bind(&record.key)
+        .bind(&record.fingerprint)
+        .bind(&record.location)
+        .bind(&record.body)
+        .execute(&self.admin)
+        .await
+        .expect("insert a key record");
+    }
+
+    /// See [`crate::helpers::TestApp::key_record`].
+    pub async fn key_record(&self, key: &str) -> Option<KeyRecord> {
+        let row = sqlx::query(
+            "SELECT idempotency_key, fingerprint, response_location, response_body \
+             FROM obt_idempotency WHERE idempotency_key = ?",
+        )
+        .bind(key)
+        .fetch_optional(&self.admin)
+        .await
+        .expect("read a key record")?;
+        let text = |column: &str| {
+            utf8(
+                sqlx::Row::try_get(&row, column)
+                    .unwrap_or_else(|e| panic!("obt_idempotency.{column}: {e}")),
+            )
+        };
+        Some(KeyRecord {
+            key: text("idempotency_key"),
+            fingerprint: text("fingerprint"),
+            location: text("response_location"),
+            body: text("response_body"),
+        })
     }
 
     /// Takes the lock of `identity`'s `obt_identity` row (creating the row
@@ -208,62 +263,6 @@ pub async fn api_waits_for_a_lock(admin: &MySqlPool, api_user: &str) {
         },
     )
     .await;
-}
-
-/// A TCP proxy in front of the MariaDB server. While cut, it closes the
-/// connections it forwards and every new one at once: to the api, the
-/// server is gone.
-pub struct TcpProxy {
-    pub addr: SocketAddr,
-    cut: watch::Sender<bool>,
-    task: JoinHandle<()>,
-}
-
-impl Drop for TcpProxy {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
-}
-
-impl TcpProxy {
-    /// A proxy to the server of `url`.
-    pub async fn start(url: &str) -> Self {
-        let upstream = MySqlConnectOptions::from_str(url).expect("a MySQL URL");
-        let upstream = format!("{}:{}", upstream.get_host(), upstream.get_port());
-        let listener = TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind the proxy");
-        let addr = listener.local_addr().expect("the proxy's address");
-        let (cut, watching) = watch::channel(false);
-        let task = tokio::spawn(async move {
-            while let Ok((mut client, _)) = listener.accept().await {
-                let mut watching = watching.clone();
-                if *watching.borrow() {
-                    continue; // dropped: closed at once
-                }
-                let upstream = upstream.clone();
-                tokio::spawn(async move {
-                    let Ok(mut server) = TcpStream::connect(&upstream).await else {
-                        return;
-                    };
-                    tokio::select! {
-                        _ = tokio::io::copy_bidirectional(&mut client, &mut server) => {}
-                        _ = watching.wait_for(|cut| *cut) => {}
-                    }
-                });
-            }
-        });
-        Self { addr, cut, task }
-    }
-
-    /// Cuts every connection, and refuses new ones until `heal`.
-    pub fn cut(&self) {
-        self.cut.send_replace(true);
-    }
-
-    pub fn heal(&self) {
-        self.cut.send_replace(false);
-    }
 }
 
 /// A text column's bytes as a String. The schema's `utf8mb4_bin` columns

@@ -16,7 +16,7 @@ pub fn state(
     crate::helpers::state_through(proxy.client(stack), stack, options)
 }
 
-/// A proxy in front of DynamoDB Local that reports each UpdateItem on the returned receiver and
+/// A proxy in front of DynamoDB Local that reports each TransactWriteItems on the returned receiver and
 /// forwards it only once the semaphore gives a permit.
 pub async fn holding_proxy() -> (DynamoProxy, mpsc::UnboundedReceiver<()>, Arc<Semaphore>) {
     let (arrived_tx, arrived) = mpsc::unbounded_channel();
