@@ -33,7 +33,6 @@ pub mod dead_letter;
 pub mod parking;
 pub mod queue;
 pub mod read_model;
-mod sdk_error;
 pub mod store;
 
 pub use config::{Settings, StorageArgs};

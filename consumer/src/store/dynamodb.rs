@@ -97,7 +97,7 @@ where
     move |e| StoreError::DynamoDb {
         call,
         table,
-        detail: crate::sdk_error::describe(&e),
+        detail: obt_runtime::error_chain(&e),
     }
 }
 
