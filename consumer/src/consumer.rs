@@ -32,7 +32,7 @@ use crate::config::Settings;
 use crate::dead_letter::DeadLetterQueue;
 use crate::parking::{self, Cause, Held, ParkRequest};
 use crate::queue::{Queue, QueueError, Received};
-use crate::store::{self, Applied, ApplyError, HoldError, Ledger, OpenError, StoreError};
+use crate::store::{self, Applied, ApplyError, HoldError, Ledger, LedgerError, OpenError};
 
 /// The pauses after failed receives: from 100 ms, doubling up to 10 s.
 const RECEIVE_BACKOFF: Backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(10));
@@ -172,7 +172,7 @@ pub enum StartupError {
     #[error("cannot find the queue")]
     Queue(#[from] QueueError),
     #[error("cannot open the consumer's records")]
-    Store(#[from] OpenError),
+    Ledger(#[from] OpenError),
 }
 
 /// Why the consumer stopped other than by a clean shutdown.
@@ -248,12 +248,14 @@ impl Consumer {
         // wait for their long poll on top.
         let bounded = |timeout: Duration| obt_runtime::with_attempt_timeout(config, timeout);
         let store_config = bounded(settings.aws_timeout());
-        let ledger = store::open(&store_config, &settings.storage, connections, "consumer").await?;
+        let records =
+            store::open(&store_config, &settings.storage, connections, "consumer").await?;
+        let ledger = records.ledger().clone();
         let long_poll = Duration::from_secs(u64::try_from(settings.wait_time_secs).unwrap_or(0));
         let sqs = aws_sdk_sqs::Client::new(&bounded(settings.aws_timeout() + long_poll));
-        let url = match &settings.queue_url {
+        let url = match &settings.queue.queue_url {
             Some(url) => url.clone(),
-            None => Queue::resolve_url(&sqs, &settings.queue_name).await?,
+            None => Queue::resolve_url(&sqs, &settings.queue.queue_name).await?,
         };
         let dead_letters = match &settings.dlq_url {
             Some(dlq) => DeadLetterQueue::new(sqs.clone(), dlq.clone()),
@@ -532,7 +534,7 @@ impl Consumer {
                 message,
                 || self.ledger.hold(event),
                 |secs| {
-                    HoldError::Store(StoreError::TimedOut {
+                    HoldError::Ledger(LedgerError::TimedOut {
                         what: format!("holding seq {} of {}", event.seq, event.identity),
                         secs,
                     })
@@ -636,7 +638,7 @@ impl Consumer {
             .retrying(
                 message,
                 || parking::park(self.ledger.as_ref(), identity, request),
-                |secs| StoreError::TimedOut {
+                |secs| LedgerError::TimedOut {
                     what: format!("parking {identity}"),
                     secs,
                 },
@@ -812,9 +814,9 @@ impl Transient for HoldError {
     }
 }
 
-impl Transient for StoreError {
+impl Transient for LedgerError {
     fn is_transient(&self) -> bool {
-        StoreError::is_transient(self)
+        LedgerError::is_transient(self)
     }
 }
 

@@ -116,7 +116,7 @@ async fn events_past_a_gap_are_held_not_dead_lettered_and_applied_in_order_once_
     );
     assert!(
         stack
-            .ledger()
+            .reader()
             .list_parked()
             .await
             .expect("lists")

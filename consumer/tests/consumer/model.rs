@@ -204,7 +204,7 @@ async fn a_poison_message_alone_reaches_the_dlq_its_followers_are_held_and_a_ret
     // It keeps receiving events while parked: held, in order.
     on.send(&events[5]).await;
     wait_held(&on.stack, &who, 3, Duration::from_secs(30)).await;
-    let listed = parking::list_parked(on.stack.ledger())
+    let listed = parking::list_parked(on.stack.reader())
         .await
         .expect("lists");
     assert_eq!(listed.len(), 1);
@@ -280,7 +280,7 @@ async fn a_poison_message_alone_reaches_the_dlq_its_followers_are_held_and_a_ret
     assert!(on.dead_letters().is_empty(), "nothing left in the DLQ");
     assert!(on.redriven().is_empty());
     assert!(
-        parking::list_parked(on.stack.ledger())
+        parking::list_parked(on.stack.reader())
             .await
             .expect("lists")
             .is_empty()
@@ -331,7 +331,7 @@ async fn a_gap_received_with_its_followers_holds_them_and_heals_when_the_missing
     assert_exactly(&on.stack, &who, &events).await;
     assert!(on.dead_letters().is_empty() && on.redriven().is_empty());
     assert!(
-        parking::list_parked(on.stack.ledger())
+        parking::list_parked(on.stack.reader())
             .await
             .expect("lists")
             .is_empty()
