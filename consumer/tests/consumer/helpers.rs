@@ -343,6 +343,22 @@ pub async fn wait_parked(
     .await
 }
 
+/// Waits until `identity` is not parked (any more).
+pub async fn wait_unparked(stack: &TestStack, identity: &Identity, deadline: Duration) {
+    obt_testkit::eventually(&format!("{identity} to be unparked"), deadline, || async {
+        let parked = stack
+            .reader()
+            .list_parked()
+            .await
+            .map_err(|e| e.to_string())?;
+        match parked.iter().find(|p| p.identity == identity.as_str()) {
+            Some(p) => Err(format!("parked: {:?}", p.parking)),
+            None => Ok(()),
+        }
+    })
+    .await
+}
+
 /// Waits until `count` events are held for `identity`.
 pub async fn wait_held(stack: &TestStack, identity: &Identity, count: usize, deadline: Duration) {
     obt_testkit::eventually(

@@ -18,6 +18,7 @@ use obt_testkit::sqs_model::{MessageSnapshot, SqsModel};
 
 use crate::helpers::{
     Logs, Running, TestStack, event, identity, load, wait_applied, wait_held, wait_parked,
+    wait_unparked,
 };
 
 /// The records of the backend under test, and the project's queues on an
@@ -330,6 +331,8 @@ async fn a_gap_received_with_its_followers_holds_them_and_heals_when_the_missing
     wait_applied(&on.stack, &who, 4, Duration::from_secs(30)).await;
     assert_exactly(&on.stack, &who, &events).await;
     assert!(on.dead_letters().is_empty() && on.redriven().is_empty());
+    // The unpark commits after the last held event's apply: wait for it.
+    wait_unparked(&on.stack, &who, Duration::from_secs(10)).await;
     assert!(
         parking::list_parked(on.stack.reader())
             .await
