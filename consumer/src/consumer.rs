@@ -1,19 +1,9 @@
-//! The consumer proper: pollers that long-poll the queue, the handling of
-//! one message, and graceful shutdown.
-//!
-//! A message is deleted only after its fate is committed: its event
-//! applied (or recognised as applied), held for its parked identity, or
-//! the message sent to the dead-letter queue ([`crate::parking`],
-//! [`crate::dead_letter`]). A crash anywhere before the delete means a
-//! redelivery, which the records turn into a no-op (at-least-once
-//! delivery, exactly-once effect).
-//!
-//! A store failure that is transient is retried in process
-//! ([`StoreRetry`]), the message kept invisible meanwhile; then the
-//! message, and the ones of its group received behind it, are made
-//! invisible for a delay that grows with its receive count
-//! ([`Redelivery`]), so that an outage within
-//! [`Redelivery::budget`] dead-letters nothing.
+//! The consumer proper: the pollers, the handling of one message (applied,
+//! held or dead-lettered, and only then deleted), the in-process retries of
+//! transient store failures ([`StoreRetry`]), the redelivery delays that
+//! follow them ([`Redelivery`]), and graceful shutdown. The reasoning
+//! (at-least-once delivery, exactly-once effect; the redelivery budget):
+//! docs/ARCHITECTURE.md, "The consumer".
 
 use std::future::Future;
 use std::sync::Arc;
