@@ -5,10 +5,8 @@
 //! the identity's dead letters and applies what waited, in seq order
 //! (`obt_consumer::parking`).
 
-use std::sync::Arc;
-
 use obt_consumer::parking::{self, RetryOptions, RetryOutcome, RetryReport};
-use obt_consumer::{DeadLetterQueue, Ledger, Queue, StorageArgs};
+use obt_consumer::{DeadLetterQueue, Queue, Records, StorageArgs};
 use serde_json::json;
 use time::format_description::well_known::Rfc3339;
 
@@ -18,7 +16,7 @@ use crate::parking::{AdminError, ParkedIdentity, age_secs};
 /// The consumer's records and its dead-letter queue.
 #[derive(Debug)]
 pub struct ConsumerParkings {
-    ledger: Arc<dyn Ledger>,
+    records: Records,
     dead_letters: DeadLetterQueue,
 }
 
@@ -26,11 +24,13 @@ impl ConsumerParkings {
     pub async fn connect(settings: &Settings) -> Result<Self, AdminError> {
         let config = obt_runtime::aws_config().await;
         let storage = StorageArgs {
-            storage: settings.storage,
+            backend: obt_runtime::args::StorageArgs {
+                storage: settings.storage,
+                database_url: settings.database_url.clone(),
+            },
             table: settings.consumer_table.clone(),
-            database_url: settings.database_url.clone(),
         };
-        let ledger = obt_consumer::store::open(&config, &storage, 2, "obt-admin").await?;
+        let records = obt_consumer::store::open(&config, &storage, 2, "obt-admin").await?;
         let sqs = aws_sdk_sqs::Client::new(&config);
         let dead_letters = match &settings.dlq_url {
             Some(url) => DeadLetterQueue::new(sqs, url.clone()),
@@ -43,13 +43,13 @@ impl ConsumerParkings {
             }
         };
         Ok(Self {
-            ledger,
+            records,
             dead_letters,
         })
     }
 
     pub async fn list(&self) -> Result<Vec<ParkedIdentity>, AdminError> {
-        let parked = parking::list_parked(self.ledger.as_ref()).await?;
+        let parked = parking::list_parked(self.records.reader().as_ref()).await?;
         Ok(parked
             .into_iter()
             .map(|p| {
@@ -77,7 +77,13 @@ impl ConsumerParkings {
         let options = RetryOptions {
             discard: discard.to_vec(),
         };
-        Ok(parking::retry(self.ledger.as_ref(), &self.dead_letters, identity, &options).await?)
+        Ok(parking::retry(
+            self.records.ledger().as_ref(),
+            &self.dead_letters,
+            identity,
+            &options,
+        )
+        .await?)
     }
 }
 

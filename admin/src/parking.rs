@@ -49,7 +49,7 @@ pub enum AdminError {
     #[error("cannot open the consumer's records: {0}")]
     ConsumerOpen(#[from] obt_consumer::OpenError),
     #[error(transparent)]
-    ConsumerStore(#[from] obt_consumer::StoreError),
+    ConsumerStore(#[from] obt_consumer::LedgerError),
     #[error(transparent)]
     ConsumerRetry(#[from] obt_consumer::parking::RetryError),
     #[error(transparent)]

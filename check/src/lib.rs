@@ -230,7 +230,10 @@ pub async fn run(args: &Args) -> Result<RunOutput, CheckError> {
         Duration::from_secs(args.request_timeout_secs),
     )?;
     let config = obt_runtime::aws_config().await;
-    let ledger = obt_consumer::store::open(&config, &args.storage, 4, "obt-check").await?;
+    let ledger = obt_consumer::store::open(&config, &args.storage, 4, "obt-check")
+        .await?
+        .reader()
+        .clone();
     let give_up_after = Duration::from_secs(args.give_up_after_secs);
     observe::api_reachable(&http, give_up_after).await?;
     observe::preflight(&http, &ledger, &plan.identities).await?;

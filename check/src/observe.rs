@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use indicatif::ProgressBar;
-use obt_consumer::Ledger;
+use obt_consumer::LedgerReader;
 use rust_decimal::Decimal;
 use serde_json::Value;
 
@@ -130,7 +130,7 @@ pub fn parse_summary(body: &[u8]) -> Result<ApiSummary, String> {
 /// the consumer's records, and that both can be read.
 pub async fn preflight(
     http: &Http,
-    ledger: &Arc<dyn Ledger>,
+    ledger: &Arc<dyn LedgerReader>,
     identities: &[String],
 ) -> Result<(), CheckError> {
     if let Some(first) = identities.first() {
@@ -198,7 +198,7 @@ pub struct Convergence {
 /// reached the api's, or `timeout`. Read errors are retried until the
 /// timeout; if the records could never be read, that is the error.
 pub async fn converge(
-    ledger: &Arc<dyn Ledger>,
+    ledger: &Arc<dyn LedgerReader>,
     targets: &BTreeMap<String, u64>,
     timeout: Duration,
     bar: &ProgressBar,
@@ -281,7 +281,7 @@ pub async fn converge(
 
 /// Reads everything the consumer applied for each identity.
 pub async fn applied_views(
-    ledger: &Arc<dyn Ledger>,
+    ledger: &Arc<dyn LedgerReader>,
     identities: &[String],
 ) -> Result<BTreeMap<String, Option<AppliedView>>, CheckError> {
     let reads: Vec<(String, Result<Option<AppliedView>, String>)> =

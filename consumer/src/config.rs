@@ -1,13 +1,11 @@
-//! The consumer's settings. Every flag can also come from an environment
-//! variable, which is how the deployments and the tests set them; the doc
-//! comments are the `--help` text.
-//!
-//! The database URL holds a password: it is a [`DatabaseUrl`], whose
-//! `Debug` hides it, and `--help` does not show its environment value.
+//! The consumer's settings: flags, each also an environment variable; the
+//! doc comments are the `--help` text. The settings every binary shares
+//! (queue, storage, log format) are `obt_runtime::args`' groups.
 
 use std::time::Duration;
 
 use clap::{Args, Parser};
+use obt_runtime::args::{LogArgs, QueueArgs};
 use obt_runtime::{DatabaseUrl, LogFormat, Storage};
 
 /// Applies SpendingRecorded events from the SQS FIFO queue to the
@@ -15,15 +13,10 @@ use obt_runtime::{DatabaseUrl, LogFormat, Storage};
 #[derive(Debug, Clone, Parser)]
 #[command(name = "consumer", version)]
 pub struct Settings {
-    /// The URL of the FIFO queue to consume. When absent, the queue is
-    /// found by --queue-name.
-    #[arg(long, env = "OBT_QUEUE_URL")]
-    pub queue_url: Option<String>,
-
-    /// The name of the FIFO queue, resolved to its URL with GetQueueUrl at
-    /// start-up (unused when --queue-url is given).
-    #[arg(long, env = "OBT_QUEUE_NAME", default_value = "obt-events.fifo")]
-    pub queue_name: String,
+    /// The events queue to consume (OBT_QUEUE_URL, or OBT_QUEUE_NAME
+    /// resolved with GetQueueUrl at start-up).
+    #[command(flatten)]
+    pub queue: QueueArgs,
 
     /// The URL of the dead-letter queue that messages which can never be
     /// applied are sent to. When absent, the target of the queue's redrive
@@ -114,9 +107,8 @@ pub struct Settings {
     )]
     pub aws_timeout_secs: u64,
 
-    /// How log lines are written: json for production, text for people.
-    #[arg(long, env = "OBT_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
-    pub log_format: LogFormat,
+    #[command(flatten)]
+    pub log: LogArgs,
 }
 
 impl Settings {
@@ -124,8 +116,10 @@ impl Settings {
     /// override fields from here).
     pub fn defaults() -> Self {
         Self {
-            queue_url: None,
-            queue_name: "obt-events.fifo".to_owned(),
+            queue: QueueArgs {
+                queue_url: None,
+                queue_name: "obt-events.fifo".to_owned(),
+            },
             dlq_url: None,
             storage: StorageArgs::defaults(),
             pollers: 4,
@@ -135,7 +129,9 @@ impl Settings {
             store_retry_secs: 20,
             redelivery_backoff_secs: 60,
             aws_timeout_secs: 10,
-            log_format: LogFormat::Text,
+            log: LogArgs {
+                log_format: LogFormat::Text,
+            },
         }
     }
 
@@ -162,14 +158,17 @@ impl Settings {
     }
 }
 
-/// Where the consumer records what it applied: shared by the consumer and
-/// `consumer-show`, so that both read the same settings.
+/// Where the consumer records what it applied: shared by the consumer,
+/// `consumer-show`, `obt-check` and `obt-admin`, so that all read the same
+/// settings. With OBT_STORAGE=mysql, OBT_DATABASE_URL is the consumer's
+/// own database, as the consumer's user.
 #[derive(Debug, Clone, Args)]
+// Its own group id: the default, the type's name, is the shared group's.
+#[group(id = "ConsumerStorageArgs")]
 pub struct StorageArgs {
-    /// Where the consumer records what it applied: dynamodb (its table) or
-    /// mysql (its own database; needs a build with the `mysql` feature).
-    #[arg(long, env = "OBT_STORAGE", value_enum, default_value_t = Storage::Dynamodb)]
-    pub storage: Storage,
+    /// OBT_STORAGE and OBT_DATABASE_URL.
+    #[command(flatten)]
+    pub backend: obt_runtime::args::StorageArgs,
 
     /// The consumer's DynamoDB table (partition key identity, sort key
     /// seq), in dynamodb mode.
@@ -179,22 +178,47 @@ pub struct StorageArgs {
         default_value = "obt-consumer-spending"
     )]
     pub table: String,
-
-    /// The consumer's own database, as the consumer's user, in mysql mode
-    /// (required there): mysql://USER:PASSWORD@HOST:PORT/DATABASE. Never
-    /// logged.
-    #[arg(long, env = "OBT_DATABASE_URL", hide_env_values = true)]
-    pub database_url: Option<DatabaseUrl>,
 }
+
+/// The consumer's table when none is named.
+const DEFAULT_TABLE: &str = "obt-consumer-spending";
 
 impl StorageArgs {
     /// The defaults, as if started without flags or environment.
     pub fn defaults() -> Self {
+        Self::dynamodb(DEFAULT_TABLE)
+    }
+
+    /// The DynamoDB mode on `table`.
+    pub fn dynamodb(table: impl Into<String>) -> Self {
         Self {
-            storage: Storage::Dynamodb,
-            table: "obt-consumer-spending".to_owned(),
-            database_url: None,
+            backend: obt_runtime::args::StorageArgs {
+                storage: Storage::Dynamodb,
+                database_url: None,
+            },
+            table: table.into(),
         }
+    }
+
+    /// The MySQL mode on the consumer's database at `url`.
+    pub fn mysql(url: DatabaseUrl) -> Self {
+        Self {
+            backend: obt_runtime::args::StorageArgs {
+                storage: Storage::Mysql,
+                database_url: Some(url),
+            },
+            table: DEFAULT_TABLE.to_owned(),
+        }
+    }
+
+    /// The backend chosen (OBT_STORAGE).
+    pub fn storage(&self) -> Storage {
+        self.backend.storage
+    }
+
+    /// OBT_DATABASE_URL, if set.
+    pub fn database_url(&self) -> Option<&DatabaseUrl> {
+        self.backend.database_url.as_ref()
     }
 }
 
@@ -216,10 +240,14 @@ mod tests {
         }
         let parsed = Settings::try_parse_from(["consumer"]).expect("no flags are required");
         let defaults = Settings::defaults();
-        assert_eq!(parsed.queue_name, defaults.queue_name);
-        assert_eq!(parsed.storage.storage, defaults.storage.storage);
+        assert_eq!(parsed.queue.queue_name, defaults.queue.queue_name);
+        assert_eq!(parsed.queue.queue_url, defaults.queue.queue_url);
+        assert_eq!(parsed.storage.storage(), defaults.storage.storage());
         assert_eq!(parsed.storage.table, defaults.storage.table);
-        assert_eq!(parsed.storage.database_url, defaults.storage.database_url);
+        assert_eq!(
+            parsed.storage.database_url(),
+            defaults.storage.database_url()
+        );
         assert_eq!(parsed.pollers, defaults.pollers);
         assert_eq!(parsed.wait_time_secs, defaults.wait_time_secs);
         assert_eq!(
@@ -234,7 +262,7 @@ mod tests {
             defaults.redelivery_backoff_secs
         );
         assert_eq!(parsed.aws_timeout_secs, defaults.aws_timeout_secs);
-        assert_eq!(parsed.log_format, defaults.log_format);
+        assert_eq!(parsed.log.log_format, defaults.log.log_format);
     }
 
     #[test]
@@ -261,8 +289,8 @@ mod tests {
             "mysql://obt_consumer:s3cret-pass@db:3306/consumed",
         ])
         .expect("valid flags");
-        assert_eq!(settings.storage.storage, Storage::Mysql);
-        let url = settings.storage.database_url.as_ref().expect("given");
+        assert_eq!(settings.storage.storage(), Storage::Mysql);
+        let url = settings.storage.database_url().expect("given");
         assert_eq!(
             url.expose(),
             "mysql://obt_consumer:s3cret-pass@db:3306/consumed"

@@ -1,19 +1,9 @@
-//! The consumer proper: pollers that long-poll the queue, the handling of
-//! one message, and graceful shutdown.
-//!
-//! A message is deleted only after its fate is committed: its event
-//! applied (or recognised as applied), held for its parked identity, or
-//! the message sent to the dead-letter queue ([`crate::parking`],
-//! [`crate::dead_letter`]). A crash anywhere before the delete means a
-//! redelivery, which the records turn into a no-op (at-least-once
-//! delivery, exactly-once effect).
-//!
-//! A store failure that is transient is retried in process
-//! ([`StoreRetry`]), the message kept invisible meanwhile; then the
-//! message, and the ones of its group received behind it, are made
-//! invisible for a delay that grows with its receive count
-//! ([`Redelivery`]), so that an outage within
-//! [`Redelivery::budget`] dead-letters nothing.
+//! The consumer proper: the pollers, the handling of one message (applied,
+//! held or dead-lettered, and only then deleted), the in-process retries of
+//! transient store failures ([`StoreRetry`]), the redelivery delays that
+//! follow them ([`Redelivery`]), and graceful shutdown. The reasoning
+//! (at-least-once delivery, exactly-once effect; the redelivery budget):
+//! docs/ARCHITECTURE.md, "The consumer".
 
 use std::future::Future;
 use std::sync::Arc;
@@ -21,6 +11,7 @@ use std::time::{Duration, Instant};
 
 use aws_config::SdkConfig;
 use obt_contract::{DecodeError, Envelope};
+use obt_runtime::backoff::Backoff;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::instrument::WithSubscriber;
@@ -31,11 +22,10 @@ use crate::config::Settings;
 use crate::dead_letter::DeadLetterQueue;
 use crate::parking::{self, Cause, Held, ParkRequest};
 use crate::queue::{Queue, QueueError, Received};
-use crate::store::{self, Applied, ApplyError, HoldError, Ledger, OpenError, StoreError};
+use crate::store::{self, Applied, ApplyError, HoldError, Ledger, LedgerError, OpenError};
 
-/// The first pause after a failed receive; it doubles up to [`MAX_PAUSE`].
-const MIN_PAUSE: Duration = Duration::from_millis(100);
-const MAX_PAUSE: Duration = Duration::from_secs(10);
+/// The pauses after failed receives: from 100 ms, doubling up to 10 s.
+const RECEIVE_BACKOFF: Backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(10));
 /// Between empty receives when long polling is off, so as not to spin.
 const IDLE_PAUSE: Duration = Duration::from_millis(200);
 /// How often one message is tried again when an operator's retry parks or
@@ -52,8 +42,9 @@ pub struct StoreRetry {
     /// starts only if it would end (at `attempt_timeout`) within it; then
     /// the message is left to its redelivery. Zero: one attempt.
     pub budget: Duration,
-    /// The pause after the first failure; it doubles up to `max_backoff`,
-    /// each pause drawn at random between half of it and all of it.
+    /// The ceiling of the pause after the first failure; it doubles with
+    /// each failure up to `max_backoff`, each pause drawn at random below
+    /// it ([`StoreRetry::backoff`]).
     pub min_backoff: Duration,
     pub max_backoff: Duration,
 }
@@ -70,18 +61,10 @@ impl Default for StoreRetry {
 }
 
 impl StoreRetry {
-    /// The pause before retry number `retry` (1 for the first), jittered.
-    pub fn pause(&self, retry: u32) -> Duration {
-        let ceiling = self
-            .min_backoff
-            .saturating_mul(2u32.saturating_pow(retry.saturating_sub(1)))
-            .min(self.max_backoff);
-        let floor = ceiling / 2;
-        if ceiling <= floor {
-            return ceiling;
-        }
-        let extra = rand::random_range(0..=(ceiling - floor).as_millis() as u64);
-        floor + Duration::from_millis(extra)
+    /// The pauses between attempts: the workspace's one backoff (capped
+    /// exponential, full jitter).
+    pub fn backoff(&self) -> Backoff {
+        Backoff::new(self.min_backoff, self.max_backoff)
     }
 }
 
@@ -179,7 +162,7 @@ pub enum StartupError {
     #[error("cannot find the queue")]
     Queue(#[from] QueueError),
     #[error("cannot open the consumer's records")]
-    Store(#[from] OpenError),
+    Ledger(#[from] OpenError),
 }
 
 /// Why the consumer stopped other than by a clean shutdown.
@@ -255,12 +238,14 @@ impl Consumer {
         // wait for their long poll on top.
         let bounded = |timeout: Duration| obt_runtime::with_attempt_timeout(config, timeout);
         let store_config = bounded(settings.aws_timeout());
-        let ledger = store::open(&store_config, &settings.storage, connections, "consumer").await?;
+        let records =
+            store::open(&store_config, &settings.storage, connections, "consumer").await?;
+        let ledger = records.ledger().clone();
         let long_poll = Duration::from_secs(u64::try_from(settings.wait_time_secs).unwrap_or(0));
         let sqs = aws_sdk_sqs::Client::new(&bounded(settings.aws_timeout() + long_poll));
-        let url = match &settings.queue_url {
+        let url = match &settings.queue.queue_url {
             Some(url) => url.clone(),
-            None => Queue::resolve_url(&sqs, &settings.queue_name).await?,
+            None => Queue::resolve_url(&sqs, &settings.queue.queue_name).await?,
         };
         let dead_letters = match &settings.dlq_url {
             Some(dlq) => DeadLetterQueue::new(sqs.clone(), dlq.clone()),
@@ -350,7 +335,7 @@ impl Consumer {
     }
 
     async fn poll(self: Arc<Self>, shutdown: CancellationToken) {
-        let mut pause = MIN_PAUSE;
+        let mut failures = RECEIVE_BACKOFF.attempts();
         loop {
             let received = tokio::select! {
                 biased;
@@ -359,18 +344,17 @@ impl Consumer {
             };
             let wait = match received {
                 Ok(batch) if batch.is_empty() => {
-                    pause = MIN_PAUSE;
+                    failures.reset();
                     (self.queue.wait_time_secs() == 0).then_some(IDLE_PAUSE)
                 }
                 Ok(batch) => {
-                    pause = MIN_PAUSE;
+                    failures.reset();
                     self.handle_batch(batch).await;
                     None
                 }
                 Err(e) => {
-                    warn!(error = %e, retry_in_ms = pause.as_millis() as u64, "receiving failed");
-                    let wait = pause;
-                    pause = (pause * 2).min(MAX_PAUSE);
+                    let wait = failures.next_delay();
+                    warn!(error = %e, retry_in_ms = wait.as_millis() as u64, "receiving failed");
                     Some(wait)
                 }
             };
@@ -540,7 +524,7 @@ impl Consumer {
                 message,
                 || self.ledger.hold(event),
                 |secs| {
-                    HoldError::Store(StoreError::TimedOut {
+                    HoldError::Ledger(LedgerError::TimedOut {
                         what: format!("holding seq {} of {}", event.seq, event.identity),
                         secs,
                     })
@@ -644,7 +628,7 @@ impl Consumer {
             .retrying(
                 message,
                 || parking::park(self.ledger.as_ref(), identity, request),
-                |secs| StoreError::TimedOut {
+                |secs| LedgerError::TimedOut {
                     what: format!("parking {identity}"),
                     secs,
                 },
@@ -734,12 +718,15 @@ impl Consumer {
     {
         let started = Instant::now();
         let mut extended = false;
-        let mut retry: u32 = 0;
+        let mut failures = self.retry.backoff().attempts();
         loop {
             let error = match tokio::time::timeout(self.retry.attempt_timeout, call()).await {
                 Ok(Ok(done)) => {
-                    if retry > 0 {
-                        info!(retries = retry, "applied after transient failures");
+                    if failures.failures() > 0 {
+                        info!(
+                            retries = failures.failures(),
+                            "applied after transient failures"
+                        );
                     }
                     return Ok(done);
                 }
@@ -749,8 +736,8 @@ impl Consumer {
             if !error.is_transient() {
                 return Err(error);
             }
-            retry += 1;
-            let pause = self.retry.pause(retry);
+            let pause = failures.next_delay();
+            let retry = failures.failures();
             let elapsed = started.elapsed();
             // No attempt starts that could end past the budget: the budget
             // bounds the whole of the retries (and so the shutdown's wait).
@@ -817,9 +804,9 @@ impl Transient for HoldError {
     }
 }
 
-impl Transient for StoreError {
+impl Transient for LedgerError {
     fn is_transient(&self) -> bool {
-        StoreError::is_transient(self)
+        LedgerError::is_transient(self)
     }
 }
 
@@ -884,24 +871,34 @@ mod tests {
             max_backoff: Duration::from_millis(800),
             ..StoreRetry::default()
         };
-        for _ in 0..50 {
-            let first = retry.pause(1);
+        let backoff = retry.backoff();
+        let ceilings: Vec<u128> = (0..6).map(|n| backoff.ceiling(n).as_millis()).collect();
+        assert_eq!(ceilings, [100, 200, 400, 800, 800, 800]);
+        // The pauses of one run of retries: each below its ceiling, and on
+        // average growing with the failures (full jitter: uniform below it).
+        let runs: Vec<Vec<Duration>> = (0..100)
+            .map(|_| {
+                let mut failures = backoff.attempts();
+                (0..30).map(|_| failures.next_delay()).collect()
+            })
+            .collect();
+        for run in &runs {
+            for (n, pause) in run.iter().enumerate() {
+                let ceiling = backoff.ceiling(u32::try_from(n).expect("small"));
+                assert!(*pause <= ceiling, "retry {n}: {pause:?} > {ceiling:?}");
+            }
+        }
+        let mean = |n: usize| runs.iter().map(|run| run[n]).sum::<Duration>() / 100;
+        for n in 0..3 {
             assert!(
-                first >= Duration::from_millis(50) && first <= Duration::from_millis(100),
-                "{first:?}"
-            );
-            let third = retry.pause(3);
-            assert!(
-                third >= Duration::from_millis(200) && third <= Duration::from_millis(400),
-                "{third:?}"
-            );
-            let late = retry.pause(30);
-            assert!(
-                late >= Duration::from_millis(400) && late <= Duration::from_millis(800),
-                "{late:?}"
+                mean(n) < mean(n + 1),
+                "retry {n}: {:?} !< {:?}",
+                mean(n),
+                mean(n + 1)
             );
         }
-        let pauses: std::collections::HashSet<Duration> = (0..50).map(|_| retry.pause(4)).collect();
+        assert!(mean(29) <= Duration::from_millis(800));
+        let pauses: std::collections::HashSet<Duration> = runs.iter().map(|run| run[3]).collect();
         assert!(pauses.len() > 1, "jittered");
     }
 

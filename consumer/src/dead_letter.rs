@@ -327,7 +327,7 @@ impl Scan<'_> {
                 Ok(_) => debug!(message_id = %letter.message_id, "released a dead letter"),
                 Err(e) => warn!(
                     message_id = %letter.message_id,
-                    error = %crate::sdk_error::describe(&e),
+                    error = %obt_runtime::error_chain(&e),
                     "could not release a dead letter; it is visible again after {SCAN_VISIBILITY_SECS} s"
                 ),
             }

@@ -14,7 +14,7 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(25);
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let settings = Settings::parse();
-    obt_runtime::init_tracing(settings.log_format);
+    obt_runtime::init_tracing(settings.log.log_format);
     let result = run(&settings).await;
     if let Err(e) = &result {
         // Also as a log line, for the log pipeline; the return prints it

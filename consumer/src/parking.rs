@@ -16,7 +16,7 @@ use tracing::{error, info, warn};
 
 use crate::dead_letter::{DeadLetterQueue, Letter};
 use crate::queue::QueueError;
-use crate::store::{Applied, ApplyError, HoldError, Ledger, StoreError};
+use crate::store::{Applied, ApplyError, HoldError, Ledger, LedgerError, LedgerReader};
 
 /// Why an identity is parked.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -110,8 +110,8 @@ pub struct ParkedIdentity {
 }
 
 /// Every parked identity, sorted by identity.
-pub async fn list_parked(ledger: &dyn Ledger) -> Result<Vec<ParkedIdentity>, StoreError> {
-    ledger.list_parked().await
+pub async fn list_parked(reader: &dyn LedgerReader) -> Result<Vec<ParkedIdentity>, LedgerError> {
+    reader.list_parked().await
 }
 
 /// A new parking of `identity`, logged at ERROR (operators alert on it).
@@ -119,7 +119,7 @@ pub async fn park(
     ledger: &dyn Ledger,
     identity: &str,
     request: &ParkRequest,
-) -> Result<Parking, StoreError> {
+) -> Result<Parking, LedgerError> {
     let parking = ledger.park(identity, request, false).await?;
     if parking.cause == request.cause && parking.reason == request.reason {
         // `parked = true`: the field the alarms' metric filters count, as
@@ -368,7 +368,7 @@ impl fmt::Display for RetryReport {
 #[derive(Debug, thiserror::Error)]
 pub enum RetryError {
     #[error(transparent)]
-    Store(#[from] StoreError),
+    Ledger(#[from] LedgerError),
     #[error(transparent)]
     Apply(#[from] ApplyError),
     #[error(transparent)]

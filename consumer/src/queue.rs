@@ -84,7 +84,7 @@ where
     move |e| QueueError::Sqs {
         call,
         queue,
-        detail: crate::sdk_error::describe(&e),
+        detail: obt_runtime::error_chain(&e),
     }
 }
 

@@ -8,9 +8,8 @@
 use std::time::Duration;
 
 use obt_consumer::parking::{self, Cause, RetryOptions, RetryOutcome};
-use obt_consumer::{DeadLetterQueue, Ledger, StorageArgs};
+use obt_consumer::{DeadLetterQueue, Ledger, LedgerReader, Records, StorageArgs};
 use obt_contract::{Envelope, Identity};
-use obt_runtime::Storage;
 use obt_testkit::mysql::Backend;
 use obt_testkit::sqs_model::SqsModel;
 use obt_testkit::{Service, event, eventually, identity};
@@ -18,20 +17,12 @@ use obt_testkit::{Service, event, eventually, identity};
 const DEADLINE: Duration = Duration::from_secs(30);
 
 /// The consumer's records, opened as the consumer opens them.
-async fn ledger(backend: &Backend) -> std::sync::Arc<dyn Ledger> {
+async fn records(backend: &Backend) -> Records {
     let args = match backend {
-        Backend::DynamoDb(stack) => StorageArgs {
-            storage: Storage::Dynamodb,
-            table: stack.names.consumer_table.clone(),
-            database_url: None,
-        },
-        Backend::MySql(mysql) => StorageArgs {
-            storage: Storage::Mysql,
-            database_url: Some(obt_consumer::DatabaseUrl::new(
-                mysql.urls.consumer_url.clone(),
-            )),
-            ..StorageArgs::defaults()
-        },
+        Backend::DynamoDb(stack) => StorageArgs::dynamodb(&stack.names.consumer_table),
+        Backend::MySql(mysql) => StorageArgs::mysql(obt_consumer::DatabaseUrl::new(
+            mysql.urls.consumer_url.clone(),
+        )),
     };
     obt_consumer::store::open(&backend.stack().config, &args, 2, "e2e")
         .await
@@ -60,13 +51,13 @@ async fn send_event(sqs: &aws_sdk_sqs::Client, url: &str, event: &Envelope) {
 }
 
 /// Waits until `identity`'s record holds exactly `sent`, in order.
-async fn wait_exactly(ledger: &dyn Ledger, identity: &Identity, sent: &[Envelope]) {
+async fn wait_exactly(reader: &dyn LedgerReader, identity: &Identity, sent: &[Envelope]) {
     let want: Vec<(u64, String)> = sent
         .iter()
         .map(|e| (e.seq, e.event_id.to_string()))
         .collect();
     eventually(&format!("{identity} applied"), DEADLINE, || async {
-        let applied = ledger
+        let applied = reader
             .load_identity(identity.as_str())
             .await
             .map_err(|e| e.to_string())?;
@@ -145,14 +136,16 @@ async fn the_consumer_binary_parks_only_the_poisoned_identity_and_a_retry_lets_i
     env.extend(model.service_env());
     env.push(("OBT_WAIT_TIME_SECS", "1".to_owned()));
     let consumer = Service::start("consumer", &env);
-    let ledger = ledger(&backend).await;
+    let records = records(&backend).await;
 
     for (other, sent) in others.iter().zip(&sent_others) {
-        wait_exactly(ledger.as_ref(), other, sent).await;
+        wait_exactly(records.reader().as_ref(), other, sent).await;
     }
-    wait_exactly(ledger.as_ref(), &who, &events[..2]).await;
-    wait_held(ledger.as_ref(), &who, &[3, 4]).await;
-    let parked = parking::list_parked(ledger.as_ref()).await.expect("lists");
+    wait_exactly(records.reader().as_ref(), &who, &events[..2]).await;
+    wait_held(records.ledger().as_ref(), &who, &[3, 4]).await;
+    let parked = parking::list_parked(records.reader().as_ref())
+        .await
+        .expect("lists");
     assert_eq!(parked.len(), 1, "{parked:?}");
     assert_eq!(parked[0].identity, who.as_str());
     assert_eq!(parked[0].parking.cause, Cause::Poison);
@@ -167,26 +160,31 @@ async fn the_consumer_binary_parks_only_the_poisoned_identity_and_a_retry_lets_i
     // Garbage, not an event: the operator discards it; meanwhile the
     // identity keeps receiving events.
     send_event(&sqs, url, &events[4]).await;
-    wait_held(ledger.as_ref(), &who, &[3, 4, 5]).await;
+    wait_held(records.ledger().as_ref(), &who, &[3, 4, 5]).await;
     let dead_letters = DeadLetterQueue::of_queue(&sqs, url)
         .await
         .expect("the dead-letter queue");
     let options = RetryOptions {
         discard: parked[0].parking.message_id.iter().cloned().collect(),
     };
-    let report = parking::retry(ledger.as_ref(), &dead_letters, who.as_str(), &options)
-        .await
-        .expect("retry");
+    let report = parking::retry(
+        records.ledger().as_ref(),
+        &dead_letters,
+        who.as_str(),
+        &options,
+    )
+    .await
+    .expect("retry");
     assert_eq!(report.outcome, RetryOutcome::Unparked, "{report}");
     assert_eq!(
         (report.replayed, report.discarded, report.applied),
         (1, 1, 3)
     );
     send_event(&sqs, url, &events[5]).await;
-    wait_exactly(ledger.as_ref(), &who, &events).await;
+    wait_exactly(records.reader().as_ref(), &who, &events).await;
     assert!(model.messages(&names.dead_letter_queue).is_empty());
     assert!(
-        parking::list_parked(ledger.as_ref())
+        parking::list_parked(records.reader().as_ref())
             .await
             .expect("lists")
             .is_empty()

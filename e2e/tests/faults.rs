@@ -51,7 +51,7 @@ use std::net::SocketAddr;
 use std::process::Output;
 use std::time::{Duration, Instant};
 
-use obt_consumer::{Ledger, StorageArgs};
+use obt_consumer::{LedgerReader, StorageArgs};
 use obt_runtime::Storage;
 use obt_testkit::fault_proxy::{FaultProxy, Mode};
 use obt_testkit::mysql::Backend;
@@ -146,17 +146,12 @@ fn env_url(var: &str) -> String {
 /// The consumer's records, as the checker reads them: directly.
 fn storage_args(backend: &Backend) -> StorageArgs {
     match backend {
-        Backend::DynamoDb(stack) => StorageArgs {
-            storage: Storage::Dynamodb,
-            table: stack.names.consumer_table.clone(),
-            database_url: None,
-        },
+        Backend::DynamoDb(stack) => StorageArgs::dynamodb(&stack.names.consumer_table),
         Backend::MySql(mysql) => StorageArgs {
-            storage: Storage::Mysql,
-            database_url: Some(obt_consumer::DatabaseUrl::new(
-                mysql.urls.consumer_url.clone(),
-            )),
             table: mysql.stack.names.consumer_table.clone(),
+            ..StorageArgs::mysql(obt_consumer::DatabaseUrl::new(
+                mysql.urls.consumer_url.clone(),
+            ))
         },
     }
 }
@@ -379,7 +374,7 @@ impl Harness {
             .arg(&report)
             .env(
                 "OBT_STORAGE",
-                match storage.storage {
+                match storage.storage() {
                     Storage::Dynamodb => "dynamodb",
                     Storage::Mysql => "mysql",
                 },
@@ -390,7 +385,7 @@ impl Harness {
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::piped())
             .kill_on_drop(true);
-        if let Some(url) = &storage.database_url {
+        if let Some(url) = storage.database_url() {
             command.env("OBT_DATABASE_URL", url.expose());
         }
         let child = command
@@ -420,7 +415,7 @@ impl Harness {
     }
 
     /// The consumer's records, read directly.
-    async fn records(&self) -> std::sync::Arc<dyn Ledger> {
+    async fn records(&self) -> std::sync::Arc<dyn LedgerReader> {
         obt_consumer::store::open(
             &self.stack().config,
             &storage_args(&self.backend),
@@ -429,6 +424,8 @@ impl Harness {
         )
         .await
         .unwrap_or_else(|e| panic!("opening the consumer's records: {e}"))
+        .reader()
+        .clone()
     }
 }
 

@@ -10,7 +10,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use aws_sdk_dynamodbstreams::types::Record;
-use obt_consumer::read_model::{AppliedIdentity, load_identity};
+use obt_consumer::{AppliedIdentity, DynamoDbLedger};
 use obt_contract::{Envelope, Identity};
 use obt_testkit::lambda::{LambdaEmulator, dynamodb_event};
 use obt_testkit::sqs_proxy::SqsProxy;
@@ -149,13 +149,10 @@ fn accepted(proxy: &SqsProxy) -> HashMap<String, Vec<u64>> {
 }
 
 async fn applied(stack: &Stack, identity: &Identity) -> Option<AppliedIdentity> {
-    load_identity(
-        &stack.dynamodb(),
-        &stack.names.consumer_table,
-        identity.as_str(),
-    )
-    .await
-    .expect("read the consumer's table")
+    DynamoDbLedger::new(stack.dynamodb(), &stack.names.consumer_table)
+        .load_identity(identity.as_str())
+        .await
+        .expect("read the consumer's table")
 }
 
 /// Waits until the consumer has applied exactly `count` events of

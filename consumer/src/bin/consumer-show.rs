@@ -24,18 +24,19 @@ struct Args {
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let config = obt_runtime::aws_config().await;
-    let ledger = obt_consumer::store::open(&config, &args.storage, 1, "consumer-show")
+    let records = obt_consumer::store::open(&config, &args.storage, 1, "consumer-show")
         .await
         .context("opening the consumer's records")?;
-    let applied = ledger
+    let reader = records.reader();
+    let applied = reader
         .load_identity(&args.identity)
         .await
-        .with_context(|| format!("reading the {}", ledger.describe()))?;
+        .with_context(|| format!("reading the {}", reader.describe()))?;
     let Some(applied) = applied else {
         eprintln!(
             "nothing applied for identity {} in the {}",
             args.identity,
-            ledger.describe()
+            reader.describe()
         );
         std::process::exit(1);
     };

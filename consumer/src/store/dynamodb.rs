@@ -1,36 +1,23 @@
-//! The DynamoDB backend (the default): the consumer's table and the one
-//! write that applies an event.
-//!
-//! Layout (see `migrations/dynamodb/consumer_spending.json`): per identity,
-//! one item per applied event at its `seq` (1, 2, ...), and a head item at
-//! `seq` 0 holding `last_seq` and the running totals. A parked identity's
-//! parking is on its head (`parked_*`; a head with no `last_seq` yet when
-//! nothing is applied), its held events at negative sort keys (`-seq`),
-//! one item each ([`parking`]).
-//!
-//! An event is applied by ONE `TransactWriteItems` of two conditional
-//! writes: the event's item, only if that `seq` is still free, and the
-//! head, only if it stands at `seq - 1` (and is not parked). So an event is applied at most
-//! once (invariant 3) and only right after its predecessor (invariant 4);
-//! DynamoDB's all-or-nothing transaction keeps the totals equal to the sum
-//! of the items. When the transaction is refused, consistent reads of the
-//! head and of the item at `seq` tell why ([`ApplyError`] or
-//! [`Applied::Duplicate`]).
+//! The DynamoDB backend (the default), all of it: the consumer's table
+//! (`migrations/dynamodb/consumer_spending.json`), with per identity one
+//! item per applied event at its `seq` (1, 2, ...), a head item at `seq` 0
+//! (`last_seq`, the totals, and a parking's `parked_*`) and each held event
+//! at `-seq`. The write path is in `apply` and `parking`, the read path
+//! in `read`; docs/ARCHITECTURE.md ("The consumer") says why.
 
 use std::collections::HashMap;
 
 use aws_sdk_dynamodb::error::SdkError;
-use aws_sdk_dynamodb::types::{AttributeValue, Put, TransactWriteItem, Update};
+use aws_sdk_dynamodb::types::AttributeValue;
 use obt_contract::Envelope;
-use time::OffsetDateTime;
-use time::format_description::well_known::Rfc3339;
-use tracing::{debug, instrument};
 
-use super::{Applied, ApplyError, BoxFuture, HoldError, Ledger, StoreError};
+use super::{Applied, ApplyError, BoxFuture, HoldError, Ledger, LedgerError, LedgerReader};
 use crate::parking::{Held, IdentityState, ParkRequest, ParkedIdentity, Parking};
 use crate::read_model::{AppliedIdentity, IdentityHead};
 
+mod apply;
 mod parking;
+mod read;
 
 /// Attribute names of the consumer's table. All of them go through
 /// expression attribute names: several (`name`, `count`, `total`) are
@@ -59,15 +46,6 @@ pub(crate) mod attr {
     pub const HELD_AT: &str = "held_at";
 }
 
-/// Whether an apply may go past a parking.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Mode {
-    /// Not while the identity is parked.
-    Normal,
-    /// Whether parked or not; the held copy of the event goes.
-    Parked,
-}
-
 /// The sort key of the event held at `seq`: below the head's 0, where no
 /// applied event can be.
 pub(crate) fn held_key(seq: u64) -> AttributeValue {
@@ -88,27 +66,27 @@ pub(crate) fn n(value: impl ToString) -> AttributeValue {
 pub(crate) fn dynamo_error<E, R>(
     call: &'static str,
     table: &str,
-) -> impl FnOnce(SdkError<E, R>) -> StoreError
+) -> impl FnOnce(SdkError<E, R>) -> LedgerError
 where
     E: std::error::Error + Send + Sync + 'static,
     R: std::fmt::Debug + Send + Sync + 'static,
 {
     let table = table.to_owned();
-    move |e| StoreError::DynamoDb {
+    move |e| LedgerError::DynamoDb {
         call,
         table,
-        detail: crate::sdk_error::describe(&e),
+        detail: obt_runtime::error_chain(&e),
     }
 }
 
-/// The consumer's table.
+/// The consumer's records in its DynamoDB table.
 #[derive(Debug, Clone)]
-pub struct SpendingTable {
+pub struct DynamoDbLedger {
     pub(crate) client: aws_sdk_dynamodb::Client,
     pub(crate) name: String,
 }
 
-impl SpendingTable {
+impl DynamoDbLedger {
     pub fn new(client: aws_sdk_dynamodb::Client, name: impl Into<String>) -> Self {
         Self {
             client,
@@ -120,207 +98,9 @@ impl SpendingTable {
         &self.name
     }
 
-    /// Applies `event` if it is the identity's next one and the identity
-    /// is not parked; recognises it if it was applied before.
-    #[instrument(skip_all, fields(table = %self.name))]
-    pub async fn apply(&self, event: &Envelope) -> Result<Applied, ApplyError> {
-        self.write(event, Mode::Normal).await
-    }
-
-    /// Applies `event` if it is the identity's next one, parked or not,
-    /// and takes its held copy away.
-    #[instrument(skip_all, fields(table = %self.name))]
-    pub async fn apply_parked(&self, event: &Envelope) -> Result<Applied, ApplyError> {
-        self.write(event, Mode::Parked).await
-    }
-
-    async fn write(&self, event: &Envelope, mode: Mode) -> Result<Applied, ApplyError> {
-        let mut request = self
-            .client
-            .transact_write_items()
-            .transact_items(
-                TransactWriteItem::builder()
-                    .put(self.put_event(event)?)
-                    .build(),
-            )
-            .transact_items(
-                TransactWriteItem::builder()
-                    .update(self.update_head(event, mode)?)
-                    .build(),
-            );
-        if mode == Mode::Parked {
-            request = request.transact_items(
-                TransactWriteItem::builder()
-                    .delete(self.delete_held(event.identity.as_str(), event.seq)?)
-                    .build(),
-            );
-        }
-        match request.send().await {
-            Ok(_) => Ok(Applied::New),
-            Err(SdkError::ServiceError(e)) if e.err().is_transaction_canceled_exception() => {
-                let reasons = match e.err() {
-                    aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError::TransactionCanceledException(
-                        cancelled,
-                    ) => cancelled
-                        .cancellation_reasons()
-                        .iter()
-                        .map(|r| r.code().unwrap_or("?"))
-                        .collect::<Vec<_>>()
-                        .join(","),
-                    _ => String::new(),
-                };
-                debug!(%reasons, "the write was refused; reading the table to tell why");
-                self.classify(event, reasons, mode).await
-            }
-            Err(e) => Err(dynamo_error("TransactWriteItems", &self.name)(e).into()),
-        }
-    }
-
-    /// The event's own item, only where no item is.
-    fn put_event(&self, event: &Envelope) -> Result<Put, ApplyError> {
-        let applied_at = OffsetDateTime::now_utc().format(&Rfc3339)?;
-        Put::builder()
-            .table_name(&self.name)
-            .item(attr::IDENTITY, s(event.identity.as_str()))
-            .item(attr::SEQ, n(event.seq))
-            .item(attr::EVENT_ID, s(event.event_id.to_string()))
-            .item(attr::NAME, s(event.data.name.as_str()))
-            .item(attr::SURNAME, s(event.data.surname.as_str()))
-            // Amount's Display is its exact decimal text ("51.30"): no float
-            // anywhere between the message and the table.
-            .item(attr::AMOUNT, n(event.data.amount))
-            .item(attr::OCCURRED_AT, s(event.occurred_at.format(&Rfc3339)?))
-            .item(attr::APPLIED_AT, s(applied_at))
-            .condition_expression("attribute_not_exists(#identity)")
-            .expression_attribute_names("#identity", attr::IDENTITY)
-            .build()
-            .map_err(|e| ApplyError::Request(e.to_string()))
-    }
-
-    /// The head moves from `seq - 1` to `seq` and adds the amount.
-    fn update_head(&self, event: &Envelope, mode: Mode) -> Result<Update, ApplyError> {
-        let now = OffsetDateTime::now_utc().format(&Rfc3339)?;
-        let update = Update::builder()
-            .table_name(&self.name)
-            .key(attr::IDENTITY, s(event.identity.as_str()))
-            .key(attr::SEQ, n(HEAD_SEQ))
-            .update_expression(
-                "SET #last_seq = :seq, #name = :name, #surname = :surname, \
-                 #total = if_not_exists(#total, :zero) + :amount, \
-                 #count = if_not_exists(#count, :zero) + :one, #updated_at = :now",
-            )
-            .expression_attribute_names("#last_seq", attr::LAST_SEQ)
-            .expression_attribute_names("#name", attr::NAME)
-            .expression_attribute_names("#surname", attr::SURNAME)
-            .expression_attribute_names("#total", attr::TOTAL)
-            .expression_attribute_names("#count", attr::COUNT)
-            .expression_attribute_names("#updated_at", attr::UPDATED_AT)
-            .expression_attribute_values(":seq", n(event.seq))
-            .expression_attribute_values(":name", s(event.data.name.as_str()))
-            .expression_attribute_values(":surname", s(event.data.surname.as_str()))
-            .expression_attribute_values(":amount", n(event.data.amount))
-            .expression_attribute_values(":zero", n(0))
-            .expression_attribute_values(":one", n(1))
-            .expression_attribute_values(":now", s(now));
-        // DynamoDB refuses unused placeholders, so each branch names only
-        // what its condition uses. A parked identity's head may exist with
-        // no `last_seq` yet: the first event is the one that finds none.
-        let (update, after) = if event.seq == 1 {
-            (update, "attribute_not_exists(#last_seq)")
-        } else {
-            (
-                update.expression_attribute_values(":prev", n(event.seq - 1)),
-                "#last_seq = :prev",
-            )
-        };
-        let update = match mode {
-            Mode::Normal => update
-                .condition_expression(format!("{after} AND attribute_not_exists(#parked_cause)"))
-                .expression_attribute_names("#parked_cause", attr::PARKED_CAUSE),
-            Mode::Parked => update.condition_expression(after),
-        };
-        update
-            .build()
-            .map_err(|e| ApplyError::Request(e.to_string()))
-    }
-
-    /// The held copy of an event, if there is one.
-    fn delete_held(
-        &self,
-        identity: &str,
-        seq: u64,
-    ) -> Result<aws_sdk_dynamodb::types::Delete, ApplyError> {
-        aws_sdk_dynamodb::types::Delete::builder()
-            .table_name(&self.name)
-            .key(attr::IDENTITY, s(identity))
-            .key(attr::SEQ, held_key(seq))
-            .build()
-            .map_err(|e| ApplyError::Request(e.to_string()))
-    }
-
-    /// Tells why the transaction for `event` was refused, from consistent
-    /// reads of the identity's head and of the item at the event's `seq`.
-    async fn classify(
-        &self,
-        event: &Envelope,
-        reasons: String,
-        mode: Mode,
-    ) -> Result<Applied, ApplyError> {
-        let identity = event.identity.as_str();
-        let (head, stored) =
-            tokio::try_join!(self.get(identity, HEAD_SEQ), self.get(identity, event.seq))?;
-        if let Some(stored) = stored {
-            let stored_event_id = match stored.get(attr::EVENT_ID) {
-                Some(AttributeValue::S(id)) => id.clone(),
-                _ => {
-                    return Err(self
-                        .malformed(identity, event.seq, "event_id is missing")
-                        .into());
-                }
-            };
-            return if stored_event_id == event.event_id.to_string() {
-                if mode == Mode::Parked {
-                    self.forget_held(event).await?;
-                }
-                Ok(Applied::Duplicate)
-            } else {
-                Err(ApplyError::Conflict {
-                    identity: identity.to_owned(),
-                    seq: event.seq,
-                    stored_event_id,
-                    event_id: event.event_id.to_string(),
-                })
-            };
-        }
-        let IdentityState { last_seq, parking } = self.state_of(identity, head.as_ref())?;
-        let identity = identity.to_owned();
-        if let (Some(parking), Mode::Normal) = (parking, mode) {
-            Err(ApplyError::Parked {
-                identity,
-                seq: event.seq,
-                last_seq,
-                parking: Box::new(parking),
-            })
-        } else if last_seq + 1 < event.seq {
-            Err(ApplyError::Gap {
-                identity,
-                expected: last_seq + 1,
-                received: event.seq,
-            })
-        } else if last_seq >= event.seq {
-            Err(ApplyError::Inconsistent {
-                identity,
-                seq: event.seq,
-                last_seq,
-            })
-        } else {
-            Err(ApplyError::Contended {
-                identity,
-                seq: event.seq,
-                last_seq,
-                reasons,
-            })
-        }
+    /// Where the records are, for logs and messages.
+    pub fn describe(&self) -> String {
+        format!("DynamoDB table {}", self.name)
     }
 
     /// One item, read consistently: it must see every committed write.
@@ -328,7 +108,7 @@ impl SpendingTable {
         &self,
         identity: &str,
         seq: u64,
-    ) -> Result<Option<HashMap<String, AttributeValue>>, StoreError> {
+    ) -> Result<Option<HashMap<String, AttributeValue>>, LedgerError> {
         let out = self
             .client
             .get_item()
@@ -342,8 +122,8 @@ impl SpendingTable {
         Ok(out.item)
     }
 
-    pub(crate) fn malformed(&self, identity: &str, seq: u64, reason: &str) -> StoreError {
-        StoreError::Malformed {
+    pub(crate) fn malformed(&self, identity: &str, seq: u64, reason: &str) -> LedgerError {
+        LedgerError::Malformed {
             table: self.name.clone(),
             identity: identity.to_owned(),
             seq: seq.to_string(),
@@ -352,20 +132,20 @@ impl SpendingTable {
     }
 }
 
-impl Ledger for SpendingTable {
+impl Ledger for DynamoDbLedger {
     fn apply<'a>(&'a self, event: &'a Envelope) -> BoxFuture<'a, Result<Applied, ApplyError>> {
-        Box::pin(SpendingTable::apply(self, event))
+        Box::pin(DynamoDbLedger::apply(self, event))
     }
 
     fn apply_parked<'a>(
         &'a self,
         event: &'a Envelope,
     ) -> BoxFuture<'a, Result<Applied, ApplyError>> {
-        Box::pin(SpendingTable::apply_parked(self, event))
+        Box::pin(DynamoDbLedger::apply_parked(self, event))
     }
 
-    fn state<'a>(&'a self, identity: &'a str) -> BoxFuture<'a, Result<IdentityState, StoreError>> {
-        Box::pin(SpendingTable::state(self, identity))
+    fn state<'a>(&'a self, identity: &'a str) -> BoxFuture<'a, Result<IdentityState, LedgerError>> {
+        Box::pin(DynamoDbLedger::state(self, identity))
     }
 
     fn park<'a>(
@@ -373,42 +153,48 @@ impl Ledger for SpendingTable {
         identity: &'a str,
         request: &'a ParkRequest,
         replace: bool,
-    ) -> BoxFuture<'a, Result<Parking, StoreError>> {
-        Box::pin(SpendingTable::park(self, identity, request, replace))
+    ) -> BoxFuture<'a, Result<Parking, LedgerError>> {
+        Box::pin(DynamoDbLedger::park(self, identity, request, replace))
     }
 
     fn hold<'a>(&'a self, event: &'a Envelope) -> BoxFuture<'a, Result<Held, HoldError>> {
-        Box::pin(SpendingTable::hold(self, event))
+        Box::pin(DynamoDbLedger::hold(self, event))
     }
 
-    fn held<'a>(&'a self, identity: &'a str) -> BoxFuture<'a, Result<Vec<Envelope>, StoreError>> {
-        Box::pin(SpendingTable::held(self, identity))
+    fn held<'a>(&'a self, identity: &'a str) -> BoxFuture<'a, Result<Vec<Envelope>, LedgerError>> {
+        Box::pin(DynamoDbLedger::held(self, identity))
     }
 
     fn unpark<'a>(
         &'a self,
         identity: &'a str,
         version: u64,
-    ) -> BoxFuture<'a, Result<bool, StoreError>> {
-        Box::pin(SpendingTable::unpark(self, identity, version))
-    }
-
-    fn list_parked(&self) -> BoxFuture<'_, Result<Vec<ParkedIdentity>, StoreError>> {
-        Box::pin(SpendingTable::list_parked(self))
-    }
-
-    fn load_identity<'a>(
-        &'a self,
-        identity: &'a str,
-    ) -> BoxFuture<'a, Result<Option<AppliedIdentity>, StoreError>> {
-        Box::pin(SpendingTable::load_identity(self, identity))
-    }
-
-    fn list_identities(&self) -> BoxFuture<'_, Result<Vec<IdentityHead>, StoreError>> {
-        Box::pin(SpendingTable::list_identities(self))
+    ) -> BoxFuture<'a, Result<bool, LedgerError>> {
+        Box::pin(DynamoDbLedger::unpark(self, identity, version))
     }
 
     fn describe(&self) -> String {
-        format!("DynamoDB table {}", self.name)
+        DynamoDbLedger::describe(self)
+    }
+}
+
+impl LedgerReader for DynamoDbLedger {
+    fn load_identity<'a>(
+        &'a self,
+        identity: &'a str,
+    ) -> BoxFuture<'a, Result<Option<AppliedIdentity>, LedgerError>> {
+        Box::pin(DynamoDbLedger::load_identity(self, identity))
+    }
+
+    fn list_identities(&self) -> BoxFuture<'_, Result<Vec<IdentityHead>, LedgerError>> {
+        Box::pin(DynamoDbLedger::list_identities(self))
+    }
+
+    fn list_parked(&self) -> BoxFuture<'_, Result<Vec<ParkedIdentity>, LedgerError>> {
+        Box::pin(DynamoDbLedger::list_parked(self))
+    }
+
+    fn describe(&self) -> String {
+        DynamoDbLedger::describe(self)
     }
 }

@@ -1,53 +1,27 @@
-//! The MySQL backend (cargo feature `mysql`): the consumer's own database,
-//! `migrations/mysql/consumer` (the original project's
-//! `consumed_outboxtable_db`).
-//!
-//! Applying an event is ONE transaction on the identity's head row
-//! (`consumer_identity`) and the spending row (`obt_spending`), which
-//! carries the event's id under a unique key:
-//!
-//! 1. lock the head (`SELECT ... FOR UPDATE`); no head means nothing was
-//!    applied yet (`last_seq` 0). Every apply of an identity takes this
-//!    lock first, so two of them never interleave, whichever consumer
-//!    instance runs them;
-//! 2. `seq <= last_seq`: the row at that seq says whether this is the same
-//!    event (a duplicate: nothing is written) or another one (a conflict);
-//!    `seq > last_seq + 1`: a gap, nothing is written;
-//! 3. `seq == last_seq + 1`: create the head if it is missing, insert the
-//!    spending with its event id, move the head to `seq` with the totals,
-//!    commit.
-//!
-//! So the event id is recorded in the same commit as the write it made
-//! (invariant 3), and an event is applied only right after its predecessor
-//! (invariant 4). Between 2 and 3 the identity's parking row is locked
-//! too: a parked identity's events are held, not applied ([`parking`]). A crash before the commit leaves nothing; after it, the
-//! redelivered message finds its event id and changes nothing.
-//!
-//! Sessions run at READ COMMITTED: the apply's only locking read is of
-//! the identity's own head row, and at the server's default (REPEATABLE
-//! READ) looking for a head that does not exist yet would lock the gap
-//! around it, so that the first events of two unrelated new identities
-//! could deadlock each other. Two first events of the SAME identity race
-//! to create its head: the loser sees a duplicate key (or a deadlock) and
-//! the whole transaction is retried, finding the winner's head.
-//!
-//! Money is `DECIMAL` in the database and [`Decimal`] here: totals are
-//! added by the database, exactly.
+//! The MySQL backend (cargo feature `mysql`), all of it: the consumer's
+//! own database (`migrations/mysql/consumer`). An event is applied by one
+//! transaction that locks the identity's head row (and its parking row),
+//! records the spending with its event id under a unique key and moves the
+//! head from `seq - 1` to `seq`. The write path is here and in `parking`,
+//! the read path in `read`; docs/ARCHITECTURE.md ("Relational mode") says
+//! why, and why sessions run at READ COMMITTED.
 
 use std::str::FromStr;
 use std::time::Duration;
 
 use obt_contract::Envelope;
-use rust_decimal::Decimal;
 use sqlx::mysql::{MySqlConnectOptions, MySqlDatabaseError, MySqlPool, MySqlPoolOptions, MySqlRow};
 use sqlx::{ConnectOptions, Connection, Executor, MySql, Row, Transaction};
 use tracing::{debug, instrument};
 
-use super::{Applied, ApplyError, BoxFuture, HoldError, Ledger, OpenError, StoreError};
+use super::{
+    Applied, ApplyError, BoxFuture, HoldError, Ledger, LedgerError, LedgerReader, OpenError,
+};
 use crate::parking::{Held, IdentityState, ParkRequest, ParkedIdentity, Parking};
-use crate::read_model::{AppliedIdentity, AppliedSpending, IdentityHead};
+use crate::read_model::{AppliedIdentity, IdentityHead};
 
 mod parking;
+mod read;
 
 /// Whether an apply may go past a parking.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -137,8 +111,8 @@ fn is_transient(e: &sqlx::Error) -> bool {
     }
 }
 
-fn store_error(call: &'static str, e: &sqlx::Error) -> StoreError {
-    StoreError::MySql {
+fn store_error(call: &'static str, e: &sqlx::Error) -> LedgerError {
+    LedgerError::MySql {
         call,
         detail: e.to_string(),
         transient: is_transient(e),
@@ -157,7 +131,7 @@ fn failed(call: &'static str) -> impl FnOnce(sqlx::Error) -> Failure {
     }
 }
 
-fn read_failed(call: &'static str) -> impl FnOnce(sqlx::Error) -> StoreError {
+fn read_failed(call: &'static str) -> impl FnOnce(sqlx::Error) -> LedgerError {
     move |e| store_error(call, &e)
 }
 
@@ -218,6 +192,9 @@ impl MySqlLedger {
             .acquire_timeout(connect_timeout)
             .after_connect(|conn, _| {
                 Box::pin(async move {
+                    // At REPEATABLE READ, looking for a head that does not
+                    // exist yet locks the gap around it: the first events
+                    // of unrelated new identities would deadlock.
                     conn.execute("SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED")
                         .await?;
                     let timeout =
@@ -285,7 +262,7 @@ impl MySqlLedger {
                 Err(Failure::Retry { call, error }) => {
                     // Still losing to concurrent transactions: a later
                     // delivery will not.
-                    return Err(StoreError::MySql {
+                    return Err(LedgerError::MySql {
                         call,
                         detail: format!("{error} ({ATTEMPTS} attempts)"),
                         transient: true,
@@ -527,60 +504,6 @@ impl MySqlLedger {
             }
         }
     }
-
-    /// Everything applied for `identity`, or `None` if nothing is. The
-    /// head is read with a shared lock, so that no apply of the identity
-    /// commits between it and the spendings.
-    pub async fn load_identity(
-        &self,
-        identity: &str,
-    ) -> Result<Option<AppliedIdentity>, StoreError> {
-        let mut tx = self.pool.begin().await.map_err(read_failed("BEGIN"))?;
-        let head = sqlx::query(
-            "SELECT identity, name, surname, last_seq, total, count, updated_at \
-             FROM consumer_identity WHERE identity = ? LOCK IN SHARE MODE",
-        )
-        .bind(identity)
-        .fetch_optional(&mut *tx)
-        .await
-        .map_err(read_failed("SELECT consumer_identity"))?;
-        let Some(head) = head else {
-            rollback(tx).await;
-            return Ok(None);
-        };
-        let head = head_from_row(&head).map_err(read_failed("reading consumer_identity"))?;
-        let spendings = sqlx::query(
-            "SELECT seq, event_id, name, surname, amount, occurred_at, applied_at \
-             FROM obt_spending WHERE identity = ? ORDER BY seq",
-        )
-        .bind(identity)
-        .fetch_all(&mut *tx)
-        .await
-        .map_err(read_failed("SELECT obt_spending"))?;
-        rollback(tx).await;
-        let spendings = spendings
-            .iter()
-            .map(spending_from_row)
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(read_failed("reading obt_spending"))?;
-        Ok(Some(AppliedIdentity::new(head, spendings)))
-    }
-
-    /// The heads of every identity, sorted by identity (bytewise, as the
-    /// DynamoDB backend sorts them: the column's collation is binary).
-    pub async fn list_identities(&self) -> Result<Vec<IdentityHead>, StoreError> {
-        let rows = sqlx::query(
-            "SELECT identity, name, surname, last_seq, total, count, updated_at \
-             FROM consumer_identity ORDER BY identity",
-        )
-        .fetch_all(&self.pool)
-        .await
-        .map_err(read_failed("SELECT consumer_identity"))?;
-        rows.iter()
-            .map(head_from_row)
-            .collect::<Result<_, _>>()
-            .map_err(read_failed("reading consumer_identity"))
-    }
 }
 
 /// A text column. They are all `utf8mb4_bin` (compared bytewise, as
@@ -589,36 +512,6 @@ impl MySqlLedger {
 /// explicitly. Decoding still checks that the bytes are UTF-8.
 fn text(row: &MySqlRow, column: &str) -> Result<String, sqlx::Error> {
     row.try_get_unchecked(column)
-}
-
-/// Money as the read model shows it: two fraction digits.
-fn money(mut value: Decimal) -> Decimal {
-    value.rescale(2);
-    value
-}
-
-fn head_from_row(row: &MySqlRow) -> Result<IdentityHead, sqlx::Error> {
-    Ok(IdentityHead {
-        identity: text(row, "identity")?,
-        name: text(row, "name")?,
-        surname: text(row, "surname")?,
-        last_seq: row.try_get("last_seq")?,
-        total: money(row.try_get("total")?),
-        count: row.try_get("count")?,
-        updated_at: row.try_get("updated_at")?,
-    })
-}
-
-fn spending_from_row(row: &MySqlRow) -> Result<AppliedSpending, sqlx::Error> {
-    Ok(AppliedSpending {
-        seq: row.try_get("seq")?,
-        event_id: text(row, "event_id")?,
-        name: text(row, "name")?,
-        surname: text(row, "surname")?,
-        amount: money(row.try_get("amount")?),
-        occurred_at: row.try_get("occurred_at")?,
-        applied_at: row.try_get("applied_at")?,
-    })
 }
 
 impl Ledger for MySqlLedger {
@@ -633,7 +526,7 @@ impl Ledger for MySqlLedger {
         Box::pin(MySqlLedger::apply_parked(self, event))
     }
 
-    fn state<'a>(&'a self, identity: &'a str) -> BoxFuture<'a, Result<IdentityState, StoreError>> {
+    fn state<'a>(&'a self, identity: &'a str) -> BoxFuture<'a, Result<IdentityState, LedgerError>> {
         Box::pin(MySqlLedger::state(self, identity))
     }
 
@@ -642,7 +535,7 @@ impl Ledger for MySqlLedger {
         identity: &'a str,
         request: &'a ParkRequest,
         replace: bool,
-    ) -> BoxFuture<'a, Result<Parking, StoreError>> {
+    ) -> BoxFuture<'a, Result<Parking, LedgerError>> {
         Box::pin(MySqlLedger::park(self, identity, request, replace))
     }
 
@@ -650,7 +543,7 @@ impl Ledger for MySqlLedger {
         Box::pin(MySqlLedger::hold(self, event))
     }
 
-    fn held<'a>(&'a self, identity: &'a str) -> BoxFuture<'a, Result<Vec<Envelope>, StoreError>> {
+    fn held<'a>(&'a self, identity: &'a str) -> BoxFuture<'a, Result<Vec<Envelope>, LedgerError>> {
         Box::pin(MySqlLedger::held(self, identity))
     }
 
@@ -658,23 +551,29 @@ impl Ledger for MySqlLedger {
         &'a self,
         identity: &'a str,
         version: u64,
-    ) -> BoxFuture<'a, Result<bool, StoreError>> {
+    ) -> BoxFuture<'a, Result<bool, LedgerError>> {
         Box::pin(MySqlLedger::unpark(self, identity, version))
     }
 
-    fn list_parked(&self) -> BoxFuture<'_, Result<Vec<ParkedIdentity>, StoreError>> {
-        Box::pin(MySqlLedger::list_parked(self))
+    fn describe(&self) -> String {
+        self.label.clone()
     }
+}
 
+impl LedgerReader for MySqlLedger {
     fn load_identity<'a>(
         &'a self,
         identity: &'a str,
-    ) -> BoxFuture<'a, Result<Option<AppliedIdentity>, StoreError>> {
+    ) -> BoxFuture<'a, Result<Option<AppliedIdentity>, LedgerError>> {
         Box::pin(MySqlLedger::load_identity(self, identity))
     }
 
-    fn list_identities(&self) -> BoxFuture<'_, Result<Vec<IdentityHead>, StoreError>> {
+    fn list_identities(&self) -> BoxFuture<'_, Result<Vec<IdentityHead>, LedgerError>> {
         Box::pin(MySqlLedger::list_identities(self))
+    }
+
+    fn list_parked(&self) -> BoxFuture<'_, Result<Vec<ParkedIdentity>, LedgerError>> {
+        Box::pin(MySqlLedger::list_parked(self))
     }
 
     fn describe(&self) -> String {

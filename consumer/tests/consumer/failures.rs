@@ -11,7 +11,7 @@ use obt_consumer::parking::Cause;
 
 use crate::helpers::{
     Logs, Running, TestStack, event, identity, load, receive_dead_letters, send, send_raw,
-    wait_applied, wait_held, wait_parked, wait_queue_empty,
+    wait_applied, wait_held, wait_parked, wait_queue_empty, wait_unparked,
 };
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -114,21 +114,17 @@ async fn events_past_a_gap_are_held_not_dead_lettered_and_applied_in_order_once_
         applied.spendings.iter().map(|s| s.applied_at).is_sorted(),
         "applied in seq order"
     );
-    // The consumer applies the held events, then unparks: the last apply
-    // can be seen a moment before the unpark.
-    obt_testkit::eventually(
-        "the identity to be unparked",
-        Duration::from_secs(10),
-        || async {
-            let parked = stack.ledger().list_parked().await.expect("lists");
-            if parked.is_empty() {
-                Ok(())
-            } else {
-                Err(format!("{} parked", parked.len()))
-            }
-        },
-    )
-    .await;
+    // The unpark commits after the last held event's apply: wait for it.
+    wait_unparked(&stack, &who, Duration::from_secs(10)).await;
+    assert!(
+        stack
+            .reader()
+            .list_parked()
+            .await
+            .expect("lists")
+            .is_empty(),
+        "no longer parked"
+    );
     assert!(
         stack
             .ledger()

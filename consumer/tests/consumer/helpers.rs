@@ -12,13 +12,13 @@ use std::collections::BTreeMap;
 
 use obt_consumer::parking::ParkedIdentity;
 use obt_consumer::{
-    AppliedIdentity, Consumer, IdentityHead, Ledger, RunError, Settings, StorageArgs,
+    AppliedIdentity, Consumer, DatabaseUrl, IdentityHead, Ledger, LedgerReader, Records, RunError,
+    Settings, StorageArgs,
 };
 use obt_contract::Identity;
-use obt_runtime::Storage;
+use obt_runtime::args::QueueArgs;
 use obt_testkit::Stack;
-#[cfg(feature = "mysql")]
-use obt_testkit::mysql::MySqlStack;
+use obt_testkit::mysql::Backend;
 pub use obt_testkit::{event, identity, send, send_raw};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -88,42 +88,22 @@ impl Drop for Logs {
     }
 }
 
-/// The backend the behaviour tests run against: `OBT_TEST_STORAGE=mysql`
-/// for MariaDB (`scripts/test.sh` runs the suite in both modes), DynamoDB
-/// Local by default.
-pub fn storage_under_test() -> Storage {
-    match std::env::var("OBT_TEST_STORAGE").as_deref() {
-        Ok("mysql") => Storage::Mysql,
-        Ok("dynamodb") | Err(_) => Storage::Dynamodb,
-        Ok(other) => panic!("OBT_TEST_STORAGE is dynamodb or mysql, not {other:?}"),
-    }
-}
-
-/// Boxed: the stacks are large and differ in size.
-enum Backing {
-    DynamoDb(Box<Stack>),
-    #[cfg(feature = "mysql")]
-    MySql(Box<MySqlStack>),
-}
-
 /// Fresh queues and consumer records (a DynamoDB table, or a MySQL
-/// database with its least-privilege user) in the backend under test.
-/// Dereferences to the [`Stack`] of the queues.
+/// database with its least-privilege user) in the backend under test,
+/// which the testkit's [`Backend`] picks from `OBT_TEST_STORAGE`
+/// (`scripts/test.sh` runs the suite in both modes). Dereferences to the
+/// [`Stack`] of the queues.
 pub struct TestStack {
-    backing: Backing,
+    backend: Backend,
     /// The consumer's records, opened as the consumer opens them: the
-    /// tests read what it applied through it.
-    ledger: Arc<dyn Ledger>,
+    /// tests write and read them through it.
+    records: Records,
 }
 
 impl Deref for TestStack {
     type Target = Stack;
     fn deref(&self) -> &Stack {
-        match &self.backing {
-            Backing::DynamoDb(stack) => stack,
-            #[cfg(feature = "mysql")]
-            Backing::MySql(mysql) => &mysql.stack,
-        }
+        self.backend.stack()
     }
 }
 
@@ -131,50 +111,33 @@ impl TestStack {
     /// Creates everything with `max_receive_count` receives before the
     /// dead-letter queue.
     pub async fn create(max_receive_count: u32) -> Self {
-        let backing = match storage_under_test() {
-            Storage::Dynamodb => {
-                Backing::DynamoDb(Box::new(Stack::create(max_receive_count).await))
-            }
-            #[cfg(feature = "mysql")]
-            Storage::Mysql => Backing::MySql(Box::new(MySqlStack::create(max_receive_count).await)),
-            #[cfg(not(feature = "mysql"))]
-            Storage::Mysql => panic!("OBT_TEST_STORAGE=mysql needs --features mysql"),
-        };
-        let storage = storage_args(&backing);
-        let config = match &backing {
-            Backing::DynamoDb(stack) => &stack.config,
-            #[cfg(feature = "mysql")]
-            Backing::MySql(mysql) => &mysql.stack.config,
-        };
-        let ledger = obt_consumer::store::open(config, &storage, 2, "consumer tests")
-            .await
-            .unwrap_or_else(|e| panic!("opening the consumer's records: {e}"));
-        Self { backing, ledger }
+        let backend = Backend::create(max_receive_count).await;
+        let storage = storage_args(&backend);
+        let records =
+            obt_consumer::store::open(&backend.stack().config, &storage, 2, "consumer tests")
+                .await
+                .unwrap_or_else(|e| panic!("opening the consumer's records: {e}"));
+        Self { backend, records }
     }
 
     /// The consumer's storage settings for this stack.
     pub fn storage_args(&self) -> StorageArgs {
-        storage_args(&self.backing)
+        storage_args(&self.backend)
     }
 
     /// The environment of the consumer binary (and `consumer-show`) on
     /// this stack.
     pub fn consumer_env(&self) -> Vec<(&'static str, String)> {
-        match &self.backing {
-            Backing::DynamoDb(stack) => stack.service_env(),
-            #[cfg(feature = "mysql")]
-            Backing::MySql(mysql) => mysql.consumer_env(),
-        }
+        self.backend.env("consumer")
     }
 
     /// The address of the consumer's records: DynamoDB Local's, or the
     /// MariaDB server's.
     pub fn records_addr(&self) -> std::net::SocketAddr {
-        let url = match &self.backing {
-            Backing::DynamoDb(_) => std::env::var("AWS_ENDPOINT_URL_DYNAMODB")
+        let url = match &self.backend {
+            Backend::DynamoDb(_) => std::env::var("AWS_ENDPOINT_URL_DYNAMODB")
                 .expect("AWS_ENDPOINT_URL_DYNAMODB is set (scripts/test.sh)"),
-            #[cfg(feature = "mysql")]
-            Backing::MySql(mysql) => mysql.urls.consumer_url.clone(),
+            Backend::MySql(mysql) => mysql.urls.consumer_url.clone(),
         };
         host_port(&url)
             .parse()
@@ -184,18 +147,18 @@ impl TestStack {
     /// The consumer's records reached through `addr` (a fault proxy)
     /// instead of their own address, opened as the consumer opens them.
     pub async fn ledger_through(&self, addr: std::net::SocketAddr) -> Arc<dyn Ledger> {
-        match &self.backing {
-            Backing::DynamoDb(stack) => {
+        match &self.backend {
+            Backend::DynamoDb(stack) => {
                 let config = aws_sdk_dynamodb::config::Builder::from(&stack.config)
                     .endpoint_url(format!("http://{addr}"))
                     .build();
-                Arc::new(obt_consumer::SpendingTable::new(
+                Arc::new(obt_consumer::DynamoDbLedger::new(
                     aws_sdk_dynamodb::Client::from_conf(config),
                     &stack.names.consumer_table,
                 ))
             }
             #[cfg(feature = "mysql")]
-            Backing::MySql(mysql) => {
+            Backend::MySql(mysql) => {
                 let url = &mysql.urls.consumer_url;
                 let url = url.replacen(host_port(url), &addr.to_string(), 1);
                 Arc::new(
@@ -204,16 +167,24 @@ impl TestStack {
                         .unwrap_or_else(|e| panic!("opening the records through {addr}: {e}")),
                 )
             }
+            #[cfg(not(feature = "mysql"))]
+            Backend::MySql(_) => panic!("OBT_TEST_STORAGE=mysql needs --features mysql"),
         }
     }
 
+    /// The write path of the records.
     pub fn ledger(&self) -> &dyn Ledger {
-        self.ledger.as_ref()
+        self.records.ledger().as_ref()
+    }
+
+    /// The read path of the records.
+    pub fn reader(&self) -> &dyn LedgerReader {
+        self.records.reader().as_ref()
     }
 
     /// Every identity's head, as the consumer recorded them.
     pub async fn heads(&self) -> Vec<IdentityHead> {
-        self.ledger
+        self.reader()
             .list_identities()
             .await
             .unwrap_or_else(|e| panic!("listing the identities: {e}"))
@@ -227,21 +198,12 @@ fn host_port(url: &str) -> &str {
     rest.split('/').next().unwrap_or(rest)
 }
 
-fn storage_args(backing: &Backing) -> StorageArgs {
-    match backing {
-        Backing::DynamoDb(stack) => StorageArgs {
-            storage: Storage::Dynamodb,
-            table: stack.names.consumer_table.clone(),
-            database_url: None,
-        },
-        #[cfg(feature = "mysql")]
-        Backing::MySql(mysql) => StorageArgs {
-            storage: Storage::Mysql,
-            database_url: Some(obt_consumer::DatabaseUrl::new(
-                mysql.urls.consumer_url.clone(),
-            )),
-            ..StorageArgs::defaults()
-        },
+fn storage_args(backend: &Backend) -> StorageArgs {
+    match backend {
+        Backend::DynamoDb(stack) => StorageArgs::dynamodb(&stack.names.consumer_table),
+        Backend::MySql(mysql) => {
+            StorageArgs::mysql(DatabaseUrl::new(mysql.urls.consumer_url.clone()))
+        }
     }
 }
 
@@ -256,7 +218,10 @@ impl Running {
     /// as in production) and records.
     pub fn settings(stack: &TestStack) -> Settings {
         Settings {
-            queue_name: stack.names.queue.clone(),
+            queue: QueueArgs {
+                queue_url: None,
+                queue_name: stack.names.queue.clone(),
+            },
             storage: stack.storage_args(),
             ..Settings::defaults()
         }
@@ -290,7 +255,7 @@ impl Running {
 
 pub async fn load(stack: &TestStack, identity: &Identity) -> Option<AppliedIdentity> {
     stack
-        .ledger()
+        .reader()
         .load_identity(identity.as_str())
         .await
         .unwrap_or_else(|e| panic!("loading {identity}: {e}"))
@@ -366,7 +331,7 @@ pub async fn wait_parked(
 ) -> ParkedIdentity {
     obt_testkit::eventually(&format!("{identity} to be parked"), deadline, || async {
         let parked = stack
-            .ledger()
+            .reader()
             .list_parked()
             .await
             .map_err(|e| e.to_string())?;
@@ -374,6 +339,22 @@ pub async fn wait_parked(
             .into_iter()
             .find(|p| p.identity == identity.as_str())
             .ok_or_else(|| "not parked".to_owned())
+    })
+    .await
+}
+
+/// Waits until `identity` is not parked (any more).
+pub async fn wait_unparked(stack: &TestStack, identity: &Identity, deadline: Duration) {
+    obt_testkit::eventually(&format!("{identity} to be unparked"), deadline, || async {
+        let parked = stack
+            .reader()
+            .list_parked()
+            .await
+            .map_err(|e| e.to_string())?;
+        match parked.iter().find(|p| p.identity == identity.as_str()) {
+            Some(p) => Err(format!("parked: {:?}", p.parking)),
+            None => Ok(()),
+        }
     })
     .await
 }

@@ -18,6 +18,7 @@ use obt_testkit::sqs_model::{MessageSnapshot, SqsModel};
 
 use crate::helpers::{
     Logs, Running, TestStack, event, identity, load, wait_applied, wait_held, wait_parked,
+    wait_unparked,
 };
 
 /// The records of the backend under test, and the project's queues on an
@@ -204,7 +205,7 @@ async fn a_poison_message_alone_reaches_the_dlq_its_followers_are_held_and_a_ret
     // It keeps receiving events while parked: held, in order.
     on.send(&events[5]).await;
     wait_held(&on.stack, &who, 3, Duration::from_secs(30)).await;
-    let listed = parking::list_parked(on.stack.ledger())
+    let listed = parking::list_parked(on.stack.reader())
         .await
         .expect("lists");
     assert_eq!(listed.len(), 1);
@@ -280,7 +281,7 @@ async fn a_poison_message_alone_reaches_the_dlq_its_followers_are_held_and_a_ret
     assert!(on.dead_letters().is_empty(), "nothing left in the DLQ");
     assert!(on.redriven().is_empty());
     assert!(
-        parking::list_parked(on.stack.ledger())
+        parking::list_parked(on.stack.reader())
             .await
             .expect("lists")
             .is_empty()
@@ -330,8 +331,10 @@ async fn a_gap_received_with_its_followers_holds_them_and_heals_when_the_missing
     wait_applied(&on.stack, &who, 4, Duration::from_secs(30)).await;
     assert_exactly(&on.stack, &who, &events).await;
     assert!(on.dead_letters().is_empty() && on.redriven().is_empty());
+    // The unpark commits after the last held event's apply: wait for it.
+    wait_unparked(&on.stack, &who, Duration::from_secs(10)).await;
     assert!(
-        parking::list_parked(on.stack.ledger())
+        parking::list_parked(on.stack.reader())
             .await
             .expect("lists")
             .is_empty()

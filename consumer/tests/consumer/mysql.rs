@@ -99,7 +99,7 @@ async fn a_spending_row_is_never_kept_without_its_head_update_they_commit_togeth
 
     let second = event(&identity, 2, "2.00");
     match ledger.apply(&second).await {
-        Err(e @ ApplyError::Store(_)) => assert!(!e.is_transient(), "{e}"),
+        Err(e @ ApplyError::Ledger(_)) => assert!(!e.is_transient(), "{e}"),
         other => panic!("expected the head update to fail, got {other:?}"),
     }
     assert_eq!(

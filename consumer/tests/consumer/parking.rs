@@ -20,6 +20,7 @@ fn request(cause: Cause, reason: &str) -> ParkRequest {
 async fn a_parked_identity_applies_nothing_and_holds_its_events_in_seq_order() {
     let stack = TestStack::create(5).await;
     let ledger = stack.ledger();
+    let reader = stack.reader();
     let who = identity("held");
     ledger
         .apply(&event(&who, 1, "1.00"))
@@ -54,7 +55,7 @@ async fn a_parked_identity_applies_nothing_and_holds_its_events_in_seq_order() {
         .map(|e| e.seq)
         .collect();
     assert_eq!(held, [3, 4]);
-    let listed = ledger.list_parked().await.expect("lists");
+    let listed = reader.list_parked().await.expect("lists");
     assert_eq!(listed.len(), 1);
     assert_eq!(
         (listed[0].identity.as_str(), listed[0].held),
@@ -62,7 +63,7 @@ async fn a_parked_identity_applies_nothing_and_holds_its_events_in_seq_order() {
     );
 
     // What the read model shows is what is applied, nothing held.
-    let applied = ledger
+    let applied = reader
         .load_identity(who.as_str())
         .await
         .expect("loads")
@@ -80,8 +81,8 @@ async fn a_parked_identity_applies_nothing_and_holds_its_events_in_seq_order() {
     assert_eq!((drained.applied, drained.last_seq), (2, 4));
     assert!(drained.parking.is_none(), "{drained:?}");
     assert!(ledger.held(who.as_str()).await.expect("reads").is_empty());
-    assert!(ledger.list_parked().await.expect("lists").is_empty());
-    let applied = ledger
+    assert!(reader.list_parked().await.expect("lists").is_empty());
+    let applied = reader
         .load_identity(who.as_str())
         .await
         .expect("loads")
@@ -144,6 +145,7 @@ async fn an_unpark_fails_once_an_event_was_held_after_the_version_it_saw() {
 async fn a_poison_or_conflict_replaces_a_gap_parking_and_is_never_replaced_by_one() {
     let stack = TestStack::create(5).await;
     let ledger = stack.ledger();
+    let reader = stack.reader();
     let who = identity("causes");
     ledger
         .park(who.as_str(), &request(Cause::Gap, "expected seq 2"), false)
@@ -170,7 +172,7 @@ async fn a_poison_or_conflict_replaces_a_gap_parking_and_is_never_replaced_by_on
     assert_eq!(replaced.cause, Cause::Gap);
     // Parked before anything was applied: nothing shows as applied.
     assert_eq!(
-        ledger.load_identity(who.as_str()).await.expect("loads"),
+        reader.load_identity(who.as_str()).await.expect("loads"),
         None
     );
     assert!(stack.heads().await.is_empty());

@@ -10,11 +10,12 @@ use crate::helpers::{TestStack, event, identity};
 async fn applying_the_same_event_twice_changes_the_table_once() {
     let stack = TestStack::create(5).await;
     let ledger = stack.ledger();
+    let reader = stack.reader();
     let identity = identity("twice");
     let first = event(&identity, 1, "51.30");
 
     assert_eq!(ledger.apply(&first).await.expect("applied"), Applied::New);
-    let before = ledger
+    let before = reader
         .load_identity(identity.as_str())
         .await
         .expect("loads");
@@ -23,7 +24,7 @@ async fn applying_the_same_event_twice_changes_the_table_once() {
         Applied::Duplicate
     );
     assert_eq!(
-        ledger
+        reader
             .load_identity(identity.as_str())
             .await
             .expect("loads"),
@@ -39,7 +40,7 @@ async fn applying_the_same_event_twice_changes_the_table_once() {
         ledger.apply(&first).await.expect("recognised"),
         Applied::Duplicate
     );
-    let applied = ledger
+    let applied = reader
         .load_identity(identity.as_str())
         .await
         .expect("loads")
@@ -52,6 +53,7 @@ async fn applying_the_same_event_twice_changes_the_table_once() {
 async fn an_event_whose_predecessor_is_missing_is_a_gap() {
     let stack = TestStack::create(5).await;
     let ledger = stack.ledger();
+    let reader = stack.reader();
     let identity = identity("gap");
 
     match ledger.apply(&event(&identity, 2, "1.00")).await {
@@ -63,7 +65,7 @@ async fn an_event_whose_predecessor_is_missing_is_a_gap() {
         other => panic!("expected a gap before seq 1, got {other:?}"),
     }
     assert_eq!(
-        ledger
+        reader
             .load_identity(identity.as_str())
             .await
             .expect("loads"),
@@ -82,7 +84,7 @@ async fn an_event_whose_predecessor_is_missing_is_a_gap() {
         }) => {}
         other => panic!("expected a gap before seq 2, got {other:?}"),
     }
-    let applied = ledger
+    let applied = reader
         .load_identity(identity.as_str())
         .await
         .expect("loads")
@@ -97,6 +99,7 @@ async fn an_event_whose_predecessor_is_missing_is_a_gap() {
 async fn another_event_at_an_applied_seq_is_a_conflict() {
     let stack = TestStack::create(5).await;
     let ledger = stack.ledger();
+    let reader = stack.reader();
     let identity = identity("conflict");
     ledger
         .apply(&event(&identity, 1, "1.00"))
@@ -112,7 +115,7 @@ async fn another_event_at_an_applied_seq_is_a_conflict() {
         }
         other => panic!("expected a conflict, got {other:?}"),
     }
-    let applied = ledger
+    let applied = reader
         .load_identity(identity.as_str())
         .await
         .expect("loads")
@@ -124,6 +127,7 @@ async fn another_event_at_an_applied_seq_is_a_conflict() {
 async fn amounts_are_added_exactly_without_floating_point() {
     let stack = TestStack::create(5).await;
     let ledger = stack.ledger();
+    let reader = stack.reader();
     let small = identity("cents");
     // 0.1 + 0.2 is 0.30000000000000004 in binary floating point.
     ledger
@@ -134,7 +138,7 @@ async fn amounts_are_added_exactly_without_floating_point() {
         .apply(&event(&small, 2, "0.20"))
         .await
         .expect("applied");
-    let applied = ledger
+    let applied = reader
         .load_identity(small.as_str())
         .await
         .expect("loads")
@@ -152,7 +156,7 @@ async fn amounts_are_added_exactly_without_floating_point() {
         .apply(&event(&large, 2, "999999999999999999.99"))
         .await
         .expect("applied");
-    let applied = ledger
+    let applied = reader
         .load_identity(large.as_str())
         .await
         .expect("loads")

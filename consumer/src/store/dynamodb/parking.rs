@@ -15,9 +15,9 @@ use obt_contract::Envelope;
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
-use super::{HEAD_SEQ, SpendingTable, attr, dynamo_error, held_key, n, s};
+use super::{DynamoDbLedger, HEAD_SEQ, attr, dynamo_error, held_key, n, s};
 use crate::parking::{Cause, Held, IdentityState, ParkRequest, ParkedIdentity, Parking};
-use crate::store::{ApplyError, HoldError, StoreError};
+use crate::store::{ApplyError, HoldError, LedgerError};
 
 type Item = HashMap<String, AttributeValue>;
 
@@ -35,9 +35,9 @@ fn now() -> Result<String, time::error::Format> {
     OffsetDateTime::now_utc().format(&Rfc3339)
 }
 
-impl SpendingTable {
+impl DynamoDbLedger {
     /// The identity's last applied seq and its parking, read consistently.
-    pub async fn state(&self, identity: &str) -> Result<IdentityState, StoreError> {
+    pub async fn state(&self, identity: &str) -> Result<IdentityState, LedgerError> {
         let head = self.get(identity, HEAD_SEQ).await?;
         self.state_of(identity, head.as_ref())
     }
@@ -47,7 +47,7 @@ impl SpendingTable {
         &self,
         identity: &str,
         head: Option<&Item>,
-    ) -> Result<IdentityState, StoreError> {
+    ) -> Result<IdentityState, LedgerError> {
         let Some(head) = head else {
             return Ok(IdentityState {
                 last_seq: 0,
@@ -55,7 +55,7 @@ impl SpendingTable {
             });
         };
         let bad = |reason: String| self.malformed(identity, HEAD_SEQ, &reason);
-        let whole = |name: &str| -> Result<Option<u64>, StoreError> {
+        let whole = |name: &str| -> Result<Option<u64>, LedgerError> {
             match head.get(name) {
                 None => Ok(None),
                 Some(AttributeValue::N(text)) => text
@@ -65,7 +65,7 @@ impl SpendingTable {
                 Some(_) => Err(bad(format!("{name} is not a number"))),
             }
         };
-        let text = |name: &str| -> Result<Option<String>, StoreError> {
+        let text = |name: &str| -> Result<Option<String>, LedgerError> {
             match head.get(name) {
                 None => Ok(None),
                 Some(AttributeValue::S(text)) => Ok(Some(text.clone())),
@@ -103,7 +103,7 @@ impl SpendingTable {
         identity: &str,
         request: &ParkRequest,
         replace: bool,
-    ) -> Result<Parking, StoreError> {
+    ) -> Result<Parking, LedgerError> {
         let at = now().map_err(|e| self.malformed(identity, HEAD_SEQ, &e.to_string()))?;
         let mut set = vec![
             "#cause = :cause",
@@ -227,7 +227,7 @@ impl SpendingTable {
                         seq: event.seq,
                     });
                 }
-                Err(StoreError::DynamoDb {
+                Err(LedgerError::DynamoDb {
                     call: "TransactWriteItems",
                     table: self.name.clone(),
                     detail: "the hold was cancelled by a concurrent write; it will be retried"
@@ -239,7 +239,7 @@ impl SpendingTable {
         }
     }
 
-    async fn get_held(&self, identity: &str, seq: u64) -> Result<Option<Item>, StoreError> {
+    async fn get_held(&self, identity: &str, seq: u64) -> Result<Option<Item>, LedgerError> {
         let out = self
             .client
             .get_item()
@@ -277,7 +277,7 @@ impl SpendingTable {
     }
 
     /// The held events of `identity`, in seq order.
-    pub async fn held(&self, identity: &str) -> Result<Vec<Envelope>, StoreError> {
+    pub async fn held(&self, identity: &str) -> Result<Vec<Envelope>, LedgerError> {
         let items = self
             .client
             .query()
@@ -307,7 +307,7 @@ impl SpendingTable {
         Ok(events)
     }
 
-    async fn held_count(&self, identity: &str) -> Result<usize, StoreError> {
+    async fn held_count(&self, identity: &str) -> Result<usize, LedgerError> {
         let pages = self
             .client
             .query()
@@ -331,7 +331,7 @@ impl SpendingTable {
     }
 
     /// Unparks `identity` if nothing is held and the version is `version`.
-    pub async fn unpark(&self, identity: &str, version: u64) -> Result<bool, StoreError> {
+    pub async fn unpark(&self, identity: &str, version: u64) -> Result<bool, LedgerError> {
         if self.held_count(identity).await? > 0 {
             return Ok(false);
         }
@@ -396,7 +396,7 @@ impl SpendingTable {
     }
 
     /// Every parked identity with its held count, sorted by identity.
-    pub async fn list_parked(&self) -> Result<Vec<ParkedIdentity>, StoreError> {
+    pub async fn list_parked(&self) -> Result<Vec<ParkedIdentity>, LedgerError> {
         let heads = self
             .client
             .scan()

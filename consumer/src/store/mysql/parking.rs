@@ -10,7 +10,7 @@ use sqlx::{MySql, Row, Transaction};
 
 use super::{Failure, MySqlLedger, code, error_number, failed, read_failed, rollback, text};
 use crate::parking::{Cause, Held, IdentityState, ParkRequest, ParkedIdentity, Parking};
-use crate::store::{HoldError, StoreError};
+use crate::store::{HoldError, LedgerError};
 
 const PARKING_COLUMNS: &str = "cause, reason, seq, message_id, parked_at, version";
 
@@ -48,17 +48,17 @@ pub(super) async fn lock_parking(
         .map_err(failed("reading obt_consumer_parked"))
 }
 
-/// A failure of a parking transaction as a [`StoreError`]; a deadlock is
+/// A failure of a parking transaction as a [`LedgerError`]; a deadlock is
 /// transient (a retry will not meet it).
-fn store_failure(failure: Failure) -> StoreError {
+fn store_failure(failure: Failure) -> LedgerError {
     match failure {
-        Failure::Retry { call, error } => StoreError::MySql {
+        Failure::Retry { call, error } => LedgerError::MySql {
             call,
             detail: error.to_string(),
             transient: true,
         },
-        Failure::Final(crate::store::ApplyError::Store(e)) => e,
-        Failure::Final(e) => StoreError::MySql {
+        Failure::Final(crate::store::ApplyError::Ledger(e)) => e,
+        Failure::Final(e) => LedgerError::MySql {
             call: "parking",
             detail: e.to_string(),
             transient: false,
@@ -67,7 +67,7 @@ fn store_failure(failure: Failure) -> StoreError {
 }
 
 impl MySqlLedger {
-    pub async fn state(&self, identity: &str) -> Result<IdentityState, StoreError> {
+    pub async fn state(&self, identity: &str) -> Result<IdentityState, LedgerError> {
         let last_seq: Option<u64> =
             sqlx::query_scalar("SELECT last_seq FROM consumer_identity WHERE identity = ?")
                 .bind(identity)
@@ -97,7 +97,7 @@ impl MySqlLedger {
         identity: &str,
         request: &ParkRequest,
         replace: bool,
-    ) -> Result<Parking, StoreError> {
+    ) -> Result<Parking, LedgerError> {
         let mut tx = self.pool.begin().await.map_err(read_failed("BEGIN"))?;
         let existing = lock_parking(&mut tx, identity)
             .await
@@ -140,7 +140,7 @@ impl MySqlLedger {
                     .state(identity)
                     .await?
                     .parking
-                    .ok_or_else(|| StoreError::MySql {
+                    .ok_or_else(|| LedgerError::MySql {
                         call: "INSERT obt_consumer_parked",
                         detail: "the parking that won the race is gone".to_owned(),
                         transient: true,
@@ -152,7 +152,7 @@ impl MySqlLedger {
             .await
             .map_err(store_failure)?;
         tx.commit().await.map_err(read_failed("COMMIT"))?;
-        parking.ok_or_else(|| StoreError::MySql {
+        parking.ok_or_else(|| LedgerError::MySql {
             call: "SELECT obt_consumer_parked",
             detail: "the parking just written is gone".to_owned(),
             transient: true,
@@ -221,7 +221,7 @@ impl MySqlLedger {
     }
 
     /// The held events of `identity`, in seq order.
-    pub async fn held(&self, identity: &str) -> Result<Vec<Envelope>, StoreError> {
+    pub async fn held(&self, identity: &str) -> Result<Vec<Envelope>, LedgerError> {
         let rows = sqlx::query(
             "SELECT seq, envelope FROM obt_consumer_held WHERE identity = ? ORDER BY seq",
         )
@@ -233,7 +233,7 @@ impl MySqlLedger {
             .map(|row| {
                 let body =
                     text(row, "envelope").map_err(read_failed("reading obt_consumer_held"))?;
-                Envelope::decode(&body).map_err(|e| StoreError::MySql {
+                Envelope::decode(&body).map_err(|e| LedgerError::MySql {
                     call: "reading obt_consumer_held",
                     detail: format!("a held envelope of {identity}: {e}"),
                     transient: false,
@@ -243,7 +243,7 @@ impl MySqlLedger {
     }
 
     /// Unparks `identity` if nothing is held and the version is `version`.
-    pub async fn unpark(&self, identity: &str, version: u64) -> Result<bool, StoreError> {
+    pub async fn unpark(&self, identity: &str, version: u64) -> Result<bool, LedgerError> {
         let mut tx = self.pool.begin().await.map_err(read_failed("BEGIN"))?;
         let parking = lock_parking(&mut tx, identity)
             .await
@@ -272,7 +272,7 @@ impl MySqlLedger {
     }
 
     /// Every parked identity with its held count, sorted by identity.
-    pub async fn list_parked(&self) -> Result<Vec<ParkedIdentity>, StoreError> {
+    pub async fn list_parked(&self) -> Result<Vec<ParkedIdentity>, LedgerError> {
         let query = format!(
             "SELECT p.identity, {}, \
              (SELECT COUNT(*) FROM obt_consumer_held h WHERE h.identity = p.identity) AS held \
