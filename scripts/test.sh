@@ -17,6 +17,7 @@ cd "$(dirname "$0")/.."
 source scripts/emulators.sh
 source scripts/mariadb.sh
 source scripts/python.sh
+source scripts/cargo-tools.sh
 
 step() { printf '\n==> %s\n' "$*" >&2; }
 
@@ -34,6 +35,11 @@ cargo fmt --all --check
 
 step "lints (cargo clippy, warnings are errors)"
 cargo clippy --workspace --all-targets --all-features --quiet -- -D warnings
+
+# Licenses, a second TLS stack, unknown sources (deny.toml); advisories need GitHub: docs/DEPENDENCIES.md.
+step "dependencies (cargo deny: licenses, bans, sources)"
+cargo_tools
+cargo deny --offline check licenses bans sources
 
 step "Python tools (cargo-lambda, cfn-lint) in .venv"
 python_tools
