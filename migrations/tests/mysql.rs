@@ -182,8 +182,7 @@ async fn a_server_certificate_from_another_ca_is_refused_with_a_tls_error() {
     let url = format!("{}?ssl-mode=VERIFY_CA&ssl-ca={UNRELATED_CA}", admin_url());
     let error = MySqlConnection::connect(&url)
         .await
-        .err()
-        .expect("a certificate of an unknown CA is refused");
+        .expect_err("a certificate of an unknown CA is refused");
     let message = error.to_string();
     assert!(
         message.contains("invalid peer certificate: UnknownIssuer"),
