@@ -47,6 +47,7 @@ mariadb_tls() {
       return 1
     fi
     mariadb_log "installing openssl with apt-get"
+    DEBIAN_FRONTEND=noninteractive apt-get update -qq >&2
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq openssl >&2
   fi
   local ec=(-newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes)
