@@ -3,11 +3,13 @@
 #
 #   1. checks the template (cfn-lint, from the project venv);
 #   2. builds the five release artifacts with cargo-lambda (zig cross-links
-#      for Amazon Linux): the EC2 binaries api, consumer and stream-relay, and
-#      the Lambda zips stream-relay-lambda and outbox-sweeper-lambda;
+#      for Amazon Linux): the EC2 binaries api, consumer and stream-relay
+#      (with the cargo features of --features, e.g. mysql for the MySQL
+#      mode), and the Lambda zips stream-relay-lambda and
+#      outbox-sweeper-lambda;
 #   3. uploads them to s3://BUCKET/PREFIX/ (PREFIX names the release: the
-#      commit and architecture, plus a timestamp when the tree is dirty, so
-#      that a release is never overwritten by other bytes);
+#      commit, architecture and features, plus a timestamp when the tree is
+#      dirty, so that a release is never overwritten by other bytes);
 #   4. runs `aws cloudformation deploy` (creates or updates the stack) and
 #      prints the stack's outputs (the api's URL among them).
 #
@@ -50,6 +52,9 @@ stack of infra/outboxtable.yaml. Options (environment variable in brackets):
   --relay-mode MODE       lambda | daemon | none [OBT_RELAY_MODE] (default: lambda)
   --arch ARCH             x86_64 | arm64 [OBT_ARCH] (default: x86_64); sets the build
                           target, the AMI and the default instance types (t3 / t4g)
+  --features LIST         cargo features of the EC2 binaries, comma-separated [OBT_FEATURES]
+                          (default: none): mysql builds the MySQL mode (OBT_STORAGE=mysql
+                          on the hosts; docs/DEPLOY.md, "The MySQL mode")
   --vpc VPC_ID            VPC of the hosts and the load balancer [OBT_VPC_ID] (required)
   --private-subnets IDS   comma-separated subnets of the hosts [OBT_PRIVATE_SUBNETS] (required)
   --public-subnets IDS    comma-separated subnets of the load balancer [OBT_PUBLIC_SUBNETS] (required)
@@ -73,6 +78,7 @@ Examples:
     --private-subnets subnet-a,subnet-b --public-subnets subnet-c,subnet-d \
     --jwt-issuer https://cognito-idp.eu-west-1.amazonaws.com/eu-west-1_EXAMPLE
   scripts/deploy.sh ... --relay-mode none     # then: --relay-mode daemon
+  scripts/deploy.sh ... --features mysql   # EC2 binaries with the MySQL mode
   scripts/deploy.sh ... --dry-run
 
 The AWS CLI must be installed and configured (credentials, or a profile via
@@ -94,6 +100,7 @@ bucket="${OBT_ARTIFACT_BUCKET:-}"
 prefix="${OBT_ARTIFACT_PREFIX:-}"
 relay_mode="${OBT_RELAY_MODE:-lambda}"
 arch="${OBT_ARCH:-x86_64}"
+features="${OBT_FEATURES:-}"
 vpc="${OBT_VPC_ID:-}"
 private_subnets="${OBT_PRIVATE_SUBNETS:-}"
 public_subnets="${OBT_PUBLIC_SUBNETS:-}"
@@ -121,6 +128,7 @@ while [ "$#" -gt 0 ]; do
     --prefix) need_value "$@"; prefix="$2"; shift 2 ;;
     --relay-mode) need_value "$@"; relay_mode="$2"; shift 2 ;;
     --arch) need_value "$@"; arch="$2"; shift 2 ;;
+    --features) need_value "$@"; features="$2"; shift 2 ;;
     --vpc) need_value "$@"; vpc="$2"; shift 2 ;;
     --private-subnets) need_value "$@"; private_subnets="$2"; shift 2 ;;
     --public-subnets) need_value "$@"; public_subnets="$2"; shift 2 ;;
@@ -152,6 +160,27 @@ case "$arch" in
   arm64) cargo_arch=--arm64; instance_type=t4g.small ;;
   *) die "--arch is x86_64 or arm64, not '$arch'" ;;
 esac
+
+# Each feature of the three EC2 binaries' packages (a virtual workspace
+# takes them as PACKAGE/FEATURE). The Lambdas read DynamoDB only.
+feature_flags=()
+feature_list=()
+IFS=',' read -r -a requested_features <<<"$features"
+for f in ${requested_features[@]+"${requested_features[@]}"}; do
+  case "$f" in
+    mysql) ;;
+    "") continue ;;
+    *) die "--features takes mysql (comma-separated), not '$f'" ;;
+  esac
+  feature_list+=("$f")
+  feature_flags+=("obt-api/$f,obt-consumer/$f,obt-stream-relay/$f")
+done
+if [ "${#feature_list[@]}" -gt 0 ]; then
+  features="$(IFS=,; printf '%s' "${feature_list[*]}")"
+  feature_flags=(--features "$(IFS=,; printf '%s' "${feature_flags[*]}")")
+else
+  features=""
+fi
 
 # A required value that is missing stops a real run; a dry run shows a
 # placeholder instead, so that it can be tried without an account.
@@ -185,12 +214,12 @@ cd "$ROOT"
 # that its artifacts never replace those of the commit.
 if [ -z "$prefix" ]; then
   if commit="$(git rev-parse --short=12 HEAD 2>/dev/null)"; then
-    prefix="outboxtable/$commit-$arch"
+    prefix="outboxtable/$commit-$arch${features:+-${features//,/-}}"
     if [ -n "$(git status --porcelain 2>/dev/null)" ]; then
       prefix="$prefix-dirty-$(date -u +%Y%m%dT%H%M%SZ)"
     fi
   else
-    prefix="outboxtable/$(date -u +%Y%m%dT%H%M%SZ)-$arch"
+    prefix="outboxtable/$(date -u +%Y%m%dT%H%M%SZ)-$arch${features:+-${features//,/-}}"
   fi
 fi
 prefix="${prefix#/}"
@@ -260,6 +289,7 @@ if ! "$build_only"; then
   printf 'deploy: stack %s in %s, relay mode %s, %s, release s3://%s/%s/\n' \
     "$stack" "$region" "$relay_mode" "$arch" "$bucket" "$prefix" >&2
 fi
+printf 'deploy: cargo features of the EC2 binaries: %s\n' "${features:-none (DynamoDB mode only)}" >&2
 if "$dry_run"; then
   printf 'deploy: dry run: the commands are printed, none is run\n' >&2
 fi
@@ -282,7 +312,7 @@ if ! "$skip_build"; then
   for b in "${binaries[@]}"; do bin_flags+=(--bin "$b"); done
   lambda_flags=()
   for b in "${lambdas[@]}"; do lambda_flags+=(--bin "$b"); done
-  run cargo lambda build --release "$cargo_arch" "${bin_flags[@]}"
+  run cargo lambda build --release "$cargo_arch" ${feature_flags[@]+"${feature_flags[@]}"} "${bin_flags[@]}"
   run cargo lambda build --release "$cargo_arch" --output-format zip "${lambda_flags[@]}"
 fi
 

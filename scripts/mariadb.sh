@@ -7,8 +7,11 @@
 # After `mariadb_start DIR`, OBT_MYSQL_ADMIN_URL holds the URL of an admin
 # account made for this run, with a random password: `obt-migrate
 # --storage mysql` uses it to create the databases and the services'
-# least-privilege users. `mariadb_stop` (run from an EXIT trap) stops the
-# server.
+# least-privilege users. The server speaks TLS with a certificate for
+# 127.0.0.1 and localhost signed by a CA made for the run, whose PEM file
+# OBT_MYSQL_CA_FILE names (for `?ssl-mode=VERIFY_IDENTITY&ssl-ca=...`; the
+# admin URL itself has no TLS options, so sqlx's default PREFERRED applies).
+# `mariadb_stop` (run from an EXIT trap) stops the server.
 
 MARIADB_PID=""
 # mariadbd lives in /usr/sbin, which a non-login shell may not have on PATH.
@@ -31,11 +34,49 @@ mariadb_install() {
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq mariadb-server mariadb-client >&2
 }
 
+# mariadb_tls DIR: a CA (DIR/ca.pem) and a server certificate for
+# 127.0.0.1 and localhost signed by it (DIR/server.pem, DIR/server-key.pem),
+# valid for two days; the CA's key is deleted once it has signed. rustls
+# wants X.509 v3: a CA with basicConstraints, a server certificate with its
+# names in subjectAltName (the CN is not read).
+mariadb_tls() {
+  local dir=$1
+  if ! command -v openssl >/dev/null; then
+    if [ "$(id -u)" -ne 0 ] || ! command -v apt-get >/dev/null; then
+      mariadb_log "please install openssl (Debian: apt-get install openssl)"
+      return 1
+    fi
+    mariadb_log "installing openssl with apt-get"
+    DEBIAN_FRONTEND=noninteractive apt-get update -qq >&2
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq openssl >&2
+  fi
+  local ec=(-newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes)
+  rm -f "$dir"/ca.pem "$dir"/ca-key.pem "$dir"/server.pem "$dir"/server-key.pem
+  if ! {
+    openssl req -x509 "${ec[@]}" -days 2 -subj "/CN=outboxtable test CA" \
+      -addext "basicConstraints=critical,CA:TRUE" -addext "keyUsage=critical,keyCertSign,cRLSign" \
+      -keyout "$dir/ca-key.pem" -out "$dir/ca.pem" &&
+      openssl req "${ec[@]}" -subj "/CN=localhost" \
+        -keyout "$dir/server-key.pem" -out "$dir/server.csr" &&
+      openssl x509 -req -in "$dir/server.csr" -CA "$dir/ca.pem" -CAkey "$dir/ca-key.pem" \
+        -set_serial "0x$(openssl rand -hex 8)" -days 2 -out "$dir/server.pem" \
+        -extfile <(printf '%s\n' "subjectAltName=IP:127.0.0.1,DNS:localhost" \
+          "basicConstraints=critical,CA:FALSE" "keyUsage=critical,digitalSignature" \
+          "extendedKeyUsage=serverAuth")
+  } 2>"$dir/tls.log"; then
+    mariadb_log "making the run's TLS certificates failed; openssl said:"
+    tail -n 20 "$dir/tls.log" >&2
+    return 1
+  fi
+  rm -f "$dir/ca-key.pem" "$dir/server.csr"
+}
+
 # mariadb_start DIR: a fresh server with its data, socket and log in DIR.
 mariadb_start() {
   local dir
   dir="$(mkdir -p "$1" && cd "$1" && pwd)"
   mariadb_install
+  mariadb_tls "$dir" || return 1
   rm -rf "$dir/data"
   mkdir -p "$dir/data"
   local user_args=()
@@ -51,7 +92,9 @@ mariadb_start() {
   mariadbd --no-defaults --datadir="$dir/data" --socket="$dir/mariadb.sock" \
     --port="$port" --bind-address=127.0.0.1 --pid-file="$dir/mariadb.pid" \
     --log-error="$dir/mariadb.log" --skip-log-bin --innodb-buffer-pool-size=128M \
-    --max-connections=500 --skip-name-resolve "${user_args[@]}" >"$dir/mariadbd.out" 2>&1 &
+    --max-connections=500 --skip-name-resolve \
+    --ssl-ca="$dir/ca.pem" --ssl-cert="$dir/server.pem" --ssl-key="$dir/server-key.pem" \
+    "${user_args[@]}" >"$dir/mariadbd.out" 2>&1 &
   MARIADB_PID=$!
   local deadline=$((SECONDS + 60))
   until mariadb --no-defaults --socket="$dir/mariadb.sock" -uroot -e 'SELECT 1' >/dev/null 2>&1; do
@@ -75,7 +118,8 @@ CREATE USER 'obt_admin'@'127.0.0.1' IDENTIFIED BY '$password';
 GRANT ALL PRIVILEGES ON *.* TO 'obt_admin'@'127.0.0.1' WITH GRANT OPTION;
 SQL
   export OBT_MYSQL_ADMIN_URL="mysql://obt_admin:$password@127.0.0.1:$port"
-  mariadb_log "MariaDB on 127.0.0.1:$port (data in $dir/data)"
+  export OBT_MYSQL_CA_FILE="$dir/ca.pem"
+  mariadb_log "MariaDB on 127.0.0.1:$port (data in $dir/data; TLS, CA $dir/ca.pem)"
 }
 
 mariadb_stop() {

@@ -185,6 +185,7 @@ up() {
     mariadb_start "$stack_dir/mariadb"
     record_pid mariadb "$MARIADB_PID"
     printf 'export OBT_MYSQL_ADMIN_URL=%q\n' "$OBT_MYSQL_ADMIN_URL" >>"$env_file"
+    printf 'export OBT_MYSQL_CA_FILE=%q\n' "$OBT_MYSQL_CA_FILE" >>"$env_file"
   fi
   if [ -n "$services" ]; then
     start_services "$services"

@@ -2,8 +2,9 @@
 # The whole test suite, from a fresh clone: installs what it needs (the
 # emulators from tools/emulators/package-lock.json; cargo-lambda, ziglang and
 # cfn-lint from tools/python/requirements.txt into .venv/; MariaDB with
-# apt-get when missing, shellcheck too), checks formatting and lints (the
-# shell scripts too), checks the CloudFormation templates and the deploy script, builds, starts DynamoDB
+# apt-get when missing, shellcheck too; cargo-deny into .run/tools), checks
+# formatting and lints (the shell scripts too), the dependency tree (cargo
+# deny), the CloudFormation templates and the deploy script, builds, starts DynamoDB
 # Local, fauxqs and a private MariaDB on free ports, runs every test against
 # them (the Lambda functions behind cargo-lambda's Runtime API emulator),
 # then the suites written for both storage modes again in MySQL mode, and
@@ -20,6 +21,7 @@ cd "$(dirname "$0")/.."
 source scripts/emulators.sh
 source scripts/mariadb.sh
 source scripts/python.sh
+source scripts/cargo-tools.sh
 
 fast=false
 if [ "${1:-}" = --fast ]; then
@@ -38,14 +40,21 @@ stop_servers() {
 }
 trap stop_servers EXIT
 
-# The checks that --fast leaves out: formatting, lints, the templates, the
-# deploy script, and a build without the mysql feature.
+# The checks that --fast leaves out: formatting, lints, the dependency
+# tree, the shell scripts, the templates, the deploy script, and a build
+# without the mysql feature.
 static_checks() {
   step "formatting (cargo fmt --check)"
   cargo fmt --all --check
 
   step "lints (cargo clippy, warnings are errors)"
   cargo clippy --workspace --all-targets --all-features --quiet -- -D warnings
+
+  # Licenses, a second TLS stack, unknown sources (deny.toml); advisories
+  # need GitHub: docs/DEPENDENCIES.md.
+  step "dependencies (cargo deny: licenses, bans, sources)"
+  cargo_tools
+  cargo deny --offline check licenses bans sources
 
   step "shell scripts (shellcheck)"
   command -v shellcheck >/dev/null || apt_install shellcheck
@@ -59,7 +68,9 @@ static_checks() {
     >"$run_dir/deploy-dry-run.log"
 
   step "a build without the mysql feature refuses the MySQL mode, saying how to fix it"
-  cargo build --workspace --bins --quiet
+  # (With `sso`, as the all-features builds have it: the AWS SDK is then
+  # compiled once for both builds.)
+  cargo build --workspace --bins --features obt-runtime/sso --quiet
   for binary in api stream-relay consumer obt-migrate obt-check obt-admin; do
     args=()
     [ "$binary" != obt-admin ] || args=(parked list)

@@ -50,8 +50,9 @@ struct Args {
 #[derive(Debug, clap::Args)]
 struct MySqlArgs {
     /// An account that may create databases and users and grant privileges:
-    /// mysql://USER:PASSWORD@HOST:PORT. Used only for this setup; the
-    /// services connect as their own users.
+    /// mysql://USER:PASSWORD@HOST:PORT, with TLS options when the server
+    /// needs them (`?ssl-mode=VERIFY_IDENTITY&ssl-ca=PATH`). Used only for
+    /// this setup; the services connect as their own users.
     #[arg(long, env = "OBT_MYSQL_ADMIN_URL", hide_env_values = true)]
     mysql_admin_url: Option<String>,
     /// The api's database (with the outbox table `obt`).

@@ -86,6 +86,13 @@ pub enum MySqlSetupError {
         "cannot connect to MySQL as the admin: {0}. Check OBT_MYSQL_ADMIN_URL and that the server runs"
     )]
     Connect(#[source] sqlx::Error),
+    #[error(
+        "cannot connect to MySQL as the admin: the server's TLS certificate was refused ({0}). \
+         Check that ssl-ca in OBT_MYSQL_ADMIN_URL names the CA that signed it (RDS and Aurora: \
+         global-bundle.pem, docs/DEPLOY.md) and, with ssl-mode=VERIFY_IDENTITY, that the URL's \
+         host is a name the certificate is for"
+    )]
+    Certificate(#[source] sqlx::Error),
     #[error("{what} failed: {source}")]
     Statement {
         what: String,
@@ -136,7 +143,8 @@ fn check_password(role: &'static str, value: &str) -> Result<(), MySqlSetupError
 
 /// Creates whatever is missing of the databases, the schema and the users,
 /// connecting with `admin_url` (an account that may create databases and
-/// users and grant privileges).
+/// users and grant privileges). The services' URLs in the report keep the
+/// admin URL's options, its TLS settings among them.
 pub async fn setup(
     admin_url: &str,
     names: &MySqlNames,
@@ -156,7 +164,7 @@ pub async fn setup(
     check_password("consumer", &passwords.consumer)?;
 
     let admin = MySqlConnectOptions::from_str(admin_url).map_err(MySqlSetupError::AdminUrl)?;
-    let mut conn = admin.connect().await.map_err(MySqlSetupError::Connect)?;
+    let mut conn = admin.connect().await.map_err(connect_error)?;
     let mut applied = Vec::new();
     for (database, migrator) in [
         (&names.api_database, &API_MIGRATIONS),
@@ -175,7 +183,7 @@ pub async fn setup(
             .database(database)
             .connect()
             .await
-            .map_err(MySqlSetupError::Connect)?;
+            .map_err(connect_error)?;
         let before = applied_versions(&mut db).await;
         migrator
             .run(&mut db)
@@ -251,9 +259,12 @@ pub async fn setup(
     }
     let _ = conn.close().await;
 
+    // The services reach the server as the admin did: the admin URL's
+    // options (`ssl-mode`, `ssl-ca`, ...) carry over.
+    let options = url_options(admin_url);
     let url = |user: &str, password: &str, database: &str| {
         format!(
-            "mysql://{user}:{password}@{}:{}/{database}",
+            "mysql://{user}:{password}@{}:{}/{database}{options}",
             admin.get_host(),
             admin.get_port()
         )
@@ -264,6 +275,31 @@ pub async fn setup(
         consumer_url: url(&names.consumer_user, &passwords.consumer, consumer_db),
         applied,
     })
+}
+
+/// The query of `url` with its `?` (`?ssl-mode=VERIFY_IDENTITY&ssl-ca=...`),
+/// or nothing. A URL's first `?` starts its query: the user and password
+/// before it cannot hold one unescaped.
+fn url_options(url: &str) -> &str {
+    let url = url.split_once('#').map_or(url, |(url, _)| url);
+    url.find('?').map_or("", |start| &url[start..])
+}
+
+/// A failed connection as the admin: a refused server certificate (rustls
+/// says so inside the I/O error of the handshake) gets its own advice.
+fn connect_error(error: sqlx::Error) -> MySqlSetupError {
+    let certificate = match &error {
+        sqlx::Error::Io(io) => matches!(
+            io.get_ref().and_then(|e| e.downcast_ref::<rustls::Error>()),
+            Some(rustls::Error::InvalidCertificate(_))
+        ),
+        _ => false,
+    };
+    if certificate {
+        MySqlSetupError::Certificate(error)
+    } else {
+        MySqlSetupError::Connect(error)
+    }
 }
 
 /// Runs one statement. Passwords never reach the error: the statement's
@@ -283,4 +319,22 @@ async fn applied_versions(conn: &mut MySqlConnection) -> Vec<i64> {
         .fetch_all(conn)
         .await
         .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::url_options;
+
+    #[test]
+    fn the_options_of_the_admin_url_are_its_query() {
+        assert_eq!(url_options("mysql://a:b@h:3306"), "");
+        assert_eq!(
+            url_options("mysql://a:b@h:3306/?ssl-mode=VERIFY_IDENTITY&ssl-ca=/etc/ca.pem"),
+            "?ssl-mode=VERIFY_IDENTITY&ssl-ca=/etc/ca.pem"
+        );
+        assert_eq!(
+            url_options("mysql://a:b@h?ssl-mode=REQUIRED#x"),
+            "?ssl-mode=REQUIRED"
+        );
+    }
 }

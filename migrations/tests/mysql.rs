@@ -1,10 +1,12 @@
 //! `obt-migrate --storage mysql` against a real MariaDB: the schema is
-//! applied once however often it runs, and each service's user can do
-//! exactly what that service needs.
+//! applied once however often it runs, each service's user can do
+//! exactly what that service needs, and connections speak TLS when the URL
+//! asks for it (scripts/mariadb.sh's server has a certificate made for the
+//! run, its CA in `OBT_MYSQL_CA_FILE`).
 #![cfg(feature = "mysql")]
 
-use obt_migrate::mysql::{MySqlNames, Passwords, setup};
-use obt_testkit::mysql::admin_url;
+use obt_migrate::mysql::{MySqlNames, MySqlSetupError, Passwords, setup};
+use obt_testkit::mysql::{admin_url, verify_identity};
 use sqlx::Connection;
 use sqlx::mysql::MySqlConnection;
 
@@ -152,4 +154,67 @@ async fn a_password_that_cannot_go_into_a_url_is_refused_before_anything_is_done
         .await
         .expect_err("refused");
     assert!(error.to_string().contains("relay password"), "{error}");
+}
+
+/// A CA that signed nothing of the test server's (its key was thrown away).
+const UNRELATED_CA: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/unrelated-ca.pem");
+
+/// The session's TLS cipher: empty when the connection is not encrypted.
+async fn cipher(conn: &mut MySqlConnection) -> String {
+    let (_, cipher): (String, String) = sqlx::query_as("SHOW SESSION STATUS LIKE 'Ssl_cipher'")
+        .fetch_one(conn)
+        .await
+        .expect("SHOW STATUS");
+    cipher
+}
+
+#[tokio::test]
+async fn a_verify_identity_url_with_the_servers_ca_gives_an_encrypted_session() {
+    let mut conn = MySqlConnection::connect(&verify_identity(&admin_url()))
+        .await
+        .unwrap_or_else(|e| panic!("connect with ssl-mode=VERIFY_IDENTITY: {e}"));
+    let cipher = cipher(&mut conn).await;
+    assert!(!cipher.is_empty(), "the session is not encrypted");
+}
+
+#[tokio::test]
+async fn a_server_certificate_from_another_ca_is_refused_with_a_tls_error() {
+    let url = format!("{}?ssl-mode=VERIFY_CA&ssl-ca={UNRELATED_CA}", admin_url());
+    let error = MySqlConnection::connect(&url)
+        .await
+        .expect_err("a certificate of an unknown CA is refused");
+    let message = error.to_string();
+    assert!(
+        message.contains("invalid peer certificate: UnknownIssuer"),
+        "{message}"
+    );
+
+    // obt-migrate says that the certificate was refused and what to check.
+    let setup_error = setup(&url, &names(), &passwords("wrong-ca"))
+        .await
+        .expect_err("setup over an unverifiable TLS connection");
+    assert!(
+        matches!(setup_error, MySqlSetupError::Certificate(_)),
+        "{setup_error:?}"
+    );
+    let message = setup_error.to_string();
+    assert!(
+        message.contains("TLS certificate was refused")
+            && message.contains("ssl-ca in OBT_MYSQL_ADMIN_URL")
+            && message.contains("UnknownIssuer"),
+        "{message}"
+    );
+}
+
+#[tokio::test]
+async fn the_service_urls_of_a_setup_over_tls_keep_its_tls_options() {
+    let names = names();
+    let urls = setup(&verify_identity(&admin_url()), &names, &passwords("tls"))
+        .await
+        .expect("setup over TLS");
+    for url in [&urls.api_url, &urls.relay_url, &urls.consumer_url] {
+        assert!(url.contains("ssl-mode=VERIFY_IDENTITY&ssl-ca="));
+        let mut conn = connect(url).await;
+        assert!(!cipher(&mut conn).await.is_empty(), "not encrypted");
+    }
 }

@@ -1,7 +1,8 @@
 //! The MySQL mode's relay against a real MariaDB and fauxqs: rows of the
 //! outbox table `obt` go to the queue in seq order per identity and are
 //! deleted only after SQS accepted them; one relay leads, a standby takes
-//! over when it dies.
+//! over when it dies; the relay binary works over TLS with a verified
+//! server certificate.
 #![cfg(feature = "mysql")]
 
 use std::collections::BTreeMap;
@@ -12,7 +13,7 @@ use obt_stream_relay::poller::OutboxPoller;
 use obt_stream_relay::publisher::Publisher;
 use obt_testkit::mysql::MySqlStack;
 use obt_testkit::{Service, eventually};
-use sqlx::MySqlPool;
+use sqlx::{Connection, MySqlPool};
 
 const DEADLINE: Duration = Duration::from_secs(30);
 
@@ -148,6 +149,45 @@ async fn one_relay_leads_and_a_standby_takes_over_when_the_leader_is_killed() {
     })
     .await;
     let status = standby.terminate(Duration::from_secs(10)).await;
+    assert!(status.success(), "exit status {status}");
+}
+
+#[tokio::test]
+async fn a_relay_whose_url_asks_for_verify_identity_publishes_over_tls() {
+    let stack = MySqlStack::create(3).await;
+    let admin = stack.api_admin().await;
+    // The relay's account may not connect without TLS: whatever it does
+    // below went over TLS.
+    let account = format!("'{}'@'%'", stack.names.relay_user);
+    sqlx::query(&format!("ALTER USER {account} REQUIRE SSL"))
+        .execute(&admin)
+        .await
+        .expect("REQUIRE SSL");
+    let plain = format!("{}?ssl-mode=DISABLED", stack.urls.relay_url);
+    assert!(
+        sqlx::MySqlConnection::connect(&plain).await.is_err(),
+        "the relay's account refuses a connection without TLS"
+    );
+    let mut env = stack.relay_env();
+    env.retain(|(name, _)| *name != "OBT_DATABASE_URL");
+    env.push((
+        "OBT_DATABASE_URL",
+        obt_testkit::mysql::verify_identity(&stack.urls.relay_url),
+    ));
+    env.push(("OBT_POLL_MAX_IDLE_MS", "50".to_owned()));
+    insert_interleaved(&admin, &["T1", "T2"], 1..=3).await;
+    let relay = Service::start("stream-relay", &env);
+    let seqs = received(&stack, 6).await;
+    assert_eq!(seqs["T1"], [1, 2, 3]);
+    assert_eq!(seqs["T2"], [1, 2, 3]);
+    eventually("the relay to empty the outbox", DEADLINE, || async {
+        match outbox_rows(&admin).await {
+            0 => Ok(()),
+            n => Err(format!("{n} rows")),
+        }
+    })
+    .await;
+    let status = relay.terminate(Duration::from_secs(10)).await;
     assert!(status.success(), "exit status {status}");
 }
 

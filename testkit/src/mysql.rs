@@ -18,6 +18,27 @@ pub fn admin_url() -> String {
     })
 }
 
+/// The CA of the test server's TLS certificate (`OBT_MYSQL_CA_FILE`, which
+/// scripts/mariadb.sh exports), or a clear panic saying how to get one.
+pub fn ca_file() -> String {
+    std::env::var("OBT_MYSQL_CA_FILE").unwrap_or_else(|_| {
+        panic!(
+            "OBT_MYSQL_CA_FILE is not set: the MySQL TLS tests need the CA that scripts/mariadb.sh \
+             makes for its server (mariadb_start exports it beside OBT_MYSQL_ADMIN_URL)."
+        )
+    })
+}
+
+/// `url` with the strictest TLS options: encrypted, and the server's
+/// certificate checked against the test server's CA and for the URL's host.
+pub fn verify_identity(url: &str) -> String {
+    let separator = if url.contains('?') { '&' } else { '?' };
+    format!(
+        "{url}{separator}ssl-mode=VERIFY_IDENTITY&ssl-ca={}",
+        ca_file()
+    )
+}
+
 /// Databases, users and queues of one test.
 pub struct MySqlStack {
     /// The queues (and DynamoDB tables, unused in this mode).
