@@ -29,7 +29,9 @@ if [ "${1:-}" = --fast ]; then
   shift
 fi
 
-step() { printf '\n==> %s\n' "$*" >&2; }
+# Each step says when it starts (minutes:seconds since the start), so a
+# slow run shows where its time went.
+step() { printf '\n==> [%d:%02d] %s\n' $((SECONDS / 60)) $((SECONDS % 60)) "$*" >&2; }
 
 run_dir=.run/test
 rm -rf "$run_dir"
@@ -55,6 +57,9 @@ static_checks() {
   step "dependencies (cargo deny: licenses, bans, sources)"
   cargo_tools
   cargo deny --offline check licenses bans sources
+
+  step "the docs' links (scripts/check-links.py)"
+  scripts/check-links.py
 
   step "shell scripts (shellcheck)"
   command -v shellcheck >/dev/null || apt_install shellcheck
@@ -94,6 +99,10 @@ python_tools
 
 step "building the binaries the end-to-end tests run (all features: both modes)"
 cargo build --workspace --bins --all-features --quiet
+if [ "$fast" = false ]; then
+  step "the build without the mysql feature compiled only the workspace's crates again (scripts/check-workspace-hack.py)"
+  scripts/check-workspace-hack.py
+fi
 
 if [ "$fast" = true ] && stack_env=$(scripts/stack.sh env 2>/dev/null) &&
   grep -q OBT_MYSQL_ADMIN_URL <<<"$stack_env"; then
@@ -162,4 +171,5 @@ elif [ "$build_status" -ne 0 ]; then
 else
   echo "release artifacts: built in target/lambda/"
 fi
+printf 'took %d:%02d\n' $((SECONDS / 60)) $((SECONDS % 60))
 [ "$status" -eq 0 ] && [ "$build_status" -eq 0 ]

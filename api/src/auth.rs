@@ -44,8 +44,8 @@ use jsonwebtoken::errors::ErrorKind;
 use jsonwebtoken::{Algorithm, Validation};
 use serde::Deserialize;
 
+use crate::config::Settings;
 use crate::error::ApiError;
-use crate::settings::Settings;
 
 pub use jwks::{KeySet, RemoteKeys};
 

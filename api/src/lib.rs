@@ -26,17 +26,17 @@
 //!   and keeps under a key, is its own [`store::StoredOutcome`].
 
 pub mod auth;
+pub mod config;
 pub mod error;
 pub mod idempotency;
 pub mod input;
 pub mod rate_limit;
 pub mod routes;
-pub mod settings;
 pub mod startup;
 pub mod store;
 
+pub use config::Settings;
 pub use error::ApiError;
-pub use settings::Settings;
 pub use startup::{AppState, Application, app};
 #[cfg(feature = "mysql")]
 pub use store::MySqlStore;

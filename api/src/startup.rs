@@ -45,10 +45,10 @@ use tower_http::trace::{DefaultOnResponse, TraceLayer};
 use tracing::{Level, Span};
 
 use crate::auth::{AuthConfig, AuthSetupError, Authenticator};
+use crate::config::Settings;
 use crate::error::json_error_bodies;
 use crate::rate_limit::RateLimit;
 use crate::routes::{health, openapi, spending};
-use crate::settings::Settings;
 use crate::store::{DynamoDbStore, Store};
 
 /// What every handler shares. Cloned per request, hence the `Arc`s.

@@ -922,7 +922,7 @@ mod tests {
             [1, 4, 16, 64]
         );
         assert_eq!(redelivery.delay(30), MAX_VISIBILITY);
-        // README, RELIABILITY.md: maxReceiveCount 5 -> 85 minutes.
+        // docs/OPERATIONS.md, RELIABILITY.md: maxReceiveCount 5 -> 85 minutes.
         assert_eq!(redelivery.budget(5), Duration::from_secs(85 * 60));
         assert_eq!(redelivery.budget(1), Duration::ZERO);
     }

@@ -460,9 +460,9 @@ impl Checker {
 }
 
 fn mode_name() -> &'static str {
-    match std::env::var("OBT_TEST_STORAGE").as_deref() {
-        Ok("mysql") => "mysql",
-        _ => "dynamodb",
+    match obt_testkit::storage_under_test() {
+        obt_runtime::Storage::Mysql => "mysql",
+        obt_runtime::Storage::Dynamodb => "dynamodb",
     }
 }
 

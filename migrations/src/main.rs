@@ -10,8 +10,8 @@ use clap::Parser;
 #[command(version)]
 struct Args {
     /// The api's table (with its stream).
-    #[arg(long, env = "OBT_TABLE", default_value = "obt-spending")]
-    table: String,
+    #[command(flatten)]
+    table: obt_runtime::args::TableArgs,
     /// The relay's checkpoint table.
     #[arg(long, env = "OBT_LEASE_TABLE", default_value = "obt-relay-leases")]
     lease_table: String,
@@ -44,6 +44,8 @@ struct Args {
     storage: obt_runtime::Storage,
     #[command(flatten)]
     mysql: MySqlArgs,
+    #[command(flatten)]
+    log: obt_runtime::args::LogArgs,
 }
 
 /// The MySQL mode's settings. Passwords are read from the environment only.
@@ -78,19 +80,17 @@ struct MySqlArgs {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .init();
     let args = Args::parse();
+    obt_runtime::init_tracing(args.log.log_format);
     for name in [&args.queue_name, &args.dlq_name] {
         anyhow::ensure!(
             name.ends_with(".fifo"),
             "queue name {name:?} must end in .fifo: outboxtable needs FIFO queues"
         );
     }
-    let config = aws_config::load_from_env().await;
+    let config = obt_runtime::aws_config().await;
     let names = obt_migrate::Names {
-        table: args.table,
+        table: args.table.table,
         lease_table: args.lease_table,
         consumer_table: args.consumer_table,
         idempotency_table: args.idempotency_table,

@@ -67,8 +67,9 @@ pub async fn aws() -> SdkConfig {
     for var in ["AWS_ENDPOINT_URL_DYNAMODB", "AWS_ENDPOINT_URL_SQS"] {
         if std::env::var_os(var).is_none() {
             panic!(
-                "{var} is not set: these tests need the emulators. Run them with scripts/test.sh, \
-                 which starts DynamoDB Local and fauxqs and sets the AWS_ENDPOINT_URL_* variables."
+                "{var} is not set: these tests need the emulators. Run them with scripts/test.sh \
+                 (which starts DynamoDB Local and fauxqs), or start a stack that stays up with \
+                 `scripts/stack.sh up` and `eval \"$(scripts/stack.sh env)\"` before cargo test."
             );
         }
     }

@@ -13,7 +13,8 @@ pub fn admin_url() -> String {
     std::env::var("OBT_MYSQL_ADMIN_URL").unwrap_or_else(|_| {
         panic!(
             "OBT_MYSQL_ADMIN_URL is not set: the MySQL-mode tests need the MariaDB server that \
-             scripts/test.sh starts (scripts/mariadb.sh)."
+             scripts/test.sh starts (scripts/mariadb.sh), or the one of `scripts/stack.sh up` \
+             with `eval \"$(scripts/stack.sh env)\"` before cargo test."
         )
     })
 }

@@ -1,6 +1,6 @@
 //! An in-process SQS FIFO server that hands out messages the way SQS does,
-//! where fauxqs is gentler (DESIGN.md, "Where the stand-ins are gentler
-//! than AWS"). It speaks the AWS JSON 1.0 protocol of the real SDK
+//! where fauxqs is gentler (docs/ARCHITECTURE.md, "Tests against real
+//! emulators"). It speaks the AWS JSON 1.0 protocol of the real SDK
 //! ([format](https://docs.aws.amazon.com/AWSSimpleQueueService/latest/SQSDeveloperGuide/sqs-json-api-responses.html)),
 //! so the project's clients and binaries talk to it unchanged.
 //!

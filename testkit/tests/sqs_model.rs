@@ -645,7 +645,7 @@ async fn fauxqs_hands_out_one_message_of_a_group_per_receive_where_sqs_and_the_m
     assert_eq!(
         bodies(&from_fauxqs),
         ["g1"],
-        "fauxqs changed: DESIGN.md's 'gentler than AWS' list and this model may no longer be needed"
+        "fauxqs changed: docs/ARCHITECTURE.md's 'gentler than AWS' note and this model may no longer be needed"
     );
     assert_eq!(bodies(&from_model), ["g1", "g2", "g3"]);
 }
