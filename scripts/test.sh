@@ -46,6 +46,9 @@ trap stop_servers EXIT
 # tree, the shell scripts, the templates, the deploy script, and a build
 # without the mysql feature.
 static_checks() {
+  step "Cargo.lock is up to date (cargo metadata --locked)"
+  cargo metadata --locked --format-version 1 >/dev/null
+
   step "formatting (cargo fmt --check)"
   cargo fmt --all --check
 
