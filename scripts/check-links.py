@@ -12,7 +12,7 @@ import pathlib
 import re
 import sys
 
-SKIP = {"target", "node_modules", ".venv", ".run", ".git"}
+SKIP = {"target", "node_modules", ".venv", ".venv-checkov", ".run", ".git"}
 FENCED = re.compile(r"```.*?```", flags=re.S)
 HEADING = re.compile(r"^#+\s+(.*)$", flags=re.M)
 LINK = re.compile(r"\]\(([^)\s]+)\)")

@@ -63,7 +63,11 @@ stack of infra/outboxtable.yaml. Options (environment variable in brackets):
   --jwt-audience ID       audience the tokens must name (aud, or client_id), e.g. the
                           app client id [OBT_JWT_AUDIENCE] (optional)
   --alarm-email ADDRESS   subscribed to the alarm topic [OBT_ALARM_EMAIL] (optional)
-  --certificate-arn ARN   ACM certificate: HTTPS on the load balancer [OBT_CERTIFICATE_ARN] (optional)
+  --certificate-arn ARN   ACM certificate of REGION: the load balancer serves HTTPS, port 80
+                          redirects to it [OBT_CERTIFICATE_ARN] (required unless --internal,
+                          or the stack already has one)
+  --internal              an internal load balancer, reachable from inside the VPC only, and
+                          the one case where plain HTTP is allowed [OBT_INTERNAL_LOAD_BALANCER=true]
   --name-prefix PREFIX    prefix of table, queue and function names [OBT_NAME_PREFIX] (default: obt)
   --parameter KEY=VALUE   any other template parameter, e.g. ApiDesiredCount=3
                           (repeatable; overrides the values above)
@@ -76,7 +80,9 @@ stack of infra/outboxtable.yaml. Options (environment variable in brackets):
 Examples:
   scripts/deploy.sh --region eu-west-1 --bucket my-releases --vpc vpc-0123 \
     --private-subnets subnet-a,subnet-b --public-subnets subnet-c,subnet-d \
-    --jwt-issuer https://cognito-idp.eu-west-1.amazonaws.com/eu-west-1_EXAMPLE
+    --jwt-issuer https://cognito-idp.eu-west-1.amazonaws.com/eu-west-1_EXAMPLE \
+    --certificate-arn arn:aws:acm:eu-west-1:123456789012:certificate/EXAMPLE
+  scripts/deploy.sh ... --internal           # no certificate: HTTP inside the VPC only
   scripts/deploy.sh ... --relay-mode none     # then: --relay-mode daemon
   scripts/deploy.sh ... --features mysql   # EC2 binaries with the MySQL mode
   scripts/deploy.sh ... --dry-run
@@ -108,6 +114,7 @@ alarm_email="${OBT_ALARM_EMAIL:-}"
 jwt_issuer="${OBT_JWT_ISSUER:-}"
 jwt_audience="${OBT_JWT_AUDIENCE:-}"
 certificate_arn="${OBT_CERTIFICATE_ARN:-}"
+internal="${OBT_INTERNAL_LOAD_BALANCER:-false}"
 name_prefix="${OBT_NAME_PREFIX:-obt}"
 extra_parameters=()
 skip_build=false
@@ -136,6 +143,7 @@ while [ "$#" -gt 0 ]; do
     --jwt-issuer) need_value "$@"; jwt_issuer="$2"; shift 2 ;;
     --jwt-audience) need_value "$@"; jwt_audience="$2"; shift 2 ;;
     --certificate-arn) need_value "$@"; certificate_arn="$2"; shift 2 ;;
+    --internal) internal=true; shift ;;
     --name-prefix) need_value "$@"; name_prefix="$2"; shift 2 ;;
     --parameter)
       need_value "$@"
@@ -154,6 +162,10 @@ done
 case "$relay_mode" in
   lambda | daemon | none) ;;
   *) die "--relay-mode is lambda, daemon or none, not '$relay_mode'" ;;
+esac
+case "$internal" in
+  true | false) ;;
+  *) die "OBT_INTERNAL_LOAD_BALANCER is true or false, not '$internal'" ;;
 esac
 case "$arch" in
   x86_64) cargo_arch=--x86-64; instance_type=t3.small ;;
@@ -259,6 +271,7 @@ parameters=(
 [ -z "$alarm_email" ] || parameters+=("AlarmEmail=$alarm_email")
 [ -z "$jwt_audience" ] || parameters+=("JwtAudience=$jwt_audience")
 [ -z "$certificate_arn" ] || parameters+=("CertificateArn=$certificate_arn")
+! "$internal" || parameters+=("LoadBalancerScheme=internal")
 for extra in ${extra_parameters[@]+"${extra_parameters[@]}"}; do
   replaced=false
   for i in "${!parameters[@]}"; do
@@ -269,6 +282,26 @@ for extra in ${extra_parameters[@]+"${extra_parameters[@]}"}; do
   done
   "$replaced" || parameters+=("$extra")
 done
+
+# The value a parameter will have: the one passed, else (on an update) the
+# stack's current one, else the template's default. Prints nothing when it
+# is neither passed nor known.
+passed_parameter() {
+  local p
+  for p in "${parameters[@]}"; do
+    if [ "${p%%=*}" = "$1" ]; then
+      printf '%s' "${p#*=}"
+      return 0
+    fi
+  done
+  return 1
+}
+stack_parameter() {
+  "$dry_run" && return 0
+  aws cloudformation describe-stacks --region "$region" --stack-name "$stack" \
+    --query "Stacks[0].Parameters[?ParameterKey=='$1'].ParameterValue" \
+    --output text 2>/dev/null | sed 's/^None$//' || true
+}
 
 # The AWS CLI is not part of the project's tools: say how to get it.
 if ! "$build_only" && ! command -v aws >/dev/null 2>&1; then
@@ -283,6 +316,25 @@ if ! "$build_only" && ! command -v aws >/dev/null 2>&1; then
 fi
 if ! "$dry_run" && ! "$skip_build" && ! command -v cargo >/dev/null 2>&1; then
   die "cargo is not installed: install Rust (https://rustup.rs)"
+fi
+
+# HTTPS by default: the template's rule refuses an internet-facing load
+# balancer without a certificate; say so before the build rather than after.
+if ! "$build_only"; then
+  scheme="$(passed_parameter LoadBalancerScheme || stack_parameter LoadBalancerScheme)"
+  scheme="${scheme:-internet-facing}"
+  certificate="$(passed_parameter CertificateArn || stack_parameter CertificateArn)"
+  if [ "$scheme" = internet-facing ] && [ -z "$certificate" ]; then
+    message="an internet-facing load balancer serves HTTPS only: pass --certificate-arn ARN
+  (an ACM certificate in $region: aws acm request-certificate, or import one), or
+  --internal for a load balancer reachable from inside the VPC only. docs/DEPLOY.md, \"HTTPS\""
+    if "$dry_run"; then
+      printf 'deploy: %s; the dry run shows a placeholder\n' "$message" >&2
+      parameters+=("CertificateArn=<certificate-arn>")
+    else
+      die "$message"
+    fi
+  fi
 fi
 
 if ! "$build_only"; then

@@ -1,16 +1,21 @@
 # shellcheck shell=bash
 # Sourced by scripts/test.sh and scripts/deploy.sh: the Python tools of
 # tools/python/requirements.txt (cargo-lambda, ziglang, cfn-lint) in the
-# project-local venv .venv/, installed when missing or out of date.
+# project-local venv .venv/, installed when missing or out of date; and
+# checkov (tools/python/checkov-requirements.txt) in .venv-checkov/, a venv
+# of its own because its pins conflict with those of .venv/.
 #
 # After `python_tools`, .venv/bin is first on PATH, so `cargo lambda` and
-# `cfn-lint` are found.
+# `cfn-lint` are found. After `checkov_tools`, `checkov` runs
+# .venv-checkov/bin/checkov (that venv is not put on PATH: its python and
+# scripts would shadow those of .venv/).
 
 PYTHON_TOOLS_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 
-python_tools() {
-  local venv="$PYTHON_TOOLS_ROOT/.venv"
-  local requirements="$PYTHON_TOOLS_ROOT/tools/python/requirements.txt"
+# python_venv VENV REQUIREMENTS: VENV exists and holds exactly what
+# REQUIREMENTS pins (reinstalled when the file changed).
+python_venv() {
+  local venv="$1" requirements="$2"
   local stamp="$venv/.requirements.txt"
   if ! command -v python3 >/dev/null; then
     printf '[python] python3 is missing: install it (apt-get install python3 python3-venv)\n' >&2
@@ -24,9 +29,21 @@ python_tools() {
     }
   fi
   if ! cmp -s "$requirements" "$stamp"; then
-    printf '[python] installing tools/python/requirements.txt\n' >&2
+    printf '[python] installing %s\n' "${requirements#"$PYTHON_TOOLS_ROOT"/}" >&2
     "$venv/bin/python" -m pip install --quiet --disable-pip-version-check -r "$requirements" >&2
     cp "$requirements" "$stamp"
   fi
-  export PATH="$venv/bin:$PATH"
+}
+
+python_tools() {
+  python_venv "$PYTHON_TOOLS_ROOT/.venv" "$PYTHON_TOOLS_ROOT/tools/python/requirements.txt" || return 1
+  export PATH="$PYTHON_TOOLS_ROOT/.venv/bin:$PATH"
+}
+
+checkov_tools() {
+  python_venv "$PYTHON_TOOLS_ROOT/.venv-checkov" "$PYTHON_TOOLS_ROOT/tools/python/checkov-requirements.txt"
+}
+
+checkov() {
+  "$PYTHON_TOOLS_ROOT/.venv-checkov/bin/checkov" "$@"
 }
