@@ -231,7 +231,9 @@ fn stale_leases(leases: &[Lease], max: u64) -> Vec<&Lease> {
 
 fn relay_leases(leases: &[Lease], max: u64) -> Check {
     let stale = stale_leases(leases, max);
-    let found = if stale.is_empty() {
+    let found = if leases.is_empty() {
+        "no lease on the stream: no relay daemon ran (or the Lambda relay)".to_owned()
+    } else if stale.is_empty() {
         format!(
             "{} lease(s), every open shard renewed within {max} s",
             leases.len()
