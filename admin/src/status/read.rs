@@ -5,7 +5,6 @@
 use std::future::Future;
 use std::time::Duration;
 
-use aws_sdk_dynamodb::error::DisplayErrorContext;
 use aws_sdk_dynamodb::types::AttributeValue;
 use aws_sdk_sqs::types::QueueAttributeName;
 use obt_consumer::{DeadLetterQueue, Queue as ConsumerQueue, Records};
@@ -189,7 +188,7 @@ async fn pending_entries(
             .map_err(|e| AdminError::Index {
                 table: table.to_owned(),
                 index: PENDING_INDEX,
-                message: DisplayErrorContext(&e).to_string(),
+                message: obt_runtime::error_chain(&e),
             })?;
         entries.extend(items.into_iter().filter_map(|item| {
             let since = match item.get(PENDING_SINCE_ATTR) {
@@ -285,7 +284,7 @@ async fn stream_arn(
         .await
         .map_err(|e| AdminError::Table {
             table: settings.table.clone(),
-            message: DisplayErrorContext(&e).to_string(),
+            message: obt_runtime::error_chain(&e),
         })?;
     out.table
         .and_then(|t| t.latest_stream_arn)
@@ -363,7 +362,7 @@ async fn depth(sqs: &aws_sdk_sqs::Client, url: &str) -> Result<Queue, AdminError
         .map_err(|e| AdminError::Sqs {
             call: "GetQueueAttributes",
             queue: url.to_owned(),
-            message: aws_sdk_sqs::error::DisplayErrorContext(&e).to_string(),
+            message: obt_runtime::error_chain(&e),
         })?;
     let count = |name: QueueAttributeName| -> u64 {
         out.attributes()

@@ -69,6 +69,9 @@ pub fn render(report: &Report) -> String {
         }),
     );
     out.push_str("\nchecks\n");
+    if report.checks.is_empty() {
+        out.push_str("  none could be judged\n");
+    }
     for check in &report.checks {
         check_line(&mut out, check);
     }
@@ -77,6 +80,12 @@ pub fn render(report: &Report) -> String {
         for error in &report.errors {
             let _ = writeln!(out, "  {}: {}", error.stage, error.error);
         }
+        let _ = writeln!(
+            out,
+            "  -> check the settings named, the AWS credentials, region and endpoints, the \
+             database URLs and the network to them ({})",
+            super::DOCS
+        );
     }
     out
 }
