@@ -60,7 +60,10 @@ pub enum AdminError {
          mysql://USER:PASSWORD@HOST:PORT/DATABASE (OBT_DATABASE_URL is the api's, as the relay's user)"
     )]
     NoConsumerDatabaseUrl,
-    #[error("cannot open the consumer's records: {0}")]
+    #[error(
+        "cannot open the consumer's records (status reads them with OBT_CONSUMER_TABLE, or in \
+         the MySQL mode OBT_CONSUMER_DATABASE_URL, whatever the message below names): {0}"
+    )]
     ConsumerRecords(String),
     #[error(
         "DynamoDB Query on index {index} of table {table} failed: {message}. Check OBT_TABLE, \

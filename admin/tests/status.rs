@@ -255,7 +255,9 @@ async fn status_reports_a_backlog_a_dead_letter_and_parked_identities_and_exits_
         let dead = json["dead_letter_queue"]["visible"].as_u64().unwrap_or(0)
             + json["dead_letter_queue"]["in_flight"].as_u64().unwrap_or(0);
         let consumer_parked = json["parked"]["consumer"].as_array().map_or(0, Vec::len);
-        if dead == 1 && consumer_parked == 1 {
+        // The consumer is done with it: nothing left in the main queue.
+        let drained = json["queue"]["visible"] == 0 && json["queue"]["in_flight"] == 0;
+        if dead == 1 && consumer_parked == 1 && drained {
             Ok((code, json))
         } else {
             Err(format!("exit {code:?}: {json}"))
