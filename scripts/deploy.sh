@@ -2,9 +2,9 @@
 # Deploys outboxtable to AWS with CloudFormation (infra/outboxtable.yaml):
 #
 #   1. checks the template (cfn-lint, from the project venv);
-#   2. builds the five release artifacts with cargo-lambda (zig cross-links
-#      for Amazon Linux): the EC2 binaries api, consumer and stream-relay
-#      (with the cargo features of --features, e.g. mysql for the MySQL
+#   2. builds the six release artifacts with cargo-lambda (zig cross-links
+#      for Amazon Linux): the EC2 binaries api, consumer, stream-relay and
+#      obt-admin (with the cargo features of --features, e.g. mysql for the MySQL
 #      mode), and the Lambda zips stream-relay-lambda and
 #      outbox-sweeper-lambda;
 #   3. uploads them to s3://BUCKET/PREFIX/ (PREFIX names the release: the
@@ -173,7 +173,7 @@ case "$arch" in
   *) die "--arch is x86_64 or arm64, not '$arch'" ;;
 esac
 
-# Each feature of the three EC2 binaries' packages (a virtual workspace
+# Each feature of the EC2 binaries' packages (a virtual workspace
 # takes them as PACKAGE/FEATURE). The Lambdas read DynamoDB only.
 feature_flags=()
 feature_list=()
@@ -185,7 +185,7 @@ for f in ${requested_features[@]+"${requested_features[@]}"}; do
     *) die "--features takes mysql (comma-separated), not '$f'" ;;
   esac
   feature_list+=("$f")
-  feature_flags+=("obt-api/$f,obt-consumer/$f,obt-stream-relay/$f")
+  feature_flags+=("obt-api/$f,obt-consumer/$f,obt-stream-relay/$f,obt-admin/$f")
 done
 if [ "${#feature_list[@]}" -gt 0 ]; then
   features="$(IFS=,; printf '%s' "${feature_list[*]}")"
@@ -356,7 +356,9 @@ if ! "$build_only"; then
   run cfn-lint "$TEMPLATE"
 fi
 
-binaries=(api consumer stream-relay)
+# obt-admin is the operator's command (status, parked identities): built and
+# uploaded with the release so that a host can fetch the matching build.
+binaries=(api consumer stream-relay obt-admin)
 lambdas=(stream-relay-lambda outbox-sweeper-lambda)
 if ! "$skip_build"; then
   step "building the EC2 binaries and the Lambda packages ($arch)"

@@ -1,4 +1,5 @@
-//! The command line: `obt-admin [SETTINGS] parked list|retry`.
+//! The command line: `obt-admin [SETTINGS] parked list|retry` and
+//! `obt-admin [SETTINGS] status`.
 
 use clap::{Args, Parser, Subcommand};
 use obt_runtime::{DatabaseUrl, LogFormat, Storage};
@@ -102,6 +103,58 @@ pub enum Command {
     /// Identities a relay parked.
     #[command(subcommand)]
     Parked(ParkedCommand),
+    /// Every stage's backlog and lag on one screen: the outbox, the
+    /// relay, the queue and its dead-letter queue, the parked identities,
+    /// the consumer. Exits 0 when healthy, 1 when a stage is stuck beyond
+    /// a threshold, 3 when a stage could not be read (2: bad settings).
+    /// Reads both sides at once: `--stage` does not apply.
+    Status(StatusArgs),
+}
+
+/// The settings of `status` beyond the shared ones: where the relay's
+/// leases and the consumer's database are, and the thresholds.
+#[derive(Debug, Clone, Args)]
+pub struct StatusArgs {
+    /// Print JSON instead of text (fields: docs/OPERATIONS.md#status).
+    #[arg(long)]
+    pub json: bool,
+    /// Unhealthy when an event of an identity that is not parked has
+    /// waited in the outbox longer than this, in seconds.
+    #[arg(long, env = "OBT_STATUS_MAX_OUTBOX_AGE_SECS", default_value_t = 60)]
+    pub max_outbox_age_secs: u64,
+    /// DynamoDB mode: unhealthy when a shard that is not finished has had
+    /// its lease not renewed for longer than this, in seconds (no relay
+    /// daemon reads it); 0 skips the check (the Lambda relay has no
+    /// leases).
+    #[arg(long, env = "OBT_STATUS_MAX_LEASE_AGE_SECS", default_value_t = 60)]
+    pub max_lease_age_secs: u64,
+    /// Unhealthy when messages wait in the queue and the consumer applied
+    /// nothing for longer than this, in seconds.
+    #[arg(long, env = "OBT_STATUS_MAX_CONSUMER_IDLE_SECS", default_value_t = 300)]
+    pub max_consumer_idle_secs: u64,
+    /// Unhealthy when the dead-letter queue holds more messages than this.
+    #[arg(long, env = "OBT_STATUS_MAX_DLQ_MESSAGES", default_value_t = 0)]
+    pub max_dlq_messages: u64,
+    /// Unhealthy when more identities than this are parked (relay and
+    /// consumer together).
+    #[arg(long, env = "OBT_STATUS_MAX_PARKED", default_value_t = 0)]
+    pub max_parked: u64,
+    /// The longest each stage's reads may take, in seconds; a stage that
+    /// does not answer in time is reported as unreadable (exit 3).
+    #[arg(long, env = "OBT_STATUS_TIMEOUT_SECS", default_value_t = 10)]
+    pub timeout_secs: u64,
+    /// DynamoDB mode: the relay daemons' lease table.
+    #[arg(long, env = "OBT_LEASE_TABLE", default_value = "obt-relay-leases")]
+    pub lease_table: String,
+    /// DynamoDB mode: the stream whose leases to show [default: the api
+    /// table's latest stream].
+    #[arg(long, env = "OBT_STREAM_ARN")]
+    pub stream_arn: Option<String>,
+    /// MySQL mode: the consumer's database as its user,
+    /// mysql://USER:PASSWORD@HOST:PORT/DATABASE (--database-url is the
+    /// api's database as the relay's user). Never logged.
+    #[arg(long, env = "OBT_CONSUMER_DATABASE_URL", hide_env_values = true)]
+    pub consumer_database_url: Option<DatabaseUrl>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -167,5 +220,17 @@ mod tests {
             cli.command,
             Command::Parked(ParkedCommand::List { json: true })
         ));
+    }
+
+    #[test]
+    fn status_has_sensible_thresholds_by_default() {
+        let cli = Cli::try_parse_from(["obt-admin", "status"]).expect("parses");
+        let Command::Status(args) = cli.command else {
+            panic!("not status: {:?}", cli.command)
+        };
+        assert_eq!(args.max_outbox_age_secs, 60);
+        assert_eq!(args.max_dlq_messages, 0);
+        assert_eq!(args.max_parked, 0);
+        assert!(!args.json);
     }
 }

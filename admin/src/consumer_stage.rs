@@ -49,24 +49,7 @@ impl ConsumerParkings {
     }
 
     pub async fn list(&self) -> Result<Vec<ParkedIdentity>, AdminError> {
-        let parked = parking::list_parked(self.records.reader().as_ref()).await?;
-        Ok(parked
-            .into_iter()
-            .map(|p| {
-                let at = p.parking.parked_at.format(&Rfc3339).unwrap_or_default();
-                ParkedIdentity {
-                    identity: p.identity,
-                    stage: "consumer",
-                    cause: p.parking.cause.as_str().to_owned(),
-                    reason: p.parking.reason,
-                    seq: p.parking.seq,
-                    age_secs: age_secs(&at),
-                    parked_at: at,
-                    waiting: p.held,
-                    message_id: p.parking.message_id,
-                }
-            })
-            .collect())
+        list(&self.records).await
     }
 
     pub async fn retry(
@@ -85,6 +68,29 @@ impl ConsumerParkings {
         )
         .await?)
     }
+}
+
+/// The consumer's parked identities in `records`, as the operator sees
+/// them.
+pub async fn list(records: &Records) -> Result<Vec<ParkedIdentity>, AdminError> {
+    let parked = parking::list_parked(records.reader().as_ref()).await?;
+    Ok(parked
+        .into_iter()
+        .map(|p| {
+            let at = p.parking.parked_at.format(&Rfc3339).unwrap_or_default();
+            ParkedIdentity {
+                identity: p.identity,
+                stage: "consumer",
+                cause: p.parking.cause.as_str().to_owned(),
+                reason: p.parking.reason,
+                seq: p.parking.seq,
+                age_secs: age_secs(&at),
+                parked_at: at,
+                waiting: p.held,
+                message_id: p.parking.message_id,
+            }
+        })
+        .collect())
 }
 
 /// Whether the identity flows again (or never was parked).

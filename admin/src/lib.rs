@@ -13,12 +13,15 @@
 //! - [`consumer_stage`]: the consumer stage ([`ConsumerParkings`]): its
 //!   parkings, and the retry that replays dead letters and applies what
 //!   waited.
+//! - [`status`]: `status`, every stage's backlog and lag, judged against
+//!   thresholds (a health probe).
 //! - [`output`]: tables for people, JSON for scripts.
 
 pub mod cli;
 pub mod consumer_stage;
 pub mod output;
 pub mod parking;
+pub mod status;
 
 pub use cli::{Cli, Command, ParkedCommand, Stage};
 pub use consumer_stage::ConsumerParkings;
@@ -28,12 +31,25 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 /// What to print and how to exit: 0 when done, 1 when a retry left the
-/// identity parked (or, at the relay, not yet published within the wait).
+/// identity parked (or, at the relay, not yet published within the wait)
+/// or `status` found a stage stuck, 3 when `status` could not read a
+/// stage. (`main` exits 2 on a usage or configuration error.)
 pub type Answer = (String, ExitCode);
 
 /// Runs one command.
 pub async fn run(cli: &Cli) -> Result<Answer, AdminError> {
-    let Command::Parked(command) = &cli.command;
+    let command = match &cli.command {
+        Command::Parked(command) => command,
+        Command::Status(args) => {
+            let report = status::read::report(&cli.settings, args).await?;
+            let text = if args.json {
+                output::json(&report)
+            } else {
+                report.text()
+            };
+            return Ok((text, report.exit_code()));
+        }
+    };
     match cli.settings.stage {
         Stage::Relay => relay(&RelayParkings::connect(&cli.settings).await?, command).await,
         Stage::Consumer => {

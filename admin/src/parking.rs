@@ -54,6 +54,44 @@ pub enum AdminError {
     ConsumerRetry(#[from] obt_consumer::parking::RetryError),
     #[error(transparent)]
     Queue(#[from] obt_consumer::QueueError),
+    #[error(
+        "status with OBT_STORAGE=mysql needs OBT_CONSUMER_DATABASE_URL (or \
+         --consumer-database-url): the consumer's database as its user, \
+         mysql://USER:PASSWORD@HOST:PORT/DATABASE (OBT_DATABASE_URL is the api's, as the relay's user)"
+    )]
+    NoConsumerDatabaseUrl,
+    #[error(
+        "cannot open the consumer's records (status reads them with OBT_CONSUMER_TABLE, or in \
+         the MySQL mode OBT_CONSUMER_DATABASE_URL, whatever the message below names): {0}"
+    )]
+    ConsumerRecords(String),
+    #[error(
+        "DynamoDB Query on index {index} of table {table} failed: {message}. Check OBT_TABLE, \
+         the AWS credentials and region, and that the table has the index (obt-migrate creates it)"
+    )]
+    Index {
+        table: String,
+        index: &'static str,
+        message: String,
+    },
+    #[error(
+        "DynamoDB DescribeTable of {table} failed: {message}. Check OBT_TABLE, or give the \
+         stream with OBT_STREAM_ARN"
+    )]
+    Table { table: String, message: String },
+    #[error("table {0} has no stream: enable one (obt-migrate does), or give OBT_STREAM_ARN")]
+    NoStream(String),
+    #[error("{0}. Check OBT_LEASE_TABLE and OBT_STREAM_ARN")]
+    Lease(#[from] obt_stream_relay::lease::LeaseError),
+    #[error(
+        "SQS {call} on queue {queue} failed: {message}. Check OBT_QUEUE_URL or OBT_QUEUE_NAME \
+         (OBT_DLQ_URL), the AWS credentials and region"
+    )]
+    Sqs {
+        call: &'static str,
+        queue: String,
+        message: String,
+    },
 }
 
 /// One parked identity, as the operator sees it.

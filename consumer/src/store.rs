@@ -114,6 +114,15 @@ pub trait LedgerReader: Send + Sync + std::fmt::Debug {
     /// for it, sorted by identity. Reads everything: for operators.
     fn list_parked(&self) -> BoxFuture<'_, Result<Vec<ParkedIdentity>, LedgerError>>;
 
+    /// When the consumer last applied an event (of any identity), or
+    /// `None` if it never did; for `obt-admin status`. Cheap in both
+    /// backends: MySQL reads the newest `obt_spending` row by its primary
+    /// key; DynamoDB reads one marker item that the consumer refreshes at
+    /// most every [`dynamodb::APPLIED_MARK_EVERY`] (so it may be that much
+    /// behind), since finding the newest applied item otherwise takes a
+    /// scan of the whole table.
+    fn last_applied(&self) -> BoxFuture<'_, Result<Option<time::OffsetDateTime>, LedgerError>>;
+
     /// Where the records are, for logs and messages; never a password.
     fn describe(&self) -> String;
 }

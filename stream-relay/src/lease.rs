@@ -66,6 +66,10 @@ pub struct Lease {
     pub owner: Option<String>,
     pub counter: u64,
     pub checkpoint: Option<Position>,
+    /// When the row was last written (taken, renewed, checkpointed or
+    /// released), RFC 3339 on the writer's clock: for operators
+    /// (`obt-admin status`); expiry never looks at it.
+    pub updated_at: Option<String>,
 }
 
 impl Lease {
@@ -165,6 +169,7 @@ impl LeaseTable {
                     Position::After(c)
                 }
             }),
+            updated_at: text(UPDATED_AT),
             shard_id,
         })
     }
@@ -423,6 +428,7 @@ mod tests {
             owner: owner.map(str::to_owned),
             counter,
             checkpoint: None,
+            updated_at: None,
         }
     }
 
@@ -463,6 +469,7 @@ mod tests {
             owner: owner.map(str::to_owned),
             counter: 1,
             checkpoint: finished.then_some(Position::ShardEnd),
+            updated_at: None,
         }
     }
 

@@ -15,9 +15,12 @@ use super::{Applied, ApplyError, BoxFuture, HoldError, Ledger, LedgerError, Ledg
 use crate::parking::{Held, IdentityState, ParkRequest, ParkedIdentity, Parking};
 use crate::read_model::{AppliedIdentity, IdentityHead};
 
+mod activity;
 mod apply;
 mod parking;
 mod read;
+
+pub use activity::{APPLIED_MARK_EVERY, APPLIED_MARK_IDENTITY};
 
 /// Attribute names of the consumer's table. All of them go through
 /// expression attribute names: several (`name`, `count`, `total`) are
@@ -84,6 +87,10 @@ where
 pub struct DynamoDbLedger {
     pub(crate) client: aws_sdk_dynamodb::Client,
     pub(crate) name: String,
+    /// When this process last refreshed the "last applied" marker, shared
+    /// by its clones, so that it writes at most one every
+    /// [`APPLIED_MARK_EVERY`].
+    applied_mark: activity::AppliedMark,
 }
 
 impl DynamoDbLedger {
@@ -91,6 +98,7 @@ impl DynamoDbLedger {
         Self {
             client,
             name: name.into(),
+            applied_mark: activity::AppliedMark::default(),
         }
     }
 
@@ -192,6 +200,10 @@ impl LedgerReader for DynamoDbLedger {
 
     fn list_parked(&self) -> BoxFuture<'_, Result<Vec<ParkedIdentity>, LedgerError>> {
         Box::pin(DynamoDbLedger::list_parked(self))
+    }
+
+    fn last_applied(&self) -> BoxFuture<'_, Result<Option<time::OffsetDateTime>, LedgerError>> {
+        Box::pin(DynamoDbLedger::last_applied(self))
     }
 
     fn describe(&self) -> String {

@@ -576,6 +576,10 @@ impl LedgerReader for MySqlLedger {
         Box::pin(MySqlLedger::list_parked(self))
     }
 
+    fn last_applied(&self) -> BoxFuture<'_, Result<Option<time::OffsetDateTime>, LedgerError>> {
+        Box::pin(MySqlLedger::last_applied(self))
+    }
+
     fn describe(&self) -> String {
         self.label.clone()
     }

@@ -163,3 +163,39 @@ async fn amounts_are_added_exactly_without_floating_point() {
         .expect("exists");
     assert_eq!(applied.total.to_string(), "1999999999999999999.98");
 }
+
+#[tokio::test]
+async fn the_last_apply_is_known_cheaply_and_hides_from_the_listings() {
+    let stack = TestStack::create(5).await;
+    let ledger = stack.ledger();
+    let reader = stack.reader();
+    assert_eq!(reader.last_applied().await.expect("reads"), None);
+
+    let before = time::OffsetDateTime::now_utc() - time::Duration::seconds(1);
+    let identity = identity("last");
+    ledger
+        .apply(&event(&identity, 1, "2.00"))
+        .await
+        .expect("applied");
+    let at = reader
+        .last_applied()
+        .await
+        .expect("reads")
+        .expect("an apply is known");
+    let after = time::OffsetDateTime::now_utc() + time::Duration::seconds(1);
+    assert!(
+        before <= at && at <= after,
+        "{at} not within {before}..{after}"
+    );
+
+    // The DynamoDB marker is no identity and no parking.
+    let heads = reader.list_identities().await.expect("lists");
+    assert_eq!(
+        heads
+            .iter()
+            .map(|h| h.identity.as_str())
+            .collect::<Vec<_>>(),
+        [identity.as_str()]
+    );
+    assert!(reader.list_parked().await.expect("lists").is_empty());
+}

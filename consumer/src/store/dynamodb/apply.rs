@@ -60,7 +60,10 @@ impl DynamoDbLedger {
             );
         }
         match request.send().await {
-            Ok(_) => Ok(Applied::New),
+            Ok(_) => {
+                self.mark_applied().await;
+                Ok(Applied::New)
+            }
             Err(SdkError::ServiceError(e)) if e.err().is_transaction_canceled_exception() => {
                 let reasons = match e.err() {
                     aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError::TransactionCanceledException(

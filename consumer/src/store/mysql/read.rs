@@ -64,6 +64,17 @@ impl MySqlLedger {
     }
 }
 
+impl MySqlLedger {
+    /// The `applied_at` of the newest `obt_spending` row: one row read by
+    /// the primary key (ids grow with each apply), no scan.
+    pub async fn last_applied(&self) -> Result<Option<time::OffsetDateTime>, LedgerError> {
+        sqlx::query_scalar("SELECT applied_at FROM obt_spending ORDER BY id DESC LIMIT 1")
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(read_failed("SELECT obt_spending"))
+    }
+}
+
 /// Money as the read model shows it: two fraction digits.
 fn money(mut value: Decimal) -> Decimal {
     value.rescale(2);
