@@ -165,6 +165,20 @@ impl Intercept for AwsRequests {
     }
 }
 
+/// An AWS SDK client whose request attempts are counted ([`AwsRequests`]):
+/// `aws_client!(aws_sdk_sqs, &sdk_config)` in place of
+/// `aws_sdk_sqs::Client::new(&sdk_config)`.
+#[macro_export]
+macro_rules! aws_client {
+    ($sdk:ident, $config:expr) => {
+        $sdk::Client::from_conf(
+            $sdk::config::Builder::from($config)
+                .interceptor($crate::metrics::AwsRequests)
+                .build(),
+        )
+    };
+}
+
 /// The SDK's service name without spaces: `DynamoDB Streams` is
 /// `DynamoDBStreams`, as in the CloudWatch dashboards.
 fn service_label(service: &str) -> String {
