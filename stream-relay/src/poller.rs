@@ -422,10 +422,14 @@ impl OutboxPoller {
         .bind(parking.cause.as_str())
         .bind(&parking.reason)
         .execute(&self.pool);
-        self.bounded("INSERT into obt_parked", self.statement_timeout, async {
-            insert.await.map_err(db("INSERT into obt_parked"))
-        })
-        .await?;
+        let inserted = self
+            .bounded("INSERT into obt_parked", self.statement_timeout, async {
+                insert.await.map_err(db("INSERT into obt_parked"))
+            })
+            .await?;
+        if inserted.rows_affected() > 0 {
+            metrics::counter!("obt_relay_parked_total").increment(1);
+        }
         Ok(())
     }
 
