@@ -32,6 +32,9 @@ fn env(backend: &Backend, service: &str) -> Vec<(&'static str, String)> {
     env
 }
 
+/// A sample's labels (a subset of them) to look for.
+type Labels<'a> = Vec<(&'a str, &'a str)>;
+
 /// One scrape of a service's `/metrics`.
 struct Metrics(Scrape);
 
@@ -233,7 +236,7 @@ async fn each_stage_counts_the_spendings_its_lag_returns_to_zero_and_a_parked_id
     // Requests by operation: what each stage sent to AWS, or to MySQL.
     let aws = |service, operation| vec![("service", service), ("operation", operation)];
     let db = |operation| vec![("operation", operation)];
-    let expected: Vec<(&Metrics, &str, Vec<(&str, &str)>)> = if mysql {
+    let expected: Vec<(&Metrics, &str, Labels)> = if mysql {
         vec![
             (&api, "obt_db_queries_total", db("INSERT obt")),
             (&relay, "obt_db_queries_total", db("SELECT from obt")),
