@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use clap::Parser;
 use obt_runtime::args::{LogArgs, StorageArgs, TableArgs};
+use obt_runtime::metrics::MetricsArgs;
 
 use crate::auth::AuthMode;
 use crate::store::{RetryPolicy, StoreOptions};
@@ -75,6 +76,10 @@ pub struct Settings {
     /// OBT_LOG_FORMAT.
     #[command(flatten)]
     pub log: LogArgs,
+
+    /// OBT_METRICS_LISTEN: Prometheus metrics on a listener of their own.
+    #[command(flatten)]
+    pub metrics: MetricsArgs,
 
     /// Whether the spending routes require a JWT bearer token: `auto`
     /// (required unless OBT_LISTEN is a loopback address), `required`, or

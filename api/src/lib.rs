@@ -15,6 +15,8 @@
 //! - [`auth`]: the bearer tokens of the spending routes (JWT against a
 //!   JWKS, as Amazon Cognito issues them) and the [`auth::Principal`].
 //! - [`rate_limit`]: the per-client rate limit of the spending routes.
+//! - [`metrics`]: requests by route, method and status, and the POST's
+//!   latency (the other figures are counted where they happen).
 //! - [`input`]: turns a request body into a validated [`input::NewSpending`]
 //!   without letting money pass through a float, collecting every field
 //!   error ([`input::InputError`]).
@@ -30,6 +32,7 @@ pub mod config;
 pub mod error;
 pub mod idempotency;
 pub mod input;
+pub mod metrics;
 pub mod rate_limit;
 pub mod routes;
 pub mod startup;

@@ -11,6 +11,7 @@ use obt_runtime::Storage;
 async fn main() -> anyhow::Result<()> {
     let settings = Settings::parse();
     obt_runtime::init_tracing(settings.log.log_format);
+    obt_runtime::metrics::serve_prometheus(&settings.metrics)?;
     let aws = obt_runtime::aws_config().await;
     let app = Application::build(&settings, &aws)
         .await

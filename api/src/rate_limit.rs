@@ -133,6 +133,7 @@ pub async fn limit(State(limit): State<Arc<RateLimit>>, request: Request, next: 
                 .unwrap_or(u32::MAX)
                 .max(1);
             tracing::info!(retry_after_secs, "rate limit exceeded");
+            metrics::counter!("obt_api_rate_limited_total").increment(1);
             ApiError::TooManyRequests { retry_after_secs }.into_response()
         }
     }

@@ -94,7 +94,7 @@ impl AppState {
     pub async fn from_settings(settings: &Settings, aws: &SdkConfig) -> Result<Self, StartupError> {
         let store: Store = match settings.storage.storage {
             Storage::Dynamodb => {
-                let client = aws_sdk_dynamodb::Client::new(aws);
+                let client = obt_runtime::aws_client!(aws_sdk_dynamodb, aws);
                 DynamoDbStore::new(
                     client,
                     settings.table.table.clone(),
@@ -179,6 +179,7 @@ pub fn app(state: AppState) -> Router {
         .layer(DefaultBodyLimit::max(spending::BODY_LIMIT))
         .with_state(state)
         .layer(middleware)
+        .layer(from_fn(crate::metrics::count_requests))
 }
 
 fn request_span<B>(request: &Request<B>) -> Span {

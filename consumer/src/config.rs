@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use clap::{Args, Parser};
 use obt_runtime::args::{LogArgs, QueueArgs};
+use obt_runtime::metrics::MetricsArgs;
 use obt_runtime::{DatabaseUrl, LogFormat, Storage};
 
 /// Applies SpendingRecorded events from the SQS FIFO queue to the
@@ -109,6 +110,10 @@ pub struct Settings {
 
     #[command(flatten)]
     pub log: LogArgs,
+
+    /// OBT_METRICS_LISTEN: Prometheus metrics on a listener of their own.
+    #[command(flatten)]
+    pub metrics: MetricsArgs,
 }
 
 impl Settings {
@@ -131,6 +136,9 @@ impl Settings {
             aws_timeout_secs: 10,
             log: LogArgs {
                 log_format: LogFormat::Text,
+            },
+            metrics: MetricsArgs {
+                metrics_listen: None,
             },
         }
     }

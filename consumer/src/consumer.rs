@@ -242,7 +242,8 @@ impl Consumer {
             store::open(&store_config, &settings.storage, connections, "consumer").await?;
         let ledger = records.ledger().clone();
         let long_poll = Duration::from_secs(u64::try_from(settings.wait_time_secs).unwrap_or(0));
-        let sqs = aws_sdk_sqs::Client::new(&bounded(settings.aws_timeout() + long_poll));
+        let sqs =
+            obt_runtime::aws_client!(aws_sdk_sqs, &bounded(settings.aws_timeout() + long_poll));
         let url = match &settings.queue.queue_url {
             Some(url) => url.clone(),
             None => Queue::resolve_url(&sqs, &settings.queue.queue_name).await?,
@@ -451,6 +452,7 @@ impl Consumer {
     async fn handle_event(&self, message: &Received, event: &Envelope) -> Result<(), Deferred> {
         let identity = event.identity.as_str();
         for _ in 0..RACE_ROUNDS {
+            let started = Instant::now();
             let applied = self
                 .retrying(
                     message,
@@ -465,15 +467,19 @@ impl Consumer {
             match applied {
                 Ok(Applied::New) => {
                     info!(event_id = %event.event_id, amount = %event.data.amount, "applied");
+                    crate::metrics::applied(event, started);
+                    crate::metrics::flowing(identity);
                     return Ok(());
                 }
                 Ok(Applied::Duplicate) => {
                     info!(event_id = %event.event_id, "duplicate of an applied event; deleting it, changing nothing");
+                    metrics::counter!("obt_consumer_duplicates_total").increment(1);
                     return Ok(());
                 }
                 Err(ApplyError::Parked {
                     last_seq, parking, ..
                 }) => {
+                    crate::metrics::parked(identity);
                     if parking.cause == Cause::Gap && event.seq == last_seq + 1 {
                         return self.heal_gap(message, event).await;
                     }
@@ -496,6 +502,7 @@ impl Consumer {
                 }) => {
                     let request = parking::gap_request(expected, received);
                     self.park(message, identity, &request).await?;
+                    metrics::counter!("obt_consumer_gaps_held_total").increment(1);
                     // Next round: parked, so held.
                 }
                 Err(e) if e.is_transient() => return Err(Deferred),
@@ -538,6 +545,7 @@ impl Consumer {
             }
             Ok(Held::Duplicate) => {
                 info!(event_id = %event.event_id, "held already; deleting the copy");
+                metrics::counter!("obt_consumer_duplicates_total").increment(1);
                 Ok(Some(()))
             }
             Err(HoldError::NotParked { .. }) => Ok(None),
@@ -560,6 +568,7 @@ impl Consumer {
 
     /// The missing event of a gap arrived: applies it, then what was held.
     async fn heal_gap(&self, message: &Received, event: &Envelope) -> Result<(), Deferred> {
+        let started = Instant::now();
         let applied = self
             .retrying(
                 message,
@@ -574,6 +583,7 @@ impl Consumer {
         match applied {
             Ok(_) => {
                 info!(event_id = %event.event_id, "applied the missing event of a gap");
+                crate::metrics::applied(event, started);
                 self.drain_gap(event.identity.as_str()).await;
                 Ok(())
             }
@@ -598,19 +608,26 @@ impl Consumer {
     async fn drain_gap(&self, identity: &str) {
         match parking::drain(self.ledger.as_ref(), identity, |p| p.cause == Cause::Gap).await {
             Ok(drained) if drained.parking.is_none() => {
+                metrics::counter!("obt_consumer_events_applied_total")
+                    .increment(u64::try_from(drained.applied).unwrap_or(u64::MAX));
+                crate::metrics::flowing(identity);
                 info!(
                     identity,
                     applied = drained.applied,
                     "the gap healed: applied the held events in order; no longer parked"
                 );
             }
-            Ok(drained) => info!(
-                identity,
-                applied = drained.applied,
-                gap = ?drained.gap,
-                conflict = ?drained.conflict,
-                "applied the held events in order as far as they go; still parked"
-            ),
+            Ok(drained) => {
+                metrics::counter!("obt_consumer_events_applied_total")
+                    .increment(u64::try_from(drained.applied).unwrap_or(u64::MAX));
+                info!(
+                    identity,
+                    applied = drained.applied,
+                    gap = ?drained.gap,
+                    conflict = ?drained.conflict,
+                    "applied the held events in order as far as they go; still parked"
+                )
+            }
             Err(e) => {
                 warn!(identity, error = %e, "could not apply the held events now; they stay held")
             }
@@ -635,7 +652,10 @@ impl Consumer {
             )
             .await;
         match parked {
-            Ok(_) => Ok(()),
+            Ok(_) => {
+                crate::metrics::parked(identity);
+                Ok(())
+            }
             Err(e) => {
                 warn!(error = %e, identity, "could not park the identity");
                 Err(Deferred)
@@ -698,6 +718,7 @@ impl Consumer {
             warn!(error = %e, "could not send the message to the dead-letter queue");
             return Err(Deferred);
         }
+        metrics::counter!("obt_consumer_dead_lettered_total").increment(1);
         Ok(())
     }
 

@@ -14,6 +14,7 @@
 //!   (`MySqlLedger`), behind the write path [`Ledger`] and the read path
 //!   [`LedgerReader`]; [`read_model`]: the values the read path returns.
 //! - [`parking`]: parked identities, held events, the operator's retry.
+//! - [`metrics`]: the figures counted in more than a line.
 //! - [`consumer`]: the pollers, one message's handling, graceful shutdown
 //!   ([`Consumer::serve`]).
 
@@ -21,6 +22,7 @@ pub mod batch;
 pub mod config;
 pub mod consumer;
 pub mod dead_letter;
+pub mod metrics;
 pub mod parking;
 pub mod queue;
 pub mod read_model;

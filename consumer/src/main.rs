@@ -15,6 +15,7 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(25);
 async fn main() -> anyhow::Result<()> {
     let settings = Settings::parse();
     obt_runtime::init_tracing(settings.log.log_format);
+    obt_runtime::metrics::serve_prometheus(&settings.metrics)?;
     let result = run(&settings).await;
     if let Err(e) = &result {
         // Also as a log line, for the log pipeline; the return prints it

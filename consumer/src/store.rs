@@ -169,7 +169,7 @@ pub async fn open(
 ) -> Result<Records, OpenError> {
     match args.storage() {
         Storage::Dynamodb => Ok(Records::new(DynamoDbLedger::new(
-            aws_sdk_dynamodb::Client::new(config),
+            obt_runtime::aws_client!(aws_sdk_dynamodb, config),
             &args.table,
         ))),
         Storage::Mysql => open_mysql(args, max_connections, binary).await,

@@ -1,14 +1,16 @@
 //! Start-up plumbing shared by the outboxtable binaries, so that all of
 //! them log, load their AWS configuration and stop the same way, and the
 //! few helpers they all need once: the settings they share ([`args`]),
-//! the backoff of every retry ([`backoff`]) and the one-line rendering of
-//! an error and its causes ([`error_chain`]).
+//! the backoff of every retry ([`backoff`]), the one-line rendering of
+//! an error and its causes ([`error_chain`]) and where the metrics go
+//! ([`metrics`]).
 
 use std::io::IsTerminal;
 
 pub mod args;
 pub mod backoff;
 mod error;
+pub mod metrics;
 
 pub use error::error_chain;
 

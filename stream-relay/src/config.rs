@@ -71,6 +71,9 @@ pub struct Settings {
     pub sweep: SweepArgs,
     #[command(flatten)]
     pub mysql: MySqlArgs,
+    /// OBT_METRICS_LISTEN: Prometheus metrics on a listener of their own.
+    #[command(flatten)]
+    pub metrics: obt_runtime::metrics::MetricsArgs,
 }
 
 /// The MySQL mode (`OBT_STORAGE=mysql`, cargo feature `mysql`): the relay

@@ -89,6 +89,8 @@ impl Daemon {
             if let Err(e) = self.round(&mut state, &mut readers, &shutdown).await {
                 tracing::error!(error = %e, "lease round failed; retrying");
             }
+            #[allow(clippy::cast_precision_loss)] // a few shards
+            metrics::gauge!("obt_relay_leases_held").set(state.held.len() as f64);
             tokio::select! {
                 biased;
                 () = shutdown.cancelled() => break,
@@ -124,6 +126,7 @@ impl Daemon {
                 Err(e) => tracing::warn!(error = %e, "could not release a lease; it expires"),
             }
         }
+        metrics::gauge!("obt_relay_leases_held").set(0.0);
         if let Some(sweeping) = sweeping {
             let _ = sweeping.await;
         }
@@ -180,6 +183,7 @@ impl Daemon {
             let position = lease.checkpoint.clone();
             readers.spawn(async move {
                 daemon.read_shard(&held, position).await;
+                crate::metrics::shard_left(&held.shard_id);
                 held.shard_id.clone()
             });
         }
@@ -365,6 +369,11 @@ impl Daemon {
             };
             backoff.reset();
             let records = out.records.unwrap_or_default();
+            let last_created = records
+                .last()
+                .and_then(|r| r.dynamodb()?.approximate_creation_date_time())
+                .and_then(|t| t.to_millis().ok());
+            crate::metrics::shard_read(shard_id, records.len(), last_created);
             if let Some(last) = records
                 .last()
                 .and_then(|r| r.dynamodb())

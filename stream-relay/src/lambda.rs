@@ -15,6 +15,8 @@
 //!
 //! Settings come from the function's environment ([`RelayArgs`], JSON logs
 //! by default); the clients and the queue URL are made once, at cold start.
+//! Each invocation's metrics are printed as CloudWatch Embedded Metric
+//! Format lines on stdout before it is answered (`OBT_METRICS_NAMESPACE`).
 //! More: `docs/ARCHITECTURE.md` ("Lambda").
 
 use std::sync::Arc;
@@ -23,6 +25,7 @@ use aws_lambda_events::event::dynamodb::{Event, EventRecord};
 use aws_lambda_events::event::streams::{DynamoDbBatchItemFailure, DynamoDbEventResponse};
 use clap::{CommandFactory, FromArgMatches, Parser};
 use lambda_runtime::{Diagnostic, LambdaEvent, service_fn};
+use obt_runtime::metrics::{Emf, EmfArgs};
 
 use crate::change::{Change, ChangeError};
 use crate::config::{RelayArgs, SweepArgs};
@@ -50,6 +53,18 @@ pub fn settings_from_env() -> Result<RelayArgs, clap::Error> {
     let command = LambdaSettings::command().mut_arg("log_format", |arg| arg.default_value("json"));
     let matches = command.try_get_matches_from([FUNCTION_NAME])?;
     Ok(LambdaSettings::from_arg_matches(&matches)?.relay)
+}
+
+/// `OBT_METRICS_NAMESPACE`, from the environment alone: the CloudWatch
+/// namespace of the metrics both functions print ([`Emf`]).
+pub fn metrics_settings_from_env() -> Result<EmfArgs, clap::Error> {
+    #[derive(Debug, Parser)]
+    struct MetricsSettings {
+        #[command(flatten)]
+        emf: EmfArgs,
+    }
+    let matches = MetricsSettings::command().try_get_matches_from([FUNCTION_NAME])?;
+    Ok(MetricsSettings::from_arg_matches(&matches)?.emf)
 }
 
 /// An invocation that cannot be answered with a partial batch response.
@@ -92,6 +107,12 @@ impl StreamHandler {
     #[tracing::instrument(skip_all, fields(records = event.records.len()))]
     pub async fn handle(&self, event: Event) -> Result<DynamoDbEventResponse, LambdaError> {
         let records = &event.records;
+        crate::metrics::batch_received(
+            records.len(),
+            records
+                .last()
+                .map(|r| r.change.approximate_creation_date_time.timestamp_millis()),
+        );
         let decoded = decode(records);
         let first_unfinished = match self.relay.handle(&decoded.changes).await {
             Ok(summary) => {
@@ -186,12 +207,17 @@ fn respond(
     }
 }
 
-/// Serves invocations until the Lambda runtime stops the process.
-pub async fn run(relay: Relay) -> Result<(), lambda_runtime::Error> {
+/// Serves invocations until the Lambda runtime stops the process; the
+/// metrics of each are printed (`metrics`) before it is answered.
+pub async fn run(relay: Relay, metrics: Emf) -> Result<(), lambda_runtime::Error> {
     let handler = StreamHandler::new(relay);
     lambda_runtime::run(service_fn(move |event: LambdaEvent<Event>| {
         let handler = handler.clone();
-        async move { handler.handle(event.payload).await }
+        async move {
+            let answer = handler.handle(event.payload).await;
+            metrics.flush();
+            answer
+        }
     }))
     .await
 }
@@ -242,12 +268,14 @@ impl From<SweepFailed> for Diagnostic {
 /// Serves scheduled invocations (any payload: an EventBridge Scheduler or
 /// rule event) until the Lambda runtime stops the process. Each is one
 /// sweep; the answer is its [`SweepSummary`].
-pub async fn run_sweeper(sweeper: Sweeper) -> Result<(), lambda_runtime::Error> {
+pub async fn run_sweeper(sweeper: Sweeper, metrics: Emf) -> Result<(), lambda_runtime::Error> {
     let sweeper = Arc::new(sweeper);
     lambda_runtime::run(service_fn(move |_: LambdaEvent<serde_json::Value>| {
         let sweeper = Arc::clone(&sweeper);
         async move {
-            let summary: SweepSummary = sweeper.sweep().await.map_err(SweepFailed)?;
+            let swept = sweeper.sweep().await;
+            metrics.flush();
+            let summary: SweepSummary = swept.map_err(SweepFailed)?;
             Ok::<_, SweepFailed>(summary)
         }
     }))

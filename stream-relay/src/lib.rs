@@ -15,6 +15,7 @@
 //!   read holds back its own identity only.
 //! - [`outbox`]: reads, acknowledges and parks items of the api's table.
 //! - [`backoff`]: the waits between retries.
+//! - [`metrics`]: how far behind the stream head the relay reads.
 //!
 //! The drivers:
 //! - [`daemon`]: reads the stream itself (shards, iterators), for EC2 or
@@ -37,6 +38,7 @@ pub mod daemon;
 pub mod image;
 pub mod lambda;
 pub mod lease;
+pub mod metrics;
 pub mod outbox;
 #[cfg(feature = "mysql")]
 pub mod poller;

@@ -13,6 +13,7 @@ use tokio_util::sync::CancellationToken;
 async fn main() -> anyhow::Result<()> {
     let settings = Settings::parse();
     obt_runtime::init_tracing(settings.relay.log.log_format);
+    obt_runtime::metrics::serve_prometheus(&settings.metrics)?;
     let config = settings.bounded(&obt_runtime::aws_config().await);
     let shutdown = CancellationToken::new();
     tokio::spawn({

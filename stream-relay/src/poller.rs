@@ -27,6 +27,10 @@ use crate::publisher::{Publisher, TOO_LONG};
 /// deployments (or tests) may share one.
 pub const LOCK_PREFIX: &str = "outboxtable.relay.";
 
+/// How often the leader counts the parked identities
+/// (`obt_relay_identities_parked`).
+const PARKED_COUNT_INTERVAL: Duration = Duration::from_secs(5);
+
 /// How long a standby waits on the lock per attempt, in seconds.
 const LOCK_WAIT_SECS: i32 = 1;
 
@@ -192,6 +196,7 @@ impl OutboxPoller {
             let lock_wait = Duration::from_secs(LOCK_WAIT_SECS.unsigned_abs().into());
             let got: Option<i64> = self
                 .bounded("GET_LOCK", self.statement_timeout + lock_wait, async {
+                    obt_runtime::metrics::db_query("GET_LOCK");
                     sqlx::query_scalar("SELECT GET_LOCK(?, ?)")
                         .bind(&self.lock_name)
                         .bind(LOCK_WAIT_SECS)
@@ -214,6 +219,7 @@ impl OutboxPoller {
     async fn still_leading(&self, lock: &mut MySqlConnection) -> Result<bool, PollerError> {
         let holder: Option<i64> = self
             .bounded("IS_USED_LOCK", self.statement_timeout, async {
+                obt_runtime::metrics::db_query("IS_USED_LOCK");
                 sqlx::query_scalar("SELECT IS_USED_LOCK(?) = CONNECTION_ID()")
                     .bind(&self.lock_name)
                     .fetch_one(lock)
@@ -230,10 +236,15 @@ impl OutboxPoller {
         shutdown: &CancellationToken,
     ) -> Result<(), PollerError> {
         let mut idle = Backoff::new(Duration::from_millis(25), self.max_idle).attempts();
+        let mut parked_counted: Option<std::time::Instant> = None;
         while !shutdown.is_cancelled() {
             if !self.still_leading(lock).await? {
                 tracing::warn!("the leader lock was lost");
                 return Ok(());
+            }
+            if parked_counted.is_none_or(|at| at.elapsed() >= PARKED_COUNT_INTERVAL) {
+                self.count_parked().await;
+                parked_counted = Some(std::time::Instant::now());
             }
             match self.round().await {
                 Ok(0) => {
@@ -261,6 +272,7 @@ impl OutboxPoller {
     /// were published.
     pub async fn round(&self) -> Result<usize, RoundError> {
         let (rows, unreadable) = self.oldest().await?;
+        oldest_unpublished(rows.first().map(|row| row.event.occurred_at));
         for parking in &unreadable {
             self.park(parking).await?;
         }
@@ -302,11 +314,32 @@ impl OutboxPoller {
         }
     }
 
+    /// Sets `obt_relay_identities_parked` from `obt_parked`; left as it was
+    /// when the count fails (the rounds report their own errors).
+    async fn count_parked(&self) {
+        obt_runtime::metrics::db_query("SELECT COUNT(*) obt_parked");
+        let count =
+            sqlx::query_scalar::<_, i64>("SELECT COUNT(*) FROM obt_parked").fetch_one(&self.pool);
+        let counted = self
+            .bounded(
+                "SELECT COUNT(*) obt_parked",
+                self.statement_timeout,
+                async { count.await.map_err(db("SELECT COUNT(*) obt_parked")) },
+            )
+            .await;
+        match counted {
+            #[allow(clippy::cast_precision_loss)] // far below 2^53
+            Ok(parked) => metrics::gauge!("obt_relay_identities_parked").set(parked as f64),
+            Err(e) => tracing::warn!(error = %e, "cannot count the parked identities"),
+        }
+    }
+
     /// The oldest rows of the outbox whose identity is not parked, in id
     /// order (per identity, seq order); and the identities to park because
     /// a row of theirs cannot be read (their later rows are left out too,
     /// since they would be a gap downstream).
     async fn oldest(&self) -> Result<(Vec<OutboxRow>, Vec<Parking>), PollerError> {
+        obt_runtime::metrics::db_query("SELECT from obt");
         let select = sqlx::query(
             // The text columns are utf8mb4_bin (identities are case
             // sensitive), which sqlx reports as VARBINARY: CAST reads them
@@ -378,6 +411,7 @@ impl OutboxPoller {
              `obt-admin parked retry {}` is run; other identities flow on",
             parking.identity
         );
+        obt_runtime::metrics::db_query("INSERT into obt_parked");
         let insert = sqlx::query(
             "INSERT IGNORE INTO obt_parked (identity, obt_id, seq, cause, reason, parked_at) \
              VALUES (?, ?, ?, ?, ?, UTC_TIMESTAMP(3))",
@@ -388,10 +422,14 @@ impl OutboxPoller {
         .bind(parking.cause.as_str())
         .bind(&parking.reason)
         .execute(&self.pool);
-        self.bounded("INSERT into obt_parked", self.statement_timeout, async {
-            insert.await.map_err(db("INSERT into obt_parked"))
-        })
-        .await?;
+        let inserted = self
+            .bounded("INSERT into obt_parked", self.statement_timeout, async {
+                insert.await.map_err(db("INSERT into obt_parked"))
+            })
+            .await?;
+        if inserted.rows_affected() > 0 {
+            metrics::counter!("obt_relay_parked_total").increment(1);
+        }
         Ok(())
     }
 
@@ -401,6 +439,7 @@ impl OutboxPoller {
         }
         let placeholders = vec!["?"; ids.len()].join(", ");
         let sql = format!("DELETE FROM obt WHERE id IN ({placeholders})");
+        obt_runtime::metrics::db_query("DELETE from obt");
         let mut query = sqlx::query(&sql);
         for id in ids {
             query = query.bind(id);
@@ -423,4 +462,14 @@ pub enum RoundError {
     Database(#[from] PollerError),
     #[error(transparent)]
     Publish(#[from] crate::publisher::PublishError),
+}
+/// Sets `obt_relay_oldest_unpublished_age_seconds` from a round's oldest
+/// row (rows of parked identities aside): 0 when the round found none.
+fn oldest_unpublished(occurred_at: Option<time::OffsetDateTime>) {
+    let age = occurred_at.map_or(0.0, |at| {
+        (time::OffsetDateTime::now_utc() - at)
+            .as_seconds_f64()
+            .max(0.0)
+    });
+    metrics::gauge!("obt_relay_oldest_unpublished_age_seconds").set(age);
 }

@@ -204,6 +204,7 @@ impl Publisher {
                     });
                 }
             };
+            metrics::counter!("obt_relay_send_batches_total").increment(1);
             let result = self
                 .client
                 .send_message_batch()
@@ -234,6 +235,8 @@ impl Publisher {
             // nor refused for good is sent again: a duplicate is harmless,
             // a loss is not.
             let accepted: HashSet<&str> = output.successful().iter().map(|e| e.id()).collect();
+            metrics::counter!("obt_relay_events_published_total")
+                .increment(u64::try_from(accepted.len()).unwrap_or(u64::MAX));
             let mut retry = Vec::new();
             let mut first_retried: Option<(usize, String, String)> = None;
             for (i, &index) in pending.iter().enumerate() {
@@ -248,6 +251,8 @@ impl Publisher {
                     .unwrap_or_default()
                     .to_owned();
                 let sender_fault = failed.is_some_and(|f| f.sender_fault());
+                metrics::counter!("obt_relay_send_failed_entries_total", "code" => code.clone())
+                    .increment(1);
                 let event = &events[index];
                 tracing::warn!(
                     event_id = %event.event_id, identity = %event.identity, seq = event.seq,

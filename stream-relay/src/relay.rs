@@ -241,8 +241,9 @@ impl Relay {
             .collect()
             .await;
         for (first_change, result) in parked {
-            if let Err(error) = result {
-                failures.add(Some(first_change), error.into());
+            match result {
+                Ok(()) => metrics::counter!("obt_relay_parked_total").increment(1),
+                Err(error) => failures.add(Some(first_change), error.into()),
             }
         }
         self.raise_marks(&published);

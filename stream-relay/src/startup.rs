@@ -86,10 +86,10 @@ pub async fn stream_arn(
 
 /// The transport-independent relay core.
 pub async fn relay(config: &SdkConfig, settings: &RelayArgs) -> Result<Relay, StartupError> {
-    let sqs = aws_sdk_sqs::Client::new(config);
+    let sqs = obt_runtime::aws_client!(aws_sdk_sqs, config);
     let queue_url = queue_url(&sqs, settings).await?;
     let outbox = OutboxTable::new(
-        aws_sdk_dynamodb::Client::new(config),
+        obt_runtime::aws_client!(aws_sdk_dynamodb, config),
         settings.table.table.clone(),
     );
     Ok(Relay::new(Publisher::new(sqs, queue_url), outbox))
@@ -97,7 +97,7 @@ pub async fn relay(config: &SdkConfig, settings: &RelayArgs) -> Result<Relay, St
 
 /// The daemon, ready to run.
 pub async fn daemon(config: &SdkConfig, settings: &Settings) -> Result<Daemon, StartupError> {
-    let dynamodb = aws_sdk_dynamodb::Client::new(config);
+    let dynamodb = obt_runtime::aws_client!(aws_sdk_dynamodb, config);
     let stream_arn = stream_arn(&dynamodb, settings).await?;
     let relay = Arc::new(relay(config, &settings.relay).await?);
     let sweeper = settings.sweep.interval().map(|every| {
@@ -110,7 +110,7 @@ pub async fn daemon(config: &SdkConfig, settings: &Settings) -> Result<Daemon, S
         (sweeper, every)
     });
     Ok(Daemon {
-        streams: aws_sdk_dynamodbstreams::Client::new(config),
+        streams: obt_runtime::aws_client!(aws_sdk_dynamodbstreams, config),
         relay,
         leases: LeaseTable::new(
             dynamodb,
@@ -134,7 +134,7 @@ pub async fn sweeper(
 ) -> Result<Sweeper, StartupError> {
     let relay = Arc::new(relay(config, relay_args).await?);
     Ok(Sweeper::new(
-        aws_sdk_dynamodb::Client::new(config),
+        obt_runtime::aws_client!(aws_sdk_dynamodb, config),
         relay_args.table.table.clone(),
         relay,
         older_than,
@@ -148,7 +148,7 @@ pub async fn poller(
     settings: &Settings,
 ) -> Result<crate::poller::OutboxPoller, StartupError> {
     let url = settings.mysql.storage.mysql_url("relay")?;
-    let sqs = aws_sdk_sqs::Client::new(config);
+    let sqs = obt_runtime::aws_client!(aws_sdk_sqs, config);
     let queue_url = queue_url(&sqs, &settings.relay).await?;
     Ok(crate::poller::OutboxPoller::new(
         url.expose(),

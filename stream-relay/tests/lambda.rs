@@ -138,6 +138,77 @@ async fn a_batch_of_writes_is_published_once_in_order_and_acknowledged_and_its_a
     );
 }
 
+#[tokio::test]
+async fn each_invocation_prints_its_metrics_as_embedded_metric_format_in_the_namespace_set() {
+    let stack = Stack::create(3).await;
+    let (a, b) = (obt_testkit::identity("LM"), obt_testkit::identity("LN"));
+    let written = write_interleaved(&stack, &[&a, &b], 3).await;
+    let writes = stream::records(&stack, written.len(), DEADLINE).await;
+    let namespace = format!("outboxtable/{}", obt_testkit::unique("emf"));
+    let mut function =
+        start_function(&stack, &[("OBT_METRICS_NAMESPACE", namespace.clone())]).await;
+    let started = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("after 1970")
+        .as_millis();
+
+    let response = function
+        .invoke(&dynamodb_event(&writes, &stack.stream_arn))
+        .await;
+    assert_eq!(failures(&response), Vec::<String>::new());
+    assert_eq!(drain(&stack, written.len()).await.len(), written.len());
+
+    let documents = obt_testkit::lambda::emf_documents(&function.stdout());
+    assert!(!documents.is_empty(), "the invocation printed its metrics");
+    for document in &documents {
+        assert_eq!(document.namespace, namespace);
+        assert!(u128::from(document.timestamp) >= started, "{document:?}");
+        assert!(!document.metrics.is_empty(), "{document:?}");
+    }
+    let sum = |name| obt_testkit::lambda::emf_sum(&documents, name);
+    assert_eq!(
+        sum("obt_relay_events_published_total"),
+        written.len() as f64
+    );
+    assert_eq!(
+        sum("obt_relay_stream_records_read_total"),
+        writes.len() as f64
+    );
+    assert!(sum("obt_relay_send_batches_total") >= 1.0);
+    let lag = documents
+        .iter()
+        .find_map(|d| d.value("obt_relay_behind_stream_head_milliseconds"));
+    assert!(lag.is_some_and(|ms| ms >= 0.0), "{documents:?}");
+    // AWS requests by operation: the dimensions carry the labels.
+    let sends = documents
+        .iter()
+        .filter(|d| {
+            d.dimension("service") == Some("SQS")
+                && d.dimension("operation") == Some("SendMessageBatch")
+        })
+        .filter_map(|d| d.value("obt_aws_requests_total"))
+        .sum::<f64>();
+    assert!(sends >= 1.0, "{documents:?}");
+
+    // Counters are what changed since the last invocation: the
+    // acknowledgements' records (one an identity) publish nothing.
+    let all = stream::records(&stack, written.len() + 2, DEADLINE).await;
+    let response = function
+        .invoke(&dynamodb_event(&all[writes.len()..], &stack.stream_arn))
+        .await;
+    assert_eq!(failures(&response), Vec::<String>::new());
+    let after = obt_testkit::lambda::emf_documents(&function.stdout());
+    let second = &after[documents.len()..];
+    assert_eq!(
+        obt_testkit::lambda::emf_sum(second, "obt_relay_events_published_total"),
+        0.0
+    );
+    assert_eq!(
+        obt_testkit::lambda::emf_sum(second, "obt_relay_stream_records_read_total"),
+        (all.len() - writes.len()) as f64
+    );
+}
+
 /// What SQS accepted through `proxy`, as seqs per identity, in order.
 fn accepted(proxy: &SqsProxy) -> HashMap<String, Vec<u64>> {
     let events: Vec<Envelope> = proxy

@@ -80,6 +80,9 @@ fn settings(stack: &Stack) -> Settings {
             poll_max_idle_ms: 500,
             database_timeout_secs: 10,
         },
+        metrics: obt_runtime::metrics::MetricsArgs {
+            metrics_listen: None,
+        },
     }
 }
 

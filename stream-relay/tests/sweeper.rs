@@ -292,6 +292,25 @@ async fn the_scheduled_sweeper_lambda_publishes_what_waited_too_long() {
     assert_eq!(seqs["L1"], [1, 2]);
     assert_eq!(seqs["L2"], [1]);
     assert_eq!(pending(&stack, "L1").await, (0, false));
+    let documents = obt_testkit::lambda::emf_documents(&function.stdout());
+    let sum = |name| obt_testkit::lambda::emf_sum(&documents, name);
+    assert_eq!(sum("obt_relay_sweeper_republished_total"), 3.0);
+    assert_eq!(sum("obt_relay_events_published_total"), 3.0);
+    assert_eq!(sum("obt_relay_sweeper_runs_total"), 1.0);
+    assert!(
+        documents
+            .iter()
+            .any(|d| d.dimension("outcome") == Some("complete")
+                && d.value("obt_relay_sweeper_runs_total") == Some(1.0)),
+        "{documents:?}"
+    );
+    assert_eq!(
+        documents
+            .iter()
+            .find_map(|d| d.value("obt_relay_identities_parked")),
+        Some(0.0),
+        "the parked identities counted"
+    );
 
     let answer = function.invoke(&scheduled).await;
     assert_eq!(

@@ -28,6 +28,8 @@ pub struct LambdaEmulator {
     emulator: Child,
     emulator_log: PathBuf,
     function: Child,
+    /// The function's stdout (its metrics, in Embedded Metric Format).
+    function_stdout: PathBuf,
     http: reqwest::Client,
 }
 
@@ -97,6 +99,10 @@ impl LambdaEmulator {
             );
         };
 
+        let function_stdout =
+            std::env::temp_dir().join(format!("{}.out", crate::unique(function_name)));
+        let stdout_file =
+            std::fs::File::create(&function_stdout).expect("create the function's stdout file");
         let function = Command::new(binary)
             .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
             .env(
@@ -114,6 +120,7 @@ impl LambdaEmulator {
                 std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".to_owned()),
             )
             .stdin(Stdio::null())
+            .stdout(stdout_file)
             .kill_on_drop(true)
             .spawn()
             .unwrap_or_else(|e| panic!("starting {}: {e}", binary.display()));
@@ -126,8 +133,15 @@ impl LambdaEmulator {
             emulator,
             emulator_log: log,
             function,
+            function_stdout,
             http: reqwest::Client::new(),
         }
+    }
+
+    /// What the function printed on stdout so far (its logs go to stderr):
+    /// the metrics it flushed at the end of each invocation answered.
+    pub fn stdout(&self) -> String {
+        std::fs::read_to_string(&self.function_stdout).unwrap_or_default()
     }
 
     /// Invokes the function synchronously with `payload`; its answer.
@@ -186,6 +200,7 @@ impl Drop for LambdaEmulator {
         let _ = self.function.start_kill();
         let _ = self.emulator.start_kill();
         let _ = std::fs::remove_file(&self.emulator_log);
+        let _ = std::fs::remove_file(&self.function_stdout);
     }
 }
 
@@ -255,4 +270,106 @@ fn event_record(record: &aws_sdk_dynamodbstreams::types::Record, stream_arn: &st
             .and_then(|v| serde_json::from_value(Value::from(v.as_str())).ok());
     }
     out
+}
+
+/// One CloudWatch Embedded Metric Format document, checked against the
+/// specification's structure by [`emf_documents`].
+#[derive(Debug, Clone)]
+pub struct EmfDocument {
+    pub namespace: String,
+    /// `_aws.Timestamp`: milliseconds since the epoch.
+    pub timestamp: u64,
+    /// The dimension names of the (one) dimension set, with their values.
+    pub dimensions: Vec<(String, String)>,
+    /// Each declared metric with its value(s): a number, or an array of
+    /// numbers (a histogram's samples).
+    pub metrics: Vec<(String, Vec<f64>)>,
+}
+
+impl EmfDocument {
+    /// The sum of the values of `name` in this document, if declared.
+    pub fn value(&self, name: &str) -> Option<f64> {
+        self.metrics
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, values)| values.iter().sum())
+    }
+
+    pub fn dimension(&self, name: &str) -> Option<&str> {
+        self.dimensions
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// Decodes every line of `output` as an EMF document; panics, saying
+/// why, at the first line that is not one: not JSON, no `_aws.Timestamp`,
+/// no `_aws.CloudWatchMetrics[0]` with `Namespace`, `Dimensions` and
+/// `Metrics`, a dimension without its string value, a declared metric
+/// without its number(s).
+pub fn emf_documents(output: &str) -> Vec<EmfDocument> {
+    output
+        .lines()
+        .filter(|line| !line.trim().is_empty())
+        .map(|line| {
+            emf_document(line).unwrap_or_else(|e| panic!("not an EMF document ({e}): {line}"))
+        })
+        .collect()
+}
+
+fn emf_document(line: &str) -> Result<EmfDocument, String> {
+    let doc: Value = serde_json::from_str(line).map_err(|e| e.to_string())?;
+    let aws = &doc["_aws"];
+    let timestamp = aws["Timestamp"]
+        .as_u64()
+        .ok_or("_aws.Timestamp is not a number")?;
+    let directive = &aws["CloudWatchMetrics"][0];
+    let namespace = directive["Namespace"]
+        .as_str()
+        .ok_or("no _aws.CloudWatchMetrics[0].Namespace")?
+        .to_owned();
+    let sets = directive["Dimensions"]
+        .as_array()
+        .ok_or("no _aws.CloudWatchMetrics[0].Dimensions")?;
+    let mut dimensions = Vec::new();
+    for set in sets {
+        for name in set.as_array().ok_or("a dimension set is not an array")? {
+            let name = name.as_str().ok_or("a dimension name is not a string")?;
+            let value = doc[name]
+                .as_str()
+                .ok_or_else(|| format!("dimension {name} has no string value"))?;
+            dimensions.push((name.to_owned(), value.to_owned()));
+        }
+    }
+    let declared = directive["Metrics"]
+        .as_array()
+        .ok_or("no _aws.CloudWatchMetrics[0].Metrics")?;
+    let mut metrics = Vec::new();
+    for metric in declared {
+        let name = metric["Name"].as_str().ok_or("a metric without Name")?;
+        let values = match &doc[name] {
+            Value::Number(n) => vec![n.as_f64().ok_or("not a finite number")?],
+            Value::Array(values) => values
+                .iter()
+                .map(|v| {
+                    v.as_f64()
+                        .ok_or_else(|| format!("{name}: {v} is no number"))
+                })
+                .collect::<Result<_, _>>()?,
+            other => return Err(format!("metric {name} has no number: {other}")),
+        };
+        metrics.push((name.to_owned(), values));
+    }
+    Ok(EmfDocument {
+        namespace,
+        timestamp,
+        dimensions,
+        metrics,
+    })
+}
+
+/// The sum of `name` over `documents`.
+pub fn emf_sum(documents: &[EmfDocument], name: &str) -> f64 {
+    documents.iter().filter_map(|d| d.value(name)).sum()
 }

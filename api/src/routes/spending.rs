@@ -75,8 +75,14 @@ pub async fn record(
     let spending = NewSpending::from_json(&body)?;
     let idempotency = Idempotency::of(key, &spending);
     let (outcome, replayed) = match state.store.record(&spending, &idempotency).await? {
-        Outcome::Recorded(outcome) => (outcome, false),
-        Outcome::Replayed(outcome) => (outcome, true),
+        Outcome::Recorded(outcome) => {
+            metrics::counter!("obt_api_spendings_recorded_total").increment(1);
+            (outcome, false)
+        }
+        Outcome::Replayed(outcome) => {
+            metrics::counter!("obt_api_idempotent_replays_total").increment(1);
+            (outcome, true)
+        }
     };
     let recorded = Recorded::from(outcome);
     let body = serde_json::to_string(&recorded)

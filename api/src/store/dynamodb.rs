@@ -207,7 +207,10 @@ impl DynamoDbStore {
                 }
             }
             failures += 1;
+            metrics::counter!("obt_api_store_conflicts_total").increment(1);
             if policy.may_retry(failures) {
+                metrics::counter!("obt_api_store_retries_total", "reason" => "conflict")
+                    .increment(1);
                 tokio::time::sleep(policy.delay(failures)).await;
             }
         }
@@ -445,6 +448,8 @@ impl DynamoDbStore {
             if !policy.may_retry(failures) {
                 return Err(error);
             }
+            metrics::counter!("obt_api_store_retries_total", "reason" => "attempt_failed")
+                .increment(1);
             tokio::time::sleep(policy.delay(failures)).await;
         }
     }

@@ -182,9 +182,12 @@ impl MySqlStore {
                 Err(Failure::Retry(e)) => {
                     failures += 1;
                     tracing::debug!(error = %e, failures, "rolled back by a lock conflict");
+                    metrics::counter!("obt_api_store_conflicts_total").increment(1);
                     if !self.retry.may_retry(failures) {
                         return Err(StoreError::Contention { attempts: failures });
                     }
+                    metrics::counter!("obt_api_store_retries_total", "reason" => "conflict")
+                        .increment(1);
                     tokio::time::sleep(self.retry.delay(failures)).await;
                 }
             }
@@ -197,6 +200,7 @@ impl MySqlStore {
         spending: &NewSpending,
         idempotency: &Idempotency,
     ) -> Result<Outcome, Failure> {
+        obt_runtime::metrics::db_query("BEGIN");
         let mut tx = self.pool.begin().await.map_err(classify("BEGIN"))?;
         let written = async {
             let recorded = StoredOutcome::from(&write(&mut tx, spending).await?);
@@ -217,6 +221,7 @@ impl MySqlStore {
         .await;
         match written {
             Ok(recorded @ Outcome::Recorded(_)) => {
+                obt_runtime::metrics::db_query("COMMIT");
                 tx.commit().await.map_err(classify_commit)?;
                 Ok(recorded)
             }
@@ -245,6 +250,7 @@ impl MySqlStore {
     /// user may read (`SELECT` on `obt`, granted by obt-migrate).
     #[instrument(skip_all, fields(identity = %identity))]
     pub async fn summary(&self, identity: &Identity) -> Result<Option<Summary>, StoreError> {
+        obt_runtime::metrics::db_query("SELECT obt_identity");
         let row = sqlx::query(
             "SELECT i.name, i.surname, i.total, i.count, i.last_seq, \
                     (SELECT COUNT(*) FROM obt o WHERE o.identity = i.identity) AS pending \
@@ -279,6 +285,7 @@ impl MySqlStore {
     /// readiness probe).
     #[instrument(skip_all)]
     pub async fn ready(&self) -> Result<(), StoreError> {
+        obt_runtime::metrics::db_query("SELECT obt_identity");
         sqlx::query("SELECT 1 FROM obt_identity LIMIT 1")
             .fetch_optional(&self.pool)
             .await
@@ -290,6 +297,7 @@ impl MySqlStore {
 /// The statements of one attempt, on the transaction's connection.
 async fn write(conn: &mut MySqlConnection, spending: &NewSpending) -> Result<Envelope, Failure> {
     let identity = spending.identity.as_str();
+    obt_runtime::metrics::db_query("INSERT obt_identity");
     sqlx::query(
         "INSERT INTO obt_identity \
              (identity, name, surname, last_seq, total, count, updated_at) \
@@ -304,6 +312,7 @@ async fn write(conn: &mut MySqlConnection, spending: &NewSpending) -> Result<Env
     .await
     .map_err(classify("INSERT obt_identity"))?;
 
+    obt_runtime::metrics::db_query("SELECT obt_identity FOR UPDATE");
     let (last_seq, total, count): (u64, Decimal, u64) = sqlx::query_as(
         "SELECT last_seq, total, count FROM obt_identity WHERE identity = ? FOR UPDATE",
     )
@@ -334,6 +343,7 @@ async fn write(conn: &mut MySqlConnection, spending: &NewSpending) -> Result<Env
         },
     );
     let at = envelope.occurred_at;
+    obt_runtime::metrics::db_query("INSERT obt_spending");
     sqlx::query(
         "INSERT INTO obt_spending (identity, name, surname, amount, seq, created_at) \
          VALUES (?, ?, ?, ?, ?, ?)",
@@ -348,6 +358,7 @@ async fn write(conn: &mut MySqlConnection, spending: &NewSpending) -> Result<Env
     .await
     .map_err(classify("INSERT obt_spending"))?;
 
+    obt_runtime::metrics::db_query("INSERT obt");
     sqlx::query(
         "INSERT INTO obt (event_id, identity, seq, type, payload, created_at) \
          VALUES (?, ?, ?, ?, ?, ?)",
@@ -362,6 +373,7 @@ async fn write(conn: &mut MySqlConnection, spending: &NewSpending) -> Result<Env
     .await
     .map_err(classify("INSERT obt"))?;
 
+    obt_runtime::metrics::db_query("UPDATE obt_identity");
     sqlx::query(
         "UPDATE obt_identity \
          SET name = ?, surname = ?, last_seq = ?, total = ?, count = ?, updated_at = ? \
@@ -402,6 +414,7 @@ async fn insert_key(
     let stored = recorded
         .encode()
         .map_err(|e| Failure::Fail(StoreError::Encode(e.to_string())))?;
+    obt_runtime::metrics::db_query("INSERT obt_idempotency");
     let inserted = sqlx::query(
         "INSERT INTO obt_idempotency \
              (idempotency_key, fingerprint, response_location, response_body, created_at, \
@@ -421,6 +434,7 @@ async fn insert_key(
         Err(e) if number(&e) == Some(code::DUPLICATE_ENTRY) => {}
         Err(e) => return Err(classify("INSERT obt_idempotency")(e)),
     }
+    obt_runtime::metrics::db_query("SELECT obt_idempotency");
     let row = sqlx::query(
         "SELECT fingerprint, response_body, expires_at < ? AS expired \
          FROM obt_idempotency WHERE idempotency_key = ? LOCK IN SHARE MODE",
@@ -444,6 +458,7 @@ async fn insert_key(
         })?;
         return Ok(Some((Fingerprint::stored(fingerprint), stored)));
     }
+    obt_runtime::metrics::db_query("UPDATE obt_idempotency");
     sqlx::query(
         "UPDATE obt_idempotency \
          SET fingerprint = ?, response_location = ?, response_body = ?, created_at = ?, \

@@ -277,8 +277,10 @@ impl MySqlLedger {
     async fn try_apply(&self, event: &Envelope, mode: Mode) -> Result<Applied, Failure> {
         let identity = event.identity.as_str();
         let event_id = event.event_id.to_string();
+        obt_runtime::metrics::db_query("BEGIN");
         let mut tx = self.pool.begin().await.map_err(failed("BEGIN"))?;
 
+        obt_runtime::metrics::db_query("SELECT consumer_identity FOR UPDATE");
         let head: Option<u64> = sqlx::query_scalar(
             "SELECT last_seq FROM consumer_identity WHERE identity = ? FOR UPDATE",
         )
@@ -289,6 +291,7 @@ impl MySqlLedger {
         let last_seq = head.unwrap_or(0);
 
         if event.seq <= last_seq {
+            obt_runtime::metrics::db_query("SELECT obt_spending");
             let stored =
                 sqlx::query("SELECT event_id FROM obt_spending WHERE identity = ? AND seq = ?")
                     .bind(identity)
@@ -299,6 +302,7 @@ impl MySqlLedger {
                     .map_err(failed("SELECT obt_spending"))?;
             if mode == Mode::Parked && stored.as_deref() == Some(event_id.as_str()) {
                 // Applied before: its held copy, if any, goes.
+                obt_runtime::metrics::db_query("DELETE obt_consumer_held");
                 sqlx::query(
                     "DELETE FROM obt_consumer_held WHERE identity = ? AND seq = ? AND event_id = ?",
                 )
@@ -308,6 +312,7 @@ impl MySqlLedger {
                 .execute(&mut *tx)
                 .await
                 .map_err(failed("DELETE obt_consumer_held"))?;
+                obt_runtime::metrics::db_query("COMMIT");
                 tx.commit().await.map_err(failed("COMMIT"))?;
                 return Ok(Applied::Duplicate);
             }
@@ -354,6 +359,7 @@ impl MySqlLedger {
             // The first event of the identity. A concurrent first event
             // makes this a duplicate key (or a deadlock): retried, the
             // transaction then finds and locks the other's head.
+            obt_runtime::metrics::db_query("INSERT consumer_identity");
             sqlx::query(
                 "INSERT INTO consumer_identity \
                  (identity, name, surname, last_seq, total, count, updated_at) \
@@ -383,6 +389,7 @@ impl MySqlLedger {
             .occurred_at
             .checked_sub(time::Duration::nanoseconds(sub_millis))
             .unwrap_or(event.occurred_at);
+        obt_runtime::metrics::db_query("INSERT obt_spending");
         let inserted = sqlx::query(
             "INSERT INTO obt_spending \
              (event_id, identity, seq, name, surname, amount, occurred_at, applied_at) \
@@ -406,6 +413,7 @@ impl MySqlLedger {
             Err(error) => return Err(failed("INSERT obt_spending")(error)),
         }
 
+        obt_runtime::metrics::db_query("UPDATE consumer_identity");
         let updated = sqlx::query(
             "UPDATE consumer_identity SET last_seq = ?, name = ?, surname = ?, \
              total = total + ?, count = count + 1, updated_at = UTC_TIMESTAMP(3) \
@@ -432,6 +440,7 @@ impl MySqlLedger {
             .into());
         }
         if mode == Mode::Parked {
+            obt_runtime::metrics::db_query("DELETE obt_consumer_held");
             sqlx::query("DELETE FROM obt_consumer_held WHERE identity = ? AND seq = ?")
                 .bind(identity)
                 .bind(event.seq)
@@ -439,6 +448,7 @@ impl MySqlLedger {
                 .await
                 .map_err(failed("DELETE obt_consumer_held"))?;
         }
+        obt_runtime::metrics::db_query("COMMIT");
         tx.commit().await.map_err(failed("COMMIT"))?;
         Ok(Applied::New)
     }
@@ -454,6 +464,7 @@ impl MySqlLedger {
     ) -> Result<Applied, Failure> {
         let identity = event.identity.as_str();
         let event_id = event.event_id.to_string();
+        obt_runtime::metrics::db_query("SELECT obt_spending by event_id");
         let by_id = sqlx::query("SELECT identity, seq FROM obt_spending WHERE event_id = ?")
             .bind(&event_id)
             .fetch_optional(&self.pool)
@@ -478,6 +489,7 @@ impl MySqlLedger {
             }
             .into()),
             None => {
+                obt_runtime::metrics::db_query("SELECT obt_spending");
                 let by_seq =
                     sqlx::query("SELECT event_id FROM obt_spending WHERE identity = ? AND seq = ?")
                         .bind(identity)

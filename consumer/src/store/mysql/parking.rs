@@ -37,6 +37,7 @@ pub(super) async fn lock_parking(
 ) -> Result<Option<Parking>, Failure> {
     let query =
         format!("SELECT {PARKING_COLUMNS} FROM obt_consumer_parked WHERE identity = ? FOR UPDATE");
+    obt_runtime::metrics::db_query("SELECT obt_consumer_parked FOR UPDATE");
     let row = sqlx::query(&query)
         .bind(identity)
         .fetch_optional(&mut **tx)
@@ -68,6 +69,7 @@ fn store_failure(failure: Failure) -> LedgerError {
 
 impl MySqlLedger {
     pub async fn state(&self, identity: &str) -> Result<IdentityState, LedgerError> {
+        obt_runtime::metrics::db_query("SELECT consumer_identity");
         let last_seq: Option<u64> =
             sqlx::query_scalar("SELECT last_seq FROM consumer_identity WHERE identity = ?")
                 .bind(identity)
@@ -75,6 +77,7 @@ impl MySqlLedger {
                 .await
                 .map_err(read_failed("SELECT consumer_identity"))?;
         let query = format!("SELECT {PARKING_COLUMNS} FROM obt_consumer_parked WHERE identity = ?");
+        obt_runtime::metrics::db_query("SELECT obt_consumer_parked");
         let parking = sqlx::query(&query)
             .bind(identity)
             .fetch_optional(&self.pool)
@@ -98,26 +101,32 @@ impl MySqlLedger {
         request: &ParkRequest,
         replace: bool,
     ) -> Result<Parking, LedgerError> {
+        obt_runtime::metrics::db_query("BEGIN");
         let mut tx = self.pool.begin().await.map_err(read_failed("BEGIN"))?;
         let existing = lock_parking(&mut tx, identity)
             .await
             .map_err(store_failure)?;
         let written = match &existing {
-            None => sqlx::query(
-                "INSERT INTO obt_consumer_parked \
-                 (identity, cause, reason, seq, message_id, parked_at, version) \
-                 VALUES (?, ?, ?, ?, ?, UTC_TIMESTAMP(3), ?)",
-            )
-            .bind(identity)
-            .bind(request.cause.as_str())
-            .bind(&request.reason)
-            .bind(request.seq)
-            .bind(request.message_id.as_deref())
-            .bind(u64::from(rand::random::<u32>()))
-            .execute(&mut *tx)
-            .await
-            .map(|_| ()),
-            Some(parking) if replace || parking.cause == Cause::Gap => sqlx::query(
+            None => {
+                obt_runtime::metrics::db_query("INSERT obt_consumer_parked");
+                sqlx::query(
+                    "INSERT INTO obt_consumer_parked \
+                     (identity, cause, reason, seq, message_id, parked_at, version) \
+                     VALUES (?, ?, ?, ?, ?, UTC_TIMESTAMP(3), ?)",
+                )
+                .bind(identity)
+                .bind(request.cause.as_str())
+                .bind(&request.reason)
+                .bind(request.seq)
+                .bind(request.message_id.as_deref())
+                .bind(u64::from(rand::random::<u32>()))
+                .execute(&mut *tx)
+                .await
+                .map(|_| ())
+            }
+            Some(parking) if replace || parking.cause == Cause::Gap => {
+                obt_runtime::metrics::db_query("UPDATE obt_consumer_parked");
+                sqlx::query(
                 "UPDATE obt_consumer_parked SET cause = ?, reason = ?, seq = ?, message_id = ?, \
                  parked_at = UTC_TIMESTAMP(3), version = version + 1 WHERE identity = ?",
             )
@@ -128,7 +137,8 @@ impl MySqlLedger {
             .bind(identity)
             .execute(&mut *tx)
             .await
-            .map(|_| ()),
+            .map(|_| ())
+            }
             Some(_) => Ok(()),
         };
         if let Err(e) = written {
@@ -151,6 +161,7 @@ impl MySqlLedger {
         let parking = lock_parking(&mut tx, identity)
             .await
             .map_err(store_failure)?;
+        obt_runtime::metrics::db_query("COMMIT");
         tx.commit().await.map_err(read_failed("COMMIT"))?;
         parking.ok_or_else(|| LedgerError::MySql {
             call: "SELECT obt_consumer_parked",
@@ -163,6 +174,7 @@ impl MySqlLedger {
     pub async fn hold(&self, event: &Envelope) -> Result<Held, HoldError> {
         let identity = event.identity.as_str();
         let event_id = event.event_id.to_string();
+        obt_runtime::metrics::db_query("BEGIN");
         let mut tx = self.pool.begin().await.map_err(read_failed("BEGIN"))?;
         if lock_parking(&mut tx, identity)
             .await
@@ -175,6 +187,7 @@ impl MySqlLedger {
                 seq: event.seq,
             });
         }
+        obt_runtime::metrics::db_query("SELECT obt_consumer_held");
         let held: Option<String> = sqlx::query(
             "SELECT event_id FROM obt_consumer_held WHERE identity = ? AND seq = ? FOR UPDATE",
         )
@@ -200,6 +213,7 @@ impl MySqlLedger {
             }
             None => {}
         }
+        obt_runtime::metrics::db_query("INSERT obt_consumer_held");
         sqlx::query(
             "INSERT INTO obt_consumer_held (identity, seq, event_id, envelope, held_at) \
              VALUES (?, ?, ?, ?, UTC_TIMESTAMP(3))",
@@ -211,17 +225,20 @@ impl MySqlLedger {
         .execute(&mut *tx)
         .await
         .map_err(read_failed("INSERT obt_consumer_held"))?;
+        obt_runtime::metrics::db_query("UPDATE obt_consumer_parked");
         sqlx::query("UPDATE obt_consumer_parked SET version = version + 1 WHERE identity = ?")
             .bind(identity)
             .execute(&mut *tx)
             .await
             .map_err(read_failed("UPDATE obt_consumer_parked"))?;
+        obt_runtime::metrics::db_query("COMMIT");
         tx.commit().await.map_err(read_failed("COMMIT"))?;
         Ok(Held::New)
     }
 
     /// The held events of `identity`, in seq order.
     pub async fn held(&self, identity: &str) -> Result<Vec<Envelope>, LedgerError> {
+        obt_runtime::metrics::db_query("SELECT obt_consumer_held");
         let rows = sqlx::query(
             "SELECT seq, envelope FROM obt_consumer_held WHERE identity = ? ORDER BY seq",
         )
@@ -244,6 +261,7 @@ impl MySqlLedger {
 
     /// Unparks `identity` if nothing is held and the version is `version`.
     pub async fn unpark(&self, identity: &str, version: u64) -> Result<bool, LedgerError> {
+        obt_runtime::metrics::db_query("BEGIN");
         let mut tx = self.pool.begin().await.map_err(read_failed("BEGIN"))?;
         let parking = lock_parking(&mut tx, identity)
             .await
@@ -252,6 +270,7 @@ impl MySqlLedger {
             rollback(tx).await;
             return Ok(false);
         }
+        obt_runtime::metrics::db_query("SELECT COUNT(*) obt_consumer_held");
         let held: i64 =
             sqlx::query_scalar("SELECT COUNT(*) FROM obt_consumer_held WHERE identity = ?")
                 .bind(identity)
@@ -262,11 +281,13 @@ impl MySqlLedger {
             rollback(tx).await;
             return Ok(false);
         }
+        obt_runtime::metrics::db_query("DELETE obt_consumer_parked");
         sqlx::query("DELETE FROM obt_consumer_parked WHERE identity = ?")
             .bind(identity)
             .execute(&mut *tx)
             .await
             .map_err(read_failed("DELETE obt_consumer_parked"))?;
+        obt_runtime::metrics::db_query("COMMIT");
         tx.commit().await.map_err(read_failed("COMMIT"))?;
         Ok(true)
     }
@@ -283,6 +304,7 @@ impl MySqlLedger {
                 .collect::<Vec<_>>()
                 .join(", ")
         );
+        obt_runtime::metrics::db_query("SELECT obt_consumer_parked");
         let rows = sqlx::query(&query)
             .fetch_all(&self.pool)
             .await

@@ -16,7 +16,9 @@ impl MySqlLedger {
         &self,
         identity: &str,
     ) -> Result<Option<AppliedIdentity>, LedgerError> {
+        obt_runtime::metrics::db_query("BEGIN");
         let mut tx = self.pool.begin().await.map_err(read_failed("BEGIN"))?;
+        obt_runtime::metrics::db_query("SELECT consumer_identity");
         let head = sqlx::query(
             "SELECT identity, name, surname, last_seq, total, count, updated_at \
              FROM consumer_identity WHERE identity = ? LOCK IN SHARE MODE",
@@ -30,6 +32,7 @@ impl MySqlLedger {
             return Ok(None);
         };
         let head = head_from_row(&head).map_err(read_failed("reading consumer_identity"))?;
+        obt_runtime::metrics::db_query("SELECT obt_spending");
         let spendings = sqlx::query(
             "SELECT seq, event_id, name, surname, amount, occurred_at, applied_at \
              FROM obt_spending WHERE identity = ? ORDER BY seq",
@@ -50,6 +53,7 @@ impl MySqlLedger {
     /// The heads of every identity, sorted by identity (bytewise, as the
     /// DynamoDB backend sorts them: the column's collation is binary).
     pub async fn list_identities(&self) -> Result<Vec<IdentityHead>, LedgerError> {
+        obt_runtime::metrics::db_query("SELECT consumer_identity");
         let rows = sqlx::query(
             "SELECT identity, name, surname, last_seq, total, count, updated_at \
              FROM consumer_identity ORDER BY identity",
