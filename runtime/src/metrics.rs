@@ -75,12 +75,13 @@ pub fn serve_prometheus(args: &MetricsArgs) -> Result<(), MetricsError> {
         .with_http_listener(addr)
         .set_bucket_duration(SUMMARY_WINDOW / 3)
         .map_err(|e| MetricsError::Build(e.to_string()))?
-        .install().map_err(|e| match e {
-        metrics_exporter_prometheus::BuildError::FailedToCreateHTTPListener(reason) => {
-            MetricsError::Listen { addr, reason }
-        }
-        other => MetricsError::Build(other.to_string()),
-    })?;
+        .install()
+        .map_err(|e| match e {
+            metrics_exporter_prometheus::BuildError::FailedToCreateHTTPListener(reason) => {
+                MetricsError::Listen { addr, reason }
+            }
+            other => MetricsError::Build(other.to_string()),
+        })?;
     tracing::info!(%addr, "serving metrics at /metrics");
     Ok(())
 }
