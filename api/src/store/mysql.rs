@@ -10,7 +10,7 @@
 use std::str::FromStr;
 use std::time::Duration;
 
-use obt_contract::{Envelope, EventType, Identity, SpendingRecorded};
+use obt_contract::{Envelope, EventType, Identity, SpendingRecorded, TraceContext};
 use rust_decimal::Decimal;
 use sqlx::mysql::{MySqlConnectOptions, MySqlConnection, MySqlDatabaseError, MySqlPoolOptions};
 use sqlx::{MySqlPool, Row};
@@ -167,11 +167,12 @@ impl MySqlStore {
         &self,
         spending: &NewSpending,
         idempotency: &Idempotency,
+        trace: Option<&TraceContext>,
     ) -> Result<Outcome, StoreError> {
         let _turn = self.locks.lock(spending.identity.as_str()).await;
         let mut failures: u32 = 0;
         loop {
-            match self.attempt(spending, idempotency).await {
+            match self.attempt(spending, idempotency, trace).await {
                 Ok(outcome) => {
                     if let Outcome::Recorded(recorded) = &outcome {
                         tracing::debug!(seq = recorded.seq, failures, "recorded");
@@ -196,10 +197,11 @@ impl MySqlStore {
         &self,
         spending: &NewSpending,
         idempotency: &Idempotency,
+        trace: Option<&TraceContext>,
     ) -> Result<Outcome, Failure> {
         let mut tx = self.pool.begin().await.map_err(classify("BEGIN"))?;
         let written = async {
-            let recorded = StoredOutcome::from(&write(&mut tx, spending).await?);
+            let recorded = StoredOutcome::from(&write(&mut tx, spending, trace).await?);
             let Idempotency::Keyed(request) = idempotency else {
                 return Ok(Outcome::Recorded(recorded));
             };
@@ -288,7 +290,11 @@ impl MySqlStore {
 }
 
 /// The statements of one attempt, on the transaction's connection.
-async fn write(conn: &mut MySqlConnection, spending: &NewSpending) -> Result<Envelope, Failure> {
+async fn write(
+    conn: &mut MySqlConnection,
+    spending: &NewSpending,
+    trace: Option<&TraceContext>,
+) -> Result<Envelope, Failure> {
     let identity = spending.identity.as_str();
     sqlx::query(
         "INSERT INTO obt_identity \
@@ -332,7 +338,8 @@ async fn write(conn: &mut MySqlConnection, spending: &NewSpending) -> Result<Env
             surname: spending.surname.clone(),
             amount: spending.amount,
         },
-    );
+    )
+    .with_trace(trace.cloned());
     let at = envelope.occurred_at;
     sqlx::query(
         "INSERT INTO obt_spending (identity, name, surname, amount, seq, created_at) \
