@@ -191,7 +191,12 @@ pub async fn run(relay: Relay) -> Result<(), lambda_runtime::Error> {
     let handler = StreamHandler::new(relay);
     lambda_runtime::run(service_fn(move |event: LambdaEvent<Event>| {
         let handler = handler.clone();
-        async move { handler.handle(event.payload).await }
+        async move {
+            let response = handler.handle(event.payload).await;
+            // Before the environment is frozen (OTEL_EXPORTER_OTLP_ENDPOINT).
+            obt_runtime::trace::export::flush().await;
+            response
+        }
     }))
     .await
 }
@@ -247,7 +252,9 @@ pub async fn run_sweeper(sweeper: Sweeper) -> Result<(), lambda_runtime::Error> 
     lambda_runtime::run(service_fn(move |_: LambdaEvent<serde_json::Value>| {
         let sweeper = Arc::clone(&sweeper);
         async move {
-            let summary: SweepSummary = sweeper.sweep().await.map_err(SweepFailed)?;
+            let swept = sweeper.sweep().await;
+            obt_runtime::trace::export::flush().await;
+            let summary: SweepSummary = swept.map_err(SweepFailed)?;
             Ok::<_, SweepFailed>(summary)
         }
     }))
