@@ -9,9 +9,7 @@
 pub mod export;
 
 use obt_contract::{TraceContext, Traceparent};
-use opentelemetry::trace::{
-    SpanContext, SpanId, TraceContextExt, TraceFlags, TraceId, TraceState,
-};
+use opentelemetry::trace::{SpanContext, SpanId, TraceContextExt, TraceFlags, TraceId, TraceState};
 use tracing::Span;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 use tracing_subscriber::Registry;
@@ -53,7 +51,10 @@ pub fn start(span: &Span, parent: Option<&TraceContext>) -> TraceContext {
         traceparent,
         tracestate: parent.and_then(|p| p.tracestate.clone()),
     };
-    span.record("trace_id", tracing::field::display(traceparent.trace_id_hex()));
+    span.record(
+        "trace_id",
+        tracing::field::display(traceparent.trace_id_hex()),
+    );
     span.with_subscriber(|(id, dispatch)| {
         if let Some(span) = dispatch
             .downcast_ref::<Registry>()

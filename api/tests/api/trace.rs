@@ -47,7 +47,10 @@ async fn the_event_joins_the_callers_trace_with_the_request_as_its_parent() {
     .await;
     assert_eq!(response.status, StatusCode::CREATED, "{}", response.text);
 
-    let trace = only_event(&app, "TR1").await.trace.expect("a trace context");
+    let trace = only_event(&app, "TR1")
+        .await
+        .trace
+        .expect("a trace context");
     assert_eq!(trace.traceparent.trace_id_hex(), TRACE_ID);
     assert_ne!(
         trace.traceparent.parent_id_hex(),
@@ -82,11 +85,22 @@ async fn without_a_valid_traceparent_the_request_starts_a_trace_and_is_not_refus
             .chain([("tracestate", "congo=t61rcWkgMzE")])
             .collect();
         let response = post_with(&app, &headers, &spending(&identity, "Martin", "5")).await;
-        assert_eq!(response.status, StatusCode::CREATED, "{value:?}: {}", response.text);
+        assert_eq!(
+            response.status,
+            StatusCode::CREATED,
+            "{value:?}: {}",
+            response.text
+        );
 
-        let trace = only_event(&app, &identity).await.trace.expect("a new trace");
+        let trace = only_event(&app, &identity)
+            .await
+            .trace
+            .expect("a new trace");
         assert_ne!(trace.traceparent.trace_id_hex(), TRACE_ID, "{value:?}");
-        assert_eq!(trace.tracestate, None, "{value:?}: no tracestate without its traceparent");
+        assert_eq!(
+            trace.tracestate, None,
+            "{value:?}: no tracestate without its traceparent"
+        );
         trace_ids.push(trace.traceparent.trace_id());
     }
     trace_ids.sort_unstable();

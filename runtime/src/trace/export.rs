@@ -34,9 +34,7 @@ static PROVIDER: OnceLock<SdkTracerProvider> = OnceLock::new();
 /// Why spans cannot be exported (the process runs on without export).
 #[derive(Debug, thiserror::Error)]
 pub enum ExportError {
-    #[error(
-        "span export needs a Tokio runtime: call init_tracing inside one (#[tokio::main])"
-    )]
+    #[error("span export needs a Tokio runtime: call init_tracing inside one (#[tokio::main])")]
     NoRuntime,
     #[error("cannot build the HTTP client of the span export: {0}")]
     Client(#[source] std::io::Error),
@@ -156,7 +154,9 @@ impl HttpClient for OtlpClient {
             .spawn(async move { tokio::time::timeout(TIMEOUT, exchange).await });
         match task.await? {
             Ok(result) => result,
-            Err(_) => Err(format!("no answer from the collector in {} s", TIMEOUT.as_secs()).into()),
+            Err(_) => {
+                Err(format!("no answer from the collector in {} s", TIMEOUT.as_secs()).into())
+            }
         }
     }
 }
