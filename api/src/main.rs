@@ -24,9 +24,13 @@ async fn main() -> anyhow::Result<()> {
             tracing::info!(address = %app.local_addr(), storage = "mysql", "listening")
         }
     }
-    app.run_until(obt_runtime::shutdown_signal())
+    let served = app
+        .run_until(obt_runtime::shutdown_signal())
         .await
-        .context("serving the api")?;
+        .context("serving the api");
+    // The last spans, when they are exported (OTEL_EXPORTER_OTLP_ENDPOINT).
+    obt_runtime::trace::export::shutdown().await;
+    served?;
     tracing::info!("stopped");
     Ok(())
 }

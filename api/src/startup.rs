@@ -188,12 +188,20 @@ fn request_span<B>(request: &Request<B>) -> Span {
         .get("x-request-id")
         .and_then(|v| v.to_str().ok())
         .unwrap_or("-");
-    tracing::info_span!(
+    let span = tracing::info_span!(
         "request",
         request_id = %request_id,
         method = %request.method(),
         path = %request.uri().path(),
-    )
+        trace_id = tracing::field::Empty,
+    );
+    // The caller's W3C trace, or a new one: an invalid traceparent is
+    // ignored, never refused.
+    obt_runtime::trace::start(
+        &span,
+        obt_runtime::trace::from_headers(request.headers()).as_ref(),
+    );
+    span
 }
 
 /// Why the server could not start.

@@ -1,4 +1,5 @@
-//! Every log line of a request carries its request id.
+//! Every log line of a request carries its request id and its trace id
+//! (the caller's, from `traceparent`).
 //!
 //! A test binary of its own: it installs the global subscriber, and tracing
 //! caches per call site whether anyone listens, which tests running in
@@ -37,7 +38,7 @@ impl<'a> MakeWriter<'a> for Captured {
 }
 
 #[tokio::test]
-async fn every_log_line_of_a_request_carries_its_request_id() {
+async fn every_log_line_of_a_request_carries_its_request_id_and_trace_id() {
     let captured = Captured::default();
     tracing_subscriber::fmt()
         .with_env_filter("obt_api=debug,tower_http=debug")
@@ -55,6 +56,10 @@ async fn every_log_line_of_a_request_carries_its_request_id() {
     let request = Request::post("/api/v1/spending")
         .header("content-type", "application/json")
         .header("x-request-id", "trace-me-7")
+        .header(
+            "traceparent",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+        )
         .body(Body::from(
             r#"{"identity":"AB1","name":"Martin","surname":"Robi","amount":1}"#,
         ))
@@ -82,6 +87,10 @@ async fn every_log_line_of_a_request_carries_its_request_id() {
         assert!(
             line.contains("request_id=trace-me-7"),
             "a line without the request id: {line}"
+        );
+        assert!(
+            line.contains("trace_id=4bf92f3577b34da6a3ce929d0e0e4736"),
+            "a line without the caller's trace id: {line}"
         );
     }
 }

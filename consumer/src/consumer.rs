@@ -15,7 +15,7 @@ use obt_runtime::backoff::Backoff;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::instrument::WithSubscriber;
-use tracing::{Instrument, Span, debug, error, info, info_span, instrument, warn};
+use tracing::{Instrument, debug, error, info, info_span, warn};
 
 use crate::batch::{self, Disposition};
 use crate::config::Settings;
@@ -408,16 +408,35 @@ impl Consumer {
         }
     }
 
-    /// Handles one message and deletes it once its fate is committed.
-    #[instrument(skip_all, fields(identity, seq, message_id = %message.message_id))]
+    /// Handles one message and deletes it once its fate is committed, in a
+    /// span that continues the event's trace (its envelope's `trace`; a new
+    /// trace without one), so that its log lines carry the api's
+    /// `trace_id`.
     pub async fn handle_message(&self, message: Received) -> Disposition<StopReason> {
-        let handled = match decode(&message) {
-            Ok(event) => {
-                let span = Span::current();
-                span.record("identity", tracing::field::display(&event.identity));
-                span.record("seq", event.seq);
-                self.handle_event(&message, &event).await
-            }
+        let decoded = decode(&message);
+        let span = info_span!(
+            "handle_message",
+            identity = tracing::field::Empty,
+            seq = tracing::field::Empty,
+            message_id = %message.message_id,
+            trace_id = tracing::field::Empty,
+        );
+        if let Ok(event) = &decoded {
+            span.record("identity", tracing::field::display(&event.identity));
+            span.record("seq", event.seq);
+        }
+        let parent = decoded.as_ref().ok().and_then(|event| event.trace.as_ref());
+        obt_runtime::trace::start(&span, parent);
+        self.handle_decoded(message, decoded).instrument(span).await
+    }
+
+    async fn handle_decoded(
+        &self,
+        message: Received,
+        decoded: Result<Envelope, PoisonReason>,
+    ) -> Disposition<StopReason> {
+        let handled = match decoded {
+            Ok(event) => self.handle_event(&message, &event).await,
             Err(reason) => self.poison(&message, &reason).await,
         };
         if let Err(Deferred) = handled {

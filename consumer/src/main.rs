@@ -22,6 +22,8 @@ async fn main() -> anyhow::Result<()> {
         // for a person at a terminal.
         tracing::error!(error = format!("{e:#}"), "the consumer stopped on an error");
     }
+    // The last spans, when they are exported (OTEL_EXPORTER_OTLP_ENDPOINT).
+    obt_runtime::trace::export::shutdown().await;
     result
 }
 

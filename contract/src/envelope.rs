@@ -9,6 +9,7 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use time::OffsetDateTime;
 use uuid::Uuid;
 
+use crate::trace::TraceContext;
 use crate::values::{Amount, Identity, PersonName};
 
 /// The version of the envelope's shape that this crate writes and reads.
@@ -92,6 +93,16 @@ pub struct Envelope {
     #[serde(with = "time::serde::rfc3339")]
     pub occurred_at: OffsetDateTime,
     pub data: SpendingRecorded,
+    /// The trace of the request that wrote the event (W3C Trace Context),
+    /// so that the consumer's work joins it. Optional both ways: absent
+    /// from events of earlier builds, written only when present, and a
+    /// value that is not valid reads as absent (`docs/CONTRACT.md`).
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "crate::trace::lenient"
+    )]
+    pub trace: Option<TraceContext>,
 }
 
 /// Why a message body is not an [`Envelope`] this version can apply.
@@ -116,7 +127,14 @@ impl Envelope {
             seq,
             occurred_at: now_millis(),
             data,
+            trace: None,
         }
+    }
+
+    /// The same event in the trace `trace`.
+    pub fn with_trace(mut self, trace: Option<TraceContext>) -> Self {
+        self.trace = trace;
+        self
     }
 
     /// Reads and validates a published message body.
@@ -273,6 +291,57 @@ mod tests {
         assert_eq!(json["event_id"], envelope.event_id.to_string());
         let occurred = json["occurred_at"].as_str().expect("a string");
         assert!(occurred.ends_with('Z'), "RFC 3339 in UTC: {occurred}");
+    }
+
+    const TRACEPARENT: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+
+    fn traced() -> Envelope {
+        sample().with_trace(crate::trace::TraceContext::from_headers(
+            Some(TRACEPARENT),
+            Some("congo=t61rcWkgMzE"),
+        ))
+    }
+
+    #[test]
+    fn a_trace_context_is_written_only_when_present_and_round_trips() {
+        let untraced: serde_json::Value = serde_json::from_str(&sample().encode()).expect("json");
+        assert!(untraced.get("trace").is_none(), "{untraced}");
+
+        let envelope = traced();
+        let body = envelope.encode();
+        let json: serde_json::Value = serde_json::from_str(&body).expect("json");
+        assert_eq!(json["trace"]["traceparent"], TRACEPARENT);
+        assert_eq!(json["trace"]["tracestate"], "congo=t61rcWkgMzE");
+        assert_eq!(Envelope::decode(&body).expect("decodes"), envelope);
+    }
+
+    #[test]
+    fn an_event_without_trace_context_still_decodes() {
+        // The documented example of docs/CONTRACT.md, as earlier builds wrote it.
+        let body = r#"{"event_id":"019ac8f4-5b7e-7d43-9a51-6f2f7f0c9b1e","type":"SpendingRecorded","schema_version":1,"identity":"AB1","seq":1,"occurred_at":"2026-11-28T00:41:07.123Z","data":{"name":"Martin","surname":"Robi","amount":"51.30"}}"#;
+        let event = Envelope::decode(body).expect("decodes");
+        assert_eq!(event.trace, None);
+        assert_eq!(event.seq, 1);
+    }
+
+    #[test]
+    fn an_unreadable_trace_context_reads_as_none_and_never_refuses_the_event() {
+        let good: serde_json::Value = serde_json::from_str(&traced().encode()).expect("json");
+        let cases = [
+            serde_json::json!({"traceparent": "00-00000000000000000000000000000000-00f067aa0ba902b7-01"}),
+            serde_json::json!({"traceparent": "not one"}),
+            serde_json::json!({"traceparent": 5}),
+            serde_json::json!({"tracestate": "congo=t61rcWkgMzE"}),
+            serde_json::json!("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"),
+            serde_json::Value::Null,
+        ];
+        for trace in cases {
+            let mut doc = good.clone();
+            doc["trace"] = trace.clone();
+            let event = Envelope::decode(&doc.to_string()).expect("still decodes");
+            assert_eq!(event.trace, None, "{trace}");
+            assert_eq!(event.data, sample().data);
+        }
     }
 
     #[test]

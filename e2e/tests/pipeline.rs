@@ -476,6 +476,7 @@ async fn a_message_sent_twice_by_hand_is_applied_once() {
             surname: PersonName::parse("Robi").expect("valid"),
             amount: obt_contract::Amount::parse("10.00").expect("valid"),
         },
+        trace: None,
     };
     obt_testkit::send_raw(
         pipeline.stack(),

@@ -2,8 +2,9 @@
 //! them log, load their AWS configuration and stop the same way, and the
 //! few helpers they all need once: the settings they share ([`args`]),
 //! the backoff of every retry ([`backoff`]), the one-line rendering of
-//! an error and its causes ([`error_chain`]) and where the metrics go
-//! ([`metrics`]).
+//! an error and its causes ([`error_chain`]), where the metrics go
+//! ([`metrics`]), and the W3C trace context of a unit of work, exported
+//! over OTLP when asked ([`trace`]).
 
 use std::io::IsTerminal;
 
@@ -11,6 +12,7 @@ pub mod args;
 pub mod backoff;
 mod error;
 pub mod metrics;
+pub mod trace;
 
 pub use error::error_chain;
 
@@ -85,19 +87,45 @@ pub enum LogFormat {
 
 /// Installs the global subscriber. The level comes from `RUST_LOG`
 /// (default `info`). Logs go to stderr; stdout is left to the programs.
+///
+/// With `OTEL_EXPORTER_OTLP_ENDPOINT` set, spans are also exported over
+/// OTLP ([`trace::export`]); call [`trace::export::shutdown`] before the
+/// process exits so that the last ones are sent. An export that cannot be
+/// set up is logged as a warning and the process runs on without it:
+/// tracing must not stop the service.
 pub fn init_tracing(format: LogFormat) {
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal());
-    match format {
-        LogFormat::Json => builder
+    let ansi = std::io::stderr().is_terminal();
+    let json = (format == LogFormat::Json).then(|| {
+        tracing_subscriber::fmt::layer()
+            .with_writer(std::io::stderr)
             .json()
             .flatten_event(true)
             .with_current_span(true)
-            .init(),
-        LogFormat::Text => builder.init(),
+    });
+    let text = (format == LogFormat::Text).then(|| {
+        tracing_subscriber::fmt::layer()
+            .with_writer(std::io::stderr)
+            .with_ansi(ansi)
+    });
+    let (tracer, export_error) = match trace::export::tracer() {
+        Ok(tracer) => (tracer, None),
+        Err(e) => (None, Some(e)),
+    };
+    let otel = tracer.map(|tracer| tracing_opentelemetry::layer().with_tracer(tracer));
+    let installed = tracing_subscriber::registry()
+        .with(filter)
+        .with(json)
+        .with(text)
+        .with(otel)
+        .try_init();
+    if installed.is_ok() {
+        if let Some(e) = export_error {
+            tracing::warn!(error = %error_chain(&e), "spans are not exported");
+        }
     }
 }
 

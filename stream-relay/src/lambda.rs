@@ -216,6 +216,8 @@ pub async fn run(relay: Relay, metrics: Emf) -> Result<(), lambda_runtime::Error
         async move {
             let answer = handler.handle(event.payload).await;
             metrics.flush();
+            // Before the environment is frozen (OTEL_EXPORTER_OTLP_ENDPOINT).
+            obt_runtime::trace::export::flush().await;
             answer
         }
     }))
@@ -275,6 +277,7 @@ pub async fn run_sweeper(sweeper: Sweeper, metrics: Emf) -> Result<(), lambda_ru
         async move {
             let swept = sweeper.sweep().await;
             metrics.flush();
+            obt_runtime::trace::export::flush().await;
             let summary: SweepSummary = swept.map_err(SweepFailed)?;
             Ok::<_, SweepFailed>(summary)
         }

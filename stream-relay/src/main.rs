@@ -23,14 +23,19 @@ async fn main() -> anyhow::Result<()> {
             shutdown.cancel();
         }
     });
-    match settings.mysql.storage.storage {
-        Storage::Dynamodb => {
-            let daemon = obt_stream_relay::startup::daemon(&config, &settings).await?;
-            Arc::new(daemon).run(shutdown).await;
-        }
-        Storage::Mysql => run_poller(&config, &settings, shutdown).await?,
-    }
-    Ok(())
+    let result = match settings.mysql.storage.storage {
+        Storage::Dynamodb => match obt_stream_relay::startup::daemon(&config, &settings).await {
+            Ok(daemon) => {
+                Arc::new(daemon).run(shutdown).await;
+                Ok(())
+            }
+            Err(e) => Err(e.into()),
+        },
+        Storage::Mysql => run_poller(&config, &settings, shutdown).await,
+    };
+    // The last spans, when they are exported (OTEL_EXPORTER_OTLP_ENDPOINT).
+    obt_runtime::trace::export::shutdown().await;
+    result
 }
 
 #[cfg(feature = "mysql")]

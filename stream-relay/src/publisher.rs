@@ -12,12 +12,19 @@
 //! times, then reported ([`PublishFailure`]) for the caller to retry later.
 //! Either way what was not accepted is, for each identity, a tail of its
 //! events, so "published up to" stays a plain number.
+//!
+//! An event with a trace context travels with it twice: the message
+//! attribute [`TRACEPARENT_ATTRIBUTE`] (W3C) and the `AWSTraceHeader`
+//! system attribute (X-Ray), so that either kind of tracer can follow it.
 
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
 use aws_sdk_sqs::Client;
-use aws_sdk_sqs::types::SendMessageBatchRequestEntry;
+use aws_sdk_sqs::types::{
+    MessageAttributeValue, MessageSystemAttributeNameForSends, MessageSystemAttributeValue,
+    SendMessageBatchRequestEntry,
+};
 use obt_contract::Envelope;
 
 use crate::backoff::Backoff;
@@ -25,10 +32,29 @@ use crate::backoff::Backoff;
 /// The most entries SQS accepts in one `SendMessageBatch`.
 pub const MAX_BATCH: usize = 10;
 
-/// The largest message body SQS accepts, and the largest sum of the bodies
-/// of one batch: 256 KiB, which every queue takes (a queue may be set
-/// lower; an event of this contract is a few hundred bytes).
+/// The largest message SQS accepts (its body and its message attributes,
+/// see [`message_bytes`]), and the largest sum of the messages of one
+/// batch: 256 KiB, which every queue takes (a queue may be set lower; an
+/// event of this contract is a few hundred bytes).
 pub const MAX_BODY_BYTES: usize = 262_144;
+
+/// The message attribute holding the event's W3C `traceparent`.
+pub const TRACEPARENT_ATTRIBUTE: &str = "traceparent";
+
+/// The data type of [`TRACEPARENT_ATTRIBUTE`].
+const STRING: &str = "String";
+
+/// What counts against SQS's size limits for `event`'s message: the body
+/// and each message attribute's name, data type and value. The
+/// `AWSTraceHeader` system attribute does not count ("The size of a
+/// message system attribute doesn't count towards the total size of a
+/// message", SendMessage).
+pub fn message_bytes(event: &Envelope) -> usize {
+    let attributes = event.trace.as_ref().map_or(0, |trace| {
+        TRACEPARENT_ATTRIBUTE.len() + STRING.len() + trace.traceparent.to_string().len()
+    });
+    event.encode().len() + attributes
+}
 
 /// The error codes of a failed `SendMessageBatch` entry that blame the
 /// message itself (with `SenderFault`): no retry can succeed. Any other
@@ -325,7 +351,7 @@ impl<'e> Tally<'e> {
             let mut sendable = Vec::with_capacity(batch.len());
             for index in batch {
                 let event = &self.events[index];
-                let size = event.encode().len();
+                let size = message_bytes(event);
                 if self.stopped.contains(event.identity.as_str()) {
                     self.report.held.push(index);
                 } else if size > MAX_BODY_BYTES {
@@ -333,7 +359,7 @@ impl<'e> Tally<'e> {
                         index,
                         code: TOO_LONG.to_owned(),
                         message: format!(
-                            "the message body is {size} bytes; SQS takes at most {MAX_BODY_BYTES}"
+                            "the message (body and attributes) is {size} bytes; SQS takes at most {MAX_BODY_BYTES}"
                         ),
                     }]);
                 } else {
@@ -372,13 +398,28 @@ impl<'e> Tally<'e> {
 }
 
 fn entry(index: usize, event: &Envelope) -> Result<SendMessageBatchRequestEntry, PublishError> {
-    SendMessageBatchRequestEntry::builder()
+    let failed = |e: aws_sdk_sqs::error::BuildError| PublishError::Entry(e.to_string());
+    let mut entry = SendMessageBatchRequestEntry::builder()
         .id(index.to_string())
         .message_body(event.encode())
         .message_group_id(event.identity.as_str())
-        .message_deduplication_id(event.event_id.to_string())
-        .build()
-        .map_err(|e| PublishError::Entry(e.to_string()))
+        .message_deduplication_id(event.event_id.to_string());
+    if let Some(trace) = &event.trace {
+        let traceparent = MessageAttributeValue::builder()
+            .data_type(STRING)
+            .string_value(trace.traceparent.to_string())
+            .build()
+            .map_err(failed)?;
+        let xray = MessageSystemAttributeValue::builder()
+            .data_type(STRING)
+            .string_value(trace.traceparent.to_xray())
+            .build()
+            .map_err(failed)?;
+        entry = entry
+            .message_attributes(TRACEPARENT_ATTRIBUTE, traceparent)
+            .message_system_attributes(MessageSystemAttributeNameForSends::AwsTraceHeader, xray);
+    }
+    entry.build().map_err(failed)
 }
 
 /// Splits `events` into batches of at most [`MAX_BATCH`] entries and
@@ -398,7 +439,7 @@ pub fn plan_batch_indexes(events: &[Envelope]) -> Vec<Vec<usize>> {
     let mut last_batch_of: HashMap<&str, usize> = HashMap::new();
     for (i, event) in events.iter().enumerate() {
         let group = event.identity.as_str();
-        let size = event.encode().len();
+        let size = message_bytes(event);
         let earliest = last_batch_of.get(group).map_or(0, |b| b + 1);
         let fits = |(batch, bytes): &(Vec<usize>, usize)| {
             batch.len() < MAX_BATCH && (batch.is_empty() || bytes + size <= MAX_BODY_BYTES)
@@ -570,6 +611,49 @@ mod tests {
         let events: Vec<Envelope> = (0..25).map(|i| event(&format!("I{i}"), 1)).collect();
         let sizes: Vec<usize> = plan_batches(&events).iter().map(Vec::len).collect();
         assert_eq!(sizes, vec![10, 10, 5]);
+    }
+
+    fn traced(identity: &str, seq: u64) -> Envelope {
+        event(identity, seq).with_trace(obt_contract::TraceContext::from_headers(
+            Some("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"),
+            Some("congo=t61rcWkgMzE"),
+        ))
+    }
+
+    #[test]
+    fn the_size_of_a_message_counts_its_traceparent_attribute() {
+        let plain = event("A", 1);
+        assert_eq!(message_bytes(&plain), plain.encode().len());
+        let traced = traced("A", 1);
+        // "traceparent" + "String" + the 55-character value.
+        assert_eq!(message_bytes(&traced), traced.encode().len() + 11 + 6 + 55);
+    }
+
+    #[test]
+    fn a_traced_event_carries_its_traceparent_and_xray_header() {
+        let sent = entry(0, &traced("A", 1)).expect("an entry");
+        let attribute = sent
+            .message_attributes()
+            .and_then(|a| a.get(TRACEPARENT_ATTRIBUTE))
+            .expect("the traceparent attribute");
+        assert_eq!(attribute.data_type(), "String");
+        assert_eq!(
+            attribute.string_value(),
+            Some("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01")
+        );
+        let xray = sent
+            .message_system_attributes()
+            .and_then(|a| a.get(&MessageSystemAttributeNameForSends::AwsTraceHeader))
+            .expect("the AWSTraceHeader system attribute");
+        assert_eq!(xray.data_type(), "String");
+        assert_eq!(
+            xray.string_value(),
+            Some("Root=1-4bf92f35-77b34da6a3ce929d0e0e4736;Parent=00f067aa0ba902b7;Sampled=1")
+        );
+
+        let plain = entry(0, &event("A", 1)).expect("an entry");
+        assert!(plain.message_attributes().is_none());
+        assert!(plain.message_system_attributes().is_none());
     }
 
     #[test]

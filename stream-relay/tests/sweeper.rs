@@ -39,7 +39,7 @@ async fn record(stack: &Stack, identity: &str, count: u64) {
             amount: Amount::parse(&format!("{}.10", i + 1)).expect("amount"),
         };
         store
-            .record(&spending, &Idempotency::Unkeyed)
+            .record(&spending, &Idempotency::Unkeyed, None)
             .await
             .expect("record");
     }

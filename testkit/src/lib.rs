@@ -26,6 +26,7 @@
 //!   redrive at maxReceiveCount), where fauxqs is gentler.
 //! - [`lambda`]: a Lambda function binary behind cargo-lambda's Runtime API
 //!   emulator, and the DynamoDB stream events to invoke it with.
+//! - [`otlp`]: an OTLP/HTTP receiver standing in for a trace collector.
 
 use std::future::Future;
 use std::path::PathBuf;
@@ -43,6 +44,7 @@ pub mod fault_proxy;
 pub mod lambda;
 #[cfg(feature = "mysql")]
 pub mod mysql;
+pub mod otlp;
 pub mod outbox;
 pub mod sqs_model;
 pub mod sqs_proxy;
@@ -202,16 +204,33 @@ pub struct Service {
 
 impl Service {
     /// Starts `name` with the current environment plus `env`. Its log
-    /// goes to the test's stderr, at `warn` unless `RUST_LOG` says
-    /// otherwise (`RUST_LOG=info scripts/test.sh` to see everything).
+    /// goes to the test's stderr, at `warn` unless `RUST_LOG` (in `env`, or
+    /// the test's own) says otherwise (`RUST_LOG=info scripts/test.sh` to
+    /// see everything).
     pub fn start(name: &str, env: &[(&str, String)]) -> Self {
+        Self::spawn(name, env, None)
+    }
+
+    /// [`Service::start`] with the log (stderr) written to the file `log`
+    /// instead, for a test to read.
+    pub fn start_logging_to(name: &str, env: &[(&str, String)], log: &std::path::Path) -> Self {
+        let file = std::fs::File::create(log)
+            .unwrap_or_else(|e| panic!("creating the log {}: {e}", log.display()));
+        Self::spawn(name, env, Some(file))
+    }
+
+    fn spawn(name: &str, env: &[(&str, String)], log: Option<std::fs::File>) -> Self {
         let mut command = Command::new(bin_path(name));
+        if let Some(log) = log {
+            command.stderr(log);
+        }
         command
-            .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
             .env(
                 "RUST_LOG",
                 std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".to_owned()),
             )
+            // A test's own RUST_LOG (to read a log line) wins.
+            .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
             .stdin(Stdio::null())
             .kill_on_drop(true);
         let child = command

@@ -46,6 +46,11 @@
 //! - **Batches answer per entry** ([SendMessageBatch](https://docs.aws.amazon.com/AWSSimpleQueueService/latest/APIReference/API_SendMessageBatch.html));
 //!   an entry SendMessage would refuse (no group, characters SQS refuses,
 //!   too large) fails alone.
+//! - **`AWSTraceHeader`**, the one message system attribute SQS takes
+//!   ([SendMessage](https://docs.aws.amazon.com/AWSSimpleQueueService/latest/APIReference/API_SendMessage.html),
+//!   MessageSystemAttributes): a String holding an X-Ray trace header,
+//!   refused otherwise, not counted in the message's size, and returned
+//!   by a receive that asks for it (or `All`). fauxqs 1.9.2 drops it.
 //!
 //! Not modelled: standard queues, content-based deduplication, delays,
 //! high-throughput mode, retention, throttling, the 20,000 in-flight limit,

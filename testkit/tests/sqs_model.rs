@@ -649,3 +649,80 @@ async fn fauxqs_hands_out_one_message_of_a_group_per_receive_where_sqs_and_the_m
     );
     assert_eq!(bodies(&from_model), ["g1", "g2", "g3"]);
 }
+
+fn trace_header(value: &str) -> aws_sdk_sqs::types::MessageSystemAttributeValue {
+    aws_sdk_sqs::types::MessageSystemAttributeValue::builder()
+        .data_type("String")
+        .string_value(value)
+        .build()
+        .expect("system attribute")
+}
+
+const XRAY: &str = "Root=1-4bf92f35-77b34da6a3ce929d0e0e4736;Parent=00f067aa0ba902b7;Sampled=1";
+
+/// Sends one message with the `AWSTraceHeader` system attribute `header`.
+async fn send_traced(
+    sqs: &Client,
+    url: &str,
+    body: &str,
+    header: &str,
+) -> Result<(), aws_sdk_sqs::error::SdkError<aws_sdk_sqs::operation::send_message::SendMessageError>>
+{
+    sqs.send_message()
+        .queue_url(url)
+        .message_group_id("g")
+        .message_deduplication_id(format!("d{}", body.len()))
+        .message_body(body)
+        .message_system_attributes(
+            aws_sdk_sqs::types::MessageSystemAttributeNameForSends::AwsTraceHeader,
+            trace_header(header),
+        )
+        .send()
+        .await
+        .map(|_| ())
+}
+
+#[tokio::test]
+async fn the_aws_trace_header_round_trips_uncounted_and_a_malformed_one_is_refused() {
+    let f = fixture(5).await;
+    // A body at the size limit: the system attribute does not count.
+    let body = "x".repeat(262_144);
+    send_traced(&f.sqs, &f.queue_url, &body, XRAY)
+        .await
+        .expect("SendMessage with AWSTraceHeader");
+    let refused = send_traced(&f.sqs, &f.queue_url, "m2", "Root=not-xray")
+        .await
+        .expect_err("a malformed X-Ray header");
+    assert_eq!(refused.code(), Some("InvalidParameterValue"));
+
+    let messages = receive(&f.sqs, &f.queue_url, 10, 1).await;
+    assert_eq!(messages.len(), 1);
+    assert_eq!(
+        attribute(&messages[0], &MessageSystemAttributeName::AwsTraceHeader),
+        XRAY
+    );
+    let snapshot = &f.model.messages(&f.names.queue)[0];
+    assert_eq!(snapshot.trace_header.as_deref(), Some(XRAY));
+}
+
+#[tokio::test]
+async fn fauxqs_takes_the_aws_trace_header_and_drops_it_where_sqs_and_the_model_return_it() {
+    let fauxqs = Client::new(&obt_testkit::aws().await);
+    let fauxqs_url = fauxqs_queue(&fauxqs).await;
+    let f = fixture(5).await;
+    let mut returned = Vec::new();
+    for (sqs, url) in [(&fauxqs, &fauxqs_url), (&f.sqs, &f.queue_url)] {
+        send_traced(sqs, url, "traced", XRAY)
+            .await
+            .expect("SendMessage with AWSTraceHeader is accepted");
+        let messages = receive(sqs, url, 10, 1).await;
+        assert_eq!(bodies(&messages), ["traced"]);
+        returned.push(
+            messages[0]
+                .attributes()
+                .and_then(|a| a.get(&MessageSystemAttributeName::AwsTraceHeader))
+                .cloned(),
+        );
+    }
+    assert_eq!(returned, [None, Some(XRAY.to_owned())]);
+}

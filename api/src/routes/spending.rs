@@ -61,7 +61,8 @@ impl Recorded {
 /// Records a spending. With an `Idempotency-Key` (see
 /// [`crate::idempotency`]), a retry is answered as the first request was,
 /// with `Idempotent-Replayed: true`; with authentication, the key is the
-/// principal's own.
+/// principal's own. The event joins the request's trace (`traceparent`,
+/// see [`obt_runtime::trace`]); a replay answers as the first request did.
 pub async fn record(
     State(state): State<AppState>,
     principal: Option<Extension<Principal>>,
@@ -74,7 +75,15 @@ pub async fn record(
     });
     let spending = NewSpending::from_json(&body)?;
     let idempotency = Idempotency::of(key, &spending);
-    let (outcome, replayed) = match state.store.record(&spending, &idempotency).await? {
+    let trace = obt_runtime::trace::current().unwrap_or_else(|| {
+        // Logging is off for the request's span: a context of its own.
+        obt_runtime::trace::start(
+            &tracing::Span::none(),
+            obt_runtime::trace::from_headers(&headers).as_ref(),
+        )
+    });
+    let recorded = state.store.record(&spending, &idempotency, Some(&trace));
+    let (outcome, replayed) = match recorded.await? {
         Outcome::Recorded(outcome) => {
             metrics::counter!("obt_api_spendings_recorded_total").increment(1);
             (outcome, false)

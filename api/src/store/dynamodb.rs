@@ -17,7 +17,7 @@ use aws_sdk_dynamodb::types::{AttributeValue, Put, TransactWriteItem, Update};
 use obt_contract::outbox::{
     PENDING_BUCKET_ATTR, PENDING_SINCE_ATTR, outbox_key, pending_bucket, pending_since,
 };
-use obt_contract::{Envelope, Identity, SpendingRecorded};
+use obt_contract::{Envelope, Identity, SpendingRecorded, TraceContext};
 use obt_runtime::backoff::Backoff;
 use time::format_description::well_known::Rfc3339;
 use tracing::instrument;
@@ -113,11 +113,12 @@ impl DynamoDbStore {
         &self,
         spending: &NewSpending,
         idempotency: &Idempotency,
+        trace: Option<&TraceContext>,
     ) -> Result<Outcome, StoreError> {
         let _turn = self.locks.lock(spending.identity.as_str()).await;
         let mut outcome_unknown = false;
         let result = self
-            .try_record(spending, idempotency, &mut outcome_unknown)
+            .try_record(spending, idempotency, trace, &mut outcome_unknown)
             .await;
         result.map_err(|error| match error {
             // The key is another request's: true whatever this one did.
@@ -134,6 +135,7 @@ impl DynamoDbStore {
         &self,
         spending: &NewSpending,
         idempotency: &Idempotency,
+        trace: Option<&TraceContext>,
         outcome_unknown: &mut bool,
     ) -> Result<Outcome, StoreError> {
         let policy = self.options.retry;
@@ -168,7 +170,8 @@ impl DynamoDbStore {
                     surname: spending.surname.clone(),
                     amount: spending.amount,
                 },
-            );
+            )
+            .with_trace(trace.cloned());
             let written = match idempotency {
                 Idempotency::Unkeyed => {
                     self.transact(&envelope, version, None, outcome_unknown)

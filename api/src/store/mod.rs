@@ -17,7 +17,7 @@ pub mod mysql;
 pub mod outcome;
 pub mod retry;
 
-use obt_contract::Identity;
+use obt_contract::{Identity, TraceContext};
 use rust_decimal::Decimal;
 
 use crate::idempotency::Idempotency;
@@ -131,9 +131,9 @@ pub struct StoreOptions {
 
 impl StoreOptions {
     /// A worst-case event (100 four-byte characters in both names, a
-    /// 64-character identity) takes about 1.1 KB of the item; 200 of them
-    /// stay well below the 400 KB item limit. Typical events are a quarter
-    /// of that.
+    /// 64-character identity, a trace context with a 512-character
+    /// tracestate) takes about 1.7 KB of the item; 200 of them stay below
+    /// the 400 KB item limit. Typical events are a quarter of that.
     pub const DEFAULT_MAX_PENDING_EVENTS: u32 = 200;
 }
 
@@ -172,15 +172,17 @@ impl Store {
     /// Records a spending and its event atomically. With a key, the key's
     /// record too, or the outcome of the key's first request is replayed
     /// (same fingerprint) or the request refused ([`StoreError::KeyReused`]).
+    /// The event carries `trace`, the request's trace context.
     pub async fn record(
         &self,
         spending: &NewSpending,
         idempotency: &Idempotency,
+        trace: Option<&TraceContext>,
     ) -> Result<Outcome, StoreError> {
         match self {
-            Self::DynamoDb(store) => store.record(spending, idempotency).await,
+            Self::DynamoDb(store) => store.record(spending, idempotency, trace).await,
             #[cfg(feature = "mysql")]
-            Self::MySql(store) => store.record(spending, idempotency).await,
+            Self::MySql(store) => store.record(spending, idempotency, trace).await,
         }
     }
 

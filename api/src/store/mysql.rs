@@ -10,7 +10,7 @@
 use std::str::FromStr;
 use std::time::Duration;
 
-use obt_contract::{Envelope, EventType, Identity, SpendingRecorded};
+use obt_contract::{Envelope, EventType, Identity, SpendingRecorded, TraceContext};
 use rust_decimal::Decimal;
 use sqlx::mysql::{MySqlConnectOptions, MySqlConnection, MySqlDatabaseError, MySqlPoolOptions};
 use sqlx::{MySqlPool, Row};
@@ -167,11 +167,12 @@ impl MySqlStore {
         &self,
         spending: &NewSpending,
         idempotency: &Idempotency,
+        trace: Option<&TraceContext>,
     ) -> Result<Outcome, StoreError> {
         let _turn = self.locks.lock(spending.identity.as_str()).await;
         let mut failures: u32 = 0;
         loop {
-            match self.attempt(spending, idempotency).await {
+            match self.attempt(spending, idempotency, trace).await {
                 Ok(outcome) => {
                     if let Outcome::Recorded(recorded) = &outcome {
                         tracing::debug!(seq = recorded.seq, failures, "recorded");
@@ -199,11 +200,12 @@ impl MySqlStore {
         &self,
         spending: &NewSpending,
         idempotency: &Idempotency,
+        trace: Option<&TraceContext>,
     ) -> Result<Outcome, Failure> {
         obt_runtime::metrics::db_query("BEGIN");
         let mut tx = self.pool.begin().await.map_err(classify("BEGIN"))?;
         let written = async {
-            let recorded = StoredOutcome::from(&write(&mut tx, spending).await?);
+            let recorded = StoredOutcome::from(&write(&mut tx, spending, trace).await?);
             let Idempotency::Keyed(request) = idempotency else {
                 return Ok(Outcome::Recorded(recorded));
             };
@@ -295,7 +297,11 @@ impl MySqlStore {
 }
 
 /// The statements of one attempt, on the transaction's connection.
-async fn write(conn: &mut MySqlConnection, spending: &NewSpending) -> Result<Envelope, Failure> {
+async fn write(
+    conn: &mut MySqlConnection,
+    spending: &NewSpending,
+    trace: Option<&TraceContext>,
+) -> Result<Envelope, Failure> {
     let identity = spending.identity.as_str();
     obt_runtime::metrics::db_query("INSERT obt_identity");
     sqlx::query(
@@ -341,7 +347,8 @@ async fn write(conn: &mut MySqlConnection, spending: &NewSpending) -> Result<Env
             surname: spending.surname.clone(),
             amount: spending.amount,
         },
-    );
+    )
+    .with_trace(trace.cloned());
     let at = envelope.occurred_at;
     obt_runtime::metrics::db_query("INSERT obt_spending");
     sqlx::query(

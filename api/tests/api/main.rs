@@ -19,4 +19,5 @@ mod proxy;
 mod retries;
 mod shutdown;
 mod spending;
+mod trace;
 mod validation;

@@ -44,6 +44,11 @@ pub struct Outgoing {
     pub deduplication_id: Option<String>,
     pub attributes: BTreeMap<String, MessageAttribute>,
     pub delay_seconds: Option<i64>,
+    /// The `AWSTraceHeader` message system attribute (the only one SQS
+    /// takes): an X-Ray trace header. It does not count against the size
+    /// limits ("The size of a message system attribute doesn't count
+    /// towards the total size of a message", SendMessage).
+    pub trace_header: Option<String>,
 }
 
 impl Outgoing {
@@ -59,6 +64,13 @@ impl Outgoing {
             return Err(ModelError::missing("MessageBody"));
         }
         self.validate_attributes()?;
+        if let Some(header) = &self.trace_header {
+            if !is_xray_header(header) {
+                return Err(ModelError::invalid(format!(
+                    "The message system attribute AWSTraceHeader value '{header}' is not a valid X-Ray trace header."
+                )));
+            }
+        }
         if self.size() > maximum_size {
             return Err(ModelError::invalid(format!(
                 "One or more parameters are invalid. Reason: Message must be shorter than {maximum_size} bytes."
@@ -136,6 +148,31 @@ impl Outgoing {
     }
 }
 
+/// An X-Ray trace header: `Root=1-<8 hex>-<24 hex>`, and optionally
+/// `Parent=<16 hex>` and `Sampled=0|1`, separated by `;`.
+fn is_xray_header(value: &str) -> bool {
+    let hex = |s: &str, n: usize| s.len() == n && s.bytes().all(|b| b.is_ascii_hexdigit());
+    let mut root = false;
+    for field in value.split(';') {
+        let ok = match field.split_once('=') {
+            Some(("Root", id)) => {
+                let parts: Vec<&str> = id.split('-').collect();
+                root =
+                    matches!(parts.as_slice(), ["1", time, rest] if hex(time, 8) && hex(rest, 24));
+                root
+            }
+            Some(("Parent", id)) => hex(id, 16),
+            Some(("Sampled", flag)) => matches!(flag, "0" | "1" | "?"),
+            Some((_, _)) => true,
+            None => false,
+        };
+        if !ok {
+            return false;
+        }
+    }
+    root
+}
+
 /// The characters SQS takes in a body or a string attribute.
 fn allowed(c: char) -> bool {
     matches!(u32::from(c), 0x9 | 0xA | 0xD | 0x20..=0xD7FF | 0xE000..=0xFFFD | 0x10000..=0x10FFFF)
@@ -179,6 +216,8 @@ pub struct Message {
     pub sequence_number: String,
     pub sent_ms: u64,
     pub attributes: BTreeMap<String, MessageAttribute>,
+    /// The `AWSTraceHeader` system attribute, when sent.
+    pub trace_header: Option<String>,
     /// Receives so far, across queues ("ApproximateReceiveCount: the number
     /// of times a message has been received across all queues but not
     /// deleted"): a message moved to the dead-letter queue keeps it.
@@ -208,6 +247,7 @@ impl Message {
             receive_count: self.receive_count,
             in_flight: self.in_flight(now),
             attributes: self.attributes.clone(),
+            trace_header: self.trace_header.clone(),
         }
     }
 }
@@ -223,6 +263,8 @@ pub struct MessageSnapshot {
     /// Received, not deleted, and its visibility timeout not over.
     pub in_flight: bool,
     pub attributes: BTreeMap<String, MessageAttribute>,
+    /// The `AWSTraceHeader` system attribute, when sent.
+    pub trace_header: Option<String>,
 }
 
 pub fn epoch_millis() -> u64 {

@@ -340,6 +340,7 @@ impl Selection {
             ("SequenceNumber", Some(m.sequence_number.clone())),
             ("MessageDeduplicationId", Some(m.deduplication_id.clone())),
             ("MessageGroupId", Some(m.group.clone())),
+            ("AWSTraceHeader", m.trace_header.clone()),
         ];
         let attributes: BTreeMap<&str, String> = system
             .into_iter()
@@ -392,12 +393,29 @@ fn outgoing(v: &Value) -> Result<Outgoing, ModelError> {
             attributes.insert(name.clone(), attribute);
         }
     }
+    let mut trace_header = None;
+    if let Some(map) = v["MessageSystemAttributes"].as_object() {
+        for (name, a) in map {
+            let string = a["StringValue"].as_str();
+            match (name.as_str(), a["DataType"].as_str(), string) {
+                ("AWSTraceHeader", Some("String"), Some(value)) => {
+                    trace_header = Some(value.to_owned());
+                }
+                _ => {
+                    return Err(ModelError::invalid(format!(
+                        "Message system attribute name '{name}' is invalid: only AWSTraceHeader, of type String, is supported."
+                    )));
+                }
+            }
+        }
+    }
     Ok(Outgoing {
         body: required(v, "MessageBody")?.to_owned(),
         group: optional_str(v, "MessageGroupId")?.map(str::to_owned),
         deduplication_id: optional_str(v, "MessageDeduplicationId")?.map(str::to_owned),
         attributes,
         delay_seconds: optional_int(v, "DelaySeconds")?,
+        trace_header,
     })
 }
 

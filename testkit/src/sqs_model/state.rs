@@ -356,6 +356,7 @@ impl State {
             sequence_number: accepted.sequence_number.clone(),
             sent_ms: epoch_millis(),
             attributes: outgoing.attributes,
+            trace_header: outgoing.trace_header,
             receive_count: 0,
             first_receive_ms: None,
             receipt: None,
