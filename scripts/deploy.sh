@@ -72,8 +72,11 @@ stack of infra/outboxtable.yaml. Options (environment variable in brackets):
   --parameter KEY=VALUE   any other template parameter, e.g. ApiDesiredCount=3
                           (repeatable; overrides the values above)
   --skip-build            upload what target/lambda/ already holds
-  --build-only            build the five artifacts into target/lambda/ and stop
-                          (no AWS settings or account needed; the test suite runs it)
+  --build-only            build the six artifacts into target/lambda/ and stop
+                          (no AWS settings or account needed)
+  --dev-build             with --build-only: cargo's dev profile instead of release, a
+                          check of the build and the packaging in a few minutes less,
+                          never something to deploy (the test suite runs it)
   --dry-run               print every command instead of running it
   -h, --help              this help
 
@@ -120,6 +123,7 @@ extra_parameters=()
 skip_build=false
 dry_run=false
 build_only=false
+dev_build=false
 
 need_value() {
   if [ "$#" -lt 2 ] || [ -z "$2" ]; then
@@ -153,12 +157,16 @@ while [ "$#" -gt 0 ]; do
       ;;
     --skip-build) skip_build=true; shift ;;
     --build-only) build_only=true; shift ;;
+    --dev-build) dev_build=true; shift ;;
     --dry-run) dry_run=true; shift ;;
     -h | --help) usage; exit 0 ;;
     *) die "unknown argument '$1' (see --help)" ;;
   esac
 done
 
+if "$dev_build" && ! "$build_only"; then
+  die "--dev-build goes with --build-only: unoptimized artifacts are a check of the build, never deployed"
+fi
 case "$relay_mode" in
   lambda | daemon | none) ;;
   *) die "--relay-mode is lambda, daemon or none, not '$relay_mode'" ;;
@@ -366,8 +374,17 @@ if ! "$skip_build"; then
   for b in "${binaries[@]}"; do bin_flags+=(--bin "$b"); done
   lambda_flags=()
   for b in "${lambdas[@]}"; do lambda_flags+=(--bin "$b"); done
-  run cargo lambda build --release "$cargo_arch" ${feature_flags[@]+"${feature_flags[@]}"} "${bin_flags[@]}"
-  run cargo lambda build --release "$cargo_arch" --output-format zip "${lambda_flags[@]}"
+  profile=(--release)
+  ! "$dev_build" || profile=()
+  # Marks target/lambda/ as holding dev-profile artifacts, which no
+  # --skip-build deploys (below); a release build clears the mark.
+  dev_mark=target/lambda/DEV-BUILD
+  "$dry_run" || rm -f "$dev_mark"
+  run cargo lambda build ${profile[@]+"${profile[@]}"} "$cargo_arch" ${feature_flags[@]+"${feature_flags[@]}"} "${bin_flags[@]}"
+  run cargo lambda build ${profile[@]+"${profile[@]}"} "$cargo_arch" --output-format zip "${lambda_flags[@]}"
+  if "$dev_build" && ! "$dry_run"; then
+    echo "built with --dev-build: never to be deployed" >"$dev_mark"
+  fi
 fi
 
 if "$build_only"; then
@@ -381,6 +398,9 @@ if "$build_only"; then
   exit 0
 fi
 
+if ! "$dry_run" && [ -e target/lambda/DEV-BUILD ]; then
+  die "target/lambda/ holds unoptimized artifacts of --dev-build (the test suite makes them): build the release first (drop --skip-build)"
+fi
 step "uploading the release to s3://$bucket/$prefix/"
 for b in "${binaries[@]}"; do
   artifact="target/lambda/$b/bootstrap"

@@ -162,29 +162,31 @@ set -e
 stop_servers
 trap - EXIT
 
-# The release build of what scripts/deploy.sh uploads: the three EC2
-# binaries and the two Lambda zips, cross-built by cargo-lambda (a few
-# minutes from a clean target; it shares nothing with the debug build).
+# What scripts/deploy.sh uploads (the four EC2 binaries and the two
+# Lambda zips), cross-built by cargo-lambda and zig as a deployment builds
+# them, but with the dev profile (--dev-build): the release profile took
+# 9 of the run's minutes, for a check of the build path and the packaging
+# (a deployment builds release: docs/DEVELOPMENT.md).
 build_status=0
 if [ "$fast" = false ]; then
-  step "release artifacts (scripts/deploy.sh --build-only)"
+  step "the deployment's artifacts (scripts/deploy.sh --build-only --dev-build)"
   set +e
-  scripts/deploy.sh --build-only >"$run_dir/release-build.log" 2>&1
+  scripts/deploy.sh --build-only --dev-build >"$run_dir/artifacts-build.log" 2>&1
   build_status=$?
   set -e
   if [ "$build_status" -ne 0 ]; then
-    tail -n 40 "$run_dir/release-build.log" >&2
+    tail -n 40 "$run_dir/artifacts-build.log" >&2
   fi
 fi
 
 awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i) ~ /^passed;?$/) p += $(i-1); if ($(i) ~ /^failed;?$/) f += $(i-1) } }
      END { printf "\ntests: %d passed, %d failed\n", p, f }' "$run_dir/cargo-test.log"
 if [ "$fast" = true ]; then
-  echo "release artifacts: not built (--fast)"
+  echo "deployment artifacts: not built (--fast)"
 elif [ "$build_status" -ne 0 ]; then
-  echo "release artifacts: the build failed (log: $run_dir/release-build.log)"
+  echo "deployment artifacts (dev profile): the build failed (log: $run_dir/artifacts-build.log)"
 else
-  echo "release artifacts: built in target/lambda/"
+  echo "deployment artifacts (dev profile): built in target/lambda/"
 fi
 printf 'took %d:%02d\n' $((SECONDS / 60)) $((SECONDS % 60))
 [ "$status" -eq 0 ] && [ "$build_status" -eq 0 ]
