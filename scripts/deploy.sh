@@ -53,8 +53,9 @@ stack of infra/outboxtable.yaml. Options (environment variable in brackets):
   --arch ARCH             x86_64 | arm64 [OBT_ARCH] (default: x86_64); sets the build
                           target, the AMI and the default instance types (t3 / t4g)
   --features LIST         cargo features of the EC2 binaries, comma-separated [OBT_FEATURES]
-                          (default: none): mysql builds the MySQL mode (OBT_STORAGE=mysql
-                          on the hosts; docs/DEPLOY.md, "The MySQL mode")
+                          (default: none): mysql builds the MySQL mode, which the hosts
+                          then need OBT_STORAGE=mysql and a database for, set by hand
+                          (the template does not: docs/DEPLOY.md, "The MySQL mode")
   --vpc VPC_ID            VPC of the hosts and the load balancer [OBT_VPC_ID] (required)
   --private-subnets IDS   comma-separated subnets of the hosts [OBT_PRIVATE_SUBNETS] (required)
   --public-subnets IDS    comma-separated subnets of the load balancer [OBT_PUBLIC_SUBNETS] (required)
