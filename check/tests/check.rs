@@ -8,7 +8,7 @@ use std::process::Output;
 use std::time::{Duration, Instant};
 
 use obt_testkit::mysql::Backend;
-use obt_testkit::{Service, eventually, free_port};
+use obt_testkit::{Service, free_port};
 use serde_json::Value;
 
 const DEADLINE: Duration = Duration::from_secs(60);
@@ -70,19 +70,7 @@ impl Deployment {
         }
         let api_url = format!("http://127.0.0.1:{port}");
         let http = reqwest::Client::new();
-        eventually("the api to be ready", DEADLINE, || async {
-            let response = http
-                .get(format!("{api_url}/health/ready"))
-                .send()
-                .await
-                .map_err(|e| e.to_string())?;
-            if response.status().is_success() {
-                Ok(())
-            } else {
-                Err(response.status().to_string())
-            }
-        })
-        .await;
+        obt_testkit::api_ready(&http, &api_url, DEADLINE).await;
         Self {
             backend,
             api_url,

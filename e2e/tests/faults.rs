@@ -303,20 +303,7 @@ impl Harness {
     }
 
     async fn wait_ready(&self) {
-        eventually("the api to be ready", READY, || async {
-            let response = self
-                .http
-                .get(format!("{}/health/ready", self.api_url()))
-                .send()
-                .await
-                .map_err(|e| e.to_string())?;
-            if response.status().is_success() {
-                Ok(())
-            } else {
-                Err(response.status().to_string())
-            }
-        })
-        .await;
+        obt_testkit::api_ready(&self.http, &self.api_url(), READY).await;
     }
 
     /// A pause of a random length in `range` (milliseconds): a fault's

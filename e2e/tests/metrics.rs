@@ -118,20 +118,7 @@ impl Deployment {
             http: reqwest::Client::new(),
             _services: services,
         };
-        eventually("the api to be ready", DEADLINE, || async {
-            let response = deployment
-                .http
-                .get(format!("{}/health/ready", deployment.api_url))
-                .send()
-                .await
-                .map_err(|e| e.to_string())?;
-            response
-                .status()
-                .is_success()
-                .then_some(())
-                .ok_or_else(|| response.status().to_string())
-        })
-        .await;
+        obt_testkit::api_ready(&deployment.http, &deployment.api_url, DEADLINE).await;
         deployment
     }
 
@@ -366,22 +353,9 @@ async fn the_metrics_are_never_on_the_apis_listener_and_not_served_without_obt_m
         (port, Service::start("api", &api_env))
     };
     let ready = |port: u16| {
+        let api_url = format!("http://127.0.0.1:{port}");
         let http = http.clone();
-        async move {
-            eventually("the api to be ready", DEADLINE, || async {
-                let response = http
-                    .get(format!("http://127.0.0.1:{port}/health/ready"))
-                    .send()
-                    .await
-                    .map_err(|e| e.to_string())?;
-                response
-                    .status()
-                    .is_success()
-                    .then_some(())
-                    .ok_or_else(|| response.status().to_string())
-            })
-            .await;
-        }
+        async move { obt_testkit::api_ready(&http, &api_url, DEADLINE).await }
     };
 
     // Without OBT_METRICS_LISTEN: the api's own port is its only listener,

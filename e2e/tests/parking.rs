@@ -129,20 +129,7 @@ async fn start(proxy: &SqsProxy) -> Deployment {
         http: reqwest::Client::new(),
         _services: services,
     };
-    eventually("the api to be ready", DEADLINE, || async {
-        let response = deployment
-            .http
-            .get(format!("{}/health/ready", deployment.api_url))
-            .send()
-            .await
-            .map_err(|e| e.to_string())?;
-        response
-            .status()
-            .is_success()
-            .then_some(())
-            .ok_or_else(|| response.status().to_string())
-    })
-    .await;
+    obt_testkit::api_ready(&deployment.http, &deployment.api_url, DEADLINE).await;
     deployment
 }
 

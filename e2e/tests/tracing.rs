@@ -105,19 +105,7 @@ async fn the_callers_trace_id_reaches_the_queue_and_the_consumers_log_lines_and_
     let _relay = Service::start("stream-relay", &env(&backend, "stream-relay", &[]));
     let http = reqwest::Client::new();
     let api_url = format!("http://127.0.0.1:{port}");
-    eventually("the api to be ready", DEADLINE, || async {
-        let response = http
-            .get(format!("{api_url}/health/ready"))
-            .send()
-            .await
-            .map_err(|e| e.to_string())?;
-        response
-            .status()
-            .is_success()
-            .then_some(())
-            .ok_or_else(|| response.status().to_string())
-    })
-    .await;
+    obt_testkit::api_ready(&http, &api_url, DEADLINE).await;
 
     let identity = obt_testkit::identity("TRACE");
     let response = http

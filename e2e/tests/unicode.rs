@@ -52,20 +52,7 @@ impl Pipeline {
             _services: services,
             http: reqwest::Client::new(),
         };
-        eventually("the api to be ready", DEADLINE, || async {
-            let response = pipeline
-                .http
-                .get(format!("{}/health/ready", pipeline.api_url))
-                .send()
-                .await
-                .map_err(|e| e.to_string())?;
-            if response.status().is_success() {
-                Ok(())
-            } else {
-                Err(response.status().to_string())
-            }
-        })
-        .await;
+        obt_testkit::api_ready(&pipeline.http, &pipeline.api_url, DEADLINE).await;
         pipeline
     }
 

@@ -156,6 +156,24 @@ impl Stack {
     }
 }
 
+/// Waits, up to `deadline`, until the api at `api_url` answers
+/// `/health/ready` with a success (its store reachable, its keys loaded).
+pub async fn api_ready(http: &reqwest::Client, api_url: &str, deadline: Duration) {
+    eventually("the api to be ready", deadline, || async {
+        let response = http
+            .get(format!("{api_url}/health/ready"))
+            .send()
+            .await
+            .map_err(|e| e.to_string())?;
+        if response.status().is_success() {
+            Ok(())
+        } else {
+            Err(response.status().to_string())
+        }
+    })
+    .await;
+}
+
 /// Polls `check` until it returns `Some`, or panics after `deadline` with
 /// `what` and the last value seen by `describe`.
 pub async fn eventually<T, F, Fut>(what: &str, deadline: Duration, mut check: F) -> T
