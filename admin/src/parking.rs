@@ -66,15 +66,6 @@ pub enum AdminError {
     )]
     ConsumerRecords(String),
     #[error(
-        "DynamoDB Query on index {index} of table {table} failed: {message}. Check OBT_TABLE, \
-         the AWS credentials and region, and that the table has the index (obt-migrate creates it)"
-    )]
-    Index {
-        table: String,
-        index: &'static str,
-        message: String,
-    },
-    #[error(
         "DynamoDB DescribeTable of {table} failed: {message}. Check OBT_TABLE, or give the \
          stream with OBT_STREAM_ARN"
     )]

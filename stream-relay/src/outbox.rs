@@ -8,7 +8,8 @@ use aws_sdk_dynamodb::error::{DisplayErrorContext, SdkError};
 use aws_sdk_dynamodb::types::AttributeValue;
 use obt_contract::outbox::{
     IDENTITY_ATTR, OUTBOX_ATTR, PARKED_AT_ATTR, PARKED_ATTR, PARKED_INDEX, PENDING_BUCKET_ATTR,
-    PENDING_BUCKETS, PENDING_SINCE_ATTR, VERSION_ATTR, outbox_key, pending_bucket, pending_since,
+    PENDING_BUCKETS, PENDING_INDEX, PENDING_SINCE_ATTR, VERSION_ATTR, outbox_key, pending_bucket,
+    pending_since,
 };
 
 use crate::backoff::Backoff;
@@ -21,6 +22,15 @@ pub enum OutboxError {
         call: &'static str,
         table: String,
         identity: String,
+        message: String,
+    },
+    #[error(
+        "DynamoDB Query on index {index} of table {table} failed: {message}. The table needs \
+         the index (obt-migrate creates it), and the caller dynamodb:Query on it"
+    )]
+    Index {
+        table: String,
+        index: &'static str,
         message: String,
     },
     #[error("the item of identity {identity} in table {table} has a malformed {attribute}")]
@@ -125,6 +135,56 @@ impl OutboxTable {
                 })
             })
             .transpose()
+    }
+
+    /// The entries of `bucket` of the sparse index [`PENDING_INDEX`] (items
+    /// with events not yet acknowledged), pending since before `before`
+    /// when given: each identity with its `pending_since` (epoch ms, a
+    /// lower bound of its oldest pending event), oldest first. Entries
+    /// without those attributes are passed by.
+    pub async fn pending(
+        &self,
+        bucket: u32,
+        before: Option<u64>,
+    ) -> Result<Vec<(u64, String)>, OutboxError> {
+        let mut query = self
+            .client
+            .query()
+            .table_name(&self.table)
+            .index_name(PENDING_INDEX)
+            .expression_attribute_names("#b", PENDING_BUCKET_ATTR)
+            .expression_attribute_values(":b", AttributeValue::N(bucket.to_string()));
+        query = match before {
+            None => query.key_condition_expression("#b = :b"),
+            Some(cutoff) => query
+                .key_condition_expression("#b = :b AND #ps < :cutoff")
+                .expression_attribute_names("#ps", PENDING_SINCE_ATTR)
+                .expression_attribute_values(":cutoff", AttributeValue::N(cutoff.to_string())),
+        };
+        let items = query
+            .into_paginator()
+            .items()
+            .send()
+            .collect::<Result<Vec<_>, _>>()
+            .await
+            .map_err(|e| OutboxError::Index {
+                table: self.table.clone(),
+                index: PENDING_INDEX,
+                message: DisplayErrorContext(&e).to_string(),
+            })?;
+        Ok(items
+            .into_iter()
+            .filter_map(|mut item| {
+                let since = match item.get(PENDING_SINCE_ATTR) {
+                    Some(AttributeValue::N(n)) => n.parse().ok()?,
+                    _ => return None,
+                };
+                match item.remove(IDENTITY_ATTR) {
+                    Some(AttributeValue::S(identity)) => Some((since, identity)),
+                    _ => None,
+                }
+            })
+            .collect())
     }
 
     /// The identities whose items carry a parking mark, read from the

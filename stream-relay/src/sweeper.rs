@@ -1,6 +1,6 @@
 //! The sweeper: publishes what the stream did not deliver in time (records
 //! trimmed after 24 h, a Lambda that gave up, a stream disabled or
-//! re-created). It queries the sparse index [`PENDING_INDEX`] for items whose
+//! re-created). It queries the sparse index [`PENDING_INDEX`](obt_contract::outbox::PENDING_INDEX) for items whose
 //! oldest pending event is older than the threshold, and hands each to the
 //! same [`Relay::handle`] as the stream does; racing the stream relay adds
 //! only duplicates. A parked item is skipped; an item or bucket that fails
@@ -11,13 +11,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use aws_sdk_dynamodb::Client;
-use aws_sdk_dynamodb::error::DisplayErrorContext;
-use aws_sdk_dynamodb::types::AttributeValue;
 use futures::{StreamExt, stream};
-use obt_contract::outbox::{
-    IDENTITY_ATTR, PENDING_BUCKET_ATTR, PENDING_BUCKETS, PENDING_INDEX, PENDING_SINCE_ATTR,
-    pending_since,
-};
+use obt_contract::outbox::{PENDING_BUCKETS, pending_since};
 
 use crate::change::Change;
 use crate::outbox::{OutboxError, OutboxTable};
@@ -32,15 +27,6 @@ pub const SWEEP_SEQUENCE_NUMBER: &str = "sweep";
 
 #[derive(Debug, thiserror::Error)]
 pub enum SweepError {
-    #[error(
-        "DynamoDB Query on index {index} of table {table} failed: {message}. \
-         The table needs the index (obt-migrate creates it) and the sweeper dynamodb:Query on it"
-    )]
-    Query {
-        table: String,
-        index: &'static str,
-        message: String,
-    },
     #[error(transparent)]
     Outbox(#[from] OutboxError),
     #[error("could not republish the events of {identity}: {message}")]
@@ -74,7 +60,6 @@ pub struct SweepSummary {
 /// Sweeps one table. Cheap to share.
 #[derive(Debug, Clone)]
 pub struct Sweeper {
-    client: Client,
     table: String,
     outbox: OutboxTable,
     relay: Arc<Relay>,
@@ -93,8 +78,7 @@ enum Swept {
 impl Sweeper {
     pub fn new(client: Client, table: String, relay: Arc<Relay>, older_than: Duration) -> Self {
         Self {
-            outbox: OutboxTable::new(client.clone(), table.clone()),
-            client,
+            outbox: OutboxTable::new(client, table.clone()),
             table,
             relay,
             older_than,
@@ -166,33 +150,8 @@ impl Sweeper {
 
     /// The identities in `bucket` with an event pending since before `cutoff`.
     async fn overdue(&self, bucket: u32, cutoff: u64) -> Result<Vec<String>, SweepError> {
-        let items = self
-            .client
-            .query()
-            .table_name(&self.table)
-            .index_name(PENDING_INDEX)
-            .key_condition_expression("#b = :b AND #ps < :cutoff")
-            .expression_attribute_names("#b", PENDING_BUCKET_ATTR)
-            .expression_attribute_names("#ps", PENDING_SINCE_ATTR)
-            .expression_attribute_values(":b", AttributeValue::N(bucket.to_string()))
-            .expression_attribute_values(":cutoff", AttributeValue::N(cutoff.to_string()))
-            .into_paginator()
-            .items()
-            .send()
-            .collect::<Result<Vec<_>, _>>()
-            .await
-            .map_err(|e| SweepError::Query {
-                table: self.table.clone(),
-                index: PENDING_INDEX,
-                message: DisplayErrorContext(&e).to_string(),
-            })?;
-        Ok(items
-            .into_iter()
-            .filter_map(|mut item| match item.remove(IDENTITY_ATTR) {
-                Some(AttributeValue::S(identity)) => Some(identity),
-                _ => None,
-            })
-            .collect())
+        let entries = self.outbox.pending(bucket, Some(cutoff)).await?;
+        Ok(entries.into_iter().map(|(_, identity)| identity).collect())
     }
 
     /// Publishes and acknowledges what `identity` has pending (or parks it,

@@ -5,12 +5,9 @@
 use std::future::Future;
 use std::time::Duration;
 
-use aws_sdk_dynamodb::types::AttributeValue;
 use aws_sdk_sqs::types::QueueAttributeName;
 use obt_consumer::{DeadLetterQueue, Queue as ConsumerQueue, Records};
-use obt_contract::outbox::{
-    IDENTITY_ATTR, PENDING_BUCKET_ATTR, PENDING_BUCKETS, PENDING_INDEX, PENDING_SINCE_ATTR,
-};
+use obt_contract::outbox::PENDING_BUCKETS;
 use obt_runtime::Storage;
 use obt_stream_relay::lease::LeaseTable;
 use obt_stream_relay::outbox::OutboxTable;
@@ -53,7 +50,7 @@ pub async fn report(settings: &Settings, args: &StatusArgs) -> Result<Report, Ad
         open_records(&config, settings, args),
     );
     let (outbox, relay, queues, parked_relay, records) = tokio::join!(
-        bounded(limit, "outbox", outbox(&sources, settings)),
+        bounded(limit, "outbox", outbox(&sources)),
         bounded(limit, "relay", relay(&sources, settings, args)),
         bounded(limit, "queue", queues(&sources.sqs, settings)),
         bounded(limit, "relay's parkings", sources.relay.list()),
@@ -156,50 +153,20 @@ async fn last_applied(records: &Records) -> Result<Consumer, AdminError> {
 
 // ---- the outbox ----
 
-async fn outbox(sources: &Sources, settings: &Settings) -> Result<Outbox, AdminError> {
+async fn outbox(sources: &Sources) -> Result<Outbox, AdminError> {
     match &sources.relay {
-        RelayParkings::DynamoDb(table) => {
-            outbox_dynamodb(&sources.dynamodb, table, &settings.table).await
-        }
+        RelayParkings::DynamoDb(table) => outbox_dynamodb(table).await,
         #[cfg(feature = "mysql")]
         RelayParkings::MySql(pool) => mysql::outbox(pool).await,
     }
 }
 
-/// Every entry of the sparse pending index: (pending_since, identity).
-async fn pending_entries(
-    client: &aws_sdk_dynamodb::Client,
-    table: &str,
-) -> Result<Vec<(u64, String)>, AdminError> {
+/// Every entry of the sparse pending index: (pending_since, identity),
+/// oldest first.
+async fn pending_entries(outbox: &OutboxTable) -> Result<Vec<(u64, String)>, AdminError> {
     let mut entries = Vec::new();
     for bucket in 0..PENDING_BUCKETS {
-        let items = client
-            .query()
-            .table_name(table)
-            .index_name(PENDING_INDEX)
-            .key_condition_expression("#b = :b")
-            .expression_attribute_names("#b", PENDING_BUCKET_ATTR)
-            .expression_attribute_values(":b", AttributeValue::N(bucket.to_string()))
-            .into_paginator()
-            .items()
-            .send()
-            .collect::<Result<Vec<_>, _>>()
-            .await
-            .map_err(|e| AdminError::Index {
-                table: table.to_owned(),
-                index: PENDING_INDEX,
-                message: obt_runtime::error_chain(&e),
-            })?;
-        entries.extend(items.into_iter().filter_map(|item| {
-            let since = match item.get(PENDING_SINCE_ATTR) {
-                Some(AttributeValue::N(n)) => n.parse().ok()?,
-                _ => return None,
-            };
-            match item.get(IDENTITY_ATTR) {
-                Some(AttributeValue::S(identity)) => Some((since, identity.clone())),
-                _ => None,
-            }
-        }));
+        entries.extend(outbox.pending(bucket, None).await?);
     }
     entries.sort();
     Ok(entries)
@@ -213,12 +180,8 @@ fn from_epoch_ms(ms: u64) -> Option<OffsetDateTime> {
 /// each item's oldest pending event (an acknowledgement that raced a
 /// write leaves it older), so the oldest entries are read until the
 /// oldest real event of an identity that is not parked is known.
-async fn outbox_dynamodb(
-    client: &aws_sdk_dynamodb::Client,
-    outbox: &OutboxTable,
-    table: &str,
-) -> Result<Outbox, AdminError> {
-    let entries = pending_entries(client, table).await?;
+async fn outbox_dynamodb(outbox: &OutboxTable) -> Result<Outbox, AdminError> {
+    let entries = pending_entries(outbox).await?;
     let mut oldest: Option<OffsetDateTime> = None;
     for (read, (since, identity)) in entries.iter().enumerate() {
         let since_at = from_epoch_ms(*since);
