@@ -13,7 +13,11 @@ use aws_sdk_dynamodb::config::http::HttpResponse;
 use aws_sdk_dynamodb::config::retry::RetryConfig;
 use aws_sdk_dynamodb::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError;
-use aws_sdk_dynamodb::types::{AttributeValue, Put, TransactWriteItem, Update};
+use aws_sdk_dynamodb::types::{
+    AttributeValue, CancellationReason, Put, ReturnValuesOnConditionCheckFailure,
+    TransactWriteItem, Update,
+};
+use hashlink::LruCache;
 use obt_contract::outbox::{
     PENDING_BUCKET_ATTR, PENDING_SINCE_ATTR, outbox_key, pending_bucket, pending_since,
 };
@@ -39,20 +43,60 @@ pub struct DynamoDbStore {
     table: String,
     idempotency_table: String,
     options: StoreOptions,
-    locks: StripedLocks,
+    locks: StripedLocks<Versions>,
 }
 
 /// How one conditional write ended, short of an error.
 enum Written {
     Yes,
-    /// The item's condition failed: another write of the identity came
-    /// first, or the outbox is full.
-    LostRace,
+    /// The item's condition failed: the item is not at the version the
+    /// write expected (another write of the identity came first, or this
+    /// process did not know the item), or the outbox is full.
+    LostRace(Current),
     /// The transaction collided with another one on one of its items:
     /// nothing is known about the conditions; try again.
     Conflict,
-    /// The Idempotency-Key is in use (unexpired).
-    KeyTaken,
+    /// The Idempotency-Key is in use (unexpired): its record, as the failed
+    /// condition returned it (`ALL_OLD`), when DynamoDB sent it.
+    KeyTaken(Option<Item>),
+}
+
+/// The item's version when its condition failed.
+enum Current {
+    /// From the item the failed condition returned (`ALL_OLD`).
+    Told(u64),
+    /// DynamoDB returned no item (there is none, or it did not say) or one
+    /// without a readable version: [`DynamoDbStore::version`] reads it.
+    Untold,
+}
+
+/// What this process knows of the items' versions, kept under the
+/// identities' locks ([`StripedLocks`]): the version each was at after the
+/// last write of this process. A write is conditioned on it, so that a
+/// POST is one request; when another process wrote in between, the failed
+/// condition returns the item (`ALL_OLD`) and the write is sent again at
+/// the version it tells. Bounded: each stripe keeps the
+/// [`Versions::PER_STRIPE`] identities written last.
+#[derive(Debug)]
+struct Versions(LruCache<Box<str>, u64>);
+
+impl Versions {
+    /// 64 x 256 stripes: 16,384 identities, about 2 MB at most.
+    const PER_STRIPE: usize = 64;
+
+    fn forget(&mut self, identity: &Identity) -> Option<u64> {
+        self.0.remove(identity.as_str())
+    }
+
+    fn remember(&mut self, identity: &Identity, version: u64) {
+        self.0.insert(identity.as_str().into(), version);
+    }
+}
+
+impl Default for Versions {
+    fn default() -> Self {
+        Self(LruCache::new(Self::PER_STRIPE))
+    }
 }
 
 /// The expressions of the update that records an event.
@@ -115,11 +159,26 @@ impl DynamoDbStore {
         idempotency: &Idempotency,
         trace: Option<&TraceContext>,
     ) -> Result<Outcome, StoreError> {
-        let _turn = self.locks.lock(spending.identity.as_str()).await;
+        let mut known = self.locks.lock(spending.identity.as_str()).await;
+        // Taken out, and put back only when the request ends knowing the
+        // item's version: every other ending (an error, an outcome that
+        // may have committed) forgets it.
+        let remembered = known.forget(&spending.identity);
         let mut outcome_unknown = false;
+        let mut learned = None;
         let result = self
-            .try_record(spending, idempotency, trace, &mut outcome_unknown)
+            .try_record(
+                spending,
+                idempotency,
+                trace,
+                remembered,
+                &mut learned,
+                &mut outcome_unknown,
+            )
             .await;
+        if let Some(version) = learned.filter(|_| !outcome_unknown) {
+            known.remember(&spending.identity, version);
+        }
         result.map_err(|error| match error {
             // The key is another request's: true whatever this one did.
             StoreError::KeyReused => error,
@@ -131,28 +190,29 @@ impl DynamoDbStore {
         })
     }
 
+    /// The write and its retries. `remembered` is the version this
+    /// process last knew of the item (`None`: it knows nothing, and the
+    /// first attempt is conditioned on the item's absence); `learned` is
+    /// set to the item's version whenever DynamoDB tells it (a success, or
+    /// a failed condition's `ALL_OLD` item).
     async fn try_record(
         &self,
         spending: &NewSpending,
         idempotency: &Idempotency,
         trace: Option<&TraceContext>,
+        remembered: Option<u64>,
+        learned: &mut Option<u64>,
         outcome_unknown: &mut bool,
     ) -> Result<Outcome, StoreError> {
         let policy = self.options.retry;
-        // Conditional writes that lost so far, and the version the last
-        // one was conditioned on when it lost on the item's condition.
+        // The version the next attempt is conditioned on (`None`: the
+        // item's absence), and whether DynamoDB just said so (then a failed
+        // condition means another writer came in between: a lost race).
+        let mut version = remembered;
+        let mut told = false;
+        // Attempts lost to other writers so far.
         let mut failures: u32 = 0;
-        let mut lost_against: Option<Option<u64>> = None;
         loop {
-            let version = self.version(&spending.identity).await?;
-            if let Some(lost_against) = lost_against.take() {
-                if version.is_some() && version == lost_against {
-                    // Nobody else wrote, so the condition failed on the
-                    // size of the outbox.
-                    let limit = self.options.max_pending_events;
-                    return Err(StoreError::OutboxFull { limit });
-                }
-            }
             if failures > 0 && !policy.may_retry(failures) {
                 return Err(StoreError::Contention { attempts: failures });
             }
@@ -178,13 +238,17 @@ impl DynamoDbStore {
                         .await?
                 }
                 Idempotency::Keyed(request) => {
+                    let now = epoch_secs();
                     let written = self
-                        .write_with_key(&envelope, version, request, epoch_secs(), outcome_unknown)
+                        .write_with_key(&envelope, version, request, now, outcome_unknown)
                         .await?;
-                    if let Written::KeyTaken = written {
+                    if let Written::KeyTaken(record) = written {
                         // None: expired or removed since the write; the
                         // loop tries again.
-                        let stored = self.stored_key(&request.key, epoch_secs()).await?;
+                        let stored = match record {
+                            Some(record) => key_record(&request.key, &record, now)?,
+                            None => self.stored_key(&request.key, now).await?,
+                        };
                         if let Some((fingerprint, stored)) = stored {
                             if fingerprint != request.fingerprint {
                                 return Err(StoreError::KeyReused);
@@ -192,20 +256,46 @@ impl DynamoDbStore {
                             tracing::debug!("replaying the outcome of the key's first request");
                             return Ok(Outcome::Replayed(stored));
                         }
+                        Written::Conflict
+                    } else {
+                        written
                     }
-                    written
                 }
             };
             match written {
                 Written::Yes => {
                     tracing::debug!(seq, failures, "recorded");
+                    *learned = Some(seq);
                     return Ok(Outcome::Recorded(StoredOutcome::from(&envelope)));
                 }
-                Written::LostRace => {
-                    tracing::debug!(seq, "lost an optimistic-concurrency race");
-                    lost_against = Some(version);
+                Written::LostRace(current) => {
+                    let current = match current {
+                        Current::Told(current) => Some(current),
+                        // DynamoDB did not send the item (the condition
+                        // said it exists): read its version.
+                        Current::Untold => self.version(&spending.identity).await?,
+                    };
+                    *learned = current;
+                    if current.is_some() && current == version {
+                        // The version held, so the condition failed on
+                        // the size of the outbox.
+                        let limit = self.options.max_pending_events;
+                        return Err(StoreError::OutboxFull { limit });
+                    }
+                    let stale = !told;
+                    (version, told) = (current, true);
+                    if stale {
+                        // What this process remembered (or assumed) was
+                        // out of date: another process wrote, or this one
+                        // restarted. Now it knows; no race was lost.
+                        tracing::debug!(seq, ?version, "the remembered version was stale");
+                        metrics::counter!("obt_api_store_retries_total", "reason" => "stale_version")
+                            .increment(1);
+                        continue;
+                    }
+                    tracing::debug!(seq, ?version, "lost an optimistic-concurrency race");
                 }
-                Written::Conflict | Written::KeyTaken => {
+                Written::Conflict | Written::KeyTaken(_) => {
                     tracing::debug!(seq, "the transaction conflicted with another one");
                 }
             }
@@ -220,7 +310,8 @@ impl DynamoDbStore {
     }
 
     /// The current version (seq of the last event) of an identity's item,
-    /// `None` when there is no item.
+    /// `None` when there is no item: read only when a failed condition's
+    /// answer did not carry the item.
     async fn version(&self, identity: &Identity) -> Result<Option<u64>, StoreError> {
         let out = self
             .client
@@ -374,6 +465,8 @@ impl DynamoDbStore {
             .expression_attribute_names("#key", KEY_ATTR)
             .expression_attribute_names("#expires_at", EXPIRES_AT_ATTR)
             .expression_attribute_values(":now", AttributeValue::N(now.to_string()))
+            // A taken key's record comes back with the cancellation.
+            .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld)
             .build()
             .map_err(build)?;
         self.transact(envelope, version, Some(put), outcome_unknown)
@@ -408,6 +501,9 @@ impl DynamoDbStore {
             .condition_expression(parts.condition)
             .set_expression_attribute_names(Some(parts.names))
             .set_expression_attribute_values(Some(parts.values))
+            // A failed condition returns the item, and with it the version
+            // to write at.
+            .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld)
             .build()
             .map_err(|e| StoreError::Encode(e.to_string()))?;
         let with_key = key.is_some();
@@ -490,21 +586,10 @@ impl DynamoDbStore {
             .send()
             .await
             .map_err(classify("GetItem"))?;
-        let Some(record) = out.item else {
-            return Ok(None);
-        };
-        let malformed = |reason: String| StoreError::Malformed {
-            identity: format!("(Idempotency-Key record {})", key.as_str()),
-            reason,
-        };
-        let expires_at: u64 = item::integer(&record, EXPIRES_AT_ATTR).map_err(malformed)?;
-        if expires_at < now {
-            return Ok(None);
+        match out.item {
+            Some(record) => key_record(key, &record, now),
+            None => Ok(None),
         }
-        let fingerprint = item::string(&record, FINGERPRINT_ATTR).map_err(malformed)?;
-        let body = item::string(&record, BODY_ATTR).map_err(malformed)?;
-        let stored = StoredOutcome::decode(body).map_err(|e| malformed(e.to_string()))?;
-        Ok(Some((Fingerprint::stored(fingerprint), stored)))
     }
 
     /// An identity's totals, `None` when nothing was recorded for it.
@@ -539,6 +624,26 @@ impl DynamoDbStore {
             .map(|_| ())
             .map_err(classify("DescribeTable"))
     }
+}
+
+/// A key's record, read; `None` when it expired.
+fn key_record(
+    key: &IdempotencyKey,
+    record: &Item,
+    now: u64,
+) -> Result<Option<(Fingerprint, StoredOutcome)>, StoreError> {
+    let malformed = |reason: String| StoreError::Malformed {
+        identity: format!("(Idempotency-Key record {})", key.as_str()),
+        reason,
+    };
+    let expires_at: u64 = item::integer(record, EXPIRES_AT_ATTR).map_err(malformed)?;
+    if expires_at < now {
+        return Ok(None);
+    }
+    let fingerprint = item::string(record, FINGERPRINT_ATTR).map_err(malformed)?;
+    let body = item::string(record, BODY_ATTR).map_err(malformed)?;
+    let stored = StoredOutcome::decode(body).map_err(|e| malformed(e.to_string()))?;
+    Ok(Some((Fingerprint::stored(fingerprint), stored)))
 }
 
 fn summary_of(identity: &Identity, item: &Item) -> Result<Summary, String> {
@@ -641,28 +746,27 @@ fn judge(error: SdkError<TransactWriteItemsError, HttpResponse>, with_key: bool)
     };
     match service.err() {
         TransactWriteItemsError::TransactionCanceledException(cancelled) => {
-            let reasons: Vec<String> = cancelled
-                .cancellation_reasons()
-                .iter()
-                .map(|r| r.code().unwrap_or_default().to_owned())
-                .collect();
+            let reasons = cancelled.cancellation_reasons();
             // The reasons' spelling of throttling.
-            let for_capacity = |c: &String| {
+            let for_capacity = |r: &CancellationReason| {
                 matches!(
-                    c.as_str(),
-                    "ThrottlingError" | "ProvisionedThroughputExceeded" | "RequestLimitExceeded"
+                    r.code(),
+                    Some(
+                        "ThrottlingError"
+                            | "ProvisionedThroughputExceeded"
+                            | "RequestLimitExceeded"
+                    )
                 )
             };
-            Attempt::Cancelled(cancellation(&reasons, with_key).ok_or_else(|| {
-                if reasons.iter().any(for_capacity) {
-                    StoreError::Throttled {
-                        call: WRITE_CALL,
-                        source: Box::new(error),
-                    }
-                } else {
-                    dynamodb(error)
-                }
-            }))
+            let throttled = reasons.iter().any(for_capacity);
+            match cancellation(reasons, with_key) {
+                Some(written) => Attempt::Cancelled(Ok(written)),
+                None if throttled => Attempt::NotWritten(StoreError::Throttled {
+                    call: WRITE_CALL,
+                    source: Box::new(error),
+                }),
+                None => Attempt::Final(dynamodb(error)),
+            }
         }
         TransactWriteItemsError::TransactionInProgressException(_) => {
             Attempt::Unknown(dynamodb(error))
@@ -679,19 +783,32 @@ fn judge(error: SdkError<TransactWriteItemsError, HttpResponse>, with_key: bool)
 /// How a cancelled transaction ended, from its cancellation reasons (in
 /// the order of its items: the key's Put, if any, then the update);
 /// `None` when no condition or conflict explains it.
-fn cancellation(reasons: &[String], with_key: bool) -> Option<Written> {
-    let code = |i: usize| reasons.get(i).map_or("", String::as_str);
+fn cancellation(reasons: &[CancellationReason], with_key: bool) -> Option<Written> {
+    let reason = |i: usize| reasons.get(i);
     let (key, item) = if with_key {
-        (code(0), code(1))
+        (reason(0), reason(1))
     } else {
-        ("", code(0))
+        (None, reason(0))
     };
-    tracing::debug!(key, item, "TransactWriteItems cancelled");
-    if key == "ConditionalCheckFailed" {
-        Some(Written::KeyTaken)
-    } else if item == "ConditionalCheckFailed" {
-        Some(Written::LostRace)
-    } else if [key, item].contains(&"TransactionConflict") {
+    fn code(reason: Option<&CancellationReason>) -> &str {
+        reason.and_then(CancellationReason::code).unwrap_or("")
+    }
+    tracing::debug!(
+        key = code(key),
+        item = code(item),
+        "TransactWriteItems cancelled"
+    );
+    if code(key) == "ConditionalCheckFailed" {
+        let record = key.and_then(CancellationReason::item).cloned();
+        Some(Written::KeyTaken(record))
+    } else if code(item) == "ConditionalCheckFailed" {
+        let told = item
+            .and_then(CancellationReason::item)
+            .and_then(|old| item::integer(old, VERSION_ATTR).ok());
+        Some(Written::LostRace(
+            told.map_or(Current::Untold, Current::Told),
+        ))
+    } else if [code(key), code(item)].contains(&"TransactionConflict") {
         Some(Written::Conflict)
     } else {
         None

@@ -16,6 +16,7 @@ mod mysql;
 mod mysql_backend;
 mod openapi;
 mod proxy;
+mod requests;
 mod retries;
 mod shutdown;
 mod spending;
