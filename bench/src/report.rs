@@ -314,7 +314,7 @@ fn end_to_end_rows(mode: &str, e2e: &EndToEnd) -> Vec<Row> {
         .iter()
         .map(|(op, n)| format!("{op} {n:.2}"))
         .collect::<Vec<_>>()
-        .join(", ");
+        .join("\n");
     rows.push(
         Row::new(
             mode,
