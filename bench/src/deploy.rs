@@ -110,7 +110,7 @@ impl Resources {
 
     /// The api's store, configured as the api binary configures it (its
     /// own settings parsing, defaults and all).
-    pub async fn store(&self) -> Result<Store, BenchError> {
+    pub async fn store(&self) -> Result<Arc<Store>, BenchError> {
         let mut args = vec!["api".to_owned()];
         for (key, value) in self.env("api") {
             let flag = match key.as_str() {
@@ -130,8 +130,7 @@ impl Resources {
             .map_err(|e| {
                 BenchError::Setup(format!("the api's store: {}", obt_runtime::error_chain(&e)))
             })?;
-        Arc::try_unwrap(state.store)
-            .map_err(|_| BenchError::Setup("the api's store is shared".to_owned()))
+        Ok(state.store)
     }
 
     /// The consumer's records, read-only.

@@ -23,9 +23,7 @@ use obt_runtime::{Storage, error_chain};
 use crate::BenchError;
 use crate::deploy::{Deployment, Resources, Service};
 use crate::drive::{Done, closed_loop, open_loop};
-use crate::figures::{
-    EndToEnd, Latency, Level, PhaseResult, Rate, Step, Usage, best, distribution,
-};
+use crate::figures::{EndToEnd, Latency, Level, PhaseResult, Rate, Step, Usage, distribution};
 
 /// How big a run is.
 #[derive(Debug, Clone)]
@@ -502,6 +500,12 @@ pub async fn end_to_end(ctx: &Context) -> Result<PhaseResult, BenchError> {
         } else {
             None
         };
+        let applied_before = deployment
+            .consumer
+            .metrics
+            .scrape()
+            .await?
+            .total("obt_consumer_events_applied_total");
         let http = deployment.http.clone();
         let sampler = RssSampler::start(&mut deployment);
         let run = open_loop(rate, ctx.scale.level, 4096, |n| {
@@ -514,6 +518,7 @@ pub async fn end_to_end(ctx: &Context) -> Result<PhaseResult, BenchError> {
             &ledger,
             &spendings.all(),
             run.ok,
+            applied_before,
             ctx.scale.converge,
             &mut deployment,
         )
@@ -585,18 +590,33 @@ pub async fn end_to_end(ctx: &Context) -> Result<PhaseResult, BenchError> {
     }))
 }
 
-/// Waits until the consumer applied `created` events of `identities` (or
-/// `deadline`), then reads each event's applied-at minus occurred-at.
+/// Waits until the consumer applied `created` more events than `before`
+/// (its own counter, cheap to read, so that the wait does not load the
+/// store the events are still passing through), or `deadline`; then reads
+/// each event's applied-at minus occurred-at from its records.
 async fn converge(
     ledger: &Arc<dyn obt_consumer::LedgerReader>,
     identities: &[String],
     created: u64,
+    before: f64,
     deadline: Duration,
     deployment: &mut Deployment,
 ) -> Result<(u64, Vec<Duration>), BenchError> {
     let started = Instant::now();
     loop {
         deployment.alive()?;
+        let applied = deployment
+            .consumer
+            .metrics
+            .scrape()
+            .await?
+            .total("obt_consumer_events_applied_total");
+        if applied - before >= created as f64 || started.elapsed() > deadline {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    loop {
         let views = obt_check::observe::applied_views(ledger, identities)
             .await
             .map_err(|e| BenchError::Phase {
@@ -616,7 +636,8 @@ async fn converge(
         if applied >= created || started.elapsed() > deadline {
             return Ok((created.saturating_sub(applied), events));
         }
-        tokio::time::sleep(Duration::from_millis(500)).await;
+        deployment.alive()?;
+        tokio::time::sleep(Duration::from_secs(1)).await;
     }
 }
 
@@ -716,9 +737,4 @@ pub async fn run(phase: &str, ctx: &Context) -> Result<PhaseResult, BenchError> 
         "end-to-end" => end_to_end(ctx).await,
         other => Err(BenchError::Setup(format!("no phase {other}"))),
     }
-}
-
-/// The best closed-loop rate of a phase's steps (for messages).
-pub fn best_rate(steps: &[Step]) -> f64 {
-    best(steps).map_or(0.0, |s| s.per_sec)
 }
