@@ -118,8 +118,15 @@ for mode in "${modes[@]}"; do
       log "MariaDB did not start: see $logs/mariadb/mariadb.log"
       exit 1
     fi
-    if ! "$bin_dir/obt-bench" run "$phase" --storage "$mode" --out "$out" --bin-dir "$bin_dir" \
-      "${smoke_flag[@]}"; then
+    phase_status=0
+    "$bin_dir/obt-bench" run "$phase" --storage "$mode" --out "$out" --bin-dir "$bin_dir" \
+      "${smoke_flag[@]}" || phase_status=$?
+    # obt-bench handles Ctrl-C itself (it stops its services) and exits
+    # 130: bash then does not act on the signal, so stop here.
+    if [ "$phase_status" -ge 128 ]; then
+      log "interrupted"
+      exit "$phase_status"
+    elif [ "$phase_status" -ne 0 ]; then
       log "$mode $phase failed (the services' logs: $out/$mode/logs, the stand-ins': $logs)"
       status=1
     fi
