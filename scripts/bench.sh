@@ -23,6 +23,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/emulators.sh
 source scripts/mariadb.sh
+source scripts/python.sh
 
 usage() {
   sed -n '2,21p' "$0" | sed 's/^# \{0,1\}//' >&2
@@ -70,7 +71,7 @@ esac
 
 if [ "$smoke" = true ]; then
   bin_dir=target/debug
-  for binary in obt-bench api stream-relay consumer; do
+  for binary in obt-bench api stream-relay consumer stream-relay-lambda; do
     [ -x "$bin_dir/$binary" ] || {
       log "$bin_dir/$binary is missing: --smoke uses the dev-profile binaries; build them with cargo build --workspace --bins --all-features"
       exit 2
@@ -99,9 +100,15 @@ phases() {
   if [ "$1" = mysql ]; then
     echo store-ceiling api queue-ceiling drain end-to-end
   else
-    echo store-ceiling api queue-ceiling stream-ceiling drain end-to-end
+    echo store-ceiling api queue-ceiling stream-ceiling drain end-to-end lambda
   fi
 }
+
+# The lambda phase (DynamoDB) runs the relay Lambda under cargo-lambda's
+# emulator: cargo-lambda comes from tools/python/requirements.txt.
+if [[ " ${modes[*]} " == *" dynamodb "* ]]; then
+  python_tools
+fi
 
 smoke_flag=()
 [ "$smoke" = false ] || smoke_flag=(--smoke)

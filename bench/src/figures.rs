@@ -176,6 +176,18 @@ pub enum PhaseResult {
         drained: Rate,
     },
     EndToEnd(EndToEnd),
+    /// The relay Lambda under cargo-lambda's Runtime API emulator.
+    Lambda {
+        /// Stream records per invocation.
+        batch_size: usize,
+        /// The first invocation, sent as the process started: cold start
+        /// and one batch.
+        cold_invocation_ms: f64,
+        /// The cold invocation minus the warm ones' median.
+        init_ms: Option<f64>,
+        /// The warm invocations.
+        per_batch: Option<Latency>,
+    },
 }
 
 impl PhaseResult {
@@ -188,6 +200,7 @@ impl PhaseResult {
             Self::StreamCeiling { .. } => "stream-ceiling",
             Self::Drain { .. } => "drain",
             Self::EndToEnd(_) => "end-to-end",
+            Self::Lambda { .. } => "lambda",
         }
     }
 }

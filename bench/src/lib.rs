@@ -8,12 +8,15 @@
 //!   open-loop load drivers.
 //! - [`deploy`]: a phase's tables, queues, databases and service processes.
 //! - [`probe`]: the services' Prometheus counters, CPU time and memory.
+//! - [`lambda`]: a Lambda binary behind cargo-lambda's Runtime API
+//!   emulator, and the stream records to invoke it with.
 //! - [`figures`]: what a phase writes (`DIR/STORAGE/PHASE.json`).
 //! - [`report`]: the merged table and `bench.json`; [`plot`]: `bench.svg`.
 
 pub mod deploy;
 pub mod drive;
 pub mod figures;
+pub mod lambda;
 pub mod phases;
 pub mod plot;
 pub mod probe;
@@ -79,6 +82,9 @@ pub enum Phase {
     /// latency per event; over the 50% level the requests per spending,
     /// CPU per unit of work and RSS of each service.
     EndToEnd,
+    /// DynamoDB only: the relay Lambda under `cargo lambda watch`: its
+    /// cold-start init and per-batch duration.
+    Lambda,
 }
 
 impl Phase {
@@ -90,6 +96,7 @@ impl Phase {
             Self::StreamCeiling => "stream-ceiling",
             Self::Drain => "drain",
             Self::EndToEnd => "end-to-end",
+            Self::Lambda => "lambda",
         }
     }
 }

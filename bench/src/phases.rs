@@ -735,6 +735,79 @@ pub async fn run(phase: &str, ctx: &Context) -> Result<PhaseResult, BenchError> 
         "stream-ceiling" => stream_ceiling(ctx).await,
         "drain" => drain(ctx).await,
         "end-to-end" => end_to_end(ctx).await,
+        "lambda" => lambda(ctx).await,
         other => Err(BenchError::Setup(format!("no phase {other}"))),
     }
+}
+
+/// Records of a Lambda batch (the event source mapping's default size).
+const LAMBDA_BATCH: usize = 100;
+
+/// Phase 7 (DynamoDB): the relay Lambda under cargo-lambda's Runtime API
+/// emulator, invoked batch after batch with stream events made from real
+/// stream records. The first invocation is sent as the process starts, so
+/// its latency is the cold start plus one batch; init is that minus the
+/// warm batches' median.
+pub async fn lambda(ctx: &Context) -> Result<PhaseResult, BenchError> {
+    if ctx.storage != Storage::Dynamodb {
+        return Err(BenchError::NotApplicable { phase: "lambda" });
+    }
+    let phase_error = |detail: String| BenchError::Phase {
+        phase: "lambda",
+        detail,
+    };
+    let batch = if ctx.scale.backlog < 1000 {
+        20
+    } else {
+        LAMBDA_BATCH
+    };
+    let batches = (ctx.scale.backlog as usize / 5 / batch).max(3);
+    let total = (batch * batches) as u64;
+    let resources = Resources::create(ctx.storage).await?;
+    let store = resources.store().await?;
+    let spendings = Spendings::new("la", ctx.scale.identities);
+    let written = futures::stream::iter(0..total)
+        .map(|n| {
+            let (store, spendings) = (&store, &spendings);
+            async move { record(store, spendings, n).await }
+        })
+        .buffer_unordered(32)
+        .collect::<Vec<_>>()
+        .await;
+    if let Some(Err(e)) = written.iter().find(|w| w.is_err()) {
+        return Err(phase_error(format!("writing the events: {e}")));
+    }
+    let records = crate::lambda::read_stream(&resources, total).await?;
+    let events: Vec<serde_json::Value> = records
+        .chunks(batch)
+        .map(|chunk| obt_testkit::lambda::dynamodb_event(chunk, &resources.stream_arn))
+        .collect();
+    let mut function = crate::lambda::Function::start(
+        &ctx.bin_dir,
+        "stream-relay-lambda",
+        &[
+            ("OBT_TABLE".to_owned(), resources.names.table.clone()),
+            ("OBT_QUEUE_URL".to_owned(), resources.queue_url.clone()),
+        ],
+        &ctx.logs(),
+    )
+    .await?;
+    let mut latencies = Vec::new();
+    for event in &events {
+        latencies.push(function.invoke(event).await?);
+    }
+    let cold = latencies.first().copied().unwrap_or_default();
+    let warm = Latency::of(&latencies[1..]);
+    let init_ms = warm.map(|w| (cold.as_secs_f64() * 1e3 - w.p50_ms).max(0.0));
+    say(&format!(
+        "Lambda: first invocation (cold) {:.0} ms, warm batches of {batch} p50 {:.0} ms",
+        cold.as_secs_f64() * 1e3,
+        warm.map_or(0.0, |w| w.p50_ms)
+    ));
+    Ok(PhaseResult::Lambda {
+        batch_size: batch,
+        cold_invocation_ms: cold.as_secs_f64() * 1e3,
+        init_ms,
+        per_batch: warm,
+    })
 }

@@ -55,7 +55,9 @@ fn the_report_prints_one_table_and_writes_the_json_and_the_plot() {
         "CPU per event, stream-relay",
         "CPU per event, consumer",
         "RSS idle / under load, consumer",
-        "Lambda relay init",
+        "Lambda relay init (cold invocation - warm p50)",
+        "Lambda relay per batch of",
+        "<= 50 ms",
         "smoke scale",
     ] {
         assert!(
