@@ -16,7 +16,7 @@
 #                bench.svg go [default: .run/bench]
 #
 # Without --smoke it builds the release binaries first (cargo build
-# --release --bins --all-features) and takes about 25 minutes a mode.
+# --release --bins --all-features); a mode then takes about 8 minutes.
 # Stand-ins run on free ports of loopback, apart from any other stack; the
 # script stops what it started, also on failure or Ctrl-C.
 set -euo pipefail

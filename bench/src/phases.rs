@@ -485,6 +485,30 @@ pub async fn end_to_end(ctx: &Context) -> Result<PhaseResult, BenchError> {
     for service in deployment.services() {
         idle.insert(service.name.clone(), service.sample()?.rss_mb);
     }
+    // Unmeasured: the stand-ins' and the services' first requests (a JVM
+    // that compiles, connections that open) would land in the first level.
+    let warmup = Spendings::new("ew", ctx.scale.identities);
+    let http = deployment.http.clone();
+    let applied_before = deployment
+        .consumer
+        .metrics
+        .scrape()
+        .await?
+        .total("obt_consumer_events_applied_total");
+    let run = open_loop(api_max * FRACTIONS[0], ctx.scale.warmup, 4096, |n| {
+        let (http, warmup) = (&http, &warmup);
+        async move { post(http, warmup, n).await }
+    })
+    .await;
+    converge(
+        &ledger,
+        &[],
+        run.ok,
+        applied_before,
+        ctx.scale.converge,
+        &mut deployment,
+    )
+    .await?;
     let mut levels = Vec::new();
     let mut requests_per_spending = BTreeMap::new();
     let mut usage = BTreeMap::new();
@@ -615,6 +639,10 @@ async fn converge(
             break;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    if identities.is_empty() {
+        // The warm-up: only the wait.
+        return Ok((0, Vec::new()));
     }
     loop {
         let views = obt_check::observe::applied_views(ledger, identities)
