@@ -7,8 +7,8 @@
 # deny), the CloudFormation templates and the deploy script, builds, starts DynamoDB
 # Local, fauxqs and a private MariaDB on free ports, runs every test against
 # them (the Lambda functions behind cargo-lambda's Runtime API emulator),
-# then the suites written for both storage modes again in MySQL mode, and
-# stops what it started.
+# then the suites written for both storage modes again in MySQL mode, stops
+# what it started, and runs the benchmark's smoke (scripts/bench.sh --smoke).
 #
 #   scripts/test.sh                  everything (what CI runs)
 #   scripts/test.sh -p obt-api       any extra arguments go to `cargo test`
@@ -161,6 +161,21 @@ fi
 set -e
 stop_servers
 trap - EXIT
+
+# The benchmark's smoke: every phase at a tiny scale on stand-ins of its
+# own (started and stopped per phase by the script), with the dev binaries
+# built above; it must finish and print its table (docs/PERFORMANCE.md).
+if [ $# -eq 0 ] && [ "$fast" = false ]; then
+  step "the benchmark's smoke (scripts/bench.sh --smoke)"
+  set +e
+  scripts/bench.sh --smoke --out "$run_dir/bench" 2>"$run_dir/bench-smoke.log"
+  bench_status=$?
+  set -e
+  if [ "$bench_status" -ne 0 ]; then
+    tail -n 40 "$run_dir/bench-smoke.log" >&2
+    status=$bench_status
+  fi
+fi
 
 # What scripts/deploy.sh uploads (the four EC2 binaries and the two
 # Lambda zips), cross-built by cargo-lambda and zig as a deployment builds
