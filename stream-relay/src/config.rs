@@ -20,6 +20,16 @@ pub struct RelayArgs {
     pub queue: QueueArgs,
     #[command(flatten)]
     pub log: LogArgs,
+    /// SendMessageBatch calls in flight at once. Each identity's events
+    /// still go one at a time (event n once n-1 was accepted); more calls
+    /// at once let a backlog of many identities drain faster.
+    #[arg(
+        long,
+        env = "OBT_PUBLISH_CONCURRENCY",
+        default_value_t = 8,
+        value_parser = clap::value_parser!(u16).range(1..=64)
+    )]
+    pub publish_concurrency: u16,
 }
 
 /// Publish the outbox events to the SQS FIFO queue, in order per identity:
