@@ -95,8 +95,10 @@ pub struct MySqlArgs {
     /// user (SELECT and DELETE on `obt`, its own `obt_parked`).
     #[command(flatten)]
     pub storage: StorageArgs,
-    /// Outbox rows read per round.
-    #[arg(long, env = "OBT_POLL_BATCH", default_value_t = 100)]
+    /// Outbox rows read per round (at most 1000). A round publishes its
+    /// rows with several SendMessageBatch calls at once and deletes them in
+    /// one statement, so larger rounds drain a backlog faster.
+    #[arg(long, env = "OBT_POLL_BATCH", default_value_t = 1000)]
     pub poll_batch: u32,
     /// The longest wait between two rounds when the outbox is empty, in
     /// milliseconds: the worst added latency of an event after a quiet

@@ -371,6 +371,9 @@ struct Tally<'e> {
     remaining: Vec<usize>,
     /// For each event, the index of its identity's previous event.
     previous: Vec<Option<usize>>,
+    /// For each event, its [`message_bytes`] (measured once: it encodes
+    /// the event).
+    sizes: Vec<usize>,
     /// Events SQS accepted.
     accepted: Vec<bool>,
     /// Identities with a refused event: nothing more of them is sent.
@@ -390,6 +393,7 @@ impl<'e> Tally<'e> {
             events,
             remaining: (0..events.len()).collect(),
             previous,
+            sizes: events.iter().map(message_bytes).collect(),
             accepted: vec![false; events.len()],
             stopped: HashSet::new(),
             report: PublishReport::default(),
@@ -414,7 +418,7 @@ impl<'e> Tally<'e> {
         let mut left = Vec::with_capacity(self.remaining.len());
         for index in std::mem::take(&mut self.remaining) {
             let event = &self.events[index];
-            let size = message_bytes(event);
+            let size = self.sizes[index];
             if self.stopped.contains(event.identity.as_str()) {
                 self.report.held.push(index);
             } else if batch.len() == MAX_BATCH || self.waits(index) {
