@@ -6,7 +6,7 @@
 //! docs/ARCHITECTURE.md, "The consumer".
 
 use std::future::Future;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use aws_config::SdkConfig;
@@ -28,6 +28,10 @@ use crate::store::{self, Applied, ApplyError, HoldError, Ledger, LedgerError, Op
 const RECEIVE_BACKOFF: Backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(10));
 /// Between empty receives when long polling is off, so as not to spin.
 const IDLE_PAUSE: Duration = Duration::from_millis(200);
+
+/// While a received batch is being handled, how often the messages done so
+/// far are deleted (all at once when it is finished).
+const DELETE_EVERY: Duration = Duration::from_millis(500);
 /// How often one message is tried again when an operator's retry parks or
 /// unparks its identity between two steps of its handling.
 const RACE_ROUNDS: usize = 3;
@@ -372,14 +376,31 @@ impl Consumer {
 
     /// Handles one received batch: groups concurrently, each group in
     /// order, stopping a group at its first message that is not done.
+    ///
+    /// The messages whose fate is committed are deleted together
+    /// (`DeleteMessageBatch`) when the batch is done, and every
+    /// [`DELETE_EVERY`] meanwhile, so that a group whose write is retried
+    /// does not keep the others' messages for long.
     pub async fn handle_batch(self: &Arc<Self>, batch: Vec<Received>) {
         debug!(messages = batch.len(), "received");
+        let done: Arc<Mutex<Vec<Received>>> = Arc::default();
         let this = self.clone();
+        let collected = done.clone();
         let handle = move |message: Received| {
             let this = this.clone();
-            async move { this.handle_message(message).await }
+            let done = collected.clone();
+            async move { this.handle_message_into(message, Some(&done)).await }
         };
-        for report in batch::process(batch, Received::group_key, handle).await {
+        let processing = batch::process(batch, Received::group_key, handle);
+        tokio::pin!(processing);
+        let reports = loop {
+            tokio::select! {
+                reports = &mut processing => break reports,
+                () = tokio::time::sleep(DELETE_EVERY) => self.delete_done(&done).await,
+            }
+        };
+        self.delete_done(&done).await;
+        for report in reports {
             let Some(stopped) = report.stopped else {
                 continue;
             };
@@ -408,11 +429,35 @@ impl Consumer {
         }
     }
 
+    /// Deletes the messages collected in `done` (their fate is committed).
+    async fn delete_done(&self, done: &Mutex<Vec<Received>>) {
+        let messages = std::mem::take(&mut *done.lock().unwrap_or_else(|p| p.into_inner()));
+        if messages.is_empty() {
+            return;
+        }
+        for (message, reason) in self.queue.delete_all(&messages).await {
+            // Its fate is committed; when the message comes back it is
+            // recognised (a duplicate, held already, dead-lettered under
+            // the same deduplication id).
+            warn!(message_id = %message.message_id, reason, "handled, but the message could not be deleted");
+        }
+    }
+
     /// Handles one message and deletes it once its fate is committed, in a
     /// span that continues the event's trace (its envelope's `trace`; a new
     /// trace without one), so that its log lines carry the api's
     /// `trace_id`.
     pub async fn handle_message(&self, message: Received) -> Disposition<StopReason> {
+        self.handle_message_into(message, None).await
+    }
+
+    /// [`Consumer::handle_message`]; with `done`, a message whose fate is
+    /// committed is put there for the caller to delete instead.
+    async fn handle_message_into(
+        &self,
+        message: Received,
+        done: Option<&Mutex<Vec<Received>>>,
+    ) -> Disposition<StopReason> {
         let decoded = decode(&message);
         let span = info_span!(
             "handle_message",
@@ -427,13 +472,16 @@ impl Consumer {
         }
         let parent = decoded.as_ref().ok().and_then(|event| event.trace.as_ref());
         obt_runtime::trace::start(&span, parent);
-        self.handle_decoded(message, decoded).instrument(span).await
+        self.handle_decoded(message, decoded, done)
+            .instrument(span)
+            .await
     }
 
     async fn handle_decoded(
         &self,
         message: Received,
         decoded: Result<Envelope, PoisonReason>,
+        done: Option<&Mutex<Vec<Received>>>,
     ) -> Disposition<StopReason> {
         let handled = match decoded {
             Ok(event) => self.handle_event(&message, &event).await,
@@ -457,6 +505,10 @@ impl Consumer {
                 warn!(error = %e, "could not delay the message; it comes back after its visibility timeout");
             }
             return Disposition::Stop(StopReason::Transient { redeliver_in });
+        }
+        if let Some(done) = done {
+            done.lock().unwrap_or_else(|p| p.into_inner()).push(message);
+            return Disposition::Continue;
         }
         if let Err(e) = self.queue.delete(&message).await {
             // Its fate is committed; when the message comes back it is

@@ -4,7 +4,7 @@
 //! reachable, as with fauxqs).
 
 use aws_sdk_sqs::error::SdkError;
-use aws_sdk_sqs::types::{Message, MessageSystemAttributeName};
+use aws_sdk_sqs::types::{DeleteMessageBatchRequestEntry, Message, MessageSystemAttributeName};
 use tracing::warn;
 
 /// The most messages one ReceiveMessage may return.
@@ -176,6 +176,64 @@ impl Queue {
             .await
             .map_err(sqs_error("DeleteMessage", &self.url))?;
         Ok(())
+    }
+
+    /// Deletes messages whose effect is committed (or was already), up to
+    /// [`MAX_MESSAGES`] per `DeleteMessageBatch`: one request for a
+    /// received batch instead of one per message. Returns the messages
+    /// that were not deleted, each with the reason (they come back and are
+    /// recognised then, as after a crash).
+    pub async fn delete_all<'m>(&self, messages: &'m [Received]) -> Vec<(&'m Received, String)> {
+        let mut not_deleted = Vec::new();
+        for chunk in messages.chunks(MAX_MESSAGES.unsigned_abs() as usize) {
+            let entries: Result<Vec<_>, _> = chunk
+                .iter()
+                .enumerate()
+                .map(|(i, message)| {
+                    DeleteMessageBatchRequestEntry::builder()
+                        .id(i.to_string())
+                        .receipt_handle(&message.receipt_handle)
+                        .build()
+                })
+                .collect();
+            let entries = match entries {
+                Ok(entries) => entries,
+                Err(e) => {
+                    not_deleted.extend(chunk.iter().map(|m| (m, e.to_string())));
+                    continue;
+                }
+            };
+            let result = self
+                .client
+                .delete_message_batch()
+                .queue_url(&self.url)
+                .set_entries(Some(entries))
+                .send()
+                .await
+                .map_err(sqs_error("DeleteMessageBatch", &self.url));
+            match result {
+                Ok(out) => {
+                    let deleted: std::collections::HashSet<&str> =
+                        out.successful().iter().map(|e| e.id()).collect();
+                    for (i, message) in chunk.iter().enumerate() {
+                        if deleted.contains(i.to_string().as_str()) {
+                            continue;
+                        }
+                        let reason = out
+                            .failed()
+                            .iter()
+                            .find(|f| f.id() == i.to_string())
+                            .map_or_else(
+                                || "not confirmed".to_owned(),
+                                |f| format!("{}: {}", f.code(), f.message().unwrap_or_default()),
+                            );
+                        not_deleted.push((message, reason));
+                    }
+                }
+                Err(e) => not_deleted.extend(chunk.iter().map(|m| (m, e.to_string()))),
+            }
+        }
+        not_deleted
     }
 
     /// Makes a message visible again at once (visibility timeout 0), so

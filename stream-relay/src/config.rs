@@ -20,6 +20,16 @@ pub struct RelayArgs {
     pub queue: QueueArgs,
     #[command(flatten)]
     pub log: LogArgs,
+    /// SendMessageBatch calls in flight at once. Each identity's events
+    /// still go one at a time (event n once n-1 was accepted); more calls
+    /// at once let a backlog of many identities drain faster.
+    #[arg(
+        long,
+        env = "OBT_PUBLISH_CONCURRENCY",
+        default_value_t = 8,
+        value_parser = clap::value_parser!(u16).range(1..=64)
+    )]
+    pub publish_concurrency: u16,
 }
 
 /// Publish the outbox events to the SQS FIFO queue, in order per identity:
@@ -85,8 +95,10 @@ pub struct MySqlArgs {
     /// user (SELECT and DELETE on `obt`, its own `obt_parked`).
     #[command(flatten)]
     pub storage: StorageArgs,
-    /// Outbox rows read per round.
-    #[arg(long, env = "OBT_POLL_BATCH", default_value_t = 100)]
+    /// Outbox rows read per round (at most 1000). A round publishes its
+    /// rows with several SendMessageBatch calls at once and deletes them in
+    /// one statement, so larger rounds drain a backlog faster.
+    #[arg(long, env = "OBT_POLL_BATCH", default_value_t = 1000)]
     pub poll_batch: u32,
     /// The longest wait between two rounds when the outbox is empty, in
     /// milliseconds: the worst added latency of an event after a quiet

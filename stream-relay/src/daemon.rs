@@ -13,13 +13,14 @@ use std::time::{Duration, Instant};
 use aws_sdk_dynamodbstreams::Client as StreamsClient;
 use aws_sdk_dynamodbstreams::error::{DisplayErrorContext, SdkError};
 use aws_sdk_dynamodbstreams::types::{Shard, ShardIteratorType};
-use tokio::task::JoinSet;
+use tokio::task::{JoinHandle, JoinSet};
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 use crate::backoff::{Backoff, wait_or_stop};
 use crate::change::{Change, ChangeError};
 use crate::lease::{Held, Lease, LeaseError, LeaseTable, Observations, Position, to_take};
-use crate::relay::Relay;
+use crate::relay::{Acknowledgements, Relay};
 use crate::sweeper::Sweeper;
 
 /// Records asked for per `GetRecords` (the service's maximum).
@@ -312,7 +313,25 @@ impl Daemon {
     }
 
     #[tracing::instrument(skip_all, fields(shard_id = %held.shard_id))]
-    async fn read_shard(&self, held: &Held, mut position: Option<Position>) {
+    async fn read_shard(&self, held: &Held, position: Option<Position>) {
+        let mut acker = Acker::new(Arc::clone(&self.relay), self.leases.clone(), held.clone());
+        let ended = self.read_records(held, position, &mut acker).await;
+        // Stopping, the lease lost or the shard read to its end: what was
+        // published is acknowledged and checkpointed first.
+        if acker.close().await && ended {
+            self.finish_shard(held).await;
+        }
+    }
+
+    /// Reads and publishes until the reader stops (`false`) or the shard
+    /// was read to its end (`true`); the acknowledgements and checkpoints
+    /// go through `acker`.
+    async fn read_records(
+        &self,
+        held: &Held,
+        mut position: Option<Position>,
+        acker: &mut Acker,
+    ) -> bool {
         let (shard_id, stop) = (held.shard_id.as_str(), &held.stop);
         let mut backoff =
             Backoff::new(Duration::from_millis(100), Duration::from_secs(10)).attempts();
@@ -324,11 +343,8 @@ impl Daemon {
                 Some(it) => it,
                 None => match self.iterator(shard_id, position.as_ref()).await {
                     Ok(Some(it)) => it,
-                    Ok(None) => {
-                        // No iterator for a closed shard: it was fully read.
-                        self.finish_shard(held).await;
-                        return;
-                    }
+                    // No iterator for a closed shard: it was fully read.
+                    Ok(None) => return true,
                     Err(e) => {
                         tracing::warn!(error = %e, "cannot get a shard iterator; retrying");
                         wait_or_stop(&mut backoff, stop).await;
@@ -338,13 +354,13 @@ impl Daemon {
             };
             if let Some(at) = last_call {
                 tokio::select! {
-                    () = stop.cancelled() => return,
+                    () = stop.cancelled() => return false,
                     () = tokio::time::sleep_until((at + MIN_GET_RECORDS_INTERVAL).into()) => {}
                 }
             }
             last_call = Some(Instant::now());
             let result = tokio::select! {
-                () = stop.cancelled() => return,
+                () = stop.cancelled() => return false,
                 result = self.streams.get_records().shard_iterator(&current).limit(RECORDS_PER_CALL).send() => result,
             };
             let out = match result {
@@ -380,28 +396,27 @@ impl Daemon {
                 .and_then(|d| d.sequence_number())
             {
                 let last = Position::After(last.to_owned());
-                if !self.handle_until_done(&records, stop).await {
-                    return;
-                }
-                if !self.save_until_done(held, &last).await {
-                    return;
-                }
+                let Some(acks) = self.publish_until_done(&records, stop).await else {
+                    return false;
+                };
+                acker.add(acks, last.clone());
                 position = Some(last);
+            }
+            if !acker.poll().await {
+                return false;
             }
             match out.next_shard_iterator {
                 Some(next) => iterator = Some(next),
-                None => {
-                    self.finish_shard(held).await;
-                    return;
-                }
+                None => return true,
             }
             if records.is_empty() {
                 tokio::select! {
-                    () = stop.cancelled() => return,
+                    () = stop.cancelled() => return false,
                     () = tokio::time::sleep(self.idle_poll) => {}
                 }
             }
         }
+        false
     }
 
     /// The shard was read to its end: records that, and lets the lease go
@@ -415,63 +430,191 @@ impl Daemon {
         }
     }
 
-    /// Hands `records` to the relay until it succeeds. `false` when the
-    /// reader stopped first (nothing is checkpointed then).
-    async fn handle_until_done(
+    /// Publishes what `records` add until that succeeded: the
+    /// acknowledgements to make. `None` when the reader stopped first
+    /// (nothing is checkpointed then).
+    async fn publish_until_done(
         &self,
         records: &[aws_sdk_dynamodbstreams::types::Record],
         stop: &CancellationToken,
-    ) -> bool {
+    ) -> Option<Acknowledgements> {
         let mut backoff =
             Backoff::new(Duration::from_millis(100), Duration::from_secs(10)).attempts();
         loop {
             let result = match to_changes(records) {
-                Ok(changes) => self.relay.handle(&changes).await.map_err(|e| e.to_string()),
+                Ok(changes) => self
+                    .relay
+                    .publish(&changes)
+                    .await
+                    .map_err(|e| e.to_string()),
                 Err(e) => Err(e.to_string()),
             };
             match result {
-                Ok(summary) => {
+                Ok((summary, acks)) => {
                     tracing::debug!(
                         records = records.len(),
                         published = summary.published,
-                        "batch relayed"
+                        "batch published"
                     );
-                    return true;
+                    return Some(acks);
                 }
                 Err(e) => {
                     tracing::error!(error = %e, records = records.len(), "could not relay a batch; retrying it");
                     if stop.is_cancelled() {
-                        return false;
+                        return None;
                     }
                     wait_or_stop(&mut backoff, stop).await;
                     if stop.is_cancelled() {
-                        return false;
+                        return None;
                     }
                 }
             }
         }
     }
 
-    /// Saves a checkpoint, retrying; gives up when the lease is lost (the
-    /// new owner redoes the records since the last checkpoint) or when
-    /// stopping, which is as safe. `false` when it gave up.
+    /// Saves a checkpoint, retrying; see [`save_until_done`].
     async fn save_until_done(&self, held: &Held, position: &Position) -> bool {
-        let mut backoff =
-            Backoff::new(Duration::from_millis(100), Duration::from_secs(10)).attempts();
-        loop {
-            match self.leases.checkpoint(held, position).await {
-                Ok(()) => return true,
-                Err(LeaseError::Lost { .. }) => {
-                    tracing::warn!("lease lost: another instance continues this shard");
+        save_until_done(&self.leases, held, position).await
+    }
+}
+
+/// Most identities whose acknowledgements wait while the previous ones are
+/// made, before the reader waits for them.
+const MAX_WAITING_ACKNOWLEDGEMENTS: usize = 10_000;
+
+/// The acknowledgements of one shard reader, made in the background while
+/// it reads and publishes on, each round followed by the checkpoint of the
+/// records it covers: the checkpoint still moves only past events that
+/// were published and acknowledged. The acknowledgements of the batches
+/// published meanwhile wait, merged per identity (one write for several
+/// events of an identity), for the next round.
+struct Acker {
+    relay: Arc<Relay>,
+    leases: LeaseTable,
+    held: Held,
+    /// Published, not acknowledged yet, and the position after them.
+    waiting: Acknowledgements,
+    waiting_up_to: Option<Position>,
+    /// The round under way: its acknowledgements, then its checkpoint;
+    /// `false` when it gave up (stopping, or the lease lost).
+    round: Option<JoinHandle<bool>>,
+}
+
+impl Acker {
+    fn new(relay: Arc<Relay>, leases: LeaseTable, held: Held) -> Self {
+        Self {
+            relay,
+            leases,
+            held,
+            waiting: Acknowledgements::default(),
+            waiting_up_to: None,
+            round: None,
+        }
+    }
+
+    /// The acknowledgements of the records up to `position`.
+    fn add(&mut self, acks: Acknowledgements, position: Position) {
+        self.waiting.merge(acks);
+        self.waiting_up_to = Some(position);
+    }
+
+    /// Starts a round for what waits when none is under way; waits for the
+    /// one under way when too much waits. `false` when a round gave up:
+    /// the reader stops.
+    async fn poll(&mut self) -> bool {
+        let busy = self.round.as_ref().is_some_and(|r| !r.is_finished());
+        if busy && self.waiting.len() < MAX_WAITING_ACKNOWLEDGEMENTS {
+            return true;
+        }
+        if !self.finish_round().await {
+            return false;
+        }
+        self.start_round();
+        true
+    }
+
+    async fn finish_round(&mut self) -> bool {
+        match self.round.take() {
+            None => true,
+            Some(round) => round.await.unwrap_or_else(|e| {
+                tracing::error!(error = %e, "an acknowledgement round panicked");
+                false
+            }),
+        }
+    }
+
+    fn start_round(&mut self) {
+        let Some(position) = self.waiting_up_to.take() else {
+            return;
+        };
+        let acks = std::mem::take(&mut self.waiting);
+        let (relay, leases, held) = (
+            Arc::clone(&self.relay),
+            self.leases.clone(),
+            self.held.clone(),
+        );
+        self.round = Some(tokio::spawn(
+            async move {
+                acknowledge_until_done(&relay, &acks, &held.stop).await
+                    && save_until_done(&leases, &held, &position).await
+            }
+            .instrument(tracing::Span::current()),
+        ));
+    }
+
+    /// Makes every acknowledgement and checkpoint that waits. `false` when
+    /// one gave up.
+    async fn close(mut self) -> bool {
+        if !self.finish_round().await {
+            return false;
+        }
+        self.start_round();
+        self.finish_round().await
+    }
+}
+
+/// Makes `acks` until that succeeded. `false` when `stop` came first.
+async fn acknowledge_until_done(
+    relay: &Relay,
+    acks: &Acknowledgements,
+    stop: &CancellationToken,
+) -> bool {
+    let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(10)).attempts();
+    loop {
+        match relay.acknowledge(acks).await {
+            Ok(()) => return true,
+            Err(e) => {
+                tracing::error!(error = %e, identities = acks.len(), "could not acknowledge published events; retrying");
+                if stop.is_cancelled() {
                     return false;
                 }
-                Err(e) => tracing::warn!(error = %e, "cannot save the checkpoint; retrying"),
+                wait_or_stop(&mut backoff, stop).await;
+                if stop.is_cancelled() {
+                    return false;
+                }
             }
-            if held.stop.is_cancelled() {
+        }
+    }
+}
+
+/// Saves a checkpoint, retrying; gives up when the lease is lost (the new
+/// owner redoes the records since the last checkpoint) or when stopping,
+/// which is as safe. `false` when it gave up.
+async fn save_until_done(leases: &LeaseTable, held: &Held, position: &Position) -> bool {
+    let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(10)).attempts();
+    loop {
+        match leases.checkpoint(held, position).await {
+            Ok(()) => return true,
+            Err(LeaseError::Lost { .. }) => {
+                tracing::warn!("lease lost: another instance continues this shard");
                 return false;
             }
-            wait_or_stop(&mut backoff, &held.stop).await;
+            Err(e) => tracing::warn!(error = %e, "cannot save the checkpoint; retrying"),
         }
+        if held.stop.is_cancelled() {
+            return false;
+        }
+        wait_or_stop(&mut backoff, &held.stop).await;
     }
 }
 

@@ -1,9 +1,10 @@
 //! Publishing to the SQS FIFO queue. A batch never holds two events of one
-//! message group, and is sent only once every entry of the batches before it
-//! was accepted or refused for good, so that a partial failure of
+//! message group, and an event is sent only once its identity's previous
+//! event was accepted (or refused for good), so that a partial failure of
 //! `SendMessageBatch` can never put an identity's later event ahead of an
 //! earlier one (`docs/ARCHITECTURE.md`, "Batches never hold two events of
-//! one identity").
+//! one identity"). Batches whose events wait for nothing are sent
+//! concurrently, up to [`Publisher::with_concurrency`] at once.
 //!
 //! Two kinds of failure: a **refusal** (SQS blames the message:
 //! [`PERMANENT_CODES`] with `SenderFault`; or the body is larger than SQS
@@ -25,9 +26,15 @@ use aws_sdk_sqs::types::{
     MessageAttributeValue, MessageSystemAttributeNameForSends, MessageSystemAttributeValue,
     SendMessageBatchRequestEntry,
 };
+use futures::StreamExt;
+use futures::stream::FuturesUnordered;
 use obt_contract::Envelope;
 
 use crate::backoff::Backoff;
+
+/// `SendMessageBatch` calls in flight at once by default
+/// ([`Publisher::with_concurrency`]).
+pub const DEFAULT_CONCURRENCY: usize = 8;
 
 /// The most entries SQS accepts in one `SendMessageBatch`.
 pub const MAX_BATCH: usize = 10;
@@ -180,24 +187,53 @@ fn describe(
 pub struct Publisher {
     client: Client,
     queue_url: String,
+    /// `SendMessageBatch` calls in flight at once: one call takes a round
+    /// trip whatever its size, so a backlog drains only as fast as several
+    /// of them at once.
+    concurrency: usize,
 }
 
 impl Publisher {
     pub fn new(client: Client, queue_url: String) -> Self {
-        Self { client, queue_url }
+        Self {
+            client,
+            queue_url,
+            concurrency: DEFAULT_CONCURRENCY,
+        }
+    }
+
+    /// At most `concurrency` (at least 1) `SendMessageBatch` calls in
+    /// flight at once.
+    #[must_use]
+    pub fn with_concurrency(mut self, concurrency: usize) -> Self {
+        self.concurrency = concurrency.max(1);
+        self
     }
 
     /// Publishes `events`, which are in order per identity, keeping that
-    /// order. Returns what SQS did not accept and why.
+    /// order: an event is sent once its identity's previous one was
+    /// accepted, and batches that wait for nothing go out concurrently.
+    /// Returns what SQS did not accept and why.
     pub async fn publish(&self, events: &[Envelope]) -> PublishReport {
         let mut tally = Tally::new(events);
-        while let Some(batch) = tally.next_batch() {
-            match self.send_batch(events, &batch).await {
-                Ok(refused) => tally.refused(refused),
-                Err(failure) => tally.stop(failure),
+        let mut in_flight = FuturesUnordered::new();
+        loop {
+            while in_flight.len() < self.concurrency {
+                let Some(batch) = tally.next_batch() else {
+                    break;
+                };
+                in_flight.push(async move {
+                    let result = self.send_batch(events, &batch).await;
+                    (batch, result)
+                });
+            }
+            match in_flight.next().await {
+                Some((batch, Ok(refused))) => tally.finished(&batch, refused),
+                Some((batch, Err(failure))) => tally.failed(&batch, failure),
+                None => break,
             }
         }
-        tally.report
+        tally.finish()
     }
 
     /// Sends one batch (`batch` indexes into `events`), retrying the entries
@@ -301,8 +337,11 @@ impl Publisher {
             };
             if attempt >= ATTEMPTS {
                 let event = &events[first];
-                // The refusals of this batch are lost with the failure; the
-                // retry of the whole call refuses them again.
+                // The refusals of this batch count as unpublished with the
+                // failure (never as accepted): the retry of the whole call
+                // refuses them again, and parks their identities then.
+                retry.extend(refused.iter().map(|r| r.index));
+                retry.sort_unstable();
                 return Err(PublishFailure {
                     unpublished: retry,
                     error: PublishError::NotAccepted {
@@ -321,11 +360,22 @@ impl Publisher {
     }
 }
 
-/// The bookkeeping of one [`Publisher::publish`], free of I/O: which batch
-/// goes next, and what of it may be sent.
+/// The bookkeeping of one [`Publisher::publish`], free of I/O: which events
+/// may go in the next batch. An event may go once its predecessor (the
+/// previous event of its identity) was accepted, so a batch never holds two
+/// events of one identity, and the batches that wait for nothing may be in
+/// flight together.
 struct Tally<'e> {
     events: &'e [Envelope],
-    batches: std::vec::IntoIter<Vec<usize>>,
+    /// Events not sent yet, in order.
+    remaining: Vec<usize>,
+    /// For each event, the index of its identity's previous event.
+    previous: Vec<Option<usize>>,
+    /// For each event, its [`message_bytes`] (measured once: it encodes
+    /// the event).
+    sizes: Vec<usize>,
+    /// Events SQS accepted.
+    accepted: Vec<bool>,
     /// Identities with a refused event: nothing more of them is sent.
     stopped: HashSet<&'e str>,
     report: PublishReport,
@@ -333,44 +383,74 @@ struct Tally<'e> {
 
 impl<'e> Tally<'e> {
     fn new(events: &'e [Envelope]) -> Self {
+        let mut last: HashMap<&str, usize> = HashMap::new();
+        let previous = events
+            .iter()
+            .enumerate()
+            .map(|(i, e)| last.insert(e.identity.as_str(), i))
+            .collect();
         Self {
             events,
-            batches: plan_batch_indexes(events).into_iter(),
+            remaining: (0..events.len()).collect(),
+            previous,
+            sizes: events.iter().map(message_bytes).collect(),
+            accepted: vec![false; events.len()],
             stopped: HashSet::new(),
             report: PublishReport::default(),
         }
     }
 
-    /// The next batch's events that may be sent; `None` when every batch
-    /// is done or the call stopped.
+    /// Whether `index` must wait: its predecessor is not accepted (yet).
+    fn waits(&self, index: usize) -> bool {
+        self.previous[index].is_some_and(|p| !self.accepted[p])
+    }
+
+    /// The events of the next batch, oldest first: at most [`MAX_BATCH`]
+    /// and [`MAX_BODY_BYTES`], none waiting for another. `None` when
+    /// nothing may be sent now: every event is done, the call stopped, or
+    /// what is left waits for a batch in flight.
     fn next_batch(&mut self) -> Option<Vec<usize>> {
         if self.report.failure.is_some() {
             return None;
         }
-        while let Some(batch) = self.batches.next() {
-            let mut sendable = Vec::with_capacity(batch.len());
-            for index in batch {
-                let event = &self.events[index];
-                let size = message_bytes(event);
-                if self.stopped.contains(event.identity.as_str()) {
-                    self.report.held.push(index);
-                } else if size > MAX_BODY_BYTES {
-                    self.refused(vec![Refusal {
-                        index,
-                        code: TOO_LONG.to_owned(),
-                        message: format!(
-                            "the message (body and attributes) is {size} bytes; SQS takes at most {MAX_BODY_BYTES}"
-                        ),
-                    }]);
-                } else {
-                    sendable.push(index);
-                }
-            }
-            if !sendable.is_empty() {
-                return Some(sendable);
+        let mut batch = Vec::new();
+        let mut bytes = 0;
+        let mut left = Vec::with_capacity(self.remaining.len());
+        for index in std::mem::take(&mut self.remaining) {
+            let event = &self.events[index];
+            let size = self.sizes[index];
+            if self.stopped.contains(event.identity.as_str()) {
+                self.report.held.push(index);
+            } else if batch.len() == MAX_BATCH || self.waits(index) {
+                left.push(index);
+            } else if size > MAX_BODY_BYTES {
+                self.refused(vec![Refusal {
+                    index,
+                    code: TOO_LONG.to_owned(),
+                    message: format!(
+                        "the message (body and attributes) is {size} bytes; SQS takes at most {MAX_BODY_BYTES}"
+                    ),
+                }]);
+            } else if !batch.is_empty() && bytes + size > MAX_BODY_BYTES {
+                left.push(index);
+            } else {
+                bytes += size;
+                batch.push(index);
             }
         }
-        None
+        self.remaining = left;
+        self.report.held.sort_unstable();
+        (!batch.is_empty()).then_some(batch)
+    }
+
+    /// `batch` came back: every entry but the `refused` ones was accepted.
+    fn finished(&mut self, batch: &[usize], refused: Vec<Refusal>) {
+        for &index in batch {
+            if !refused.iter().any(|r| r.index == index) {
+                self.accepted[index] = true;
+            }
+        }
+        self.refused(refused);
     }
 
     fn refused(&mut self, refused: Vec<Refusal>) {
@@ -382,18 +462,47 @@ impl<'e> Tally<'e> {
         self.report.refused.sort_by_key(|r| r.index);
     }
 
-    /// A failure that may pass stops the call: nothing after it is sent.
-    fn stop(&mut self, mut failure: PublishFailure) {
-        for index in self.batches.by_ref().flatten() {
+    /// `batch` failed for a reason that may pass: its entries not in
+    /// `failure.unpublished` were accepted, and nothing more is sent (the
+    /// batches in flight still come back).
+    fn failed(&mut self, batch: &[usize], failure: PublishFailure) {
+        for &index in batch {
+            if !failure.unpublished.contains(&index) {
+                self.accepted[index] = true;
+            }
+        }
+        match &mut self.report.failure {
+            Some(first) => first.unpublished.extend(failure.unpublished),
+            None => self.report.failure = Some(failure),
+        }
+    }
+
+    /// The report, once nothing is in flight any more: what was not sent
+    /// after a failure is unpublished (or held, behind a refusal).
+    fn finish(mut self) -> PublishReport {
+        let mut unpublished = Vec::new();
+        for index in std::mem::take(&mut self.remaining) {
             if self.stopped.contains(self.events[index].identity.as_str()) {
                 self.report.held.push(index);
             } else {
-                failure.unpublished.push(index);
+                unpublished.push(index);
             }
         }
-        failure.unpublished.sort_unstable();
+        if !unpublished.is_empty() && self.report.failure.is_none() {
+            // Not reachable: with nothing in flight, an event waits only
+            // behind a failed one.
+            self.report.failure = Some(PublishFailure {
+                unpublished: Vec::new(),
+                error: PublishError::Entry("the publisher stopped before the end".to_owned()),
+            });
+        }
+        if let Some(failure) = &mut self.report.failure {
+            failure.unpublished.extend(unpublished);
+            failure.unpublished.sort_unstable();
+            failure.unpublished.dedup();
+        }
         self.report.held.sort_unstable();
-        self.report.failure = Some(failure);
+        self.report
     }
 }
 
@@ -537,17 +646,20 @@ mod tests {
                 while let Some(next) = tally.next_batch() {
                     sent.extend(next.iter().copied());
                     if next.contains(&refused) {
-                        tally.refused(vec![Refusal {
-                            index: refused,
-                            code: "InvalidMessageContents".to_owned(),
-                            message: String::new(),
-                        }]);
+                        tally.finished(
+                            &next,
+                            vec![Refusal {
+                                index: refused,
+                                code: "InvalidMessageContents".to_owned(),
+                                message: String::new(),
+                            }],
+                        );
                     } else {
-                        tally.refused(Vec::new());
+                        tally.finished(&next, Vec::new());
                     }
                 }
                 let identity = events[refused].identity.as_str();
-                let report = tally.report;
+                let report = tally.finish();
                 assert!(report.failure.is_none());
                 let not_accepted = report.not_accepted();
                 tails_hold(&events, &not_accepted).unwrap_or_else(|e| panic!("batch {b}: {e}"));
@@ -584,26 +696,86 @@ mod tests {
                         } else {
                             next[0]
                         };
-                        tally.stop(PublishFailure {
-                            unpublished: vec![failed],
-                            error: PublishError::Entry("injected".to_owned()),
-                        });
+                        tally.failed(
+                            &next,
+                            PublishFailure {
+                                unpublished: vec![failed],
+                                error: PublishError::Entry("injected".to_owned()),
+                            },
+                        );
                     } else if number == 0 {
-                        tally.refused(vec![Refusal {
-                            index: next[0],
-                            code: "InvalidMessageContents".to_owned(),
-                            message: String::new(),
-                        }]);
+                        tally.finished(
+                            &next,
+                            vec![Refusal {
+                                index: next[0],
+                                code: "InvalidMessageContents".to_owned(),
+                                message: String::new(),
+                            }],
+                        );
+                    } else {
+                        tally.finished(&next, Vec::new());
                     }
                     number += 1;
                 }
-                let report = tally.report;
+                let report = tally.finish();
                 let not_accepted = report.not_accepted();
                 assert!(not_accepted.windows(2).all(|w| w[0] < w[1]), "no repeats");
                 tails_hold(&events, &not_accepted).unwrap_or_else(|e| panic!("batch {b}: {e}"));
                 assert!(report.failure.is_some());
             }
         }
+    }
+
+    #[test]
+    fn batches_that_wait_for_nothing_go_out_together_and_an_event_waits_for_its_predecessor() {
+        // 3 identities x 4 events, then 25 identities with one: the first
+        // batches hold first events only, so they may all be in flight.
+        let events = interleaved(25);
+        let mut tally = Tally::new(&events);
+        let mut in_flight: Vec<Vec<usize>> = Vec::new();
+        let mut sent = 0;
+        let mut most_in_flight = 0;
+        loop {
+            while let Some(batch) = tally.next_batch() {
+                for &i in &batch {
+                    if let Some(p) = tally.previous[i] {
+                        assert!(tally.accepted[p], "event {i} sent before {p} was accepted");
+                    }
+                }
+                in_flight.push(batch);
+            }
+            most_in_flight = most_in_flight.max(in_flight.len());
+            // Complete the batches in the reverse order of sending.
+            let Some(done) = in_flight.pop() else { break };
+            sent += done.len();
+            tally.finished(&done, Vec::new());
+        }
+        let report = tally.finish();
+        assert!(report.failure.is_none() && report.not_accepted().is_empty());
+        assert_eq!(sent, events.len());
+        assert!(most_in_flight >= 2, "independent batches went out together");
+    }
+
+    #[test]
+    fn a_batch_still_in_flight_comes_back_after_a_failure_and_the_rest_is_unpublished() {
+        let events = interleaved(25);
+        let mut tally = Tally::new(&events);
+        let first = tally.next_batch().expect("a batch");
+        let second = tally.next_batch().expect("a second batch, independent");
+        tally.failed(
+            &first,
+            PublishFailure {
+                unpublished: first.clone(),
+                error: PublishError::Entry("injected".to_owned()),
+            },
+        );
+        assert!(tally.next_batch().is_none(), "nothing more is sent");
+        tally.finished(&second, Vec::new());
+        let report = tally.finish();
+        let not_accepted = report.not_accepted();
+        tails_hold(&events, &not_accepted).expect("tails");
+        assert!(second.iter().all(|i| !not_accepted.contains(i)));
+        assert_eq!(not_accepted.len(), events.len() - second.len());
     }
 
     #[test]

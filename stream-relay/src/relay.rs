@@ -148,6 +148,73 @@ impl Relay {
     /// last change. On `Err`, the caller may checkpoint before
     /// [`HandleError::first_unfinished`], no further.
     pub async fn handle(&self, changes: &[Change]) -> Result<Summary, HandleError> {
+        let (summary, acks, mut failures) = self.publish_and_park(changes).await;
+        for (first_change, result) in self.send_acknowledgements(acks).await {
+            if let Err(error) = result {
+                failures.add(Some(first_change), error.into());
+            }
+        }
+        match failures.into_first() {
+            None => Ok(summary),
+            Some((first_unfinished, error)) => Err(HandleError {
+                first_unfinished,
+                error,
+            }),
+        }
+    }
+
+    /// [`Relay::handle`] without the acknowledgements, for a driver that
+    /// makes them later, together for several calls
+    /// ([`Acknowledgements::merge`], then [`Relay::acknowledge`]) and
+    /// checkpoints only after them. On `Ok`, every event the changes add
+    /// was accepted by SQS, or is held on a parked identity.
+    pub async fn publish(
+        &self,
+        changes: &[Change],
+    ) -> Result<(Summary, Acknowledgements), HandleError> {
+        let (summary, acks, failures) = self.publish_and_park(changes).await;
+        match failures.into_first() {
+            None => Ok((summary, Acknowledgements::from(acks))),
+            Some((first_unfinished, error)) => Err(HandleError {
+                first_unfinished,
+                error,
+            }),
+        }
+    }
+
+    /// Makes the acknowledgements that [`Relay::publish`] returned (each
+    /// idempotent, so a failed call may simply be repeated).
+    pub async fn acknowledge(&self, acks: &Acknowledgements) -> Result<(), RelayError> {
+        let acks: Vec<Ack> = acks.0.values().cloned().collect();
+        let mut failures = Failures::default();
+        for (first_change, result) in self.send_acknowledgements(acks).await {
+            if let Err(error) = result {
+                failures.add(Some(first_change), error.into());
+            }
+        }
+        match failures.into_first() {
+            None => Ok(()),
+            Some((_, error)) => Err(error),
+        }
+    }
+
+    async fn send_acknowledgements(&self, acks: Vec<Ack>) -> Vec<(usize, Result<(), OutboxError>)> {
+        stream::iter(acks)
+            .map(|ack| async move {
+                let result = self
+                    .outbox
+                    .acknowledge(&ack.identity, &ack.seqs, ack.version)
+                    .await;
+                (ack.first_change, result)
+            })
+            .buffer_unordered(CONCURRENT_ITEM_CALLS)
+            .collect()
+            .await
+    }
+
+    /// Publishes what `changes` add and parks the identities that need it:
+    /// what was done, the acknowledgements to make, and what failed.
+    async fn publish_and_park(&self, changes: &[Change]) -> (Summary, Vec<Ack>, Failures) {
         let mut failures = Failures::default();
         let mut triage = triage(changes);
         let (marks, unreadable) = self
@@ -201,24 +268,10 @@ impl Relay {
             );
         }
         let published = published_marks(&marks, &plan.events, &not_accepted);
+        // The marks rise with what SQS accepted, whatever happens to the
+        // acknowledgements: a retry then only acknowledges.
+        self.raise_marks(&published);
 
-        let acknowledged: Vec<(usize, Result<(), OutboxError>)> =
-            stream::iter(plan.acknowledgements(&published))
-                .map(|ack| async move {
-                    let result = self
-                        .outbox
-                        .acknowledge(&ack.identity, &ack.seqs, ack.version)
-                        .await;
-                    (ack.first_change, result)
-                })
-                .buffer_unordered(CONCURRENT_ITEM_CALLS)
-                .collect()
-                .await;
-        for (first_change, result) in acknowledged {
-            if let Err(error) = result {
-                failures.add(Some(first_change), error.into());
-            }
-        }
         let parks: Vec<(String, usize, Parked)> = triage
             .parks
             .iter()
@@ -246,19 +299,65 @@ impl Relay {
                 Err(error) => failures.add(Some(first_change), error.into()),
             }
         }
-        self.raise_marks(&published);
+        let summary = Summary {
+            published: plan.events.len() - not_accepted.len(),
+            skipped: changes.iter().filter(|c| !c.adds_events).count(),
+            parked: triage.parks.len(),
+            held: triage.held.len(),
+        };
+        (summary, plan.acknowledgements(&published), failures)
+    }
+}
 
-        match failures.into_first() {
-            None => Ok(Summary {
-                published: plan.events.len() - not_accepted.len(),
-                skipped: changes.iter().filter(|c| !c.adds_events).count(),
-                parked: triage.parks.len(),
-                held: triage.held.len(),
-            }),
-            Some((first_unfinished, error)) => Err(HandleError {
-                first_unfinished,
-                error,
-            }),
+/// Acknowledgements not made yet, one per identity: those of several
+/// [`Relay::publish`] calls, merged, make one write per identity instead
+/// of one per call.
+#[derive(Debug, Default)]
+pub struct Acknowledgements(HashMap<String, Ack>);
+
+impl From<Vec<Ack>> for Acknowledgements {
+    fn from(acks: Vec<Ack>) -> Self {
+        let mut merged = Self::default();
+        for ack in acks {
+            merged.add(ack);
+        }
+        merged
+    }
+}
+
+impl Acknowledgements {
+    /// Identities to acknowledge.
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// Adds the acknowledgements of a later call (of later changes of the
+    /// same shard). Per identity, the seqs add up and the later image's
+    /// version wins: its outbox holds what the earlier images held and was
+    /// not acknowledged yet, so when it was published whole (the version
+    /// goes along) the union of the seqs is that whole outbox.
+    pub fn merge(&mut self, later: Acknowledgements) {
+        for ack in later.0.into_values() {
+            self.add(ack);
+        }
+    }
+
+    fn add(&mut self, later: Ack) {
+        match self.0.get_mut(&later.identity) {
+            None => {
+                self.0.insert(later.identity.clone(), later);
+            }
+            Some(ack) => {
+                ack.seqs.extend(later.seqs);
+                ack.seqs.sort_unstable();
+                ack.seqs.dedup();
+                ack.version = later.version;
+                ack.first_change = ack.first_change.min(later.first_change);
+            }
         }
     }
 }
@@ -457,8 +556,8 @@ struct PlannedAck {
 }
 
 /// One acknowledgement to make.
-#[derive(Debug, PartialEq, Eq)]
-struct Ack {
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Ack {
     identity: String,
     seqs: Vec<u64>,
     version: Option<u64>,
@@ -692,6 +791,42 @@ mod tests {
                     first_change: 1
                 },
             ]
+        );
+    }
+
+    #[test]
+    fn acknowledgements_of_several_batches_make_one_write_per_identity() {
+        // Batch 1: A1, B1 published; batch 2: A2, A3 (A3 refused: A's last
+        // image is not all published) and B2.
+        let first = [write("A", 1, &[1]), write("B", 1, &[1])];
+        let second = [
+            write("A", 2, &[1, 2]),
+            write("B", 2, &[1, 2]),
+            write("A", 3, &[1, 2, 3]),
+        ];
+        let plan1 = plan(
+            triage(&first).planned(&first),
+            &marks(&[("A", 0), ("B", 0)]),
+        );
+        let plan2 = plan(
+            triage(&second).planned(&second),
+            &marks(&[("A", 1), ("B", 1)]),
+        );
+        let mut acks =
+            Acknowledgements::from(plan1.acknowledgements(&marks(&[("A", 1), ("B", 1)])));
+        acks.merge(Acknowledgements::from(
+            plan2.acknowledgements(&marks(&[("A", 2), ("B", 2)])),
+        ));
+        assert_eq!(acks.len(), 2);
+        let a = &acks.0["A"];
+        assert_eq!(a.seqs, [1, 2]);
+        assert_eq!(a.version, None, "A3 is still pending on the item");
+        let b = &acks.0["B"];
+        assert_eq!(b.seqs, [1, 2]);
+        assert_eq!(
+            b.version,
+            Some(2),
+            "the later image's version, all of it published"
         );
     }
 

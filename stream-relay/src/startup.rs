@@ -92,7 +92,9 @@ pub async fn relay(config: &SdkConfig, settings: &RelayArgs) -> Result<Relay, St
         obt_runtime::aws_client!(aws_sdk_dynamodb, config),
         settings.table.table.clone(),
     );
-    Ok(Relay::new(Publisher::new(sqs, queue_url), outbox))
+    let publisher =
+        Publisher::new(sqs, queue_url).with_concurrency(usize::from(settings.publish_concurrency));
+    Ok(Relay::new(publisher, outbox))
 }
 
 /// The daemon, ready to run.
@@ -152,7 +154,8 @@ pub async fn poller(
     let queue_url = queue_url(&sqs, &settings.relay).await?;
     Ok(crate::poller::OutboxPoller::new(
         url.expose(),
-        Publisher::new(sqs, queue_url),
+        Publisher::new(sqs, queue_url)
+            .with_concurrency(usize::from(settings.relay.publish_concurrency)),
         settings.mysql.poll_batch,
         std::time::Duration::from_millis(settings.mysql.poll_max_idle_ms.max(1)),
     )?

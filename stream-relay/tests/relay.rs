@@ -59,6 +59,7 @@ fn settings(stack: &Stack) -> Settings {
             log: obt_runtime::args::LogArgs {
                 log_format: obt_runtime::LogFormat::Text,
             },
+            publish_concurrency: 8,
         },
         stream_arn: None,
         lease_table: stack.names.lease_table.clone(),

@@ -57,6 +57,7 @@ fn relay_args(stack: &Stack) -> RelayArgs {
         log: obt_runtime::args::LogArgs {
             log_format: obt_runtime::LogFormat::Text,
         },
+        publish_concurrency: 8,
     }
 }
 

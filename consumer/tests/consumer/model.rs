@@ -496,3 +496,49 @@ async fn an_event_redriven_by_sqs_leaves_a_gap_that_the_retry_closes_and_other_d
     assert!(!left[0].in_flight, "and is released at once");
     consumer.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_messages_of_a_receive_are_deleted_in_one_batch_call() {
+    let on = OnModel::create(5, 30).await;
+    let mut sent: Vec<Vec<Envelope>> = Vec::new();
+    for i in 0..8 {
+        let who = identity(&format!("del{i}"));
+        let seqs = if i == 0 { 3 } else { 1 };
+        sent.push((1..=seqs).map(|seq| event(&who, seq, "1.00")).collect());
+    }
+    for events in &sent {
+        for e in events {
+            on.send(e).await;
+        }
+    }
+    // 10 messages, all there before the first receive: one receive, one
+    // DeleteMessageBatch.
+    let consumer = Running::spawn(on.consumer(on.ledger().await, 1).await);
+    for events in &sent {
+        let who = &events[0].identity;
+        wait_applied(&on.stack, who, events.len() as u64, Duration::from_secs(30)).await;
+        assert_exactly(&on.stack, who, events).await;
+    }
+    obt_testkit::eventually("the queue to be empty", Duration::from_secs(10), || async {
+        let left = on.model.messages(&on.stack.names.queue);
+        if left.is_empty() {
+            Ok(())
+        } else {
+            Err(format!("{} messages", left.len()))
+        }
+    })
+    .await;
+    consumer.stop().await;
+    assert_eq!(
+        on.model.call_count("DeleteMessage"),
+        0,
+        "{:?}",
+        on.model.calls()
+    );
+    assert_eq!(
+        on.model.call_count("DeleteMessageBatch"),
+        1,
+        "{:?}",
+        on.model.calls()
+    );
+}

@@ -177,11 +177,19 @@ async fn the_last_apply_is_known_cheaply_and_hides_from_the_listings() {
         .apply(&event(&identity, 1, "2.00"))
         .await
         .expect("applied");
-    let at = reader
-        .last_applied()
-        .await
-        .expect("reads")
-        .expect("an apply is known");
+    // The DynamoDB marker is written in the background of the apply.
+    let at = obt_testkit::eventually(
+        "an apply is known",
+        std::time::Duration::from_secs(10),
+        || async {
+            reader
+                .last_applied()
+                .await
+                .expect("reads")
+                .ok_or_else(|| "no apply known yet".to_owned())
+        },
+    )
+    .await;
     let after = time::OffsetDateTime::now_utc() + time::Duration::seconds(1);
     assert!(
         before <= at && at <= after,

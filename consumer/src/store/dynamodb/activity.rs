@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use aws_sdk_dynamodb::error::SdkError;
 use time::OffsetDateTime;
+use tracing::Instrument;
 
 use super::{DynamoDbLedger, HEAD_SEQ, attr, n, s};
 use crate::store::LedgerError;
@@ -37,9 +38,11 @@ fn epoch_ms(at: OffsetDateTime) -> i64 {
 
 impl DynamoDbLedger {
     /// Refreshes the marker after an apply, unless this process did less
-    /// than [`APPLIED_MARK_EVERY`] ago. A failure is logged and otherwise
-    /// ignored: the event is applied; the marker is only for operators.
-    pub(super) async fn mark_applied(&self) {
+    /// than [`APPLIED_MARK_EVERY`] ago. The write runs in a task of its
+    /// own, so that the apply (and the message's deletion) does not wait
+    /// for it; a failure is logged and otherwise ignored: the event is
+    /// applied; the marker is only for operators.
+    pub(super) fn mark_applied(&self) {
         let now = epoch_ms(OffsetDateTime::now_utc());
         let every = i64::try_from(APPLIED_MARK_EVERY.as_millis()).unwrap_or(i64::MAX);
         let last = self.applied_mark.0.load(Ordering::Relaxed);
@@ -52,7 +55,7 @@ impl DynamoDbLedger {
         {
             return;
         }
-        let result = self
+        let write = self
             .client
             .update_item()
             .table_name(&self.name)
@@ -62,17 +65,21 @@ impl DynamoDbLedger {
             // Several consumers: the marker never goes back.
             .condition_expression("attribute_not_exists(#m) OR #m < :now")
             .expression_attribute_names("#m", LAST_APPLIED_MS)
-            .expression_attribute_values(":now", n(now))
-            .send()
-            .await;
-        match result {
-            Ok(_) => {}
-            Err(SdkError::ServiceError(e)) if e.err().is_conditional_check_failed_exception() => {}
-            Err(e) => tracing::debug!(
-                error = %obt_runtime::error_chain(&e),
-                "could not refresh the last-applied marker; obt-admin status may show an older time"
-            ),
-        }
+            .expression_attribute_values(":now", n(now));
+        tokio::spawn(
+            async move {
+                match write.send().await {
+                    Ok(_) => {}
+                    Err(SdkError::ServiceError(e))
+                        if e.err().is_conditional_check_failed_exception() => {}
+                    Err(e) => tracing::debug!(
+                        error = %obt_runtime::error_chain(&e),
+                        "could not refresh the last-applied marker; obt-admin status may show an older time"
+                    ),
+                }
+            }
+            .in_current_span(),
+        );
     }
 
     /// The marker's time, or `None` when no consumer applied anything

@@ -61,7 +61,7 @@ impl DynamoDbLedger {
         }
         match request.send().await {
             Ok(_) => {
-                self.mark_applied().await;
+                self.mark_applied();
                 Ok(Applied::New)
             }
             Err(SdkError::ServiceError(e)) if e.err().is_transaction_canceled_exception() => {
