@@ -56,7 +56,10 @@ fi
 mkdir -p "$run_dir"
 run_dir=$(cd "$run_dir" && pwd)
 python_tools
-cargo build --all-features -p obt-api -p obt-migrate --bins --quiet
+# The workspace's binaries, as scripts/test.sh builds them (a no-op there):
+# building only `-p obt-api -p obt-migrate` unifies features differently and
+# compiled the AWS SDK a second time.
+cargo build --workspace --all-features --bins --quiet
 
 # Each generated valid Idempotency-Key is made unique (deterministically):
 # the api rightly answers 422 to a key reused for another spending, which

@@ -32,6 +32,11 @@ pub struct Settings {
     /// Answered, not enforced: no test runs for days.
     pub retention: u32,
     pub redrive: Option<Redrive>,
+    /// `DeduplicationScope: messageGroup` (high-throughput FIFO): a
+    /// deduplication id is remembered per message group, not per queue.
+    pub deduplicate_per_group: bool,
+    /// `FifoThroughputLimit`: answered; the model has no throughput limit.
+    pub throughput_limit: String,
     /// Attributes SQS takes that the model answers but does not act on
     /// (policies, encryption, throughput mode).
     pub stored: BTreeMap<String, String>,
@@ -45,6 +50,8 @@ impl Default for Settings {
             maximum_message_size: MAX_MESSAGE_BYTES,
             retention: 345_600,
             redrive: None,
+            deduplicate_per_group: false,
+            throughput_limit: "perQueue".to_owned(),
             stored: BTreeMap::new(),
         }
     }
@@ -65,7 +72,21 @@ impl Settings {
         match name {
             "FifoQueue" if creating => fixed("true"),
             "ContentBasedDeduplication" => fixed("false"),
-            "DeduplicationScope" => fixed("queue"),
+            "DeduplicationScope" => {
+                self.deduplicate_per_group = match value {
+                    "queue" => false,
+                    "messageGroup" => true,
+                    _ => return Err(not_modelled(name, value)),
+                };
+                Ok(())
+            }
+            "FifoThroughputLimit" => match value {
+                "perQueue" | "perMessageGroupId" => {
+                    value.clone_into(&mut self.throughput_limit);
+                    Ok(())
+                }
+                _ => Err(not_modelled(name, value)),
+            },
             "DelaySeconds" => fixed("0"),
             "VisibilityTimeout" => {
                 self.visibility_timeout = number(name, value, 0, MAX_VISIBILITY_TIMEOUT)?;
@@ -88,8 +109,7 @@ impl Settings {
                 self.redrive = redrive(value)?;
                 Ok(())
             }
-            "FifoThroughputLimit"
-            | "Policy"
+            "Policy"
             | "RedriveAllowPolicy"
             | "KmsMasterKeyId"
             | "KmsDataKeyReusePeriodSeconds"
@@ -109,8 +129,16 @@ impl Settings {
         let mut out: BTreeMap<String, String> = [
             ("FifoQueue", "true".to_owned()),
             ("ContentBasedDeduplication", "false".to_owned()),
-            ("DeduplicationScope", "queue".to_owned()),
-            ("FifoThroughputLimit", "perQueue".to_owned()),
+            (
+                "DeduplicationScope",
+                if self.deduplicate_per_group {
+                    "messageGroup"
+                } else {
+                    "queue"
+                }
+                .to_owned(),
+            ),
+            ("FifoThroughputLimit", self.throughput_limit.clone()),
             ("DelaySeconds", "0".to_owned()),
             ("VisibilityTimeout", self.visibility_timeout.to_string()),
             (

@@ -337,7 +337,14 @@ impl State {
         queue
             .deduplication
             .retain(|_, (at, _)| now.duration_since(*at) < DEDUPLICATION_WINDOW);
-        if let Some((_, first)) = queue.deduplication.get(&deduplication_id) {
+        // Per group with `DeduplicationScope: messageGroup`: the same id in
+        // another group is another message.
+        let remembered = if queue.settings.deduplicate_per_group {
+            format!("{group}\u{0}{deduplication_id}")
+        } else {
+            deduplication_id.clone()
+        };
+        if let Some((_, first)) = queue.deduplication.get(&remembered) {
             return Ok(first.clone());
         }
         self.next_sequence += 1;
@@ -347,7 +354,7 @@ impl State {
         };
         queue
             .deduplication
-            .insert(deduplication_id.clone(), (now, accepted.clone()));
+            .insert(remembered, (now, accepted.clone()));
         queue.messages.push_back(Message {
             id: accepted.message_id.clone(),
             body: outgoing.body,
@@ -667,6 +674,22 @@ mod tests {
         assert_eq!(state.messages("q.fifo", now).expect("q").len(), 1);
         let later = send(&mut state, "g", "same", now + 5 * MINUTE);
         assert_ne!(later, first);
+        assert_eq!(state.messages("q.fifo", now).expect("q").len(), 2);
+    }
+
+    #[test]
+    fn deduplication_is_per_queue_or_per_group_as_the_scope_says() {
+        let mut state = state(GroupStrategy::FillOneGroup);
+        let now = Instant::now();
+        let first = send(&mut state, "g", "same", now);
+        assert_eq!(send(&mut state, "h", "same", now), first, "scope queue");
+        let scope = BTreeMap::from([("DeduplicationScope".to_owned(), "messageGroup".to_owned())]);
+        state
+            .set_attributes("q.fifo", &scope)
+            .expect("the scope can change");
+        let other = send(&mut state, "k", "same", now);
+        assert_ne!(other, first, "another group: another message");
+        assert_eq!(send(&mut state, "k", "same", now), other, "same group");
         assert_eq!(state.messages("q.fifo", now).expect("q").len(), 2);
     }
 }
