@@ -26,10 +26,33 @@ pub struct RelayArgs {
     #[arg(
         long,
         env = "OBT_PUBLISH_CONCURRENCY",
-        default_value_t = 8,
+        default_value_t = RelayArgs::DEFAULT_PUBLISH_CONCURRENCY,
         value_parser = clap::value_parser!(u16).range(1..=64)
     )]
     pub publish_concurrency: u16,
+}
+
+impl RelayArgs {
+    pub const DEFAULT_PUBLISH_CONCURRENCY: u16 = 8;
+
+    /// The settings of a relay of `table` publishing to the queue
+    /// `queue_url`, with every other setting at its default (plain-text
+    /// logs): what a program that embeds the relay, or a test, starts from.
+    pub fn new(table: &str, queue_url: &str, queue_name: &str) -> Self {
+        Self {
+            table: TableArgs {
+                table: table.to_owned(),
+            },
+            queue: QueueArgs {
+                queue_url: Some(queue_url.to_owned()),
+                queue_name: queue_name.to_owned(),
+            },
+            log: LogArgs {
+                log_format: obt_runtime::LogFormat::Text,
+            },
+            publish_concurrency: Self::DEFAULT_PUBLISH_CONCURRENCY,
+        }
+    }
 }
 
 /// Publish the outbox events to the SQS FIFO queue, in order per identity:

@@ -78,19 +78,11 @@ async fn the_mapping_drops_emptying_acknowledgements_and_passes_every_record_tha
     );
     let relay = startup::relay(
         &stack.config,
-        &obt_stream_relay::config::RelayArgs {
-            table: obt_runtime::args::TableArgs {
-                table: stack.names.table.clone(),
-            },
-            queue: obt_runtime::args::QueueArgs {
-                queue_url: Some(stack.queue_url.clone()),
-                queue_name: stack.names.queue.clone(),
-            },
-            log: obt_runtime::args::LogArgs {
-                log_format: obt_runtime::LogFormat::Text,
-            },
-            publish_concurrency: 8,
-        },
+        &obt_stream_relay::config::RelayArgs::new(
+            &stack.names.table,
+            &stack.queue_url,
+            &stack.names.queue,
+        ),
     )
     .await
     .expect("a relay");

@@ -48,19 +48,7 @@ async fn queue_is_empty(stack: &Stack) -> bool {
 
 fn settings(stack: &Stack) -> Settings {
     Settings {
-        relay: RelayArgs {
-            table: obt_runtime::args::TableArgs {
-                table: stack.names.table.clone(),
-            },
-            queue: obt_runtime::args::QueueArgs {
-                queue_url: Some(stack.queue_url.clone()),
-                queue_name: stack.names.queue.clone(),
-            },
-            log: obt_runtime::args::LogArgs {
-                log_format: obt_runtime::LogFormat::Text,
-            },
-            publish_concurrency: 8,
-        },
+        relay: RelayArgs::new(&stack.names.table, &stack.queue_url, &stack.names.queue),
         stream_arn: None,
         lease_table: stack.names.lease_table.clone(),
         idle_poll_ms: 50,

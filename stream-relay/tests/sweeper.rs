@@ -46,19 +46,7 @@ async fn record(stack: &Stack, identity: &str, count: u64) {
 }
 
 fn relay_args(stack: &Stack) -> RelayArgs {
-    RelayArgs {
-        table: obt_runtime::args::TableArgs {
-            table: stack.names.table.clone(),
-        },
-        queue: obt_runtime::args::QueueArgs {
-            queue_url: Some(stack.queue_url.clone()),
-            queue_name: stack.names.queue.clone(),
-        },
-        log: obt_runtime::args::LogArgs {
-            log_format: obt_runtime::LogFormat::Text,
-        },
-        publish_concurrency: 8,
-    }
+    RelayArgs::new(&stack.names.table, &stack.queue_url, &stack.names.queue)
 }
 
 async fn sweeper(stack: &Stack, older_than: Duration) -> Sweeper {
