@@ -81,21 +81,13 @@ pub async fn read_stream(resources: &Resources, count: u64) -> Result<Vec<Record
 /// cargo-lambda: on `PATH`, or in the workspace's `.venv` (which
 /// scripts/bench.sh fills with `python_tools`).
 fn cargo_lambda() -> Result<PathBuf, BenchError> {
-    let on_path = std::env::var_os("PATH").and_then(|path| {
-        std::env::split_paths(&path)
-            .map(|dir| dir.join("cargo-lambda"))
-            .find(|candidate| candidate.is_file())
-    });
-    let in_venv = PathBuf::from(".venv/bin/cargo-lambda");
-    on_path
-        .or_else(|| in_venv.is_file().then_some(in_venv))
-        .ok_or_else(|| {
-            BenchError::Setup(
-                "cargo-lambda is not installed: scripts/bench.sh installs it into .venv \
-                 (tools/python/requirements.txt); or `source scripts/python.sh && python_tools`"
-                    .to_owned(),
-            )
-        })
+    obt_testkit::lambda::find_cargo_lambda().ok_or_else(|| {
+        BenchError::Setup(
+            "cargo-lambda is not installed: scripts/bench.sh installs it into .venv \
+             (tools/python/requirements.txt); or `source scripts/python.sh && python_tools`"
+                .to_owned(),
+        )
+    })
 }
 
 /// A Lambda function binary polling the emulator; both killed on drop.

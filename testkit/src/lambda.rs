@@ -35,6 +35,18 @@ pub struct LambdaEmulator {
 
 /// Where cargo-lambda is: on `PATH`, or in the workspace's `.venv`.
 pub fn cargo_lambda() -> PathBuf {
+    find_cargo_lambda().unwrap_or_else(|| {
+        panic!(
+            "cargo-lambda is not installed: run the tests with scripts/test.sh, which installs \
+             it into .venv (tools/python/requirements.txt), or run \
+             `source scripts/python.sh && python_tools` first"
+        )
+    })
+}
+
+/// cargo-lambda on `PATH`, else in the workspace's `.venv`; `None` when
+/// neither has it.
+pub fn find_cargo_lambda() -> Option<PathBuf> {
     let on_path = std::env::var_os("PATH").and_then(|path| {
         std::env::split_paths(&path)
             .map(|dir| dir.join("cargo-lambda"))
@@ -44,15 +56,7 @@ pub fn cargo_lambda() -> PathBuf {
         .parent()
         .unwrap_or(Path::new("."));
     let in_venv = workspace.join(".venv/bin/cargo-lambda");
-    on_path
-        .or_else(|| in_venv.is_file().then_some(in_venv))
-        .unwrap_or_else(|| {
-            panic!(
-                "cargo-lambda is not installed: run the tests with scripts/test.sh, which installs \
-                 it into .venv (tools/python/requirements.txt), or run \
-                 `source scripts/python.sh && python_tools` first"
-            )
-        })
+    on_path.or_else(|| in_venv.is_file().then_some(in_venv))
 }
 
 impl LambdaEmulator {
