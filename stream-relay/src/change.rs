@@ -30,6 +30,13 @@ pub struct Change {
     pub unreadable: Option<Unreadable>,
     /// The item is parked: none of its events is published.
     pub parked: bool,
+    /// A lower bound of the identity's "published up to" mark, read off
+    /// the record itself ([`Image::published_floor`] of the image before
+    /// the write; 0 for the item's first write), so that a relay that
+    /// meets the identity for the first time needs no read of the item.
+    /// `None` when the record cannot tell (a change of the sweeper's, or
+    /// a stream without old images): the relay reads the item.
+    pub published_floor: Option<u64>,
 }
 #[derive(Debug, thiserror::Error)]
 pub enum ChangeError {
@@ -79,7 +86,9 @@ impl Change {
             });
         };
         let old = data.old_image().cloned().map(serde_dynamo::Item::from);
-        Self::from_items(sequence_number, old, new_image.clone().into()).map(Some)
+        let inserted =
+            record.event_name() == Some(&aws_sdk_dynamodbstreams::types::OperationType::Insert);
+        Self::from_items(sequence_number, inserted, old, new_image.clone().into()).map(Some)
     }
 
     /// Reads a record of a Lambda DynamoDB stream event. `None` for the
@@ -107,15 +116,18 @@ impl Change {
         }
         // An absent OldImage (an INSERT) arrives as an empty item.
         let old = (!data.old_image.is_empty()).then(|| data.old_image.clone());
-        Self::from_items(sequence_number, old, data.new_image.clone()).map(Some)
+        let inserted = record.event_name == "INSERT";
+        Self::from_items(sequence_number, inserted, old, data.new_image.clone()).map(Some)
     }
 
     /// Reads a record's images, whichever API delivered them: the one
     /// decoding path of every driver. An item that is damaged (an outbox
     /// entry this relay cannot read) is no error: the change says so, and
-    /// the relay parks its identity alone.
+    /// the relay parks its identity alone. `inserted`: the record is of
+    /// the item's first write (so no old image is expected).
     fn from_items(
         sequence_number: String,
+        inserted: bool,
         old: Option<serde_dynamo::Item>,
         new: serde_dynamo::Item,
     ) -> Result<Self, ChangeError> {
@@ -127,7 +139,12 @@ impl Change {
         };
         let new = read(new)?;
         let old = old.map(read).transpose()?;
-        Ok(Self::from_images(sequence_number, old.as_ref(), new))
+        let mut change = Self::from_images(sequence_number, old.as_ref(), new);
+        if inserted && old.is_none() {
+            // Nothing of a new item was published before.
+            change.published_floor = Some(0);
+        }
+        Ok(change)
     }
 
     /// The change between two images of one item (`old` is `None` for an
@@ -151,6 +168,7 @@ impl Change {
             pending: new.pending,
             unreadable: new.unreadable,
             parked: new.parked.is_some(),
+            published_floor: old.and_then(Image::published_floor),
         }
     }
 }

@@ -118,6 +118,23 @@ impl Image {
         Ok(image)
     }
 
+    /// A lower bound of the highest seq of the identity that is published,
+    /// read off this image alone: every event below the oldest one still
+    /// in the outbox was acknowledged, which the relay does only after SQS
+    /// accepted it (or an operator discarded it, and it is not to be sent);
+    /// with an empty outbox, every event up to `version`. `None` when the
+    /// image cannot tell: its version is missing or malformed, or its
+    /// outbox is not a map.
+    pub fn published_floor(&self) -> Option<u64> {
+        let oldest = self.keys.iter().filter_map(|k| k.parse::<u64>().ok()).min();
+        match (oldest, &self.unreadable) {
+            (Some(seq), _) => Some(seq.saturating_sub(1)),
+            // No key, yet an entry without a place: the outbox is no map.
+            (None, Some(Unreadable { seq: None, .. })) if self.keys.is_empty() => None,
+            (None, _) => self.version,
+        }
+    }
+
     fn read_outbox(&mut self, outbox: std::collections::HashMap<String, AttributeValue>) {
         let mut events = BTreeMap::new();
         let mut unreadable: Vec<Unreadable> = Vec::new();
@@ -282,5 +299,49 @@ mod tests {
         let mut raw = item(vec![]).into_inner();
         raw.remove(IDENTITY_ATTR);
         assert!(Image::read(raw.into()).is_err());
+    }
+
+    #[test]
+    fn the_published_floor_is_below_the_oldest_pending_entry_readable_or_not() {
+        let read = |entries| Image::read(item(entries)).expect("reads");
+        // version 4 in every item here
+        assert_eq!(read(vec![]).published_floor(), Some(4), "all acknowledged");
+        assert_eq!(
+            read(vec![("3", entry(3)), ("4", entry(4))]).published_floor(),
+            Some(2)
+        );
+        assert_eq!(
+            read(vec![
+                ("2", AttributeValue::S("junk".to_owned())),
+                ("4", entry(4))
+            ])
+            .published_floor(),
+            Some(1),
+            "an unreadable entry is still pending"
+        );
+        assert_eq!(
+            read(vec![("not a seq", entry(3)), ("4", entry(4))]).published_floor(),
+            Some(3)
+        );
+
+        let mut raw = item(vec![]).into_inner();
+        raw.insert(
+            OUTBOX_ATTR.to_owned(),
+            AttributeValue::S("no map".to_owned()),
+        );
+        let image = Image::read(raw.clone().into()).expect("reads");
+        assert_eq!(
+            image.published_floor(),
+            None,
+            "an outbox that is no map tells nothing"
+        );
+        raw.remove(OUTBOX_ATTR);
+        raw.insert(VERSION_ATTR.to_owned(), AttributeValue::S("4".to_owned()));
+        let image = Image::read(raw.into()).expect("reads");
+        assert_eq!(
+            image.published_floor(),
+            None,
+            "nor does a malformed version"
+        );
     }
 }

@@ -67,45 +67,25 @@ impl OutboxTable {
         }
     }
 
-    /// The highest `seq` of `identity` known to be published: every event
-    /// below the oldest one still pending was acknowledged, which the relay
-    /// does only after SQS accepted it. 0 when the item does not exist.
+    /// The highest `seq` of `identity` known to be published, from a
+    /// consistent read of its item ([`Image::published_floor`]). 0 when
+    /// the item does not exist.
     #[tracing::instrument(skip_all, fields(identity))]
     pub async fn published_up_to(&self, identity: &str) -> Result<u64, OutboxError> {
-        let out = self
-            .client
-            .get_item()
-            .table_name(&self.table)
-            .key(IDENTITY_ATTR, AttributeValue::S(identity.to_owned()))
-            .consistent_read(true)
-            .projection_expression("#v, #o")
-            .expression_attribute_names("#v", VERSION_ATTR)
-            .expression_attribute_names("#o", OUTBOX_ATTR)
-            .send()
-            .await
-            .map_err(self.error("GetItem", identity))?;
-        let Some(item) = out.item else { return Ok(0) };
-        let malformed = |attribute| OutboxError::Malformed {
-            table: self.table.clone(),
-            identity: identity.to_owned(),
-            attribute,
+        let Some(image) = self.image(identity).await? else {
+            return Ok(0);
         };
-        let oldest_pending = match item.get(OUTBOX_ATTR) {
-            // A key that is no seq is an unreadable entry, which parks the
-            // identity; the mark only has to be right for the others.
-            Some(AttributeValue::M(outbox)) => {
-                outbox.keys().filter_map(|k| k.parse::<u64>().ok()).min()
-            }
-            None => None,
-            Some(_) => return Err(malformed(OUTBOX_ATTR)),
-        };
-        match oldest_pending {
-            Some(seq) => Ok(seq.saturating_sub(1)),
-            None => match item.get(VERSION_ATTR) {
-                Some(AttributeValue::N(n)) => n.parse().map_err(|_| malformed(VERSION_ATTR)),
-                _ => Err(malformed(VERSION_ATTR)),
-            },
-        }
+        image
+            .published_floor()
+            .ok_or_else(|| OutboxError::Malformed {
+                table: self.table.clone(),
+                identity: identity.to_owned(),
+                attribute: if image.version.is_none() {
+                    VERSION_ATTR
+                } else {
+                    OUTBOX_ATTR
+                },
+            })
     }
 
     /// The item of `identity` as the relay sees it, read consistently;

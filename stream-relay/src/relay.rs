@@ -101,8 +101,10 @@ impl Relay {
     }
 
     /// The marks of every identity that the `planned` changes add events
-    /// to: from memory, or read from the items (concurrently) when unknown;
-    /// and the identities whose item could not be read.
+    /// to: the higher of what this relay remembers and what the identity's
+    /// first change tells ([`Change::published_floor`]), both lower bounds
+    /// of the truth; read from the items (concurrently) only when neither
+    /// is known; and the identities whose item could not be read.
     async fn marks_before<'c>(
         &self,
         planned: impl Iterator<Item = &'c Change>,
@@ -113,7 +115,10 @@ impl Relay {
             if marks.contains_key(&change.identity) || unknown.contains(&change.identity) {
                 continue;
             }
-            match self.cached_mark(&change.identity) {
+            match self
+                .cached_mark(&change.identity)
+                .max(change.published_floor)
+            {
                 Some(mark) => {
                     marks.insert(change.identity.clone(), mark);
                 }

@@ -422,3 +422,129 @@ async fn an_acknowledgement_refused_by_a_posts_transaction_is_tried_again() {
     assert_eq!(refused.load(Ordering::SeqCst), 3, "two refused, one done");
     assert!(outbox_of(&stack, "T1").await.is_empty());
 }
+
+/// A relay that meets an identity for the first time (a Lambda's cold
+/// start, a daemon's restart, a shard taken over) takes the identity's
+/// "published up to" mark from the stream record's old image instead of
+/// reading the item: no `GetItem`, and still nothing pending left behind.
+#[tokio::test]
+async fn a_relay_new_to_an_identity_reads_its_mark_off_the_record_not_the_item() {
+    use obt_testkit::dynamo_proxy::{DynamoProxy, hook};
+    use std::sync::atomic::{AtomicU32, Ordering};
+
+    let stack = Stack::create(3).await;
+    let (e1, e2, e3, e4, e5) = (
+        event("PF1", 1),
+        event("PF1", 2),
+        event("PF1", 3),
+        event("PF1", 4),
+        event("PF1", 5),
+    );
+    // Events 1 and 2 relayed and acknowledged by one relay.
+    append(&stack, &e1).await;
+    append(&stack, &e2).await;
+    let records = obt_testkit::stream::records(&stack, 2, DEADLINE).await;
+    let first: Vec<Change> = records
+        .iter()
+        .filter_map(|r| Change::from_stream_record(r).expect("a change"))
+        .collect();
+    assert_eq!(first[0].published_floor, Some(0), "an item's first write");
+    assert_eq!(first[1].published_floor, Some(0), "event 1 still pending");
+    let relay = startup::relay(&stack.config, &settings(&stack).relay)
+        .await
+        .expect("relay");
+    relay.handle(&first).await.expect("relayed");
+    assert_eq!(drain(&stack, 2).await, [e1, e2]);
+    assert!(outbox_of(&stack, "PF1").await.is_empty(), "acknowledged");
+
+    // Event 3, then 4 and 5 with 4's record lost, each handled by a relay
+    // that never saw PF1, whose every DynamoDB call is counted.
+    let get_items = Arc::new(AtomicU32::new(0));
+    let counter = get_items.clone();
+    let proxy = DynamoProxy::start(hook(move |operation| {
+        let counter = counter.clone();
+        async move {
+            if operation == "GetItem" {
+                counter.fetch_add(1, Ordering::SeqCst);
+            }
+            None
+        }
+    }))
+    .await;
+    let fresh = || {
+        obt_stream_relay::Relay::new(
+            obt_stream_relay::publisher::Publisher::new(stack.sqs(), stack.queue_url.clone()),
+            obt_stream_relay::outbox::OutboxTable::new(
+                proxy.client(&stack),
+                stack.names.table.clone(),
+            ),
+        )
+    };
+    let changes = |records: &[aws_sdk_dynamodbstreams::types::Record]| -> Vec<Change> {
+        records
+            .iter()
+            .filter_map(|r| Change::from_stream_record(r).expect("a change"))
+            .collect()
+    };
+    append(&stack, &e3).await;
+    // The writes of 1 and 2, their acknowledgement, the write of 3.
+    let records = obt_testkit::stream::records(&stack, 4, DEADLINE).await;
+    let third = changes(&records[3..]);
+    assert_eq!(
+        third[0].published_floor,
+        Some(2),
+        "outbox empty at version 2"
+    );
+    fresh().handle(&third).await.expect("event 3 relayed");
+    assert_eq!(drain(&stack, 1).await, [e3], "nothing published twice");
+    append(&stack, &e4).await;
+    append(&stack, &e5).await;
+    // ..., the acknowledgement of 3, the writes of 4 and 5.
+    let records = obt_testkit::stream::records(&stack, 7, DEADLINE).await;
+    let fifth = changes(&records[6..]);
+    assert_eq!(fifth[0].published_floor, Some(3), "4 pending before 5");
+    fresh()
+        .handle(&fifth)
+        .await
+        .expect("events 4 and 5 relayed");
+    assert_eq!(drain(&stack, 2).await, [e4, e5], "what waited goes first");
+    assert!(queue_is_empty(&stack).await);
+    assert!(outbox_of(&stack, "PF1").await.is_empty());
+    assert_eq!(get_items.load(Ordering::SeqCst), 0, "no read of the item");
+
+    // The Lambda's records tell the same.
+    let lambda = obt_testkit::lambda::dynamodb_event(&records, &stack.stream_arn);
+    let lambda: aws_lambda_events::event::dynamodb::Event =
+        serde_json::from_value(lambda).expect("a Lambda event");
+    let floors: Vec<Option<u64>> = lambda
+        .records
+        .iter()
+        .map(|r| {
+            Change::from_lambda_record(r)
+                .expect("a change")
+                .expect("not a removal")
+                .published_floor
+        })
+        .collect();
+    assert_eq!(
+        floors,
+        [
+            Some(0),
+            Some(0),
+            Some(0),
+            Some(2),
+            Some(2),
+            Some(3),
+            Some(3)
+        ]
+    );
+
+    // A change that cannot tell (the sweeper's) still reads the item.
+    let blind = Change {
+        published_floor: None,
+        ..fifth[0].clone()
+    };
+    fresh().handle(&[blind]).await.expect("nothing to do");
+    assert_eq!(get_items.load(Ordering::SeqCst), 1);
+    assert!(queue_is_empty(&stack).await, "5 is known published");
+}
