@@ -5,7 +5,10 @@ use std::time::Duration;
 
 use aws_sdk_dynamodb::Client;
 use aws_sdk_dynamodb::error::{DisplayErrorContext, SdkError};
-use aws_sdk_dynamodb::types::AttributeValue;
+use aws_sdk_dynamodb::types::{
+    AttributeValue, BatchStatementError, BatchStatementErrorCodeEnum, BatchStatementRequest,
+};
+use futures::{StreamExt, stream};
 use obt_contract::outbox::{
     IDENTITY_ATTR, OUTBOX_ATTR, PARKED_AT_ATTR, PARKED_ATTR, PARKED_INDEX, PENDING_BUCKET_ATTR,
     PENDING_BUCKETS, PENDING_INDEX, PENDING_SINCE_ATTR, VERSION_ATTR, outbox_key, pending_bucket,
@@ -266,16 +269,8 @@ impl OutboxTable {
         ))
     }
 
-    /// Removes the events `seqs` of `identity` from its outbox. Removing a
-    /// key that is gone already is a no-op, so this is idempotent, and it
-    /// can only remove what it names. A deleted item stays deleted.
-    ///
-    /// `version` is the item's version in the image the events were read
-    /// from. While the item is still at that version, `seqs` is its whole
-    /// outbox, so the same write also takes the item out of the sweeper's
-    /// index (`pending_since`). If the item moved on, a second write
-    /// removes only the events; the next acknowledgement (or the sweeper)
-    /// clears the index entry.
+    /// Removes the events `seqs` of `identity` from its outbox: one
+    /// [`Acknowledgement`] made by [`OutboxTable::acknowledge_all`].
     #[tracing::instrument(skip_all, fields(identity, count = seqs.len()))]
     pub async fn acknowledge(
         &self,
@@ -283,66 +278,143 @@ impl OutboxTable {
         seqs: &[u64],
         version: Option<u64>,
     ) -> Result<(), OutboxError> {
-        if let Some(version) = version {
-            match self.remove(identity, seqs, Some(version)).await? {
-                Removed::Yes => return Ok(()),
-                Removed::ConditionFailed => {
-                    tracing::debug!(
-                        identity,
-                        version,
-                        "the item moved on; removing the events only"
-                    );
-                }
-            }
-        }
-        if seqs.is_empty() {
-            return Ok(());
-        }
-        match self.remove(identity, seqs, None).await? {
-            Removed::Yes => {}
-            Removed::ConditionFailed => {
-                tracing::warn!(identity, "the item is gone; nothing to acknowledge");
-            }
-        }
-        Ok(())
+        let ack = Acknowledgement {
+            identity,
+            seqs,
+            version,
+        };
+        self.acknowledge_all(&[ack])
+            .await
+            .into_iter()
+            .next()
+            .unwrap_or(Ok(()))
     }
 
-    /// One `REMOVE` of outbox entries; with `version`, also of the
-    /// `pending_since` attribute, on condition that the item is still at
-    /// that version. Without, on condition that the item exists.
-    async fn remove(
+    /// Removes published events from the outboxes of several identities,
+    /// 25 identities to a `BatchExecuteStatement` of PartiQL `UPDATE`s
+    /// (one request where `UpdateItem` took one per identity), batches
+    /// sent concurrently. One result per acknowledgement, in order; each
+    /// identity may appear once.
+    ///
+    /// Each statement removes only the outbox keys it names: removing a
+    /// key that is gone already is a no-op, so an acknowledgement is
+    /// idempotent and can only remove what SQS accepted. A deleted item
+    /// stays deleted (an `UPDATE` never creates one).
+    ///
+    /// `version` is the item's version in the image the events were read
+    /// from. While the item is still at that version, `seqs` is its whole
+    /// outbox, so the same statement also takes the item out of the
+    /// sweeper's index (`pending_since`). If the item moved on, a second
+    /// statement removes only the events; the next acknowledgement (or the
+    /// sweeper) clears the index entry. More than [`KEYS_PER_STATEMENT`]
+    /// events take several statements, one round after another, the one
+    /// conditioned on `version` last: `pending_since` never goes while an
+    /// event of the acknowledgement is still there.
+    ///
+    /// A statement refused for a reason that passes (a POST's transaction
+    /// under way on the item, throttling, an internal error) is tried
+    /// again in the next round, after a backoff, a bounded number of times.
+    pub async fn acknowledge_all(
         &self,
-        identity: &str,
-        seqs: &[u64],
-        version: Option<u64>,
-    ) -> Result<Removed, OutboxError> {
-        let mut request = self
-            .client
-            .update_item()
-            .table_name(&self.table)
-            .key(IDENTITY_ATTR, AttributeValue::S(identity.to_owned()))
-            .expression_attribute_names("#id", IDENTITY_ATTR);
-        let mut paths = Vec::with_capacity(seqs.len() + 1);
-        if !seqs.is_empty() {
-            request = request.expression_attribute_names("#o", OUTBOX_ATTR);
-        }
-        for (i, seq) in seqs.iter().enumerate() {
-            request = request.expression_attribute_names(format!("#k{i}"), outbox_key(*seq));
-            paths.push(format!("#o.#k{i}"));
-        }
-        request = match version {
-            Some(version) => {
-                paths.push("#ps".to_owned());
-                request
-                    .expression_attribute_names("#ps", PENDING_SINCE_ATTR)
-                    .expression_attribute_names("#v", VERSION_ATTR)
-                    .expression_attribute_values(":v", AttributeValue::N(version.to_string()))
-                    .condition_expression("attribute_exists(#id) AND #v = :v")
+        acks: &[Acknowledgement<'_>],
+    ) -> Vec<Result<(), OutboxError>> {
+        let mut open: Vec<Removal<'_>> = acks.iter().map(Removal::from).collect();
+        let mut results: Vec<Option<Result<(), OutboxError>>> = acks
+            .iter()
+            .map(|ack| (ack.seqs.is_empty() && ack.version.is_none()).then_some(Ok(())))
+            .collect();
+        let mut backoff =
+            Backoff::new(Duration::from_millis(20), Duration::from_millis(500)).attempts();
+        loop {
+            let round: Vec<usize> = (0..acks.len()).filter(|i| results[*i].is_none()).collect();
+            if round.is_empty() {
+                break;
             }
-            None => request.condition_expression("attribute_exists(#id)"),
+            let batches: Vec<Vec<(usize, BatchStatementRequest)>> = round
+                .chunks(STATEMENTS_PER_BATCH)
+                .map(|chunk| {
+                    chunk
+                        .iter()
+                        .map(|i| (*i, open[*i].statement(&self.table)))
+                        .collect()
+                })
+                .collect();
+            let answers: Vec<Vec<(usize, Answer)>> = stream::iter(batches)
+                .map(|batch| self.execute(batch))
+                .buffer_unordered(CONCURRENT_BATCHES)
+                .collect()
+                .await;
+            let mut wait = false;
+            for (i, answer) in answers.into_iter().flatten() {
+                let removal = &mut open[i];
+                results[i] = match removal.after(answer) {
+                    Next::Done => Some(Ok(())),
+                    Next::Again => None,
+                    Next::Retry if removal.retries < MAX_STATEMENT_RETRIES => {
+                        removal.retries += 1;
+                        wait = true;
+                        None
+                    }
+                    Next::Retry => Some(Err(OutboxError::DynamoDb {
+                        call: "BatchExecuteStatement",
+                        table: self.table.clone(),
+                        identity: removal.identity.to_owned(),
+                        message: format!(
+                            "the acknowledgement was refused {} times for reasons that pass \
+                             (a write under way on the item, throttling); it is made again \
+                             with the next batch",
+                            removal.retries + 1
+                        ),
+                    })),
+                    Next::Failed(message) => Some(Err(OutboxError::DynamoDb {
+                        call: "BatchExecuteStatement",
+                        table: self.table.clone(),
+                        identity: removal.identity.to_owned(),
+                        message,
+                    })),
+                };
+            }
+            if wait {
+                backoff.wait().await;
+            }
+        }
+        results.into_iter().map(|r| r.unwrap_or(Ok(()))).collect()
+    }
+
+    /// One `BatchExecuteStatement` of `batch`, statements of the removals
+    /// they are numbered with: each one's answer.
+    async fn execute(&self, batch: Vec<(usize, BatchStatementRequest)>) -> Vec<(usize, Answer)> {
+        let (chunk, statements): (Vec<usize>, Vec<_>) = batch.into_iter().unzip();
+        let sent = self
+            .client
+            .batch_execute_statement()
+            .set_statements(Some(statements))
+            .send()
+            .await;
+        let responses = match sent {
+            Ok(out) => out.responses.unwrap_or_default(),
+            Err(e) => {
+                let message = DisplayErrorContext(&e).to_string();
+                return chunk
+                    .iter()
+                    .map(|i| (*i, Answer::Failed(message.clone())))
+                    .collect();
+            }
         };
-        let request = request.update_expression(format!("REMOVE {}", paths.join(", ")));
-        self.send_update(identity, request).await
+        let mut responses = responses.into_iter();
+        chunk
+            .iter()
+            .map(|i| {
+                let answer = match responses.next() {
+                    None => Answer::Failed("DynamoDB answered fewer statements than sent".into()),
+                    Some(response) => match response.error {
+                        None => Answer::Done,
+                        Some(error) => Answer::from(&error),
+                    },
+                };
+                (*i, answer)
+            })
+            .collect()
     }
 
     /// Sends a conditional update of `identity`'s item. The api writes each
@@ -381,8 +453,173 @@ impl OutboxTable {
     }
 }
 
-/// How many times a removal is tried again after a transaction conflict.
+/// How many times a write is tried again after a transaction conflict.
 const MAX_TRANSACTION_CONFLICTS: u32 = 8;
+
+/// Statements in one `BatchExecuteStatement`: DynamoDB's limit.
+const STATEMENTS_PER_BATCH: usize = 25;
+
+/// `BatchExecuteStatement` calls of one [`OutboxTable::acknowledge_all`]
+/// in flight at once.
+const CONCURRENT_BATCHES: usize = 8;
+
+/// Outbox entries one statement removes at most (a statement is at most
+/// 8 KB of text).
+pub const KEYS_PER_STATEMENT: usize = 100;
+
+/// How many times an acknowledgement's statement is tried again after a
+/// refusal that passes.
+const MAX_STATEMENT_RETRIES: u32 = 8;
+
+/// One identity's acknowledgement for [`OutboxTable::acknowledge_all`]:
+/// `seqs` were accepted by SQS; `version` is the item's version in the
+/// image they were read from, when that image's whole outbox was published.
+#[derive(Debug, Clone, Copy)]
+pub struct Acknowledgement<'a> {
+    pub identity: &'a str,
+    pub seqs: &'a [u64],
+    pub version: Option<u64>,
+}
+
+/// An acknowledgement under way: what is left of it.
+#[derive(Debug)]
+struct Removal<'a> {
+    identity: &'a str,
+    /// The seqs not removed yet.
+    seqs: &'a [u64],
+    /// Dropped once a statement conditioned on it failed its condition.
+    version: Option<u64>,
+    retries: u32,
+}
+
+impl<'a> From<&Acknowledgement<'a>> for Removal<'a> {
+    fn from(ack: &Acknowledgement<'a>) -> Self {
+        Self {
+            identity: ack.identity,
+            seqs: ack.seqs,
+            version: ack.version,
+            retries: 0,
+        }
+    }
+}
+
+/// What DynamoDB said of one statement.
+#[derive(Debug)]
+enum Answer {
+    Done,
+    ConditionFailed,
+    /// Refused for a reason that passes.
+    Busy,
+    Failed(String),
+}
+
+impl From<&BatchStatementError> for Answer {
+    fn from(error: &BatchStatementError) -> Self {
+        use BatchStatementErrorCodeEnum as Code;
+        match error.code() {
+            Some(Code::ConditionalCheckFailed) => Self::ConditionFailed,
+            Some(
+                Code::TransactionConflict
+                | Code::ThrottlingError
+                | Code::ProvisionedThroughputExceeded
+                | Code::RequestLimitExceeded
+                | Code::InternalServerError,
+            ) => Self::Busy,
+            code => Self::Failed(format!(
+                "{}: {}",
+                code.map_or("no error code", |c| c.as_str()),
+                error.message().unwrap_or("no message")
+            )),
+        }
+    }
+}
+
+/// What a removal does after an answer.
+enum Next {
+    Done,
+    /// Its next statement, in the next round.
+    Again,
+    /// The same statement, in the next round, after a backoff.
+    Retry,
+    Failed(String),
+}
+
+impl Removal<'_> {
+    /// Whether the next statement is the last one: it removes what is left
+    /// and, given the version, the index entry, on condition of it.
+    fn last(&self) -> bool {
+        self.seqs.len() <= KEYS_PER_STATEMENT
+    }
+
+    /// The next statement: `UPDATE` of the identity's item removing the
+    /// next keys (and `pending_since`), on condition that the item exists
+    /// (and is at `version`).
+    fn statement(&self, table: &str) -> BatchStatementRequest {
+        let take = self.seqs.len().min(KEYS_PER_STATEMENT);
+        let mut text = format!("UPDATE {}", quoted(table));
+        for seq in &self.seqs[..take] {
+            text.push_str(&format!(
+                " REMOVE {}.{}",
+                quoted(OUTBOX_ATTR),
+                quoted(&outbox_key(*seq))
+            ));
+        }
+        let mut parameters = vec![AttributeValue::S(self.identity.to_owned())];
+        let version = self.version.filter(|_| self.last());
+        if version.is_some() {
+            text.push_str(&format!(" REMOVE {}", quoted(PENDING_SINCE_ATTR)));
+        }
+        text.push_str(&format!(" WHERE {} = ?", quoted(IDENTITY_ATTR)));
+        if let Some(version) = version {
+            text.push_str(&format!(" AND {} = ?", quoted(VERSION_ATTR)));
+            parameters.push(AttributeValue::N(version.to_string()));
+        }
+        BatchStatementRequest::builder()
+            .statement(text)
+            .set_parameters(Some(parameters))
+            .build()
+            .expect("a statement is set")
+    }
+
+    fn after(&mut self, answer: Answer) -> Next {
+        let conditioned = self.version.is_some() && self.last();
+        match answer {
+            Answer::Done if self.last() => Next::Done,
+            Answer::Done => {
+                self.seqs = &self.seqs[KEYS_PER_STATEMENT..];
+                self.retries = 0;
+                Next::Again
+            }
+            Answer::ConditionFailed if conditioned => {
+                tracing::debug!(
+                    identity = self.identity,
+                    version = self.version,
+                    "the item moved on; removing the events only"
+                );
+                self.version = None;
+                if self.seqs.is_empty() {
+                    Next::Done
+                } else {
+                    Next::Again
+                }
+            }
+            Answer::ConditionFailed => {
+                tracing::warn!(
+                    identity = self.identity,
+                    "the item is gone; nothing to acknowledge"
+                );
+                Next::Done
+            }
+            Answer::Busy => Next::Retry,
+            Answer::Failed(message) => Next::Failed(message),
+        }
+    }
+}
+
+/// A PartiQL quoted identifier.
+fn quoted(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
+}
 
 /// How a conditional write ended, short of an error.
 enum Removed {

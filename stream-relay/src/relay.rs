@@ -19,7 +19,7 @@ use obt_contract::Envelope;
 
 use crate::change::Change;
 use crate::image::{Cause, Parked};
-use crate::outbox::{OutboxError, OutboxTable};
+use crate::outbox::{Acknowledgement, OutboxError, OutboxTable};
 use crate::publisher::{PublishError, Publisher, TOO_LONG};
 
 /// DynamoDB calls on different items made at once (mark look-ups,
@@ -204,17 +204,19 @@ impl Relay {
     }
 
     async fn send_acknowledgements(&self, acks: Vec<Ack>) -> Vec<(usize, Result<(), OutboxError>)> {
-        stream::iter(acks)
-            .map(|ack| async move {
-                let result = self
-                    .outbox
-                    .acknowledge(&ack.identity, &ack.seqs, ack.version)
-                    .await;
-                (ack.first_change, result)
+        let requests: Vec<Acknowledgement<'_>> = acks
+            .iter()
+            .map(|ack| Acknowledgement {
+                identity: &ack.identity,
+                seqs: &ack.seqs,
+                version: ack.version,
             })
-            .buffer_unordered(CONCURRENT_ITEM_CALLS)
+            .collect();
+        let results = self.outbox.acknowledge_all(&requests).await;
+        acks.iter()
+            .map(|ack| ack.first_change)
+            .zip(results)
             .collect()
-            .await
     }
 
     /// Publishes what `changes` add and parks the identities that need it:

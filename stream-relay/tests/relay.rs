@@ -383,13 +383,14 @@ async fn the_daemon_refuses_to_start_without_its_table_and_says_how_to_fix_it() 
 }
 
 /// While a POST's TransactWriteItems is under way on an item, DynamoDB
-/// refuses the relay's acknowledgement (a plain UpdateItem) with
-/// TransactionConflictException, which the SDK does not retry. The relay
-/// tries again: the acknowledgement succeeds, and the batch is not failed
-/// (which would publish its events again).
+/// refuses the relay's acknowledgement (a statement of its
+/// BatchExecuteStatement) with TransactionConflict, which the SDK cannot
+/// retry (the request as a whole succeeded). The relay tries that
+/// statement again: the acknowledgement succeeds, and the batch is not
+/// failed (which would publish its events again).
 #[tokio::test]
 async fn an_acknowledgement_refused_by_a_posts_transaction_is_tried_again() {
-    use obt_testkit::dynamo_proxy::{DynamoProxy, dynamodb_error, hook};
+    use obt_testkit::dynamo_proxy::{DynamoProxy, dynamodb_answer, hook};
     use std::sync::atomic::{AtomicU32, Ordering};
 
     let stack = Stack::create(3).await;
@@ -400,13 +401,13 @@ async fn an_acknowledgement_refused_by_a_posts_transaction_is_tried_again() {
     let proxy = DynamoProxy::start(hook(move |operation| {
         let counter = counter.clone();
         async move {
-            (operation == "UpdateItem" && counter.fetch_add(1, Ordering::SeqCst) < 2).then(|| {
-                dynamodb_error(
-                    axum::http::StatusCode::BAD_REQUEST,
-                    "TransactionConflictException",
-                    "Transaction is ongoing for the item",
-                )
-            })
+            (operation == "BatchExecuteStatement" && counter.fetch_add(1, Ordering::SeqCst) < 2)
+                .then(|| {
+                    dynamodb_answer(&serde_json::json!({"Responses": [{"Error": {
+                        "Code": "TransactionConflict",
+                        "Message": "Transaction is ongoing for the item",
+                    }}]}))
+                })
         }
     }))
     .await;
@@ -421,6 +422,118 @@ async fn an_acknowledgement_refused_by_a_posts_transaction_is_tried_again() {
         .expect("acknowledged after the conflicts");
     assert_eq!(refused.load(Ordering::SeqCst), 3, "two refused, one done");
     assert!(outbox_of(&stack, "T1").await.is_empty());
+}
+
+/// Sets the sweeper's index attribute on `identity`'s item (the api does,
+/// the testkit's append does not).
+async fn set_pending_since(stack: &Stack, identity: &str) {
+    stack
+        .dynamodb()
+        .update_item()
+        .table_name(&stack.names.table)
+        .key("identity", AttributeValue::S(identity.to_owned()))
+        .update_expression("SET #ps = :ps")
+        .expression_attribute_names("#ps", obt_contract::outbox::PENDING_SINCE_ATTR)
+        .expression_attribute_values(":ps", AttributeValue::N("1".to_owned()))
+        .send()
+        .await
+        .expect("pending_since set");
+}
+
+async fn has_pending_since(stack: &Stack, identity: &str) -> bool {
+    obt_testkit::outbox::item(stack, identity)
+        .await
+        .expect("the item exists")
+        .contains_key(obt_contract::outbox::PENDING_SINCE_ATTR)
+}
+
+/// The acknowledgements of many identities go 25 to a request; each one
+/// removes only what it names, takes the index entry away only while the
+/// item is at the acknowledged version, and an acknowledgement of more
+/// events than a statement holds takes several, the index entry last.
+#[tokio::test]
+async fn acknowledgements_go_25_identities_to_a_request_and_remove_only_what_they_name() {
+    use obt_stream_relay::outbox::{Acknowledgement, KEYS_PER_STATEMENT, OutboxTable};
+    use obt_testkit::dynamo_proxy::{DynamoProxy, hook};
+    use std::sync::Mutex;
+
+    let stack = Stack::create(3).await;
+    let identities: Vec<String> = (0..30).map(|i| format!("BA{i}")).collect();
+    for identity in &identities {
+        append(&stack, &event(identity, 1)).await;
+        append(&stack, &event(identity, 2)).await;
+        set_pending_since(&stack, identity).await;
+    }
+    // One identity with more events than a statement removes.
+    let long = KEYS_PER_STATEMENT as u64 + 20;
+    for seq in 1..=long {
+        append(&stack, &event("BIG", seq)).await;
+    }
+    set_pending_since(&stack, "BIG").await;
+    let calls = Arc::new(Mutex::new(Vec::new()));
+    let seen = calls.clone();
+    let proxy = DynamoProxy::start(hook(move |operation| {
+        seen.lock().expect("calls").push(operation);
+        async { None }
+    }))
+    .await;
+    let outbox = OutboxTable::new(proxy.client(&stack), stack.names.table.clone());
+
+    // The 30: 1 and 2 published; version 2 for the first 20, a stale
+    // version for the next 5 (the item moved on), 1 only for the last 5.
+    let both = [1, 2];
+    let mut acks: Vec<Acknowledgement<'_>> = identities
+        .iter()
+        .enumerate()
+        .map(|(i, identity)| Acknowledgement {
+            identity,
+            seqs: if i < 25 { &both } else { &both[..1] },
+            version: match i {
+                0..20 => Some(2),
+                20..25 => Some(1),
+                _ => None,
+            },
+        })
+        .collect();
+    let results = outbox.acknowledge_all(&acks).await;
+    assert!(results.iter().all(Result::is_ok), "{results:?}");
+    assert_eq!(
+        *calls.lock().expect("calls"),
+        ["BatchExecuteStatement"; 3],
+        "30 identities in two requests, and the 5 stale versions in a third"
+    );
+    for (i, identity) in identities.iter().enumerate() {
+        let expected: &[u64] = if i < 25 { &[] } else { &[2] };
+        assert_eq!(outbox_of(&stack, identity).await, expected, "{identity}");
+        assert_eq!(
+            has_pending_since(&stack, identity).await,
+            i >= 20,
+            "{identity}: the index entry goes with the whole outbox only"
+        );
+    }
+
+    calls.lock().expect("calls").clear();
+    let seqs: Vec<u64> = (1..=long).collect();
+    acks = vec![Acknowledgement {
+        identity: "BIG",
+        seqs: &seqs,
+        version: Some(long),
+    }];
+    let results = outbox.acknowledge_all(&acks).await;
+    assert!(results.iter().all(Result::is_ok), "{results:?}");
+    assert_eq!(calls.lock().expect("calls").len(), 2, "two statements");
+    assert!(outbox_of(&stack, "BIG").await.is_empty());
+    assert!(!has_pending_since(&stack, "BIG").await);
+
+    // Acknowledging again, or an item that is gone, is no error.
+    let results = outbox.acknowledge_all(&acks).await;
+    assert!(results.iter().all(Result::is_ok), "{results:?}");
+    let gone = [Acknowledgement {
+        identity: "NO-SUCH",
+        seqs: &[1],
+        version: Some(1),
+    }];
+    assert!(outbox.acknowledge_all(&gone).await[0].is_ok());
 }
 
 /// A relay that meets an identity for the first time (a Lambda's cold

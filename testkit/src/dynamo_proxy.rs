@@ -130,6 +130,17 @@ pub fn dynamodb_error(status: StatusCode, error_type: &str, message: &str) -> Re
         "__type": format!("com.amazonaws.dynamodb.v20120810#{error_type}"),
         "message": message,
     });
+    json_response(status, &body)
+}
+
+/// A successful answer with `body`: for example a `BatchExecuteStatement`
+/// whose statements were refused one by one (`{"Responses": [{"Error":
+/// {"Code": "TransactionConflict", ...}}]}`).
+pub fn dynamodb_answer(body: &serde_json::Value) -> Response {
+    json_response(StatusCode::OK, body)
+}
+
+fn json_response(status: StatusCode, body: &serde_json::Value) -> Response {
     let mut response = Response::new(Body::from(body.to_string()));
     *response.status_mut() = status;
     response.headers_mut().insert(
