@@ -384,6 +384,7 @@ impl Consumer {
     pub async fn handle_batch(self: &Arc<Self>, batch: Vec<Received>) {
         debug!(messages = batch.len(), "received");
         let done: Arc<Mutex<Vec<Received>>> = Arc::default();
+        let batch = self.apply_together(batch, &done).await;
         let this = self.clone();
         let collected = done.clone();
         let handle = move |message: Received| {
@@ -429,6 +430,67 @@ impl Consumer {
         }
     }
 
+    /// Applies the first message of each group in one write when there
+    /// are several ([`Ledger::apply_all`]: one request instead of one per
+    /// message), and puts them in `done`. Returns the messages left for
+    /// the ordinary path, in receive order: every one of them when that
+    /// write was refused or failed, since nothing changed then and each
+    /// message learns why on its own (a duplicate, a gap, a parked
+    /// identity, a store that is down). A group whose first message cannot
+    /// be decoded is left whole to the ordinary path.
+    async fn apply_together(
+        &self,
+        batch: Vec<Received>,
+        done: &Mutex<Vec<Received>>,
+    ) -> Vec<Received> {
+        let mut groups = std::collections::HashSet::new();
+        let firsts: Vec<(usize, Envelope)> = batch
+            .iter()
+            .enumerate()
+            .filter(|(_, message)| groups.insert(message.group_key()))
+            .filter_map(|(i, message)| decode(message).ok().map(|event| (i, event)))
+            .collect();
+        if firsts.len() < 2 {
+            return batch;
+        }
+        let started = Instant::now();
+        let events: Vec<&Envelope> = firsts.iter().map(|(_, event)| event).collect();
+        // Bounded as one attempt of the ordinary path; when it ends
+        // without an answer, that path finds out what was written.
+        let write = self.ledger.apply_all(&events);
+        match tokio::time::timeout(self.retry.attempt_timeout, write).await {
+            Ok(Ok(true)) => {}
+            Ok(Ok(false)) => return batch,
+            Ok(Err(e)) => {
+                debug!(error = %e, "the write of several events failed; they go one by one");
+                return batch;
+            }
+            Err(_) => {
+                debug!("the write of several events timed out; they go one by one");
+                return batch;
+            }
+        }
+        let mut applied = vec![false; batch.len()];
+        for (i, event) in &firsts {
+            applied[*i] = true;
+            message_span(&batch[*i], Some(event)).in_scope(|| {
+                info!(event_id = %event.event_id, amount = %event.data.amount, "applied");
+            });
+            crate::metrics::applied(event, started);
+            crate::metrics::flowing(event.identity.as_str());
+        }
+        let mut done = done.lock().unwrap_or_else(|p| p.into_inner());
+        let mut left = Vec::with_capacity(batch.len() - firsts.len());
+        for (message, applied) in batch.into_iter().zip(applied) {
+            if applied {
+                done.push(message);
+            } else {
+                left.push(message);
+            }
+        }
+        left
+    }
+
     /// Deletes the messages collected in `done` (their fate is committed).
     async fn delete_done(&self, done: &Mutex<Vec<Received>>) {
         let messages = std::mem::take(&mut *done.lock().unwrap_or_else(|p| p.into_inner()));
@@ -459,19 +521,7 @@ impl Consumer {
         done: Option<&Mutex<Vec<Received>>>,
     ) -> Disposition<StopReason> {
         let decoded = decode(&message);
-        let span = info_span!(
-            "handle_message",
-            identity = tracing::field::Empty,
-            seq = tracing::field::Empty,
-            message_id = %message.message_id,
-            trace_id = tracing::field::Empty,
-        );
-        if let Ok(event) = &decoded {
-            span.record("identity", tracing::field::display(&event.identity));
-            span.record("seq", event.seq);
-        }
-        let parent = decoded.as_ref().ok().and_then(|event| event.trace.as_ref());
-        obt_runtime::trace::start(&span, parent);
+        let span = message_span(&message, decoded.as_ref().ok());
         self.handle_decoded(message, decoded, done)
             .instrument(span)
             .await
@@ -903,6 +953,25 @@ impl Transient for LedgerError {
 }
 
 /// A visibility timeout in whole seconds, rounded up, within SQS's range.
+/// The span of the handling of one message, continuing the event's trace
+/// (its envelope's `trace`; a new trace without one), so that its log
+/// lines carry the api's `trace_id`.
+fn message_span(message: &Received, event: Option<&Envelope>) -> tracing::Span {
+    let span = info_span!(
+        "handle_message",
+        identity = tracing::field::Empty,
+        seq = tracing::field::Empty,
+        message_id = %message.message_id,
+        trace_id = tracing::field::Empty,
+    );
+    if let Some(event) = event {
+        span.record("identity", tracing::field::display(&event.identity));
+        span.record("seq", event.seq);
+    }
+    obt_runtime::trace::start(&span, event.and_then(|event| event.trace.as_ref()));
+    span
+}
+
 fn visibility_secs(duration: Duration) -> i32 {
     let secs = duration.as_secs() + u64::from(duration.subsec_nanos() > 0);
     i32::try_from(secs.min(MAX_VISIBILITY.as_secs())).unwrap_or(i32::MAX)

@@ -54,6 +54,20 @@ pub trait Ledger: Send + Sync + std::fmt::Debug {
     /// changing nothing.
     fn apply<'a>(&'a self, event: &'a Envelope) -> BoxFuture<'a, Result<Applied, ApplyError>>;
 
+    /// Applies `events`, of distinct identities, all or none, as
+    /// [`Self::apply`] would one by one: `Ok(true)` when every one was
+    /// its identity's next event, its identity not parked, and all are
+    /// applied now; `Ok(false)` when any one was not, and nothing changed
+    /// (apply them one by one to learn why). One write where the backend
+    /// has one for it; by default it applies nothing and says `false`.
+    fn apply_all<'a>(
+        &'a self,
+        events: &'a [&'a Envelope],
+    ) -> BoxFuture<'a, Result<bool, ApplyError>> {
+        let _ = events;
+        Box::pin(async { Ok(false) })
+    }
+
     /// As [`Self::apply`], but whether the identity is parked or not: for
     /// the event that heals a gap and for the held and replayed events of
     /// a parked identity, applied in order. Removes the event from the

@@ -145,6 +145,13 @@ impl Ledger for DynamoDbLedger {
         Box::pin(DynamoDbLedger::apply(self, event))
     }
 
+    fn apply_all<'a>(
+        &'a self,
+        events: &'a [&'a Envelope],
+    ) -> BoxFuture<'a, Result<bool, ApplyError>> {
+        Box::pin(DynamoDbLedger::apply_all(self, events))
+    }
+
     fn apply_parked<'a>(
         &'a self,
         event: &'a Envelope,

@@ -117,3 +117,99 @@ async fn the_same_event_delivered_twice_is_applied_once_and_both_messages_are_de
     );
     consumer.stop().await;
 }
+
+/// The first events of several identities in one receive are applied with
+/// ONE write (DynamoDB: one TransactWriteItems for all of them); when that
+/// write is refused (here a gap), each event goes its own way, and the
+/// others are applied all the same (invariant 6). In MySQL mode, where
+/// the records have no such write, the same batch is applied one by one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_receives_first_events_go_in_one_write_and_a_refused_one_falls_back_to_one_by_one() {
+    use obt_consumer::dead_letter::DeadLetterQueue;
+    use obt_consumer::queue::Queue;
+    use obt_consumer::{Consumer, Ledger};
+    use obt_testkit::dynamo_proxy::{DynamoProxy, hook};
+    use std::sync::{Arc, Mutex};
+
+    let stack = TestStack::create(5).await;
+    let calls = Arc::new(Mutex::new(Vec::new()));
+    let seen = calls.clone();
+    let proxy = DynamoProxy::start(hook(move |operation| {
+        seen.lock().expect("calls").push(operation);
+        async { None }
+    }))
+    .await;
+    let dynamodb = obt_testkit::storage_under_test() == obt_runtime::Storage::Dynamodb;
+    let ledger: Arc<dyn Ledger> = if dynamodb {
+        Arc::new(obt_consumer::DynamoDbLedger::new(
+            proxy.client(&stack),
+            &stack.names.consumer_table,
+        ))
+    } else {
+        stack.ledger_through(stack.records_addr()).await
+    };
+    let queue = Queue::new(stack.sqs(), stack.queue_url.clone(), 1, Some(60));
+    let dead_letters = DeadLetterQueue::new(stack.sqs(), stack.dead_letter_queue_url.clone());
+    let consumer = Arc::new(Consumer::new(queue.clone(), dead_letters, ledger, 1));
+
+    // Receives until `count` messages came, as one batch.
+    let receive = |count: usize| {
+        let queue = queue.clone();
+        async move {
+            let deadline = std::time::Instant::now() + Duration::from_secs(20);
+            let mut batch = Vec::new();
+            while batch.len() < count {
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "{count} messages to be received; got {}",
+                    batch.len()
+                );
+                batch.extend(queue.receive().await.expect("receive"));
+            }
+            batch
+        }
+    };
+
+    let who: Vec<_> = (0..4).map(|i| identity(&format!("together{i}"))).collect();
+    for identity in &who {
+        send(&stack, &event(identity, 1, "1.00")).await;
+    }
+    let batch = receive(who.len()).await;
+    calls.lock().expect("calls").clear();
+    consumer.handle_batch(batch).await;
+    for identity in &who {
+        let applied = wait_applied(&stack, identity, 1, Duration::from_secs(10)).await;
+        assert_eq!(applied.count, 1);
+    }
+    let writes = |calls: &Mutex<Vec<String>>| {
+        calls
+            .lock()
+            .expect("calls")
+            .iter()
+            .filter(|op| *op == "TransactWriteItems")
+            .count()
+    };
+    if dynamodb {
+        assert_eq!(writes(&calls), 1, "one write for the four events");
+    }
+
+    // A gap of together0 in the next receive: the write of both is
+    // refused; together1's event 2 is applied on its own, together0 is
+    // parked, its event held.
+    calls.lock().expect("calls").clear();
+    send(&stack, &event(&who[0], 3, "3.00")).await;
+    send(&stack, &event(&who[1], 2, "2.00")).await;
+    let batch = receive(2).await;
+    consumer.handle_batch(batch).await;
+    let applied = wait_applied(&stack, &who[1], 2, Duration::from_secs(10)).await;
+    assert_eq!(applied.count, 2);
+    crate::helpers::wait_held(&stack, &who[0], 1, Duration::from_secs(10)).await;
+    if dynamodb {
+        assert!(
+            writes(&calls) >= 3,
+            "the refused write of both, then each on its own: {:?}",
+            calls.lock().expect("calls")
+        );
+    }
+    wait_queue_empty(&stack, Duration::from_secs(10)).await;
+}

@@ -207,3 +207,55 @@ async fn the_last_apply_is_known_cheaply_and_hides_from_the_listings() {
     );
     assert!(reader.list_parked().await.expect("lists").is_empty());
 }
+
+/// `apply_all`: every event applied, or none. DynamoDB makes it one
+/// write; MySQL has none for it (`false`, nothing changed), and the
+/// consumer then applies the events one by one.
+#[tokio::test]
+async fn several_events_are_applied_all_or_none() {
+    let stack = TestStack::create(5).await;
+    let ledger = stack.ledger();
+    let reader = stack.reader();
+    let (a, b, c) = (identity("allA"), identity("allB"), identity("allC"));
+    let last_seq = |who: obt_contract::Identity| async move {
+        reader
+            .load_identity(who.as_str())
+            .await
+            .expect("loads")
+            .map(|applied| applied.last_seq)
+    };
+    let together = obt_testkit::storage_under_test() == obt_runtime::Storage::Dynamodb;
+
+    let (a1, b1) = (event(&a, 1, "1.00"), event(&b, 1, "2.00"));
+    let all = ledger.apply_all(&[&a1, &b1]).await.expect("no error");
+    assert_eq!(all, together);
+    if !all {
+        ledger.apply(&a1).await.expect("applied");
+        ledger.apply(&b1).await.expect("applied");
+    }
+    assert_eq!(last_seq(a.clone()).await, Some(1));
+    assert_eq!(last_seq(b.clone()).await, Some(1));
+
+    // A gap (b3), a duplicate (b1), each with events that would apply:
+    // refused whole, nothing changed.
+    let (a2, c1, b3) = (
+        event(&a, 2, "1.00"),
+        event(&c, 1, "3.00"),
+        event(&b, 3, "4.00"),
+    );
+    for refused in [vec![&a2, &c1, &b3], vec![&a2, &b1]] {
+        assert!(!ledger.apply_all(&refused).await.expect("no error"));
+        assert_eq!(last_seq(a.clone()).await, Some(1));
+        assert_eq!(last_seq(c.clone()).await, None);
+    }
+    // Nor past a parked identity.
+    let request = obt_consumer::parking::gap_request(2, 3);
+    ledger
+        .park(b.as_str(), &request, false)
+        .await
+        .expect("parked");
+    let b2 = event(&b, 2, "5.00");
+    assert!(!ledger.apply_all(&[&a2, &b2]).await.expect("no error"));
+    assert_eq!(last_seq(a.clone()).await, Some(1));
+    assert_eq!(last_seq(b.clone()).await, Some(1));
+}

@@ -14,6 +14,10 @@ use super::{DynamoDbLedger, HEAD_SEQ, attr, dynamo_error, held_key, n, s};
 use crate::parking::IdentityState;
 use crate::store::{Applied, ApplyError};
 
+/// Events one [`DynamoDbLedger::apply_all`] writes at most: two actions
+/// each, and a `TransactWriteItems` takes 100.
+pub const MAX_EVENTS_PER_WRITE: usize = 50;
+
 /// Whether an apply may go past a parking.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Mode {
@@ -36,6 +40,42 @@ impl DynamoDbLedger {
     #[instrument(skip_all, fields(table = %self.name))]
     pub async fn apply_parked(&self, event: &Envelope) -> Result<Applied, ApplyError> {
         self.write(event, Mode::Parked).await
+    }
+
+    /// The writes of `events` (of distinct identities) in ONE
+    /// `TransactWriteItems`, as [`Self::apply`] makes each: all or none.
+    /// `false` when DynamoDB cancelled it (a duplicate, a gap, a parked
+    /// identity among them): nothing changed.
+    #[instrument(skip_all, fields(table = %self.name, events = events.len()))]
+    pub async fn apply_all(&self, events: &[&Envelope]) -> Result<bool, ApplyError> {
+        if events.len() > MAX_EVENTS_PER_WRITE {
+            return Ok(false);
+        }
+        let mut request = self.client.transact_write_items();
+        for event in events {
+            request = request
+                .transact_items(
+                    TransactWriteItem::builder()
+                        .put(self.put_event(event)?)
+                        .build(),
+                )
+                .transact_items(
+                    TransactWriteItem::builder()
+                        .update(self.update_head(event, Mode::Normal)?)
+                        .build(),
+                );
+        }
+        match request.send().await {
+            Ok(_) => {
+                self.mark_applied();
+                Ok(true)
+            }
+            Err(SdkError::ServiceError(e)) if e.err().is_transaction_canceled_exception() => {
+                debug!("the write of several events was refused; they go one by one");
+                Ok(false)
+            }
+            Err(e) => Err(dynamo_error("TransactWriteItems", &self.name)(e).into()),
+        }
     }
 
     async fn write(&self, event: &Envelope, mode: Mode) -> Result<Applied, ApplyError> {
