@@ -454,8 +454,7 @@ async fn has_pending_since(stack: &Stack, identity: &str) -> bool {
 #[tokio::test]
 async fn acknowledgements_go_25_identities_to_a_request_and_remove_only_what_they_name() {
     use obt_stream_relay::outbox::{Acknowledgement, KEYS_PER_STATEMENT, OutboxTable};
-    use obt_testkit::dynamo_proxy::{DynamoProxy, hook};
-    use std::sync::Mutex;
+    use obt_testkit::dynamo_proxy::DynamoProxy;
 
     let stack = Stack::create(3).await;
     let identities: Vec<String> = (0..30).map(|i| format!("BA{i}")).collect();
@@ -470,13 +469,7 @@ async fn acknowledgements_go_25_identities_to_a_request_and_remove_only_what_the
         append(&stack, &event("BIG", seq)).await;
     }
     set_pending_since(&stack, "BIG").await;
-    let calls = Arc::new(Mutex::new(Vec::new()));
-    let seen = calls.clone();
-    let proxy = DynamoProxy::start(hook(move |operation| {
-        seen.lock().expect("calls").push(operation);
-        async { None }
-    }))
-    .await;
+    let (proxy, calls) = DynamoProxy::recording().await;
     let outbox = OutboxTable::new(proxy.client(&stack), stack.names.table.clone());
 
     // The 30: 1 and 2 published; version 2 for the first 20, a stale
@@ -498,7 +491,7 @@ async fn acknowledgements_go_25_identities_to_a_request_and_remove_only_what_the
     let results = outbox.acknowledge_all(&acks).await;
     assert!(results.iter().all(Result::is_ok), "{results:?}");
     assert_eq!(
-        *calls.lock().expect("calls"),
+        calls.operations(),
         ["BatchExecuteStatement"; 3],
         "30 identities in two requests, and the 5 stale versions in a third"
     );
@@ -512,7 +505,7 @@ async fn acknowledgements_go_25_identities_to_a_request_and_remove_only_what_the
         );
     }
 
-    calls.lock().expect("calls").clear();
+    calls.clear();
     let seqs: Vec<u64> = (1..=long).collect();
     acks = vec![Acknowledgement {
         identity: "BIG",
@@ -521,7 +514,7 @@ async fn acknowledgements_go_25_identities_to_a_request_and_remove_only_what_the
     }];
     let results = outbox.acknowledge_all(&acks).await;
     assert!(results.iter().all(Result::is_ok), "{results:?}");
-    assert_eq!(calls.lock().expect("calls").len(), 2, "two statements");
+    assert_eq!(calls.operations().len(), 2, "two statements");
     assert!(outbox_of(&stack, "BIG").await.is_empty());
     assert!(!has_pending_since(&stack, "BIG").await);
 
@@ -542,8 +535,7 @@ async fn acknowledgements_go_25_identities_to_a_request_and_remove_only_what_the
 /// reading the item: no `GetItem`, and still nothing pending left behind.
 #[tokio::test]
 async fn a_relay_new_to_an_identity_reads_its_mark_off_the_record_not_the_item() {
-    use obt_testkit::dynamo_proxy::{DynamoProxy, hook};
-    use std::sync::atomic::{AtomicU32, Ordering};
+    use obt_testkit::dynamo_proxy::DynamoProxy;
 
     let stack = Stack::create(3).await;
     let (e1, e2, e3, e4, e5) = (
@@ -572,18 +564,7 @@ async fn a_relay_new_to_an_identity_reads_its_mark_off_the_record_not_the_item()
 
     // Event 3, then 4 and 5 with 4's record lost, each handled by a relay
     // that never saw PF1, whose every DynamoDB call is counted.
-    let get_items = Arc::new(AtomicU32::new(0));
-    let counter = get_items.clone();
-    let proxy = DynamoProxy::start(hook(move |operation| {
-        let counter = counter.clone();
-        async move {
-            if operation == "GetItem" {
-                counter.fetch_add(1, Ordering::SeqCst);
-            }
-            None
-        }
-    }))
-    .await;
+    let (proxy, calls) = DynamoProxy::recording().await;
     let fresh = || {
         obt_stream_relay::Relay::new(
             obt_stream_relay::publisher::Publisher::new(stack.sqs(), stack.queue_url.clone()),
@@ -623,7 +604,7 @@ async fn a_relay_new_to_an_identity_reads_its_mark_off_the_record_not_the_item()
     assert_eq!(drain(&stack, 2).await, [e4, e5], "what waited goes first");
     assert!(queue_is_empty(&stack).await);
     assert!(outbox_of(&stack, "PF1").await.is_empty());
-    assert_eq!(get_items.load(Ordering::SeqCst), 0, "no read of the item");
+    assert_eq!(calls.count("GetItem"), 0, "no read of the item");
 
     // The Lambda's records tell the same.
     let lambda = obt_testkit::lambda::dynamodb_event(&records, &stack.stream_arn);
@@ -658,6 +639,6 @@ async fn a_relay_new_to_an_identity_reads_its_mark_off_the_record_not_the_item()
         ..fifth[0].clone()
     };
     fresh().handle(&[blind]).await.expect("nothing to do");
-    assert_eq!(get_items.load(Ordering::SeqCst), 1);
+    assert_eq!(calls.count("GetItem"), 1);
     assert!(queue_is_empty(&stack).await, "5 is known published");
 }

@@ -115,6 +115,49 @@ impl DynamoProxy {
     }
 }
 
+/// The operations a [`DynamoProxy::recording`] proxy forwarded, in order.
+#[derive(Debug, Clone, Default)]
+pub struct Recorded(Arc<std::sync::Mutex<Vec<String>>>);
+
+impl Recorded {
+    /// Every operation so far.
+    pub fn operations(&self) -> Vec<String> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// How many of them were `operation`.
+    pub fn count(&self, operation: &str) -> usize {
+        self.operations().iter().filter(|o| *o == operation).count()
+    }
+
+    /// Forgets them.
+    pub fn clear(&self) {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).clear();
+    }
+
+    fn push(&self, operation: String) {
+        self.0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(operation);
+    }
+}
+
+impl DynamoProxy {
+    /// A proxy that forwards everything and records each operation, for
+    /// tests that count the requests something makes.
+    pub async fn recording() -> (Self, Recorded) {
+        let recorded = Recorded::default();
+        let seen = recorded.clone();
+        let proxy = Self::start(hook(move |operation| {
+            seen.push(operation);
+            async { None }
+        }))
+        .await;
+        (proxy, recorded)
+    }
+}
+
 /// A hook from an async closure.
 pub fn hook<F, Fut>(f: F) -> Hook
 where

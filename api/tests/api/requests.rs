@@ -9,8 +9,6 @@
 //! request; the api's code is the production code. DynamoDB only: MySQL
 //! writes in one transaction of several statements.
 
-use std::sync::{Arc, Mutex};
-
 use axum::Router;
 use axum::body::Body;
 use axum::http::{Request, StatusCode};
@@ -20,7 +18,8 @@ use obt_runtime::Storage;
 use crate::helpers::{
     TestApp, TestResponse, item, number, outbox, post_request, runs_in, send, spending, state_on,
 };
-use crate::proxy::{DynamoProxy, hook};
+use crate::proxy::DynamoProxy;
+use obt_testkit::dynamo_proxy::Recorded;
 
 const WRITE: &str = "TransactWriteItems";
 
@@ -28,19 +27,13 @@ const WRITE: &str = "TransactWriteItems";
 /// records its operation.
 struct Counted {
     router: Router,
-    operations: Arc<Mutex<Vec<String>>>,
+    operations: Recorded,
     _proxy: DynamoProxy,
 }
 
 impl Counted {
     async fn on(app: &TestApp, options: StoreOptions) -> Self {
-        let operations = Arc::new(Mutex::new(Vec::new()));
-        let seen = operations.clone();
-        let proxy = DynamoProxy::start(hook(move |operation| {
-            seen.lock().expect("not poisoned").push(operation);
-            async { None }
-        }))
-        .await;
+        let (proxy, operations) = DynamoProxy::recording().await;
         let router = obt_api::app(crate::proxy::state(&proxy, app.stack(), options));
         Self {
             router,
@@ -52,9 +45,9 @@ impl Counted {
     /// Sends `request` and returns its answer with the DynamoDB operations
     /// it cost.
     async fn send(&self, request: Request<Body>) -> (TestResponse, Vec<String>) {
-        self.operations.lock().expect("not poisoned").clear();
+        self.operations.clear();
         let response = send(&self.router, request).await;
-        let operations = self.operations.lock().expect("not poisoned").clone();
+        let operations = self.operations.operations();
         (response, operations)
     }
 }

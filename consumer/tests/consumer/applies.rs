@@ -128,17 +128,11 @@ async fn a_receives_first_events_go_in_one_write_and_a_refused_one_falls_back_to
     use obt_consumer::dead_letter::DeadLetterQueue;
     use obt_consumer::queue::Queue;
     use obt_consumer::{Consumer, Ledger};
-    use obt_testkit::dynamo_proxy::{DynamoProxy, hook};
-    use std::sync::{Arc, Mutex};
+    use obt_testkit::dynamo_proxy::DynamoProxy;
+    use std::sync::Arc;
 
     let stack = TestStack::create(5).await;
-    let calls = Arc::new(Mutex::new(Vec::new()));
-    let seen = calls.clone();
-    let proxy = DynamoProxy::start(hook(move |operation| {
-        seen.lock().expect("calls").push(operation);
-        async { None }
-    }))
-    .await;
+    let (proxy, calls) = DynamoProxy::recording().await;
     let dynamodb = obt_testkit::storage_under_test() == obt_runtime::Storage::Dynamodb;
     let ledger: Arc<dyn Ledger> = if dynamodb {
         Arc::new(obt_consumer::DynamoDbLedger::new(
@@ -175,28 +169,24 @@ async fn a_receives_first_events_go_in_one_write_and_a_refused_one_falls_back_to
         send(&stack, &event(identity, 1, "1.00")).await;
     }
     let batch = receive(who.len()).await;
-    calls.lock().expect("calls").clear();
+    calls.clear();
     consumer.handle_batch(batch).await;
     for identity in &who {
         let applied = wait_applied(&stack, identity, 1, Duration::from_secs(10)).await;
         assert_eq!(applied.count, 1);
     }
-    let writes = |calls: &Mutex<Vec<String>>| {
-        calls
-            .lock()
-            .expect("calls")
-            .iter()
-            .filter(|op| *op == "TransactWriteItems")
-            .count()
-    };
     if dynamodb {
-        assert_eq!(writes(&calls), 1, "one write for the four events");
+        assert_eq!(
+            calls.count("TransactWriteItems"),
+            1,
+            "one write for the four events"
+        );
     }
 
     // A gap of together0 in the next receive: the write of both is
     // refused; together1's event 2 is applied on its own, together0 is
     // parked, its event held.
-    calls.lock().expect("calls").clear();
+    calls.clear();
     send(&stack, &event(&who[0], 3, "3.00")).await;
     send(&stack, &event(&who[1], 2, "2.00")).await;
     let batch = receive(2).await;
@@ -206,9 +196,9 @@ async fn a_receives_first_events_go_in_one_write_and_a_refused_one_falls_back_to
     crate::helpers::wait_held(&stack, &who[0], 1, Duration::from_secs(10)).await;
     if dynamodb {
         assert!(
-            writes(&calls) >= 3,
+            calls.count("TransactWriteItems") >= 3,
             "the refused write of both, then each on its own: {:?}",
-            calls.lock().expect("calls")
+            calls.operations()
         );
     }
     wait_queue_empty(&stack, Duration::from_secs(10)).await;

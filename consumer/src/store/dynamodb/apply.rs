@@ -53,17 +53,9 @@ impl DynamoDbLedger {
         }
         let mut request = self.client.transact_write_items();
         for event in events {
-            request = request
-                .transact_items(
-                    TransactWriteItem::builder()
-                        .put(self.put_event(event)?)
-                        .build(),
-                )
-                .transact_items(
-                    TransactWriteItem::builder()
-                        .update(self.update_head(event, Mode::Normal)?)
-                        .build(),
-                );
+            for action in self.event_actions(event, Mode::Normal)? {
+                request = request.transact_items(action);
+            }
         }
         match request.send().await {
             Ok(_) => {
@@ -79,19 +71,10 @@ impl DynamoDbLedger {
     }
 
     async fn write(&self, event: &Envelope, mode: Mode) -> Result<Applied, ApplyError> {
-        let mut request = self
-            .client
-            .transact_write_items()
-            .transact_items(
-                TransactWriteItem::builder()
-                    .put(self.put_event(event)?)
-                    .build(),
-            )
-            .transact_items(
-                TransactWriteItem::builder()
-                    .update(self.update_head(event, mode)?)
-                    .build(),
-            );
+        let mut request = self.client.transact_write_items();
+        for action in self.event_actions(event, mode)? {
+            request = request.transact_items(action);
+        }
         if mode == Mode::Parked {
             request = request.transact_items(
                 TransactWriteItem::builder()
@@ -121,6 +104,23 @@ impl DynamoDbLedger {
             }
             Err(e) => Err(dynamo_error("TransactWriteItems", &self.name)(e).into()),
         }
+    }
+
+    /// The two actions of an event's write: its own item, and its
+    /// identity's head.
+    fn event_actions(
+        &self,
+        event: &Envelope,
+        mode: Mode,
+    ) -> Result<[TransactWriteItem; 2], ApplyError> {
+        Ok([
+            TransactWriteItem::builder()
+                .put(self.put_event(event)?)
+                .build(),
+            TransactWriteItem::builder()
+                .update(self.update_head(event, mode)?)
+                .build(),
+        ])
     }
 
     /// The event's own item, only where no item is.
