@@ -4,16 +4,9 @@
 //! the backoff of every retry ([`backoff`]), the one-line rendering of
 //! an error and its causes ([`error_chain`]), where the metrics go
 //! ([`metrics`]), and the W3C trace context of a unit of work, exported
-//! over OTLP when asked ([`trace`]). Linking it also sets the allocator.
+//! over OTLP when asked ([`trace`]).
 
 use std::io::IsTerminal;
-
-/// mimalloc for every binary of the workspace (each links this crate):
-/// the services allocate a little for every request and every event, and
-/// glibc's malloc took about 15% of the api's CPU under load
-/// (docs/PERFORMANCE.md, "Where the CPU goes").
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 pub mod args;
 pub mod backoff;
