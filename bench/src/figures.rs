@@ -185,6 +185,11 @@ pub enum PhaseResult {
         cold_invocation_ms: f64,
         /// The cold invocation minus the warm ones' median.
         init_ms: Option<f64>,
+        /// The function's own measure of its init, from `main` to ready
+        /// (its log line `init_ms`): what AWS reports as "Init Duration",
+        /// less the exec's few milliseconds.
+        #[serde(default)]
+        reported_init_ms: Option<f64>,
         /// The warm invocations.
         per_batch: Option<Latency>,
     },

@@ -103,6 +103,12 @@ pub struct Function {
 }
 
 impl Function {
+    /// The `init_ms` the function logged once initialised, if it did.
+    pub fn reported_init_ms(&self) -> Option<f64> {
+        let log = std::fs::read_to_string(&self.log).ok()?;
+        log.lines().find_map(init_ms)
+    }
+
     /// Starts the emulator (in the package directory `stream-relay` of the
     /// working directory: cargo-lambda accepts the invocations of that
     /// package's binaries only), then `bin_dir/name` with `env`.
@@ -180,7 +186,9 @@ impl Function {
             .env("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", "128")
             .env(
                 "RUST_LOG",
-                std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".to_owned()),
+                // The function's init line is at INFO.
+                std::env::var("RUST_LOG")
+                    .unwrap_or_else(|_| "warn,stream_relay_lambda=info".to_owned()),
             )
             .stdin(Stdio::null())
             .stdout(file)
@@ -250,5 +258,34 @@ impl Function {
                 self.log.display()
             ))),
         }
+    }
+}
+
+/// The value of `init_ms` in a log line, JSON (`"init_ms":12.5`) or text
+/// (`init_ms=12.5`).
+fn init_ms(line: &str) -> Option<f64> {
+    let rest = &line[line.find("init_ms")? + "init_ms".len()..];
+    let rest = rest.trim_start_matches(['"', ':', '=', ' ']);
+    let end = rest
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(rest.len());
+    rest[..end].parse().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::init_ms;
+
+    #[test]
+    fn init_ms_is_read_from_json_and_text_lines() {
+        assert_eq!(
+            init_ms(r#"{"level":"INFO","init_ms":12.5,"message":"initialised"}"#),
+            Some(12.5)
+        );
+        assert_eq!(
+            init_ms("INFO stream_relay_lambda: initialised init_ms=7.25"),
+            Some(7.25)
+        );
+        assert_eq!(init_ms("INFO nothing here"), None);
     }
 }

@@ -260,18 +260,27 @@ fn rows(mode: &str, phases: &Phases) -> Vec<Row> {
             batch_size,
             cold_invocation_ms,
             init_ms,
+            reported_init_ms,
             per_batch,
         }) => {
             rows.push(
                 Row::new(
                     mode,
-                    "Lambda relay init (cold invocation - warm p50)",
-                    init_ms.map_or("no warm invocation".to_owned(), |ms| {
-                        format!("{ms:.0} ms (cold invocation {cold_invocation_ms:.0} ms)")
-                    }),
+                    "Lambda relay init (the function's own init_ms)",
+                    reported_init_ms.map_or("not reported".to_owned(), |ms| format!("{ms:.0} ms")),
                 )
-                .target("<= 50 ms", init_ms.map(|ms| ms <= 50.0)),
+                .target("<= 50 ms", reported_init_ms.map(|ms| ms <= 50.0)),
             );
+            rows.push(Row::new(
+                mode,
+                "Lambda relay cold invocation - warm p50",
+                init_ms.map_or("no warm invocation".to_owned(), |ms| {
+                    format!(
+                        "{ms:.0} ms (cold invocation {cold_invocation_ms:.0} ms, \
+                         through cargo-lambda's emulator)"
+                    )
+                }),
+            ));
             rows.push(Row::new(
                 mode,
                 format!("Lambda relay per batch of {batch_size} records"),
