@@ -55,7 +55,8 @@ fn the_report_prints_one_table_and_writes_the_json_and_the_plot() {
         "CPU per event, stream-relay",
         "CPU per event, consumer",
         "RSS idle / under load, consumer",
-        "Lambda relay init (cold invocation - warm p50)",
+        "Lambda relay init (the function's own init_ms)",
+        "Lambda relay cold invocation - warm p50",
         "Lambda relay per batch of",
         "<= 50 ms",
         "smoke scale",
@@ -65,6 +66,14 @@ fn the_report_prints_one_table_and_writes_the_json_and_the_plot() {
             "the table lacks {needle:?}:\n{stdout}"
         );
     }
+    let init = stdout
+        .lines()
+        .find(|l| l.contains("Lambda relay init"))
+        .expect("the Lambda init row");
+    assert!(
+        init.contains("12 ms") && init.contains("yes"),
+        "the function's own init, against the target: {init}"
+    );
     // The MySQL mode has no stream and no Lambda: n/a, not "not run".
     let mysql_stream = stdout
         .lines()
