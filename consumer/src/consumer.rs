@@ -437,18 +437,24 @@ impl Consumer {
     /// write was refused or failed, since nothing changed then and each
     /// message learns why on its own (a duplicate, a gap, a parked
     /// identity, a store that is down). A group whose first message cannot
-    /// be decoded is left whole to the ordinary path.
+    /// be decoded is left whole to the ordinary path. A backend without
+    /// such a write costs nothing here.
     async fn apply_together(
         &self,
         batch: Vec<Received>,
         done: &Mutex<Vec<Received>>,
     ) -> Vec<Received> {
+        let most = self.ledger.max_applied_together();
+        if most < 2 || batch.len() < 2 {
+            return batch;
+        }
         let mut groups = std::collections::HashSet::new();
         let firsts: Vec<(usize, Envelope)> = batch
             .iter()
             .enumerate()
             .filter(|(_, message)| groups.insert(message.group_key()))
             .filter_map(|(i, message)| decode(message).ok().map(|event| (i, event)))
+            .take(most)
             .collect();
         if firsts.len() < 2 {
             return batch;

@@ -54,12 +54,20 @@ pub trait Ledger: Send + Sync + std::fmt::Debug {
     /// changing nothing.
     fn apply<'a>(&'a self, event: &'a Envelope) -> BoxFuture<'a, Result<Applied, ApplyError>>;
 
+    /// How many events [`Self::apply_all`] takes at most; 0 (the default)
+    /// when the backend has no such write, and the consumer then does not
+    /// even gather them.
+    fn max_applied_together(&self) -> usize {
+        0
+    }
+
     /// Applies `events`, of distinct identities, all or none, as
     /// [`Self::apply`] would one by one: `Ok(true)` when every one was
     /// its identity's next event, its identity not parked, and all are
     /// applied now; `Ok(false)` when any one was not, and nothing changed
-    /// (apply them one by one to learn why). One write where the backend
-    /// has one for it; by default it applies nothing and says `false`.
+    /// (apply them one by one to learn why); also `false` for more than
+    /// [`Self::max_applied_together`]. One write where the backend has one
+    /// for it; by default it applies nothing and says `false`.
     fn apply_all<'a>(
         &'a self,
         events: &'a [&'a Envelope],

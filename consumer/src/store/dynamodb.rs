@@ -145,6 +145,10 @@ impl Ledger for DynamoDbLedger {
         Box::pin(DynamoDbLedger::apply(self, event))
     }
 
+    fn max_applied_together(&self) -> usize {
+        apply::MAX_EVENTS_PER_WRITE
+    }
+
     fn apply_all<'a>(
         &'a self,
         events: &'a [&'a Envelope],

@@ -225,6 +225,7 @@ async fn several_events_are_applied_all_or_none() {
             .map(|applied| applied.last_seq)
     };
     let together = obt_testkit::storage_under_test() == obt_runtime::Storage::Dynamodb;
+    assert_eq!(ledger.max_applied_together() >= 2, together);
 
     let (a1, b1) = (event(&a, 1, "1.00"), event(&b, 1, "2.00"));
     let all = ledger.apply_all(&[&a1, &b1]).await.expect("no error");
