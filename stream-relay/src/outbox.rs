@@ -36,6 +36,16 @@ pub enum OutboxError {
         index: &'static str,
         message: String,
     },
+    #[error(
+        "DynamoDB refused for good to acknowledge events on the item of identity {identity} in \
+         table {table}: {message}. The item is not what the api writes (was its outbox changed \
+         by hand?)"
+    )]
+    Refused {
+        table: String,
+        identity: String,
+        message: String,
+    },
     #[error("the item of identity {identity} in table {table} has a malformed {attribute}")]
     Malformed {
         table: String,
@@ -314,6 +324,9 @@ impl OutboxTable {
     /// A statement refused for a reason that passes (a POST's transaction
     /// under way on the item, throttling, an internal error) is tried
     /// again in the next round, after a backoff, a bounded number of times.
+    /// One refused for good because of what the item holds (a
+    /// `ValidationError`: its outbox is no longer a map, say) ends in
+    /// [`OutboxError::Refused`] for its identity alone.
     pub async fn acknowledge_all(
         &self,
         acks: &[Acknowledgement<'_>],
@@ -368,6 +381,11 @@ impl OutboxTable {
                     })),
                     Next::Failed(message) => Some(Err(OutboxError::DynamoDb {
                         call: "BatchExecuteStatement",
+                        table: self.table.clone(),
+                        identity: removal.identity.to_owned(),
+                        message,
+                    })),
+                    Next::Refused(message) => Some(Err(OutboxError::Refused {
                         table: self.table.clone(),
                         identity: removal.identity.to_owned(),
                         message,
@@ -510,6 +528,8 @@ enum Answer {
     ConditionFailed,
     /// Refused for a reason that passes.
     Busy,
+    /// Refused for good, for what this item holds.
+    Refused(String),
     Failed(String),
 }
 
@@ -525,11 +545,21 @@ impl From<&BatchStatementError> for Answer {
                 | Code::RequestLimitExceeded
                 | Code::InternalServerError,
             ) => Self::Busy,
-            code => Self::Failed(format!(
-                "{}: {}",
-                code.map_or("no error code", |c| c.as_str()),
-                error.message().unwrap_or("no message")
-            )),
+            code => {
+                let message = format!(
+                    "{}: {}",
+                    code.map_or("no error code", |c| c.as_str()),
+                    error.message().unwrap_or("no message")
+                );
+                // Access and a missing table concern every statement: the
+                // batch fails and is tried again. A statement invalid for
+                // its item concerns that item only.
+                if code == Some(&Code::ValidationError) {
+                    Self::Refused(message)
+                } else {
+                    Self::Failed(message)
+                }
+            }
         }
     }
 }
@@ -541,6 +571,7 @@ enum Next {
     Again,
     /// The same statement, in the next round, after a backoff.
     Retry,
+    Refused(String),
     Failed(String),
 }
 
@@ -611,6 +642,7 @@ impl Removal<'_> {
                 Next::Done
             }
             Answer::Busy => Next::Retry,
+            Answer::Refused(message) => Next::Refused(message),
             Answer::Failed(message) => Next::Failed(message),
         }
     }

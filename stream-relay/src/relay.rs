@@ -153,12 +153,8 @@ impl Relay {
     /// last change. On `Err`, the caller may checkpoint before
     /// [`HandleError::first_unfinished`], no further.
     pub async fn handle(&self, changes: &[Change]) -> Result<Summary, HandleError> {
-        let (summary, acks, mut failures) = self.publish_and_park(changes).await;
-        for (first_change, result) in self.send_acknowledgements(acks).await {
-            if let Err(error) = result {
-                failures.add(Some(first_change), error.into());
-            }
-        }
+        let (mut summary, acks, mut failures) = self.publish_and_park(changes).await;
+        summary.parked += self.acknowledge_or_park(acks, &mut failures).await;
         match failures.into_first() {
             None => Ok(summary),
             Some((first_unfinished, error)) => Err(HandleError {
@@ -192,18 +188,20 @@ impl Relay {
     pub async fn acknowledge(&self, acks: &Acknowledgements) -> Result<(), RelayError> {
         let acks: Vec<Ack> = acks.0.values().cloned().collect();
         let mut failures = Failures::default();
-        for (first_change, result) in self.send_acknowledgements(acks).await {
-            if let Err(error) = result {
-                failures.add(Some(first_change), error.into());
-            }
-        }
+        self.acknowledge_or_park(acks, &mut failures).await;
         match failures.into_first() {
             None => Ok(()),
             Some((_, error)) => Err(error),
         }
     }
 
-    async fn send_acknowledgements(&self, acks: Vec<Ack>) -> Vec<(usize, Result<(), OutboxError>)> {
+    /// Makes `acks`, adding what fails to `failures`. An identity whose
+    /// acknowledgement DynamoDB refuses for good ([`OutboxError::Refused`]:
+    /// its item no longer holds what the api writes) is parked instead, so
+    /// that it holds back itself only, not its shard (invariant 6): its
+    /// events were published, and stay in its outbox until an operator
+    /// repairs the item. How many identities were parked.
+    async fn acknowledge_or_park(&self, acks: Vec<Ack>, failures: &mut Failures) -> usize {
         let requests: Vec<Acknowledgement<'_>> = acks
             .iter()
             .map(|ack| Acknowledgement {
@@ -213,10 +211,63 @@ impl Relay {
             })
             .collect();
         let results = self.outbox.acknowledge_all(&requests).await;
-        acks.iter()
-            .map(|ack| ack.first_change)
-            .zip(results)
+        let mut parks = Vec::new();
+        for (ack, result) in acks.iter().zip(results) {
+            match result {
+                Ok(()) => {}
+                Err(error @ OutboxError::Refused { .. }) => {
+                    let mark = Parked {
+                        cause: Cause::Malformed.as_str().to_owned(),
+                        reason: format!(
+                            "{error}. Its events up to seq {} were published; repair the item, \
+                             then retry it",
+                            ack.seqs.last().copied().unwrap_or_default()
+                        ),
+                        seq: None,
+                        at: now_rfc3339(),
+                    };
+                    parks.push((ack.identity.clone(), ack.first_change, mark));
+                }
+                Err(error) => failures.add(Some(ack.first_change), error.into()),
+            }
+        }
+        self.park_all(parks, failures).await
+    }
+
+    /// Writes the parking `marks` (identity, the first change it concerns,
+    /// the mark), adding what fails to `failures`: how many were written.
+    async fn park_all(
+        &self,
+        marks: Vec<(String, usize, Parked)>,
+        failures: &mut Failures,
+    ) -> usize {
+        let parked: Vec<(usize, Result<(), OutboxError>)> = stream::iter(marks)
+            .map(|(identity, first_change, mark)| async move {
+                tracing::error!(
+                    parked = true,
+                    identity = %identity,
+                    seq = ?mark.seq,
+                    cause = %mark.cause,
+                    reason = %mark.reason,
+                    "identity parked: its events wait, in order, until the item is repaired and \
+                     `obt-admin parked retry {identity}` is run; other identities flow on"
+                );
+                (first_change, self.outbox.park(&identity, &mark).await)
+            })
+            .buffer_unordered(CONCURRENT_ITEM_CALLS)
             .collect()
+            .await;
+        let mut written = 0;
+        for (first_change, result) in parked {
+            match result {
+                Ok(()) => {
+                    metrics::counter!("obt_relay_parked_total").increment(1);
+                    written += 1;
+                }
+                Err(error) => failures.add(Some(first_change), error.into()),
+            }
+        }
+        written
     }
 
     /// Publishes what `changes` add and parks the identities that need it:
@@ -284,28 +335,7 @@ impl Relay {
             .iter()
             .map(|(identity, p)| (identity.clone(), p.first_change, p.mark.clone()))
             .collect();
-        let parked: Vec<(usize, Result<(), OutboxError>)> = stream::iter(parks)
-            .map(|(identity, first_change, mark)| async move {
-                tracing::error!(
-                    parked = true,
-                    identity = %identity,
-                    seq = ?mark.seq,
-                    cause = %mark.cause,
-                    reason = %mark.reason,
-                    "identity parked: its events wait, in order, until the item is repaired and \
-                     `obt-admin parked retry {identity}` is run; other identities flow on"
-                );
-                (first_change, self.outbox.park(&identity, &mark).await)
-            })
-            .buffer_unordered(CONCURRENT_ITEM_CALLS)
-            .collect()
-            .await;
-        for (first_change, result) in parked {
-            match result {
-                Ok(()) => metrics::counter!("obt_relay_parked_total").increment(1),
-                Err(error) => failures.add(Some(first_change), error.into()),
-            }
-        }
+        self.park_all(parks, &mut failures).await;
         let summary = Summary {
             published: plan.events.len() - not_accepted.len(),
             skipped: changes.iter().filter(|c| !c.adds_events).count(),

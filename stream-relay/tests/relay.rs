@@ -642,3 +642,83 @@ async fn a_relay_new_to_an_identity_reads_its_mark_off_the_record_not_the_item()
     assert_eq!(calls.count("GetItem"), 1);
     assert!(queue_is_empty(&stack).await, "5 is known published");
 }
+
+/// Sets `identity`'s `outbox` attribute to a string, as a hand edit
+/// might: DynamoDB then refuses every removal of an outbox entry.
+async fn spoil_outbox(stack: &Stack, identity: &str) {
+    stack
+        .dynamodb()
+        .update_item()
+        .table_name(&stack.names.table)
+        .key("identity", AttributeValue::S(identity.to_owned()))
+        .update_expression("SET #o = :o")
+        .expression_attribute_names("#o", obt_contract::outbox::OUTBOX_ATTR)
+        .expression_attribute_values(":o", AttributeValue::S("edited by hand".to_owned()))
+        .send()
+        .await
+        .expect("outbox spoiled");
+}
+
+/// The cause of `identity`'s parking mark, if it is parked.
+async fn parked_cause(stack: &Stack, identity: &str) -> Option<String> {
+    let item = obt_testkit::outbox::item(stack, identity)
+        .await
+        .expect("the item exists");
+    let mark = item.get(obt_contract::outbox::PARKED_ATTR)?.as_m().ok()?;
+    mark.get("cause")?.as_s().ok().cloned()
+}
+
+/// An acknowledgement that DynamoDB refuses for good (the item's outbox
+/// was changed by hand after its events were read) holds back its own
+/// identity only (invariant 6): the identity is parked, durably and
+/// visibly, and the call that published it succeeds, so that the shard
+/// moves on; the other identities of the batch are acknowledged. Both
+/// ways a driver acknowledges: with the publication (the Lambda) and
+/// after it, merged (the daemon).
+#[tokio::test]
+async fn an_acknowledgement_refused_for_good_parks_its_identity_and_the_batch_goes_on() {
+    let stack = Stack::create(3).await;
+    let relay = startup::relay(&stack.config, &settings(&stack).relay)
+        .await
+        .expect("relay");
+    for identity in ["RA1", "RG1", "RA2", "RG2"] {
+        append(&stack, &event(identity, 1)).await;
+    }
+    // The relay read the events (and its marks, off the records) before
+    // the hand edit.
+    spoil_outbox(&stack, "RA1").await;
+    spoil_outbox(&stack, "RA2").await;
+    let change = |sequence_number, identity| Change {
+        published_floor: Some(0),
+        ..change(sequence_number, identity, vec![event(identity, 1)])
+    };
+
+    let summary = relay
+        .handle(&[change("1", "RA1"), change("2", "RG1")])
+        .await
+        .expect("the batch is done: the refused identity is parked, not failed");
+    assert_eq!((summary.published, summary.parked), (2, 1));
+
+    let (summary, acks) = relay
+        .publish(&[change("3", "RA2"), change("4", "RG2")])
+        .await
+        .expect("published");
+    assert_eq!(summary.published, 2);
+    relay
+        .acknowledge(&acks)
+        .await
+        .expect("the acknowledgements are done: the refused identity is parked, not failed");
+
+    for identity in ["RA1", "RA2"] {
+        assert_eq!(
+            parked_cause(&stack, identity).await.as_deref(),
+            Some("malformed"),
+            "{identity} is parked"
+        );
+    }
+    for identity in ["RG1", "RG2"] {
+        assert!(outbox_of(&stack, identity).await.is_empty(), "{identity}");
+        assert_eq!(parked_cause(&stack, identity).await, None, "{identity}");
+    }
+    assert_eq!(drain(&stack, 4).await.len(), 4, "every event published");
+}
