@@ -174,6 +174,11 @@ pub enum PhaseResult {
     Drain {
         backlog: u64,
         drained: Rate,
+        /// The relay's CPU time (user + system) over the drain, per event
+        /// published: its cost per event with the fixed costs of an idle
+        /// relay (polls, heartbeats) spread thin.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        cpu_us_per_event: Option<f64>,
     },
     EndToEnd(EndToEnd),
     /// The relay Lambda under cargo-lambda's Runtime API emulator.
@@ -260,6 +265,7 @@ mod tests {
             result: PhaseResult::Drain {
                 backlog: 10,
                 drained: Rate::new(10, Duration::from_secs(2)),
+                cpu_us_per_event: Some(120.0),
             },
         };
         let json = serde_json::to_string(&file).expect("json");

@@ -428,8 +428,9 @@ pub async fn drain(ctx: &Context) -> Result<PhaseResult, BenchError> {
     // (the relay's start-up, lease and shard discovery excluded) to the
     // first that saw the whole backlog.
     let mut last_idle = Instant::now();
-    let (end, published) = loop {
-        relay.alive()?;
+    let mut cpu_idle = relay.sample()?.cpu;
+    let (end, published, cpu_end) = loop {
+        let cpu = relay.sample()?.cpu;
         let now = Instant::now();
         let published = relay
             .metrics
@@ -438,9 +439,10 @@ pub async fn drain(ctx: &Context) -> Result<PhaseResult, BenchError> {
             .total("obt_relay_events_published_total");
         if published == 0.0 {
             last_idle = now;
+            cpu_idle = cpu;
         }
         if published >= backlog as f64 {
-            break (now, published);
+            break (now, published, relay.sample()?.cpu);
         }
         if now > deadline {
             return Err(BenchError::Phase {
@@ -455,13 +457,18 @@ pub async fn drain(ctx: &Context) -> Result<PhaseResult, BenchError> {
     };
     let count = published as u64;
     let rate = Rate::new(count, end - last_idle);
+    let cpu_us_per_event =
+        (count > 0).then(|| (cpu_end - cpu_idle).as_secs_f64() * 1e6 / count as f64);
     say(&format!(
-        "drain: {count} events in {:.2} s, {:.0}/s",
-        rate.secs, rate.per_sec
+        "drain: {count} events in {:.2} s, {:.0}/s, relay CPU {:.0} us per event",
+        rate.secs,
+        rate.per_sec,
+        cpu_us_per_event.unwrap_or_default()
     ));
     Ok(PhaseResult::Drain {
         backlog,
         drained: rate,
+        cpu_us_per_event,
     })
 }
 

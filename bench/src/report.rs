@@ -225,7 +225,11 @@ fn rows(mode: &str, phases: &Phases) -> Vec<Row> {
     });
     let relay = if mode == "mysql" { "poller" } else { "daemon" };
     match phases.get("drain").map(|f| &f.result) {
-        Some(PhaseResult::Drain { backlog, drained }) => {
+        Some(PhaseResult::Drain {
+            backlog,
+            drained,
+            cpu_us_per_event,
+        }) => {
             let figure = format!("relay drain ({relay}), backlog {backlog}");
             let measured = rate(drained.per_sec, "events/s");
             let mut row = Row::new(mode, &figure, &measured);
@@ -247,6 +251,13 @@ fn rows(mode: &str, phases: &Phases) -> Vec<Row> {
                         .ceiling(rate(max, "(api max)"), r)
                         .target(">= 1.0 x api max", r.map(|r| r >= 1.0)),
                 );
+            }
+            if let Some(us) = cpu_us_per_event {
+                rows.push(Row::new(
+                    mode,
+                    format!("CPU per event, {relay} draining"),
+                    format!("{us:.0} us"),
+                ));
             }
         }
         _ => rows.push(Row::new(mode, "relay drain", NOT_RUN)),

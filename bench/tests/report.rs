@@ -46,6 +46,7 @@ fn the_report_prints_one_table_and_writes_the_json_and_the_plot() {
         "stream ceiling: GetRecords",
         "relay drain (daemon)",
         "relay drain (poller)",
+        "CPU per event, daemon draining",
         ">= 0.5 x queue",
         ">= 1.0 x api max",
         "end to end at 50%",
