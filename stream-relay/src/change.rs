@@ -3,7 +3,7 @@
 use aws_lambda_events::event::dynamodb::EventRecord;
 use obt_contract::Envelope;
 
-use crate::image::{Image, NoIdentity, Unreadable};
+use crate::image::{Image, NoIdentity, RawImage, Unreadable};
 
 /// The relay's view of one stream record of the api's table.
 #[derive(Debug, Clone, Default)]
@@ -23,10 +23,12 @@ pub struct Change {
     /// are skipped.
     pub adds_events: bool,
     /// Every readable event pending in the outbox after the write, in `seq`
-    /// order, up to the first unreadable one.
+    /// order, up to the first unreadable one; none read for a change that
+    /// adds no events.
     pub pending: Vec<Envelope>,
     /// The first outbox entry that cannot be read: once the events before
-    /// it are published, the identity is parked there.
+    /// it are published, the identity is parked there (not looked for in a
+    /// change that adds no events).
     pub unreadable: Option<Unreadable>,
     /// The item is parked: none of its events is published.
     pub parked: bool,
@@ -57,27 +59,31 @@ pub enum ChangeError {
 }
 
 impl Change {
-    /// Reads a record as returned by `GetRecords`. `None` for the records
-    /// of deleted items; any other record without a new image is an error
-    /// (see [`Change::from_lambda_record`]).
+    /// Reads a record as returned by `GetRecords`, taking its images.
+    /// `None` for the records of deleted items; any other record without a
+    /// new image is an error (see [`Change::from_lambda_record`]).
     pub fn from_stream_record(
-        record: &aws_sdk_dynamodbstreams::types::Record,
+        record: aws_sdk_dynamodbstreams::types::Record,
     ) -> Result<Option<Self>, ChangeError> {
-        let Some(data) = record.dynamodb() else {
+        let removed =
+            record.event_name == Some(aws_sdk_dynamodbstreams::types::OperationType::Remove);
+        let inserted =
+            record.event_name == Some(aws_sdk_dynamodbstreams::types::OperationType::Insert);
+        let Some(data) = record.dynamodb else {
             return Err(ChangeError::Missing {
                 sequence_number: String::new(),
                 what: "dynamodb section",
             });
         };
-        let sequence_number = data.sequence_number().unwrap_or_default().to_owned();
+        let sequence_number = data.sequence_number.unwrap_or_default();
         if sequence_number.is_empty() {
             return Err(ChangeError::Missing {
                 sequence_number,
                 what: "sequence number",
             });
         }
-        let Some(new_image) = data.new_image() else {
-            if record.event_name() == Some(&aws_sdk_dynamodbstreams::types::OperationType::Remove) {
+        let Some(new_image) = data.new_image else {
+            if removed {
                 return Ok(None);
             }
             return Err(ChangeError::Missing {
@@ -85,19 +91,18 @@ impl Change {
                 what: "new image (the stream's view type must be NEW_AND_OLD_IMAGES)",
             });
         };
-        let old = data.old_image().cloned().map(serde_dynamo::Item::from);
-        let inserted =
-            record.event_name() == Some(&aws_sdk_dynamodbstreams::types::OperationType::Insert);
-        Self::from_items(sequence_number, inserted, old, new_image.clone().into()).map(Some)
+        let old = data.old_image.map(serde_dynamo::Item::from);
+        Self::from_items(sequence_number, inserted, old, new_image.into()).map(Some)
     }
 
-    /// Reads a record of a Lambda DynamoDB stream event. `None` for the
-    /// records of deleted items (`REMOVE`, no new image). Any other record
-    /// without a new image is an error, not a skip: the stream's view type
-    /// is wrong (it must be `NEW_AND_OLD_IMAGES`), and skipping would drop
-    /// every event.
-    pub fn from_lambda_record(record: &EventRecord) -> Result<Option<Self>, ChangeError> {
-        let data = &record.change;
+    /// Reads a record of a Lambda DynamoDB stream event, taking its images
+    /// (the record keeps its other fields). `None` for the records of
+    /// deleted items (`REMOVE`, no new image). Any other record without a
+    /// new image is an error, not a skip: the stream's view type is wrong
+    /// (it must be `NEW_AND_OLD_IMAGES`), and skipping would drop every
+    /// event.
+    pub fn from_lambda_record(record: &mut EventRecord) -> Result<Option<Self>, ChangeError> {
+        let data = &mut record.change;
         let sequence_number = data.sequence_number.clone().unwrap_or_default();
         if sequence_number.is_empty() {
             return Err(ChangeError::Missing {
@@ -115,9 +120,11 @@ impl Change {
             });
         }
         // An absent OldImage (an INSERT) arrives as an empty item.
-        let old = (!data.old_image.is_empty()).then(|| data.old_image.clone());
+        let old = std::mem::take(&mut data.old_image);
+        let old = (!old.is_empty()).then_some(old);
+        let new = std::mem::take(&mut data.new_image);
         let inserted = record.event_name == "INSERT";
-        Self::from_items(sequence_number, inserted, old, data.new_image.clone()).map(Some)
+        Self::from_items(sequence_number, inserted, old, new).map(Some)
     }
 
     /// Reads a record's images, whichever API delivered them: the one
@@ -125,22 +132,47 @@ impl Change {
     /// entry this relay cannot read) is no error: the change says so, and
     /// the relay parks its identity alone. `inserted`: the record is of
     /// the item's first write (so no old image is expected).
+    ///
+    /// Outbox entries are decoded only when the write put something into
+    /// the outbox, and only those of the new image (the old image's too
+    /// when the new one has an entry this relay cannot read, to tell
+    /// whether this write spoiled it): half the stream is the relay's own
+    /// acknowledgements, which decode nothing.
     fn from_items(
         sequence_number: String,
         inserted: bool,
         old: Option<serde_dynamo::Item>,
         new: serde_dynamo::Item,
     ) -> Result<Self, ChangeError> {
-        let read = |item: serde_dynamo::Item| -> Result<Image, ChangeError> {
-            Image::read(item).map_err(|source| ChangeError::NotAnAggregate {
+        let read = |item: serde_dynamo::Item| -> Result<RawImage, ChangeError> {
+            RawImage::read(item).map_err(|source| ChangeError::NotAnAggregate {
                 sequence_number: sequence_number.clone(),
                 source,
             })
         };
         let new = read(new)?;
         let old = old.map(read).transpose()?;
-        let mut change = Self::from_images(sequence_number, old.as_ref(), new);
-        if inserted && old.is_none() {
+        let first_write = inserted && old.is_none();
+        let unparked = new.parked.is_none() && old.as_ref().is_some_and(|o| o.parked.is_some());
+        let wrote = old.as_ref().is_none_or(|old| new.wrote_outbox_since(old));
+        let mut change = if wrote || unparked {
+            let new = new.decode();
+            let old = old.map(|old| match new.unreadable {
+                Some(_) => old.decode(),
+                None => old.without_entries(),
+            });
+            Self::from_images(sequence_number, old.as_ref(), new)
+        } else {
+            Self {
+                sequence_number,
+                version: new.version,
+                parked: new.parked.is_some(),
+                published_floor: old.as_ref().and_then(RawImage::published_floor),
+                identity: new.identity,
+                ..Self::default()
+            }
+        };
+        if first_write {
             // Nothing of a new item was published before.
             change.published_floor = Some(0);
         }
@@ -170,5 +202,136 @@ impl Change {
             parked: new.parked.is_some(),
             published_floor: old.and_then(Image::published_floor),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use obt_contract::Identity;
+    use obt_contract::outbox::{IDENTITY_ATTR, OUTBOX_ATTR, PARKED_ATTR, VERSION_ATTR};
+    use serde_dynamo::AttributeValue;
+
+    use super::*;
+
+    /// Events 0 to 4 of A as outbox entries, made once per test: an entry
+    /// that a write leaves alone is the same value in both images.
+    fn entries() -> Vec<AttributeValue> {
+        let identity = Identity::parse("A").expect("valid");
+        (0..5)
+            .map(|seq| {
+                serde_dynamo::to_attribute_value(obt_testkit::event(&identity, seq, "1"))
+                    .expect("serializes")
+            })
+            .collect()
+    }
+
+    /// An item of identity A at `version` with these outbox entries.
+    fn item(version: u64, entries: Vec<(u64, AttributeValue)>) -> serde_dynamo::Item {
+        let outbox = entries
+            .into_iter()
+            .map(|(seq, value)| (seq.to_string(), value))
+            .collect();
+        HashMap::from([
+            (IDENTITY_ATTR.to_owned(), AttributeValue::S("A".to_owned())),
+            (
+                VERSION_ATTR.to_owned(),
+                AttributeValue::N(version.to_string()),
+            ),
+            (OUTBOX_ATTR.to_owned(), AttributeValue::M(outbox)),
+        ])
+        .into()
+    }
+
+    fn change(old: serde_dynamo::Item, new: serde_dynamo::Item) -> Change {
+        Change::from_items("9".to_owned(), false, Some(old), new).expect("a change")
+    }
+
+    fn seqs(change: &Change) -> Vec<u64> {
+        change.pending.iter().map(|e| e.seq).collect()
+    }
+
+    #[test]
+    fn a_write_that_adds_an_event_reads_every_pending_one() {
+        let e = entries();
+        let write = change(
+            item(2, vec![(2, e[2].clone())]),
+            item(3, vec![(2, e[2].clone()), (3, e[3].clone())]),
+        );
+        assert!(write.adds_events);
+        assert_eq!(seqs(&write), [2, 3]);
+        assert_eq!(write.published_floor, Some(1));
+    }
+
+    #[test]
+    fn an_acknowledgement_adds_nothing_and_reads_no_entry() {
+        let e = entries();
+        // Events 1 and 2 acknowledged; 3 (written since) stays, and so does
+        // an entry no relay can read: neither is read again.
+        let junk = AttributeValue::S("junk".to_owned());
+        let ack = change(
+            item(
+                4,
+                vec![
+                    (1, e[1].clone()),
+                    (2, e[2].clone()),
+                    (3, e[3].clone()),
+                    (4, junk.clone()),
+                ],
+            ),
+            item(4, vec![(3, e[3].clone()), (4, junk)]),
+        );
+        assert!(!ack.adds_events);
+        assert!(ack.pending.is_empty() && ack.unreadable.is_none());
+        assert_eq!(ack.published_floor, Some(0), "off the old image's keys");
+        assert_eq!(ack.version, Some(4));
+    }
+
+    #[test]
+    fn a_write_that_spoils_an_entry_without_adding_a_key_adds_a_change_to_park() {
+        let e = entries();
+        let spoiled = change(
+            item(3, vec![(2, e[2].clone()), (3, e[3].clone())]),
+            item(
+                3,
+                vec![(2, e[2].clone()), (3, AttributeValue::S("junk".to_owned()))],
+            ),
+        );
+        assert!(spoiled.adds_events);
+        assert_eq!(seqs(&spoiled), [2]);
+        assert_eq!(spoiled.unreadable.map(|u| u.seq), Some(Some(3)));
+
+        // An entry that was unreadable before stays the first unreadable
+        // one when an event is added after it.
+        let junk = AttributeValue::S("junk".to_owned());
+        let rewritten = change(
+            item(3, vec![(2, junk.clone()), (3, e[3].clone())]),
+            item(3, vec![(2, junk), (3, e[3].clone()), (4, e[4].clone())]),
+        );
+        assert!(rewritten.adds_events, "a key was added");
+        assert_eq!(rewritten.unreadable.map(|u| u.seq), Some(Some(2)));
+
+        let mut no_map = item(3, vec![]).into_inner();
+        no_map.insert(
+            OUTBOX_ATTR.to_owned(),
+            AttributeValue::S("by hand".to_owned()),
+        );
+        let spoiled = change(item(3, vec![(3, e[3].clone())]), no_map.into());
+        assert!(spoiled.adds_events);
+        assert_eq!(spoiled.unreadable.map(|u| u.seq), Some(None));
+    }
+
+    #[test]
+    fn taking_the_parking_mark_off_reads_what_waited() {
+        let e = entries();
+        let mut parked = item(3, vec![(3, e[3].clone())]).into_inner();
+        parked.insert(PARKED_ATTR.to_owned(), AttributeValue::M(HashMap::new()));
+        let unparked = change(parked.clone().into(), item(3, vec![(3, e[3].clone())]));
+        assert!(unparked.adds_events && !unparked.parked);
+        assert_eq!(seqs(&unparked), [3]);
+
+        let parking = change(item(3, vec![(3, e[3].clone())]), parked.into());
+        assert!(!parking.adds_events && parking.parked);
     }
 }

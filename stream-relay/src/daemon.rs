@@ -385,6 +385,7 @@ impl Daemon {
             };
             backoff.reset();
             let records = out.records.unwrap_or_default();
+            let idle = records.is_empty();
             let last_created = records
                 .last()
                 .and_then(|r| r.dynamodb()?.approximate_creation_date_time())
@@ -396,7 +397,9 @@ impl Daemon {
                 .and_then(|d| d.sequence_number())
             {
                 let last = Position::After(last.to_owned());
-                let Some(acks) = self.publish_until_done(&records, stop).await else {
+                let count = records.len();
+                let changes = to_changes(records);
+                let Some(acks) = self.publish_until_done(&changes, count, stop).await else {
                     return false;
                 };
                 acker.add(acks, last.clone());
@@ -409,7 +412,7 @@ impl Daemon {
                 Some(next) => iterator = Some(next),
                 None => return true,
             }
-            if records.is_empty() {
+            if idle {
                 tokio::select! {
                     () = stop.cancelled() => return false,
                     () = tokio::time::sleep(self.idle_poll) => {}
@@ -430,36 +433,29 @@ impl Daemon {
         }
     }
 
-    /// Publishes what `records` add until that succeeded: the
-    /// acknowledgements to make. `None` when the reader stopped first
-    /// (nothing is checkpointed then).
+    /// Publishes what the `changes` of `records` records add until that
+    /// succeeded: the acknowledgements to make. `None` when the reader
+    /// stopped first (nothing is checkpointed then).
     async fn publish_until_done(
         &self,
-        records: &[aws_sdk_dynamodbstreams::types::Record],
+        changes: &Result<Vec<Change>, ChangeError>,
+        records: usize,
         stop: &CancellationToken,
     ) -> Option<Acknowledgements> {
         let mut backoff =
             Backoff::new(Duration::from_millis(100), Duration::from_secs(10)).attempts();
         loop {
-            let result = match to_changes(records) {
-                Ok(changes) => self
-                    .relay
-                    .publish(&changes)
-                    .await
-                    .map_err(|e| e.to_string()),
+            let result = match changes {
+                Ok(changes) => self.relay.publish(changes).await.map_err(|e| e.to_string()),
                 Err(e) => Err(e.to_string()),
             };
             match result {
                 Ok((summary, acks)) => {
-                    tracing::debug!(
-                        records = records.len(),
-                        published = summary.published,
-                        "batch published"
-                    );
+                    tracing::debug!(records, published = summary.published, "batch published");
                     return Some(acks);
                 }
                 Err(e) => {
-                    tracing::error!(error = %e, records = records.len(), "could not relay a batch; retrying it");
+                    tracing::error!(error = %e, records, "could not relay a batch; retrying it");
                     if stop.is_cancelled() {
                         return None;
                     }
@@ -632,7 +628,7 @@ async fn sweep_every(sweeper: Sweeper, every: Duration, shutdown: CancellationTo
 }
 
 fn to_changes(
-    records: &[aws_sdk_dynamodbstreams::types::Record],
+    records: Vec<aws_sdk_dynamodbstreams::types::Record>,
 ) -> Result<Vec<Change>, ChangeError> {
     let mut changes = Vec::with_capacity(records.len());
     for record in records {

@@ -88,34 +88,7 @@ impl Image {
     /// Reads an item. Only an item without an identity is an error: any
     /// other damage is described in the image, for the relay to park it.
     pub fn read(item: serde_dynamo::Item) -> Result<Self, NoIdentity> {
-        let mut item = item.into_inner();
-        let Some(AttributeValue::S(identity)) = item.remove(IDENTITY_ATTR) else {
-            return Err(NoIdentity);
-        };
-        let version = match item.remove(VERSION_ATTR) {
-            Some(AttributeValue::N(n)) => n.parse().ok(),
-            _ => None,
-        };
-        let parked = item.remove(PARKED_ATTR).map(|value| {
-            serde_dynamo::from_attribute_value(value).unwrap_or_else(|_| unknown_mark())
-        });
-        let mut image = Self {
-            identity,
-            version,
-            parked,
-            ..Self::default()
-        };
-        match item.remove(OUTBOX_ATTR) {
-            None => {}
-            Some(AttributeValue::M(outbox)) => image.read_outbox(outbox),
-            Some(_) => {
-                image.unreadable = Some(Unreadable {
-                    seq: None,
-                    reason: format!("the `{OUTBOX_ATTR}` attribute is not a map"),
-                });
-            }
-        }
-        Ok(image)
+        RawImage::read(item).map(RawImage::decode)
     }
 
     /// A lower bound of the highest seq of the identity that is published,
@@ -126,13 +99,10 @@ impl Image {
     /// image cannot tell: its version is missing or malformed, or its
     /// outbox is not a map.
     pub fn published_floor(&self) -> Option<u64> {
-        let oldest = self.keys.iter().filter_map(|k| k.parse::<u64>().ok()).min();
-        match (oldest, &self.unreadable) {
-            (Some(seq), _) => Some(seq.saturating_sub(1)),
-            // No key, yet an entry without a place: the outbox is no map.
-            (None, Some(Unreadable { seq: None, .. })) if self.keys.is_empty() => None,
-            (None, _) => self.version,
-        }
+        // No key, yet an entry without a place: the outbox is no map.
+        let no_map =
+            self.keys.is_empty() && matches!(self.unreadable, Some(Unreadable { seq: None, .. }));
+        published_floor(self.keys.iter(), self.version, no_map)
     }
 
     fn read_outbox(&mut self, outbox: std::collections::HashMap<String, AttributeValue>) {
@@ -172,6 +142,130 @@ impl Image {
             None => u64::MAX,
         };
         self.pending = events.range(..limit).map(|(_, e)| e.clone()).collect();
+    }
+}
+
+/// [`Image::published_floor`] from an image's outbox keys, its version,
+/// and whether its outbox is no map.
+fn published_floor<'k>(
+    keys: impl Iterator<Item = &'k String>,
+    version: Option<u64>,
+    no_map: bool,
+) -> Option<u64> {
+    match keys.filter_map(|k| k.parse::<u64>().ok()).min() {
+        Some(oldest) => Some(oldest.saturating_sub(1)),
+        None if no_map => None,
+        None => version,
+    }
+}
+
+/// An item read up to its outbox, whose entries stay as DynamoDB gave
+/// them: what most stream records need (the relay's own acknowledgements
+/// add nothing, and tell so without a decoded entry); [`RawImage::decode`]
+/// reads the entries.
+#[derive(Debug, Clone)]
+pub struct RawImage {
+    pub identity: String,
+    pub version: Option<u64>,
+    pub parked: Option<Parked>,
+    outbox: RawOutbox,
+}
+
+#[derive(Debug, Clone)]
+enum RawOutbox {
+    /// The entries by key (an item without an outbox has none).
+    Map(std::collections::HashMap<String, AttributeValue>),
+    /// An outbox attribute that is no map.
+    NoMap(AttributeValue),
+}
+
+impl RawImage {
+    /// Reads an item up to its outbox. Only an item without an identity is
+    /// an error.
+    pub fn read(item: serde_dynamo::Item) -> Result<Self, NoIdentity> {
+        let mut item = item.into_inner();
+        let Some(AttributeValue::S(identity)) = item.remove(IDENTITY_ATTR) else {
+            return Err(NoIdentity);
+        };
+        let version = match item.remove(VERSION_ATTR) {
+            Some(AttributeValue::N(n)) => n.parse().ok(),
+            _ => None,
+        };
+        let parked = item.remove(PARKED_ATTR).map(|value| {
+            serde_dynamo::from_attribute_value(value).unwrap_or_else(|_| unknown_mark())
+        });
+        let outbox = match item.remove(OUTBOX_ATTR) {
+            None => RawOutbox::Map(std::collections::HashMap::new()),
+            Some(AttributeValue::M(entries)) => RawOutbox::Map(entries),
+            Some(other) => RawOutbox::NoMap(other),
+        };
+        Ok(Self {
+            identity,
+            version,
+            parked,
+            outbox,
+        })
+    }
+
+    /// Whether this image (after a write) holds an outbox entry that
+    /// `before` did not hold as it is, a new key or a new value, or an
+    /// outbox changed into or out of a map: whether the write touched the
+    /// outbox other than by removing entries.
+    pub fn wrote_outbox_since(&self, before: &RawImage) -> bool {
+        match (&self.outbox, &before.outbox) {
+            (RawOutbox::Map(after), RawOutbox::Map(before)) => after
+                .iter()
+                .any(|(key, value)| before.get(key) != Some(value)),
+            (RawOutbox::NoMap(after), RawOutbox::NoMap(before)) => after != before,
+            _ => true,
+        }
+    }
+
+    /// [`Image::published_floor`], without decoding an entry.
+    pub fn published_floor(&self) -> Option<u64> {
+        match &self.outbox {
+            RawOutbox::Map(entries) => published_floor(entries.keys(), self.version, false),
+            RawOutbox::NoMap(_) => published_floor(std::iter::empty(), self.version, true),
+        }
+    }
+
+    /// The image with every outbox entry decoded.
+    pub fn decode(self) -> Image {
+        let mut image = Image {
+            identity: self.identity,
+            version: self.version,
+            parked: self.parked,
+            ..Image::default()
+        };
+        match self.outbox {
+            RawOutbox::Map(entries) => image.read_outbox(entries),
+            RawOutbox::NoMap(_) => image.unreadable = Some(no_map()),
+        }
+        image
+    }
+
+    /// The image with the outbox's keys and no entry decoded (`pending`
+    /// empty, an unreadable entry not seen): all that a change needs of the
+    /// image before it, unless the image after it has an unreadable entry.
+    pub fn without_entries(self) -> Image {
+        let mut image = Image {
+            identity: self.identity,
+            version: self.version,
+            parked: self.parked,
+            ..Image::default()
+        };
+        match self.outbox {
+            RawOutbox::Map(entries) => image.keys = entries.into_keys().collect(),
+            RawOutbox::NoMap(_) => image.unreadable = Some(no_map()),
+        }
+        image
+    }
+}
+
+fn no_map() -> Unreadable {
+    Unreadable {
+        seq: None,
+        reason: format!("the `{OUTBOX_ATTR}` attribute is not a map"),
     }
 }
 

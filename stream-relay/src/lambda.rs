@@ -105,15 +105,15 @@ impl StreamHandler {
 
     /// Handles one batch of stream records.
     #[tracing::instrument(skip_all, fields(records = event.records.len()))]
-    pub async fn handle(&self, event: Event) -> Result<DynamoDbEventResponse, LambdaError> {
-        let records = &event.records;
+    pub async fn handle(&self, mut event: Event) -> Result<DynamoDbEventResponse, LambdaError> {
         crate::metrics::batch_received(
-            records.len(),
-            records
+            event.records.len(),
+            event
+                .records
                 .last()
                 .map(|r| r.change.approximate_creation_date_time.timestamp_millis()),
         );
-        let decoded = decode(records);
+        let decoded = decode(&mut event.records);
         let first_unfinished = match self.relay.handle(&decoded.changes).await {
             Ok(summary) => {
                 tracing::info!(
@@ -139,7 +139,7 @@ impl StreamHandler {
             }
         };
         respond(
-            records,
+            &event.records,
             first_unfinished,
             decoded.unreadable.map(|(_, error)| error),
         )
@@ -157,9 +157,10 @@ struct Decoded {
     unreadable: Option<(usize, ChangeError)>,
 }
 
-fn decode(records: &[EventRecord]) -> Decoded {
+/// Takes the records' images (the records keep what the response names).
+fn decode(records: &mut [EventRecord]) -> Decoded {
     let mut decoded = Decoded::default();
-    for (index, record) in records.iter().enumerate() {
+    for (index, record) in records.iter_mut().enumerate() {
         match Change::from_lambda_record(record) {
             Ok(Some(change)) => {
                 decoded.changes.push(change);
@@ -298,8 +299,8 @@ mod tests {
 
     #[test]
     fn writes_become_changes_acknowledgements_add_nothing_and_deletions_are_skipped() {
-        let event = fixture();
-        let decoded = decode(&event.records);
+        let mut event = fixture();
+        let decoded = decode(&mut event.records);
         assert!(decoded.unreadable.is_none());
         assert_eq!(decoded.record_of, [0, 1], "the REMOVE record is skipped");
         let [write, ack] = &decoded.changes[..] else {
@@ -321,7 +322,7 @@ mod tests {
             "outbox".to_owned(),
             serde_dynamo::AttributeValue::S("?".to_owned()),
         );
-        let decoded = decode(&event.records);
+        let decoded = decode(&mut event.records);
         assert!(decoded.unreadable.is_none(), "no record is unreadable");
         assert_eq!(decoded.record_of, [0, 1]);
         let write = &decoded.changes[0];
@@ -334,7 +335,7 @@ mod tests {
         let mut event = fixture();
         event.records[0].change.new_image = serde_dynamo::Item::default();
         assert!(matches!(
-            Change::from_lambda_record(&event.records[0]),
+            Change::from_lambda_record(&mut event.records[0]),
             Err(ChangeError::Missing { .. })
         ));
     }
@@ -354,7 +355,7 @@ mod tests {
     fn a_record_without_a_sequence_number_fails_the_whole_invocation() {
         let mut event = fixture();
         event.records[0].change.sequence_number = None;
-        let decoded = decode(&event.records);
+        let decoded = decode(&mut event.records);
         assert_eq!(decoded.unreadable.as_ref().map(|(i, _)| *i), Some(0));
         let error = decoded.unreadable.map(|(_, e)| e);
         assert!(matches!(

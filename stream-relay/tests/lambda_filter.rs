@@ -93,7 +93,7 @@ async fn the_mapping_drops_emptying_acknowledgements_and_passes_every_record_tha
     let writes = stream::records(&stack, 2, DEADLINE).await;
     let changes: Vec<Change> = writes
         .iter()
-        .filter_map(|r| Change::from_stream_record(r).expect("a change"))
+        .filter_map(|r| Change::from_stream_record(r.clone()).expect("a change"))
         .collect();
     relay.handle(&changes).await.expect("relayed");
     record(&store, "LF1", "3.00").await;
@@ -126,7 +126,7 @@ async fn the_mapping_drops_emptying_acknowledgements_and_passes_every_record_tha
     let adds: Vec<bool> = records
         .iter()
         .map(|r| {
-            Change::from_stream_record(r)
+            Change::from_stream_record(r.clone())
                 .expect("a change")
                 .is_some_and(|c| c.adds_events)
         })

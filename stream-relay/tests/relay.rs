@@ -551,7 +551,7 @@ async fn a_relay_new_to_an_identity_reads_its_mark_off_the_record_not_the_item()
     let records = obt_testkit::stream::records(&stack, 2, DEADLINE).await;
     let first: Vec<Change> = records
         .iter()
-        .filter_map(|r| Change::from_stream_record(r).expect("a change"))
+        .filter_map(|r| Change::from_stream_record(r.clone()).expect("a change"))
         .collect();
     assert_eq!(first[0].published_floor, Some(0), "an item's first write");
     assert_eq!(first[1].published_floor, Some(0), "event 1 still pending");
@@ -577,7 +577,7 @@ async fn a_relay_new_to_an_identity_reads_its_mark_off_the_record_not_the_item()
     let changes = |records: &[aws_sdk_dynamodbstreams::types::Record]| -> Vec<Change> {
         records
             .iter()
-            .filter_map(|r| Change::from_stream_record(r).expect("a change"))
+            .filter_map(|r| Change::from_stream_record(r.clone()).expect("a change"))
             .collect()
     };
     append(&stack, &e3).await;
@@ -608,11 +608,11 @@ async fn a_relay_new_to_an_identity_reads_its_mark_off_the_record_not_the_item()
 
     // The Lambda's records tell the same.
     let lambda = obt_testkit::lambda::dynamodb_event(&records, &stack.stream_arn);
-    let lambda: aws_lambda_events::event::dynamodb::Event =
+    let mut lambda: aws_lambda_events::event::dynamodb::Event =
         serde_json::from_value(lambda).expect("a Lambda event");
     let floors: Vec<Option<u64>> = lambda
         .records
-        .iter()
+        .iter_mut()
         .map(|r| {
             Change::from_lambda_record(r)
                 .expect("a change")
