@@ -231,23 +231,17 @@ impl RawImage {
 
     /// The image with every outbox entry decoded.
     pub fn decode(self) -> Image {
-        let mut image = Image {
-            identity: self.identity,
-            version: self.version,
-            parked: self.parked,
-            ..Image::default()
-        };
-        match self.outbox {
-            RawOutbox::Map(entries) => image.read_outbox(entries),
-            RawOutbox::NoMap(_) => image.unreadable = Some(no_map()),
-        }
-        image
+        self.into_image(true)
     }
 
     /// The image with the outbox's keys and no entry decoded (`pending`
     /// empty, an unreadable entry not seen): all that a change needs of the
     /// image before it, unless the image after it has an unreadable entry.
     pub fn without_entries(self) -> Image {
+        self.into_image(false)
+    }
+
+    fn into_image(self, decode: bool) -> Image {
         let mut image = Image {
             identity: self.identity,
             version: self.version,
@@ -255,6 +249,7 @@ impl RawImage {
             ..Image::default()
         };
         match self.outbox {
+            RawOutbox::Map(entries) if decode => image.read_outbox(entries),
             RawOutbox::Map(entries) => image.keys = entries.into_keys().collect(),
             RawOutbox::NoMap(_) => image.unreadable = Some(no_map()),
         }
