@@ -9,6 +9,7 @@
 //! itself calls [`drain`] when a gap heals by itself.
 
 use std::fmt;
+use std::time::{Duration, Instant};
 
 use obt_contract::Envelope;
 use time::OffsetDateTime;
@@ -162,9 +163,15 @@ pub struct Gap {
     pub next_held: u64,
 }
 
-/// How often [`drain`] starts again after losing a race for the unpark
-/// (an event held meanwhile): each time applies what was held.
-const DRAIN_ROUNDS: usize = 20;
+/// How many rounds in a row [`drain`] may lose the race for the unpark
+/// without applying anything before it gives up (a round that lost it to
+/// an event held meanwhile applies that event in the next one).
+const IDLE_DRAIN_ROUNDS: usize = 20;
+
+/// How long [`drain`] goes on while every round applies what was held
+/// meanwhile: events of the identity arriving about as fast as they are
+/// applied (the consumer holds them while the operator's retry drains).
+const DRAIN_BUDGET: Duration = Duration::from_secs(60);
 
 /// Applies `identity`'s held events in seq order from its head while they
 /// are contiguous, and unparks it when nothing held remains and `unpark`
@@ -176,7 +183,10 @@ pub async fn drain(
     unpark: impl Fn(&Parking) -> bool,
 ) -> Result<Drained, ApplyError> {
     let mut applied = 0;
-    for _ in 0..DRAIN_ROUNDS {
+    let started = Instant::now();
+    let mut idle_rounds = 0;
+    while idle_rounds < IDLE_DRAIN_ROUNDS && started.elapsed() < DRAIN_BUDGET {
+        let applied_before = applied;
         let state = ledger.state(identity).await?;
         let Some(parking) = state.parking else {
             return Ok(Drained {
@@ -264,7 +274,12 @@ pub async fn drain(
                 conflict: None,
             });
         }
-        // An event was held meanwhile: apply it too.
+        // An event was held meanwhile: apply it too, in the next round.
+        if applied == applied_before {
+            idle_rounds += 1;
+        } else {
+            idle_rounds = 0;
+        }
     }
     let state = ledger.state(identity).await?;
     warn!(

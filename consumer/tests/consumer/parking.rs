@@ -177,3 +177,72 @@ async fn a_poison_or_conflict_replaces_a_gap_parking_and_is_never_replaced_by_on
     );
     assert!(stack.heads().await.is_empty());
 }
+
+/// An operator's retry while the consumer keeps holding new events of the
+/// identity (POSTs to it go on): every time the drain tries to unpark, an
+/// event was held just before, as a proxy in front of the drain's records
+/// holds one as each unpark goes out, 30 times, more than the 20 lost races
+/// in a row the drain used to allow before giving up ("retry again"). It
+/// applies what was held, round after round, and unparks once nothing new
+/// came; no event is stranded. The drain is the same code for both
+/// backends; the race is staged through the DynamoDB proxy, so this runs
+/// in DynamoDB mode.
+#[tokio::test]
+async fn a_drain_keeps_up_with_events_held_while_it_runs_and_unparks() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicU64, Ordering};
+
+    use obt_consumer::{DynamoDbLedger, Ledger};
+    use obt_testkit::dynamo_proxy::{DynamoProxy, hook};
+
+    if obt_testkit::storage_under_test() != obt_runtime::Storage::Dynamodb {
+        return;
+    }
+    const RACES: u64 = 30;
+    let stack = TestStack::create(5).await;
+    let who = identity("busy");
+    let consumer: Arc<dyn Ledger> = Arc::new(DynamoDbLedger::new(
+        stack.dynamodb(),
+        &stack.names.consumer_table,
+    ));
+    consumer
+        .park(who.as_str(), &request(Cause::Gap, "expected seq 1"), false)
+        .await
+        .expect("parks");
+    consumer.hold(&event(&who, 1, "1.00")).await.expect("held");
+    let next = Arc::new(AtomicU64::new(2));
+    let proxy = DynamoProxy::start(hook({
+        let (consumer, who, next) = (consumer.clone(), who.clone(), next.clone());
+        move |operation| {
+            let (consumer, who, next) = (consumer.clone(), who.clone(), next.clone());
+            async move {
+                // The drain's unpark is its only UpdateItem (but for the
+                // "last applied" marker, now and then).
+                let seq = next.load(Ordering::SeqCst);
+                if operation == "UpdateItem" && seq <= RACES + 1 {
+                    consumer
+                        .hold(&event(&who, seq, "1.00"))
+                        .await
+                        .expect("held");
+                    next.store(seq + 1, Ordering::SeqCst);
+                }
+                None
+            }
+        }
+    }))
+    .await;
+    let operator = DynamoDbLedger::new(proxy.client(&stack), &stack.names.consumer_table);
+
+    let drained = parking::drain(&operator, who.as_str(), |_| true)
+        .await
+        .expect("drains");
+    assert!(
+        drained.parking.is_none(),
+        "unparked once nothing new was held: {drained:?}"
+    );
+    assert_eq!(drained.applied as u64, RACES + 1);
+    let state = consumer.state(who.as_str()).await.expect("reads");
+    assert!(state.parking.is_none());
+    assert_eq!(state.last_seq, RACES + 1, "every event applied");
+    assert!(consumer.held(who.as_str()).await.expect("reads").is_empty());
+}
