@@ -24,6 +24,9 @@ use tokio::task::JoinHandle;
 /// whether to fail it.
 pub type Rule = Box<dyn FnMut(&Value, usize) -> bool + Send>;
 
+/// Picks, among the entries a [`Rule`] fails, those refused for good.
+pub type ForGood = Box<dyn Fn(&Value) -> bool + Send>;
+
 /// An entry SQS accepted.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Accepted {
@@ -37,6 +40,8 @@ struct Shared {
     rule: Mutex<Rule>,
     /// The code and `SenderFault` of a failed entry.
     failure: Mutex<(String, bool)>,
+    /// The failed entries refused for good whatever `failure` says.
+    for_good: Mutex<Option<ForGood>>,
     failed: AtomicUsize,
     accepted: Mutex<Vec<Accepted>>,
 }
@@ -61,6 +66,7 @@ impl SqsProxy {
             http: reqwest::Client::new(),
             rule: Mutex::new(Box::new(rule)),
             failure: Mutex::new(("InternalError".to_owned(), false)),
+            for_good: Mutex::new(None),
             failed: AtomicUsize::new(0),
             accepted: Mutex::new(Vec::new()),
         });
@@ -93,6 +99,17 @@ impl SqsProxy {
             .failure
             .lock()
             .unwrap_or_else(|p| p.into_inner()) = ("InvalidMessageContents".to_owned(), true);
+    }
+
+    /// Of the entries the rule fails, those `pick` names are refused for
+    /// good (as [`SqsProxy::refuse_for_good`]); the others fail as before:
+    /// a batch with both kinds of failure.
+    pub fn refuse_for_good_when(&self, pick: impl Fn(&Value) -> bool + Send + 'static) {
+        *self
+            .shared
+            .for_good
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = Some(Box::new(pick));
     }
 
     /// Fails nothing from now on.
@@ -210,7 +227,12 @@ async fn forward(State(shared): State<Arc<Shared>>, request: Request) -> Respons
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .clone();
+        let for_good = shared.for_good.lock().unwrap_or_else(|p| p.into_inner());
         for entry in &failed {
+            let (code, sender_fault) = match &*for_good {
+                Some(pick) if pick(entry) => ("InvalidMessageContents", true),
+                _ => (code.as_str(), sender_fault),
+            };
             let failure = json!({
                 "Id": entry["Id"],
                 "SenderFault": sender_fault,
