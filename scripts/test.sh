@@ -33,6 +33,20 @@ fi
 # slow run shows where its time went.
 step() { printf '\n==> [%d:%02d] %s\n' $((SECONDS / 60)) $((SECONDS % 60)) "$*" >&2; }
 
+# A full run (CI) builds each crate once, so incremental compilation's
+# caches would only cost disk: a large share of target/ (a CI run on a
+# nearly full disk failed in the lints).
+if [ "$fast" = false ]; then
+  export CARGO_INCREMENTAL=0
+fi
+# A full run from a clean clone writes about 15 GB under target/; say so
+# up front rather than fail in the middle of a build.
+free_kb=$(df -Pk . | awk 'NR == 2 { print $4 }')
+if [ "${free_kb:-0}" -lt $((12 * 1024 * 1024)) ]; then
+  printf 'warning: only %d MB free on %s; a full run from a clean clone needs about 15 GB for target/\n' \
+    $((free_kb / 1024)) "$(df -P . | awk 'NR == 2 { print $6 }')" >&2
+fi
+
 run_dir=.run/test
 rm -rf "$run_dir"
 mkdir -p "$run_dir"
