@@ -104,7 +104,8 @@ pub struct Args {
     pub request_timeout_secs: u64,
 
     /// How long a spending is retried before it counts as "unresolved" (and
-    /// how long an unreachable api is waited for at the start), in seconds.
+    /// how long an unreachable api is waited for at the start, and a read
+    /// of an identity's summary retried), in seconds.
     #[arg(long, default_value_t = 300, value_parser = clap::value_parser!(u64).range(1..=86_400))]
     pub give_up_after_secs: u64,
 
@@ -236,7 +237,7 @@ pub async fn run(args: &Args) -> Result<RunOutput, CheckError> {
         .clone();
     let give_up_after = Duration::from_secs(args.give_up_after_secs);
     observe::api_reachable(&http, give_up_after).await?;
-    observe::preflight(&http, &ledger, &plan.identities).await?;
+    observe::preflight(&http, &ledger, &plan.identities, give_up_after).await?;
 
     let terminal = std::io::stderr().is_terminal();
     let draw = match args.progress {
@@ -273,7 +274,7 @@ pub async fn run(args: &Args) -> Result<RunOutput, CheckError> {
         task.abort();
     }
 
-    let api = observe::api_states(&http, &plan.identities).await;
+    let api = observe::api_states(&http, &plan.identities, give_up_after).await;
     let targets: BTreeMap<String, u64> = api
         .iter()
         .map(|(identity, state)| (identity.clone(), state.last_seq()))

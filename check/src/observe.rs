@@ -50,21 +50,36 @@ pub async fn api_reachable(http: &Http, give_up_after: Duration) -> Result<(), C
     }
 }
 
-/// Reads every identity's summary from the api.
-pub async fn api_states(http: &Http, identities: &[String]) -> BTreeMap<String, ApiState> {
+/// Reads every identity's summary from the api, each retried as
+/// [`api_state`] says.
+pub async fn api_states(
+    http: &Http,
+    identities: &[String],
+    give_up_after: Duration,
+) -> BTreeMap<String, ApiState> {
     futures::stream::iter(identities)
-        .map(|identity| async move { (identity.clone(), api_state(http, identity).await) })
+        .map(|identity| async move {
+            (
+                identity.clone(),
+                api_state(http, identity, give_up_after).await,
+            )
+        })
         .buffer_unordered(READ_CONCURRENCY)
         .collect()
         .await
 }
 
-/// Reads one identity's summary, retrying transient failures a few times.
-pub async fn api_state(http: &Http, identity: &str) -> ApiState {
+/// Reads one identity's summary. What a restart or an overload of the api
+/// answers (no connection, a timeout, a `429`, a `5xx`) is retried with the
+/// POSTs' backoff until `give_up_after`, as a POST is: a run that rides out
+/// an api restart during its load must ride it out during its reads too.
+pub async fn api_state(http: &Http, identity: &str, give_up_after: Duration) -> ApiState {
     let path = format!("/api/v1/spending/{identity}");
-    let mut last = String::new();
-    for attempt in 1..=5 {
-        match http.get(&path).await {
+    let started = Instant::now();
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        let last = match http.get(&path).await {
             Ok(answer) if answer.status == http::StatusCode::OK => {
                 return match parse_summary(&answer.body) {
                     Ok(summary) => ApiState::Found(summary),
@@ -81,17 +96,19 @@ pub async fn api_state(http: &Http, identity: &str) -> ApiState {
                     reason: format!("HTTP {}: {}", answer.status.as_u16(), answer.excerpt(200)),
                 };
             }
-            Ok(answer) => {
-                last = format!("HTTP {}: {}", answer.status.as_u16(), answer.excerpt(200));
-            }
-            Err(e) => last = e.to_string(),
+            Ok(answer) => format!("HTTP {}: {}", answer.status.as_u16(), answer.excerpt(200)),
+            Err(e) => e.to_string(),
+        };
+        let wait = backoff(attempt);
+        if started.elapsed() + wait >= give_up_after {
+            return ApiState::Unreadable {
+                reason: format!(
+                    "no answer after {attempt} attempts in {}s (last: {last})",
+                    started.elapsed().as_secs()
+                ),
+            };
         }
-        if attempt < 5 {
-            tokio::time::sleep(backoff(attempt)).await;
-        }
-    }
-    ApiState::Unreadable {
-        reason: format!("no answer after 5 attempts (last: {last})"),
+        tokio::time::sleep(wait).await;
     }
 }
 
@@ -132,6 +149,7 @@ pub async fn preflight(
     http: &Http,
     ledger: &Arc<dyn LedgerReader>,
     identities: &[String],
+    give_up_after: Duration,
 ) -> Result<(), CheckError> {
     if let Some(first) = identities.first() {
         let path = format!("/api/v1/spending/{first}");
@@ -147,7 +165,7 @@ pub async fn preflight(
             });
         }
     }
-    let states = api_states(http, identities).await;
+    let states = api_states(http, identities, give_up_after).await;
     for (identity, state) in &states {
         match state {
             ApiState::NotFound => {}

@@ -289,11 +289,20 @@ fn uuid_like() -> String {
 /// 503 instead: the spending was
 /// recorded, the client never learns it (a response lost after the
 /// commit). The client must retry with the same Idempotency-Key.
+///
+/// It also answers the first [`REFUSED_READS`] reads of each identity's
+/// summary with 502, as a load balancer does while the api restarts: more
+/// than a handful of quick retries would ride out.
 struct LossyProxy {
     url: String,
     dropped: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    refused_reads: std::sync::Arc<std::sync::Mutex<std::collections::HashMap<String, usize>>>,
     server: tokio::task::JoinHandle<()>,
 }
+
+/// How many times the proxy refuses to read each identity's summary (the
+/// reads back off 100 ms doubling: 6 refusals take about 6 s).
+const REFUSED_READS: usize = 6;
 
 #[derive(Clone)]
 struct ProxyState {
@@ -303,17 +312,21 @@ struct ProxyState {
     dropped: std::sync::Arc<std::sync::atomic::AtomicUsize>,
     /// The Idempotency-Keys whose 201 was dropped once (never twice).
     dropped_keys: std::sync::Arc<std::sync::Mutex<std::collections::HashSet<String>>>,
+    /// The reads refused so far, per summary path.
+    refused_reads: std::sync::Arc<std::sync::Mutex<std::collections::HashMap<String, usize>>>,
 }
 
 impl LossyProxy {
     async fn start(upstream: &str) -> Self {
         let dropped = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let refused_reads = std::sync::Arc::default();
         let state = ProxyState {
             upstream: upstream.to_owned(),
             http: reqwest::Client::new(),
             posts: Default::default(),
             dropped: dropped.clone(),
             dropped_keys: Default::default(),
+            refused_reads: std::sync::Arc::clone(&refused_reads),
         };
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
@@ -326,6 +339,7 @@ impl LossyProxy {
         Self {
             url,
             dropped,
+            refused_reads,
             server,
         }
     }
@@ -347,6 +361,14 @@ async fn forward(
         return status(400);
     };
     let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+    if parts.method == axum::http::Method::GET && path.starts_with("/api/v1/spending/") {
+        let mut refused = state.refused_reads.lock().expect("the read counts");
+        let count = refused.entry(path.to_owned()).or_default();
+        if *count < REFUSED_READS {
+            *count += 1;
+            return status(502);
+        }
+    }
     let mut upstream = state
         .http
         .request(parts.method.clone(), format!("{}{path}", state.upstream))
@@ -405,7 +427,9 @@ fn status(code: u16) -> axum::response::Response {
 /// the api answers the retries with the original 201
 /// (`Idempotent-Replayed: true`), nothing is recorded twice and every
 /// invariant holds. (An api that recorded a retry again would be reported
-/// as `extra`: `verify`'s own tests.)
+/// as `extra`: `verify`'s own tests.) The reads of the summaries, refused
+/// for a while as during a restart, are retried too (before the
+/// `--give-up-after-secs` fix, 5 quick attempts made that exit 2).
 #[tokio::test(flavor = "multi_thread")]
 async fn responses_lost_after_the_commit_are_retried_with_the_same_key() {
     let deployment = Deployment::start(true).await;
@@ -474,6 +498,11 @@ async fn responses_lost_after_the_commit_are_retried_with_the_same_key() {
     );
     assert_eq!(report["figures"]["replayed_answers"], dropped, "{report:#}");
     assert_eq!(row(&report, "committed")["count"], 40);
+    // Every identity's summary was refused as often as the proxy refuses
+    // (in the preflight), then read.
+    let refused = proxy.refused_reads.lock().expect("the read counts").clone();
+    assert_eq!(refused.len(), 4, "{refused:?}");
+    assert!(refused.values().all(|n| *n == REFUSED_READS), "{refused:?}");
 }
 
 #[tokio::test(flavor = "multi_thread")]
