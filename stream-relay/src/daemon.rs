@@ -478,6 +478,24 @@ impl Daemon {
 /// made, before the reader waits for them.
 const MAX_WAITING_ACKNOWLEDGEMENTS: usize = 10_000;
 
+/// Identities enough to fill a round (four `BatchExecuteStatement` calls
+/// of 25): a round starts as soon as that many wait.
+const FULL_ROUND: usize = 100;
+
+/// Otherwise a round starts at most this long after the previous one, with
+/// what waits then: at low rates, fewer and fuller `BatchExecuteStatement`
+/// calls and one checkpoint a second instead of one per `GetRecords`. A
+/// crash replays at most this much more of the stream (its events are
+/// deduplicated by the queue, or by the consumer's seq after its window).
+const ROUND_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Whether a new round starts now, when none is under way: enough
+/// identities wait to fill it, or the last one started `ROUND_INTERVAL`
+/// ago (the first one starts at once).
+fn round_due(waiting: usize, since_last: Option<Duration>) -> bool {
+    waiting >= FULL_ROUND || since_last.is_none_or(|since| since >= ROUND_INTERVAL)
+}
+
 /// The acknowledgements of one shard reader, made in the background while
 /// it reads and publishes on, each round followed by the checkpoint of the
 /// records it covers: the checkpoint still moves only past events that
@@ -494,6 +512,8 @@ struct Acker {
     /// The round under way: its acknowledgements, then its checkpoint;
     /// `false` when it gave up (stopping, or the lease lost).
     round: Option<JoinHandle<bool>>,
+    /// When the last round started.
+    last_round: Option<Instant>,
 }
 
 impl Acker {
@@ -505,6 +525,7 @@ impl Acker {
             waiting: Acknowledgements::default(),
             waiting_up_to: None,
             round: None,
+            last_round: None,
         }
     }
 
@@ -514,9 +535,9 @@ impl Acker {
         self.waiting_up_to = Some(position);
     }
 
-    /// Starts a round for what waits when none is under way; waits for the
-    /// one under way when too much waits. `false` when a round gave up:
-    /// the reader stops.
+    /// Starts a round for what waits when none is under way and one is due
+    /// ([`round_due`]); waits for the one under way when too much waits.
+    /// `false` when a round gave up: the reader stops.
     async fn poll(&mut self) -> bool {
         let busy = self.round.as_ref().is_some_and(|r| !r.is_finished());
         if busy && self.waiting.len() < MAX_WAITING_ACKNOWLEDGEMENTS {
@@ -525,7 +546,9 @@ impl Acker {
         if !self.finish_round().await {
             return false;
         }
-        self.start_round();
+        if round_due(self.waiting.len(), self.last_round.map(|at| at.elapsed())) {
+            self.start_round();
+        }
         true
     }
 
@@ -544,6 +567,7 @@ impl Acker {
             return;
         };
         let acks = std::mem::take(&mut self.waiting);
+        self.last_round = Some(Instant::now());
         let (relay, leases, held) = (
             Arc::clone(&self.relay),
             self.leases.clone(),
@@ -637,4 +661,23 @@ fn to_changes(
         }
     }
     Ok(changes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_round_starts_when_full_or_a_round_interval_after_the_last() {
+        // The first round at once, whatever waits.
+        assert!(round_due(1, None));
+        // A few identities wait for more until the interval has passed...
+        let early = ROUND_INTERVAL / 4;
+        assert!(!round_due(1, Some(early)));
+        assert!(!round_due(FULL_ROUND - 1, Some(early)));
+        assert!(round_due(1, Some(ROUND_INTERVAL)));
+        // ...unless they fill a round.
+        assert!(round_due(FULL_ROUND, Some(early)));
+        assert!(round_due(FULL_ROUND, Some(Duration::ZERO)));
+    }
 }
