@@ -26,25 +26,52 @@ const POLL_INTERVAL: Duration = Duration::from_millis(250);
 /// Waits until the api answers `GET /health/live` (any answer below 500
 /// other than 429 counts as reachable), at most `give_up_after`.
 pub async fn api_reachable(http: &Http, give_up_after: Duration) -> Result<(), CheckError> {
+    until_answered(give_up_after, || async {
+        match http.get("/health/live").await {
+            Ok(answer) if answer.status.as_u16() < 500 && answer.status.as_u16() != 429 => Ok(()),
+            Ok(answer) => Err(format!(
+                "HTTP {}: {}",
+                answer.status.as_u16(),
+                answer.excerpt(200)
+            )),
+            Err(TransportError::Timeout(after)) => Err(format!("no answer within {after:?}")),
+            Err(TransportError::Failed(detail)) => Err(detail),
+        }
+    })
+    .await
+    .map_err(|gave_up| CheckError::ApiUnreachable {
+        url: http.base().to_owned(),
+        secs: give_up_after.as_secs(),
+        last: gave_up.last,
+    })
+}
+
+/// What the last of several attempts said, when they never got an answer.
+struct GaveUp {
+    attempts: u32,
+    /// Why the last attempt got no answer.
+    last: String,
+}
+
+/// Tries `attempt` until it gets an answer (`Ok`), waiting the POSTs'
+/// backoff after each attempt that got none (`Err`, with why), at most
+/// `give_up_after`.
+async fn until_answered<T, F, Fut>(give_up_after: Duration, mut attempt: F) -> Result<T, GaveUp>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, String>>,
+{
     let started = Instant::now();
-    let mut attempt = 0;
+    let mut attempts = 0;
     loop {
-        attempt += 1;
-        let last = match http.get("/health/live").await {
-            Ok(answer) if answer.status.as_u16() < 500 && answer.status.as_u16() != 429 => {
-                return Ok(());
-            }
-            Ok(answer) => format!("HTTP {}: {}", answer.status.as_u16(), answer.excerpt(200)),
-            Err(TransportError::Timeout(after)) => format!("no answer within {after:?}"),
-            Err(TransportError::Failed(detail)) => detail,
+        attempts += 1;
+        let last = match attempt().await {
+            Ok(answer) => return Ok(answer),
+            Err(last) => last,
         };
-        let wait = backoff(attempt);
+        let wait = backoff(attempts);
         if started.elapsed() + wait >= give_up_after {
-            return Err(CheckError::ApiUnreachable {
-                url: http.base().to_owned(),
-                secs: give_up_after.as_secs(),
-                last,
-            });
+            return Err(GaveUp { attempts, last });
         }
         tokio::time::sleep(wait).await;
     }
@@ -75,41 +102,34 @@ pub async fn api_states(
 /// an api restart during its load must ride it out during its reads too.
 pub async fn api_state(http: &Http, identity: &str, give_up_after: Duration) -> ApiState {
     let path = format!("/api/v1/spending/{identity}");
-    let started = Instant::now();
-    let mut attempt = 0;
-    loop {
-        attempt += 1;
-        let last = match http.get(&path).await {
-            Ok(answer) if answer.status == http::StatusCode::OK => {
-                return match parse_summary(&answer.body) {
-                    Ok(summary) => ApiState::Found(summary),
-                    Err(reason) => ApiState::Unreadable {
-                        reason: format!("unreadable 200 ({reason}): {}", answer.excerpt(200)),
-                    },
-                };
-            }
-            Ok(answer) if answer.status == http::StatusCode::NOT_FOUND => {
-                return ApiState::NotFound;
-            }
-            Ok(answer) if answer.status.is_client_error() && answer.status.as_u16() != 429 => {
-                return ApiState::Unreadable {
-                    reason: format!("HTTP {}: {}", answer.status.as_u16(), answer.excerpt(200)),
-                };
-            }
-            Ok(answer) => format!("HTTP {}: {}", answer.status.as_u16(), answer.excerpt(200)),
-            Err(e) => e.to_string(),
-        };
-        let wait = backoff(attempt);
-        if started.elapsed() + wait >= give_up_after {
-            return ApiState::Unreadable {
-                reason: format!(
-                    "no answer after {attempt} attempts in {}s (last: {last})",
-                    started.elapsed().as_secs()
-                ),
-            };
+    let read = until_answered(give_up_after, || async {
+        let answer = http.get(&path).await.map_err(|e| e.to_string())?;
+        let status = answer.status;
+        if status == http::StatusCode::OK {
+            return Ok(match parse_summary(&answer.body) {
+                Ok(summary) => ApiState::Found(summary),
+                Err(reason) => ApiState::Unreadable {
+                    reason: format!("unreadable 200 ({reason}): {}", answer.excerpt(200)),
+                },
+            });
         }
-        tokio::time::sleep(wait).await;
-    }
+        if status == http::StatusCode::NOT_FOUND {
+            return Ok(ApiState::NotFound);
+        }
+        let said = format!("HTTP {}: {}", status.as_u16(), answer.excerpt(200));
+        if status.is_client_error() && status.as_u16() != 429 {
+            Ok(ApiState::Unreadable { reason: said })
+        } else {
+            Err(said)
+        }
+    })
+    .await;
+    read.unwrap_or_else(|gave_up| ApiState::Unreadable {
+        reason: format!(
+            "no answer after {} attempts (last: {})",
+            gave_up.attempts, gave_up.last
+        ),
+    })
 }
 
 /// Reads `{"identity","name","surname","total":"102.60","count","last_seq",
