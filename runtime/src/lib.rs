@@ -132,8 +132,28 @@ pub fn init_tracing(format: LogFormat) {
 /// The AWS configuration from the standard sources: `AWS_REGION`, the
 /// credentials chain and the `AWS_ENDPOINT_URL_*` variables (which point
 /// the clients at the emulators in development).
+///
+/// The SDK's stalled-stream protection is kept for responses (a body that
+/// stops arriving fails after its grace period) and turned off for
+/// uploads. Its upload check wraps the whole wait for the response and
+/// wakes the task every 100 ms to measure a request body that, here, is a
+/// few kilobytes sent at once: an idle consumer, its pollers each in a
+/// 20-second long poll, woke about 36 times a second and spent 3 ms of CPU
+/// a second on nothing (0 without it; docs/PERFORMANCE.md). What it would
+/// catch, a server that stops reading the request, the attempt timeouts
+/// ([`with_attempt_timeout`]) catch too.
 pub async fn aws_config() -> aws_config::SdkConfig {
-    aws_config::load_from_env().await
+    aws_config::from_env()
+        .stalled_stream_protection(stalled_stream_protection())
+        .load()
+        .await
+}
+
+fn stalled_stream_protection()
+-> aws_config::stalled_stream_protection::StalledStreamProtectionConfig {
+    aws_config::stalled_stream_protection::StalledStreamProtectionConfig::enabled()
+        .upload_enabled(false)
+        .build()
 }
 
 /// `config` with every call attempt bounded by `timeout` (the connect
@@ -220,5 +240,20 @@ pub async fn shutdown_signal() {
     tokio::select! {
         () = ctrl_c => tracing::info!("received SIGINT, shutting down"),
         () = terminate => tracing::info!("received SIGTERM, shutting down"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn responses_keep_the_stalled_stream_check_and_uploads_do_without() {
+        let config = aws_config().await;
+        let protection = config
+            .stalled_stream_protection()
+            .expect("aws_config sets the stalled-stream protection");
+        assert!(protection.download_enabled());
+        assert!(!protection.upload_enabled());
     }
 }
