@@ -29,7 +29,9 @@ pub struct Settings {
     #[command(flatten)]
     pub storage: StorageArgs,
 
-    /// How many receive loops run concurrently.
+    /// How many receive loops run concurrently. Each handles what it
+    /// received while the next one receives; they wait in the long poll
+    /// one at a time until a receive comes back full (10 messages).
     #[arg(
         long,
         env = "OBT_CONSUMER_POLLERS",
