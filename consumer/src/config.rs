@@ -29,9 +29,7 @@ pub struct Settings {
     #[command(flatten)]
     pub storage: StorageArgs,
 
-    /// How many receive loops run concurrently. Each handles what it
-    /// received while the next one receives; they wait in the long poll
-    /// one at a time until a receive comes back full (10 messages).
+    /// How many receive loops run concurrently.
     #[arg(
         long,
         env = "OBT_CONSUMER_POLLERS",

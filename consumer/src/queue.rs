@@ -3,21 +3,12 @@
 //! request to its configured endpoint (the URL's host may not even be
 //! reachable, as with fauxqs).
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
-
 use aws_sdk_sqs::error::SdkError;
 use aws_sdk_sqs::types::{DeleteMessageBatchRequestEntry, Message, MessageSystemAttributeName};
 use tracing::warn;
 
 /// The most messages one ReceiveMessage may return.
 const MAX_MESSAGES: i32 = 10;
-
-/// Whether a receive of `len` messages was as large as a receive can be,
-/// so that more are likely waiting.
-fn is_full(len: usize) -> bool {
-    len >= MAX_MESSAGES.unsigned_abs() as usize
-}
 
 /// A received message, reduced to what the consumer needs.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -106,28 +97,6 @@ pub struct Queue {
     wait_time_secs: i32,
     /// `None`: the queue's own visibility timeout.
     visibility_timeout_secs: Option<i32>,
-    /// Shared by every clone: how many receives may wait at once.
-    gate: Arc<ReceiveGate>,
-}
-
-/// One receive at a time unless the queue has a backlog.
-///
-/// Several receives waiting in long polls split what arrives between
-/// them: at 100 events a second, four pollers made two receives for each
-/// of the relay's `SendMessageBatch` calls, and each receive is a request
-/// (docs/PERFORMANCE.md, "Receives that split what arrived"). So while
-/// receives come back short, the pollers take turns: one waits in the
-/// long poll, the others wait for the turn, and a poller hands the turn
-/// on as soon as its receive returns, before handling what it received
-/// (the handling stays concurrent). A full receive means more is waiting: the pollers
-/// then receive side by side, as many as there are, until a receive
-/// comes back short again. Order is the queue's business either way (a
-/// message group is handed to one receiver at a time).
-#[derive(Debug, Default)]
-struct ReceiveGate {
-    turn: tokio::sync::Mutex<()>,
-    /// The last receive was full.
-    backlog: AtomicBool,
 }
 
 impl Queue {
@@ -142,7 +111,6 @@ impl Queue {
             url,
             wait_time_secs,
             visibility_timeout_secs,
-            gate: Arc::default(),
         }
     }
 
@@ -170,22 +138,8 @@ impl Queue {
         self.wait_time_secs
     }
 
-    /// One long poll: up to 10 messages, possibly none. Receives of the
-    /// clones of one `Queue` take turns while they come back short
-    /// ([`ReceiveGate`]).
+    /// One long poll: up to 10 messages, possibly none.
     pub async fn receive(&self) -> Result<Vec<Received>, QueueError> {
-        let received = if self.gate.backlog.load(Ordering::Relaxed) {
-            self.receive_now().await
-        } else {
-            let _turn = self.gate.turn.lock().await;
-            self.receive_now().await
-        };
-        let full = matches!(&received, Ok(batch) if is_full(batch.len()));
-        self.gate.backlog.store(full, Ordering::Relaxed);
-        received
-    }
-
-    async fn receive_now(&self) -> Result<Vec<Received>, QueueError> {
         let out = self
             .client
             .receive_message()

@@ -542,34 +542,3 @@ async fn the_messages_of_a_receive_are_deleted_in_one_batch_call() {
         on.model.calls()
     );
 }
-
-/// While receives come back short, the pollers take turns in the long
-/// poll instead of each holding one that splits what arrives between
-/// them (one request per receive, and one `DeleteMessageBatch` after
-/// each): four receivers on an empty queue make one `ReceiveMessage` at a
-/// time. Without the turns all four are waiting at the model when the
-/// first one's poll runs out.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn short_receives_take_turns_in_the_long_poll() {
-    let on = OnModel::create(5, 30).await;
-    let queue = Queue::new(on.sqs.clone(), on.queue_url.clone(), 1, None);
-    let mut receives = tokio::task::JoinSet::new();
-    for _ in 0..4 {
-        let queue = queue.clone();
-        receives.spawn(async move { queue.receive().await });
-    }
-    let first = receives
-        .join_next()
-        .await
-        .expect("four receives")
-        .expect("the receive task")
-        .unwrap_or_else(|e| panic!("ReceiveMessage: {e}"));
-    assert!(first.is_empty(), "the queue is empty: {first:?}");
-    // The next one may have started as the first returned; not the rest.
-    let started = on.model.call_count("ReceiveMessage");
-    assert!(
-        started <= 2,
-        "{started} receives were made while the first one waited"
-    );
-    receives.abort_all();
-}
