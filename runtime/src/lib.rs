@@ -140,8 +140,9 @@ pub fn init_tracing(format: LogFormat) {
 /// few kilobytes sent at once: an idle consumer, its pollers each in a
 /// 20-second long poll, woke about 36 times a second and spent 3 ms of CPU
 /// a second on nothing (0 without it; docs/PERFORMANCE.md). What it would
-/// catch, a server that stops reading the request, the attempt timeouts
-/// ([`with_attempt_timeout`]) catch too.
+/// catch, a server that stops reading the request, the relay's and the
+/// consumer's attempt timeouts ([`with_attempt_timeout`]) and the api's
+/// request timeout catch too.
 pub async fn aws_config() -> aws_config::SdkConfig {
     aws_config::from_env()
         .stalled_stream_protection(stalled_stream_protection())
