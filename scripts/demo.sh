@@ -76,9 +76,21 @@ done
 echo "The consumer's table now holds (consumer-show AB1):"
 cat "$run_dir/applied.json"
 
-step "GET /api/v1/spending/AB1 (the api's view)"
-curl --silent --show-error "http://127.0.0.1:$api_port/api/v1/spending/AB1"
-echo
+# The relay acknowledges what it published in rounds (at most a second
+# apart), so the api's view can still count the event as pending for a
+# moment after the consumer applied it: wait for the acknowledgement.
+step "GET /api/v1/spending/AB1 (the api's view, once the relay acknowledged the event)"
+deadline=$((SECONDS + 30))
+until view=$(curl --silent --show-error "http://127.0.0.1:$api_port/api/v1/spending/AB1") &&
+  grep -q '"pending_events":0[,}]' <<<"$view"; do
+  if [ $SECONDS -ge $deadline ]; then
+    printf 'the api still counted the event as pending after 30 s: %s\nLogs:\n' "$view" >&2
+    tail -n 20 "$run_dir"/*.log >&2
+    exit 1
+  fi
+  sleep 0.2
+done
+echo "$view"
 if [ "$check" = true ]; then
   step "obt-check against the running stack (obt-check ${check_args[*]})"
   "$bin/obt-check" --api-url "http://127.0.0.1:$api_port" --progress always \

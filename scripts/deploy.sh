@@ -74,6 +74,7 @@ stack of infra/outboxtable.yaml. Options (environment variable in brackets):
                           (repeatable; overrides the values above)
   --skip-build            upload what target/lambda/ already holds
   --build-only            build the six artifacts into target/lambda/ and stop
+                          (target/ is $CARGO_TARGET_DIR when that is set)
                           (no AWS settings or account needed)
   --dev-build             with --build-only: cargo's dev profile instead of release, a
                           check of the build and the packaging in a few minutes less,
@@ -368,6 +369,9 @@ fi
 # obt-admin is the operator's command (status, parked identities): built and
 # uploaded with the release so that a host can fetch the matching build.
 binaries=(api consumer stream-relay obt-admin)
+# Where cargo-lambda puts them: the lambda/ directory of cargo's target
+# directory.
+artifacts=${CARGO_TARGET_DIR:-target}/lambda
 lambdas=(stream-relay-lambda outbox-sweeper-lambda)
 if ! "$skip_build"; then
   step "building the EC2 binaries and the Lambda packages ($arch)"
@@ -377,9 +381,9 @@ if ! "$skip_build"; then
   for b in "${lambdas[@]}"; do lambda_flags+=(--bin "$b"); done
   profile=(--release)
   ! "$dev_build" || profile=()
-  # Marks target/lambda/ as holding dev-profile artifacts, which no
-  # --skip-build deploys (below); a release build clears the mark.
-  dev_mark=target/lambda/DEV-BUILD
+  # Marks the artifacts' directory as holding dev-profile artifacts, which
+  # no --skip-build deploys (below); a release build clears the mark.
+  dev_mark=$artifacts/DEV-BUILD
   "$dry_run" || rm -f "$dev_mark"
   run cargo lambda build ${profile[@]+"${profile[@]}"} "$cargo_arch" ${feature_flags[@]+"${feature_flags[@]}"} "${bin_flags[@]}"
   run cargo lambda build ${profile[@]+"${profile[@]}"} "$cargo_arch" --output-format zip "${lambda_flags[@]}"
@@ -390,26 +394,26 @@ fi
 
 if "$build_only"; then
   for b in "${binaries[@]}"; do
-    "$dry_run" || [ -x "target/lambda/$b/bootstrap" ] || die "the build made no target/lambda/$b/bootstrap"
+    "$dry_run" || [ -x "$artifacts/$b/bootstrap" ] || die "the build made no $artifacts/$b/bootstrap"
   done
   for b in "${lambdas[@]}"; do
-    "$dry_run" || [ -s "target/lambda/$b/bootstrap.zip" ] || die "the build made no target/lambda/$b/bootstrap.zip"
+    "$dry_run" || [ -s "$artifacts/$b/bootstrap.zip" ] || die "the build made no $artifacts/$b/bootstrap.zip"
   done
-  printf 'deploy: built %s and %s in target/lambda/\n' "${binaries[*]}" "${lambdas[*]}" >&2
+  printf 'deploy: built %s and %s in %s/\n' "${binaries[*]}" "${lambdas[*]}" "$artifacts" >&2
   exit 0
 fi
 
-if ! "$dry_run" && [ -e target/lambda/DEV-BUILD ]; then
-  die "target/lambda/ holds unoptimized artifacts of --dev-build (the test suite makes them): build the release first (drop --skip-build)"
+if ! "$dry_run" && [ -e "$artifacts/DEV-BUILD" ]; then
+  die "$artifacts/ holds unoptimized artifacts of --dev-build (the test suite makes them): build the release first (drop --skip-build)"
 fi
 step "uploading the release to s3://$bucket/$prefix/"
 for b in "${binaries[@]}"; do
-  artifact="target/lambda/$b/bootstrap"
+  artifact="$artifacts/$b/bootstrap"
   "$dry_run" || [ -f "$artifact" ] || die "$artifact is missing: build first (drop --skip-build)"
   run aws s3 cp --region "$region" --only-show-errors "$artifact" "s3://$bucket/$prefix/$b"
 done
 for b in "${lambdas[@]}"; do
-  artifact="target/lambda/$b/bootstrap.zip"
+  artifact="$artifacts/$b/bootstrap.zip"
   "$dry_run" || [ -f "$artifact" ] || die "$artifact is missing: build first (drop --skip-build)"
   run aws s3 cp --region "$region" --only-show-errors "$artifact" "s3://$bucket/$prefix/$b.zip"
 done

@@ -51,11 +51,54 @@ fi
 run_dir=.run/test
 rm -rf "$run_dir"
 mkdir -p "$run_dir"
+# Work that waits on the network or keeps one core busy (installing the
+# tools and the stand-ins, building cargo-deny, cross-building the
+# deployment's artifacts) runs in the background beside the lints and the tests, at the
+# lowest CPU priority so that they keep the cores they need, and is waited
+# for where its result is needed: minutes off a run on 2 cores.
+#   in_background NAME COMMAND...   output to $run_dir/NAME.log
+#   await NAME                      its status; its log's end when it failed
+declare -A background=()
+in_background() {
+  local name=$1
+  shift
+  step "in the background: $name (log: $run_dir/$name.log)"
+  (
+    renice -n 19 -p "$BASHPID" >/dev/null
+    "$@"
+  ) >"$run_dir/$name.log" 2>&1 &
+  background[$name]=$!
+}
+await() {
+  local name=$1 status=0
+  step "waiting for $name (started in the background)"
+  wait "${background[$name]}" || status=$?
+  unset "background[$name]"
+  if [ "$status" -ne 0 ]; then
+    echo "$name failed (exit $status); the end of $run_dir/$name.log:" >&2
+    tail -n 40 "$run_dir/$name.log" >&2
+  fi
+  return "$status"
+}
+# A process and everything it started (a background job's cargo, say;
+# the process alone where procps' pgrep is missing).
+kill_tree() {
+  local child
+  if command -v pgrep >/dev/null; then
+    for child in $(pgrep -P "$1"); do kill_tree "$child"; done
+  fi
+  kill "$1" 2>/dev/null || true
+}
 stop_servers() {
   emulators_stop
   mariadb_stop
 }
-trap stop_servers EXIT
+on_exit() {
+  local pid
+  for pid in "${background[@]}"; do kill_tree "$pid"; done
+  stop_servers
+}
+trap on_exit EXIT
 
 # The checks that --fast leaves out: formatting, lints, the dependency
 # tree, the shell scripts, the templates, the deploy script, and a build
@@ -72,6 +115,7 @@ static_checks() {
 
   # Licenses, a second TLS stack, unknown sources (deny.toml); advisories
   # need GitHub: docs/DEPENDENCIES.md.
+  await cargo-deny
   step "dependencies (cargo deny: licenses, bans, sources)"
   cargo_tools
   cargo deny --offline check licenses bans sources
@@ -79,10 +123,12 @@ static_checks() {
   step "the docs' links (scripts/check-links.py)"
   scripts/check-links.py
 
+  await system-packages
   step "shell scripts (shellcheck)"
-  command -v shellcheck >/dev/null || apt_install shellcheck
   shellcheck -x scripts/*.sh .ci/run
 
+  await python-tools
+  python_tools # (installed: puts .venv/bin on PATH)
   step "CloudFormation templates (cfn-lint) and the deploy script (--dry-run)"
   cfn-lint infra/*.yaml
   scripts/deploy.sh --dry-run --skip-build --region us-east-1 --bucket example-bucket \
@@ -118,16 +164,34 @@ static_checks() {
   done
 }
 
-# cargo-lambda (the Lambda tests) and cfn-lint.
-step "Python tools (cargo-lambda, cfn-lint) in .venv"
-python_tools
-[ "$fast" = true ] || static_checks
+# cargo-lambda (the Lambda tests) and cfn-lint in .venv, checkov in
+# .venv-checkov; cargo-deny in .run/tools; the emulators (npm ci), MariaDB
+# and shellcheck (apt-get, one at a time) when missing.
+if [ "$fast" = true ]; then
+  step "Python tools (cargo-lambda, cfn-lint) in .venv"
+  python_tools
+else
+  in_background python-tools eval 'python_tools && checkov_tools'
+  in_background system-packages eval 'emulators_install && mariadb_install &&
+    { command -v shellcheck >/dev/null || apt_install shellcheck; }'
+  in_background cargo-deny cargo_tools
+  static_checks
+fi
 
 step "building the binaries the end-to-end tests run (all features: both modes)"
 cargo build --workspace --bins --all-features --quiet
 if [ "$fast" = false ]; then
   step "the build without the mysql feature compiled only the workspace's crates again (scripts/check-workspace-hack.py)"
   scripts/check-workspace-hack.py bins
+  # What scripts/deploy.sh uploads (the four EC2 binaries and the two
+  # Lambda zips), cross-built by cargo-lambda and zig as a deployment
+  # builds them, but with the dev profile (--dev-build): the release
+  # profile took 9 of the run's minutes, for a check of the build path and
+  # the packaging (a deployment builds release: docs/DEVELOPMENT.md). In a
+  # target directory of its own, so that it never waits for the tests'
+  # cargo (nor they for it).
+  in_background deployment-artifacts env CARGO_TARGET_DIR=target/deploy-check \
+    scripts/deploy.sh --build-only --dev-build
 fi
 
 if [ "$fast" = true ] && stack_env=$(scripts/stack.sh env 2>/dev/null) &&
@@ -175,7 +239,6 @@ if [ $# -eq 0 ] && [ "$fast" = false ]; then
 fi
 set -e
 stop_servers
-trap - EXIT
 
 # The benchmark's smoke: every phase at a tiny scale on stand-ins of its
 # own (started and stopped per phase by the script), with the dev binaries
@@ -192,21 +255,10 @@ if [ $# -eq 0 ] && [ "$fast" = false ]; then
   fi
 fi
 
-# What scripts/deploy.sh uploads (the four EC2 binaries and the two
-# Lambda zips), cross-built by cargo-lambda and zig as a deployment builds
-# them, but with the dev profile (--dev-build): the release profile took
-# 9 of the run's minutes, for a check of the build path and the packaging
-# (a deployment builds release: docs/DEVELOPMENT.md).
+# The deployment's artifacts, started in the background after the build.
 build_status=0
 if [ "$fast" = false ]; then
-  step "the deployment's artifacts (scripts/deploy.sh --build-only --dev-build)"
-  set +e
-  scripts/deploy.sh --build-only --dev-build >"$run_dir/artifacts-build.log" 2>&1
-  build_status=$?
-  set -e
-  if [ "$build_status" -ne 0 ]; then
-    tail -n 40 "$run_dir/artifacts-build.log" >&2
-  fi
+  await deployment-artifacts || build_status=$?
 fi
 
 awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i) ~ /^passed;?$/) p += $(i-1); if ($(i) ~ /^failed;?$/) f += $(i-1) } }
@@ -214,9 +266,9 @@ awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i) ~ /^passed;?$/) p +=
 if [ "$fast" = true ]; then
   echo "deployment artifacts: not built (--fast)"
 elif [ "$build_status" -ne 0 ]; then
-  echo "deployment artifacts (dev profile): the build failed (log: $run_dir/artifacts-build.log)"
+  echo "deployment artifacts (dev profile): the build failed (log: $run_dir/deployment-artifacts.log)"
 else
-  echo "deployment artifacts (dev profile): built in target/lambda/"
+  echo "deployment artifacts (dev profile): built in target/deploy-check/lambda/"
 fi
 printf 'took %d:%02d\n' $((SECONDS / 60)) $((SECONDS % 60))
 [ "$status" -eq 0 ] && [ "$build_status" -eq 0 ]
