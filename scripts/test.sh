@@ -3,12 +3,15 @@
 # emulators from tools/emulators/package-lock.json; cargo-lambda, ziglang and
 # cfn-lint from tools/python/requirements.txt into .venv/; MariaDB with
 # apt-get when missing, shellcheck too; cargo-deny into .run/tools), checks
-# formatting and lints (the shell scripts too), the dependency tree (cargo
-# deny), the CloudFormation templates and the deploy script, builds, starts DynamoDB
-# Local, fauxqs and a private MariaDB on free ports, runs every test against
-# them (the Lambda functions behind cargo-lambda's Runtime API emulator),
-# then the suites written for both storage modes again in MySQL mode, stops
-# what it started, and runs the benchmark's smoke (scripts/bench.sh --smoke).
+# formatting and lints (the shell scripts too), the CloudFormation templates
+# and the deploy script, builds, starts DynamoDB Local, fauxqs and a private
+# MariaDB on free ports, runs every test against them (the Lambda functions
+# behind cargo-lambda's Runtime API emulator), then the suites written for
+# both storage modes again in MySQL mode, stops what it started, runs the
+# benchmark's smoke (scripts/bench.sh --smoke), and last checks the
+# dependency tree (cargo deny) and the build of the deployment's artifacts
+# (scripts/deploy.sh --build-only --dev-build), both of which build in the
+# background while the rest runs.
 #
 #   scripts/test.sh                  everything (what CI runs)
 #   scripts/test.sh -p obt-api       any extra arguments go to `cargo test`
@@ -112,13 +115,6 @@ static_checks() {
 
   step "lints (cargo clippy, warnings are errors)"
   cargo clippy --workspace --all-targets --all-features --quiet -- -D warnings
-
-  # Licenses, a second TLS stack, unknown sources (deny.toml); advisories
-  # need GitHub: docs/DEPENDENCIES.md.
-  await cargo-deny
-  step "dependencies (cargo deny: licenses, bans, sources)"
-  cargo_tools
-  cargo deny --offline check licenses bans sources
 
   step "the docs' links (scripts/check-links.py)"
   scripts/check-links.py
@@ -255,9 +251,20 @@ if [ $# -eq 0 ] && [ "$fast" = false ]; then
   fi
 fi
 
-# The deployment's artifacts, started in the background after the build.
+# The dependency tree: licenses, a second TLS stack, unknown sources
+# (deny.toml; advisories need GitHub: docs/DEPENDENCIES.md). Last, because
+# cargo-deny's build from source (minutes of CPU) gets a core only when
+# the lints and the tests leave one idle. Then the deployment's artifacts,
+# started in the background after the build.
+deny_status=0
 build_status=0
 if [ "$fast" = false ]; then
+  set +e
+  await cargo-deny && cargo_tools &&
+    step "dependencies (cargo deny: licenses, bans, sources)" &&
+    cargo deny --offline check licenses bans sources
+  deny_status=$?
+  set -e
   await deployment-artifacts || build_status=$?
 fi
 
@@ -270,5 +277,6 @@ elif [ "$build_status" -ne 0 ]; then
 else
   echo "deployment artifacts (dev profile): built in target/deploy-check/lambda/"
 fi
+[ "$deny_status" -eq 0 ] || echo "dependencies (cargo deny): failed (above)"
 printf 'took %d:%02d\n' $((SECONDS / 60)) $((SECONDS % 60))
-[ "$status" -eq 0 ] && [ "$build_status" -eq 0 ]
+[ "$status" -eq 0 ] && [ "$build_status" -eq 0 ] && [ "$deny_status" -eq 0 ]
