@@ -54,20 +54,26 @@ fi
 run_dir=.run/test
 rm -rf "$run_dir"
 mkdir -p "$run_dir"
-# Work that waits on the network or keeps one core busy (installing the
-# tools and the stand-ins, building cargo-deny, cross-building the
-# deployment's artifacts) runs in the background beside the lints and the tests, at the
-# lowest CPU priority so that they keep the cores they need, and is waited
-# for where its result is needed: minutes off a run on 2 cores.
-#   in_background NAME COMMAND...   output to $run_dir/NAME.log
-#   await NAME                      its status; its log's end when it failed
+# Work that waits on the network (installing the tools and the stand-ins)
+# runs in the background beside the lints; builds that the run only needs
+# at its end (cargo-deny, the deployment's artifacts) run there at the
+# lowest CPU priority (--idle), so that they take only the CPU the lints
+# and the tests leave idle. Each is waited for where its result is needed:
+# minutes off a run on 2 cores (docs/DEVELOPMENT.md).
+#   in_background [--idle] NAME COMMAND...   output to $run_dir/NAME.log
+#   await NAME                               its status; its log's end when it failed
 declare -A background=()
 in_background() {
+  local niceness=0
+  if [ "$1" = --idle ]; then
+    niceness=19
+    shift
+  fi
   local name=$1
   shift
   step "in the background: $name (log: $run_dir/$name.log)"
   (
-    renice -n 19 -p "$BASHPID" >/dev/null
+    renice -n "$niceness" -p "$BASHPID" >/dev/null
     "$@"
   ) >"$run_dir/$name.log" 2>&1 &
   background[$name]=$!
@@ -103,9 +109,9 @@ on_exit() {
 }
 trap on_exit EXIT
 
-# The checks that --fast leaves out: formatting, lints, the dependency
-# tree, the shell scripts, the templates, the deploy script, and a build
-# without the mysql feature.
+# The checks that --fast leaves out: formatting, lints, the shell scripts,
+# the templates, the deploy script, and a build without the mysql feature
+# (and, at the end of the run, the dependency tree).
 static_checks() {
   step "Cargo.lock is up to date (cargo metadata --locked)"
   cargo metadata --locked --format-version 1 >/dev/null
@@ -170,7 +176,7 @@ else
   in_background python-tools eval 'python_tools && checkov_tools'
   in_background system-packages eval 'emulators_install && mariadb_install &&
     { command -v shellcheck >/dev/null || apt_install shellcheck; }'
-  in_background cargo-deny cargo_tools
+  in_background --idle cargo-deny cargo_tools
   static_checks
 fi
 
@@ -186,7 +192,7 @@ if [ "$fast" = false ]; then
   # the packaging (a deployment builds release: docs/DEVELOPMENT.md). In a
   # target directory of its own, so that it never waits for the tests'
   # cargo (nor they for it).
-  in_background deployment-artifacts env CARGO_TARGET_DIR=target/deploy-check \
+  in_background --idle deployment-artifacts env CARGO_TARGET_DIR=target/deploy-check \
     scripts/deploy.sh --build-only --dev-build
 fi
 
