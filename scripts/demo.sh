@@ -63,16 +63,29 @@ curl --silent --show-error --include --location --request POST "http://127.0.0.1
 { set +x; } 2>/dev/null
 echo
 
+# within SECS WHAT COMMAND...: runs COMMAND every 0.2 s until it succeeds;
+# after SECS, says that WHAT did not happen, shows the services' logs and
+# exits.
+within() {
+  local secs=$1 what=$2 deadline=$((SECONDS + $1))
+  shift 2
+  until "$@"; do
+    if [ $SECONDS -ge $deadline ]; then
+      printf '%s within %d s. Logs:\n' "$what" "$secs" >&2
+      tail -n 20 "$run_dir"/*.log >&2
+      exit 1
+    fi
+    sleep 0.2
+  done
+}
+applied() { "$bin/consumer-show" AB1 >"$run_dir/applied.json" 2>"$run_dir/show.err"; }
+acknowledged() {
+  curl --silent --show-error "http://127.0.0.1:$api_port/api/v1/spending/AB1" >"$run_dir/view.json" &&
+    grep -q '"pending_events":0[,}]' "$run_dir/view.json"
+}
+
 step "waiting for the event to reach the consumer's table"
-deadline=$((SECONDS + 60))
-until "$bin/consumer-show" AB1 >"$run_dir/applied.json" 2>"$run_dir/show.err"; do
-  if [ $SECONDS -ge $deadline ]; then
-    echo "the event did not reach the consumer within 60 s. Logs:" >&2
-    tail -n 20 "$run_dir"/*.log >&2
-    exit 1
-  fi
-  sleep 0.2
-done
+within 60 "the event did not reach the consumer" applied
 echo "The consumer's table now holds (consumer-show AB1):"
 cat "$run_dir/applied.json"
 
@@ -80,17 +93,9 @@ cat "$run_dir/applied.json"
 # apart), so the api's view can still count the event as pending for a
 # moment after the consumer applied it: wait for the acknowledgement.
 step "GET /api/v1/spending/AB1 (the api's view, once the relay acknowledged the event)"
-deadline=$((SECONDS + 30))
-until view=$(curl --silent --show-error "http://127.0.0.1:$api_port/api/v1/spending/AB1") &&
-  grep -q '"pending_events":0[,}]' <<<"$view"; do
-  if [ $SECONDS -ge $deadline ]; then
-    printf 'the api still counted the event as pending after 30 s: %s\nLogs:\n' "$view" >&2
-    tail -n 20 "$run_dir"/*.log >&2
-    exit 1
-  fi
-  sleep 0.2
-done
-echo "$view"
+within 30 "the relay did not acknowledge the event (the api's last view: $run_dir/view.json)" acknowledged
+cat "$run_dir/view.json"
+echo
 if [ "$check" = true ]; then
   step "obt-check against the running stack (obt-check ${check_args[*]})"
   "$bin/obt-check" --api-url "http://127.0.0.1:$api_port" --progress always \

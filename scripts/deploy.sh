@@ -369,10 +369,10 @@ fi
 # obt-admin is the operator's command (status, parked identities): built and
 # uploaded with the release so that a host can fetch the matching build.
 binaries=(api consumer stream-relay obt-admin)
+lambdas=(stream-relay-lambda outbox-sweeper-lambda)
 # Where cargo-lambda puts them: the lambda/ directory of cargo's target
 # directory.
 artifacts=${CARGO_TARGET_DIR:-target}/lambda
-lambdas=(stream-relay-lambda outbox-sweeper-lambda)
 if ! "$skip_build"; then
   step "building the EC2 binaries and the Lambda packages ($arch)"
   bin_flags=()
@@ -404,7 +404,7 @@ if "$build_only"; then
 fi
 
 if ! "$dry_run" && [ -e "$artifacts/DEV-BUILD" ]; then
-  die "$artifacts/ holds unoptimized artifacts of --dev-build (the test suite makes them): build the release first (drop --skip-build)"
+  die "$artifacts/ holds unoptimized artifacts of --build-only --dev-build: build the release first (drop --skip-build)"
 fi
 step "uploading the release to s3://$bucket/$prefix/"
 for b in "${binaries[@]}"; do

@@ -52,6 +52,8 @@ if [ "${free_kb:-0}" -lt $((10 * 1024 * 1024)) ]; then
 fi
 
 run_dir=.run/test
+# The deployment artifacts' own target directory (below).
+deploy_check_dir=target/deploy-check
 rm -rf "$run_dir"
 mkdir -p "$run_dir"
 # Work that waits on the network (installing the tools and the stand-ins)
@@ -192,7 +194,7 @@ if [ "$fast" = false ]; then
   # the packaging (a deployment builds release: docs/DEVELOPMENT.md). In a
   # target directory of its own, so that it never waits for the tests'
   # cargo (nor they for it).
-  in_background --idle deployment-artifacts env CARGO_TARGET_DIR=target/deploy-check \
+  in_background --idle deployment-artifacts env CARGO_TARGET_DIR="$deploy_check_dir" \
     scripts/deploy.sh --build-only --dev-build
 fi
 
@@ -281,7 +283,7 @@ if [ "$fast" = true ]; then
 elif [ "$build_status" -ne 0 ]; then
   echo "deployment artifacts (dev profile): the build failed (log: $run_dir/deployment-artifacts.log)"
 else
-  echo "deployment artifacts (dev profile): built in target/deploy-check/lambda/"
+  echo "deployment artifacts (dev profile): built in $deploy_check_dir/lambda/"
 fi
 [ "$deny_status" -eq 0 ] || echo "dependencies (cargo deny): failed (above)"
 printf 'took %d:%02d\n' $((SECONDS / 60)) $((SECONDS % 60))
