@@ -5,9 +5,12 @@
 //! that trace are exported over OTLP. The real binaries, in both storage
 //! modes (`OBT_TEST_STORAGE`).
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use aws_sdk_sqs::types::{Message, MessageSystemAttributeName};
+use obt_testkit::dynamo_proxy::{DynamoProxy, hook};
 use obt_testkit::mysql::Backend;
 use obt_testkit::otlp::OtlpReceiver;
 use obt_testkit::{Service, eventually, free_port};
@@ -152,21 +155,40 @@ async fn the_callers_trace_id_reaches_the_queue_and_the_consumers_log_lines_and_
         );
     }
 
+    // In NoSQL mode the consumer's DynamoDB is behind a proxy that never
+    // answers the write of its last-applied marker (the only UpdateItem
+    // here), which runs in a task of its own after the apply: still in
+    // flight at shutdown, it must not hold back the message's span.
+    let marker_writes = Arc::new(AtomicUsize::new(0));
+    let held = {
+        let seen = Arc::clone(&marker_writes);
+        DynamoProxy::start(hook(move |operation| {
+            let marker = operation == "UpdateItem";
+            if marker {
+                seen.fetch_add(1, Ordering::SeqCst);
+            }
+            async move {
+                if marker {
+                    std::future::pending::<()>().await;
+                }
+                None
+            }
+        }))
+        .await
+    };
+    let mut consumer_env = vec![
+        ("OBT_LOG_FORMAT", "json".to_owned()),
+        ("RUST_LOG", "info".to_owned()),
+        otlp(),
+    ];
+    if !backend.is_mysql() {
+        consumer_env.push(("AWS_ENDPOINT_URL_DYNAMODB", held.url.clone()));
+    }
+
     // The consumer, JSON logs to a file.
     let log = std::env::temp_dir().join(format!("{}.log", obt_testkit::unique("consumer")));
-    let consumer = Service::start_logging_to(
-        "consumer",
-        &env(
-            &backend,
-            "consumer",
-            &[
-                ("OBT_LOG_FORMAT", "json".to_owned()),
-                ("RUST_LOG", "info".to_owned()),
-                otlp(),
-            ],
-        ),
-        &log,
-    );
+    let consumer =
+        Service::start_logging_to("consumer", &env(&backend, "consumer", &consumer_env), &log);
     let applied = eventually(
         "the consumer to log the applied event",
         DEADLINE,
@@ -182,6 +204,15 @@ async fn the_callers_trace_id_reaches_the_queue_and_the_consumers_log_lines_and_
     let line: serde_json::Value = serde_json::from_str(&applied).expect("a JSON log line");
     assert_eq!(line["span"]["trace_id"], TRACE_ID, "{applied}");
     assert_eq!(line["span"]["identity"], identity.as_str(), "{applied}");
+
+    if !backend.is_mysql() {
+        eventually("the marker write, held", DEADLINE, || async {
+            (marker_writes.load(Ordering::SeqCst) > 0)
+                .then_some(())
+                .ok_or_else(|| "no UpdateItem yet".to_owned())
+        })
+        .await;
+    }
 
     // Exported at shutdown: the api's request and the consumer's message,
     // in the caller's trace.

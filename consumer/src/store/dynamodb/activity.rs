@@ -9,12 +9,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::Duration;
 
-use aws_sdk_dynamodb::error::SdkError;
-use time::OffsetDateTime;
-use tracing::Instrument;
-
 use super::{DynamoDbLedger, HEAD_SEQ, attr, n, s};
 use crate::store::LedgerError;
+use aws_sdk_dynamodb::error::SdkError;
+use time::OffsetDateTime;
 
 /// How often a consumer process refreshes the marker at most: the
 /// marker may be this much behind the last apply.
@@ -42,6 +40,12 @@ impl DynamoDbLedger {
     /// own, so that the apply (and the message's deletion) does not wait
     /// for it; a failure is logged and otherwise ignored: the event is
     /// applied; the marker is only for operators.
+    ///
+    /// The task is outside the message's span on purpose: a span stays
+    /// open while a task holds it, and with it the poller's above it, so
+    /// a slow marker write would hold back the message's exported span,
+    /// and one still in flight at shutdown would lose it (the exporter is
+    /// shut down before the runtime drops the task).
     pub(super) fn mark_applied(&self) {
         let now = epoch_ms(OffsetDateTime::now_utc());
         let every = i64::try_from(APPLIED_MARK_EVERY.as_millis()).unwrap_or(i64::MAX);
@@ -66,20 +70,17 @@ impl DynamoDbLedger {
             .condition_expression("attribute_not_exists(#m) OR #m < :now")
             .expression_attribute_names("#m", LAST_APPLIED_MS)
             .expression_attribute_values(":now", n(now));
-        tokio::spawn(
-            async move {
-                match write.send().await {
-                    Ok(_) => {}
-                    Err(SdkError::ServiceError(e))
-                        if e.err().is_conditional_check_failed_exception() => {}
-                    Err(e) => tracing::debug!(
-                        error = %obt_runtime::error_chain(&e),
-                        "could not refresh the last-applied marker; obt-admin status may show an older time"
-                    ),
-                }
+        tokio::spawn(async move {
+            match write.send().await {
+                Ok(_) => {}
+                Err(SdkError::ServiceError(e))
+                    if e.err().is_conditional_check_failed_exception() => {}
+                Err(e) => tracing::debug!(
+                    error = %obt_runtime::error_chain(&e),
+                    "could not refresh the last-applied marker; obt-admin status may show an older time"
+                ),
             }
-            .in_current_span(),
-        );
+        });
     }
 
     /// The marker's time, or `None` when no consumer applied anything
