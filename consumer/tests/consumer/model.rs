@@ -376,8 +376,8 @@ async fn a_conflict_received_with_valid_messages_is_dead_lettered_alone_and_park
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_store_outage_longer_than_max_receive_count_visibility_timeouts_dead_letters_nothing() {
     let logs = Logs::capture();
-    // Three receives of 3 s before SQS's redrive: 9 s.
-    let on = OnModel::create(3, 3).await;
+    // Three receives of 4 s before SQS's redrive: 12 s.
+    let on = OnModel::create(3, 4).await;
     let proxy = FaultProxy::start(on.stack.records_addr())
         .await
         .expect("proxy");
@@ -386,9 +386,13 @@ async fn a_store_outage_longer_than_max_receive_count_visibility_timeouts_dead_l
         .consumer(ledger, 2)
         .await
         .with_retry(StoreRetry {
-            // Within the visibility timeout, as in production (10 s of
-            // 30 s): the receipt handle must still be valid to delay it.
-            attempt_timeout: Duration::from_millis(1500),
+            // The write of the batch's first messages together, then the
+            // message's own attempt, well within the visibility timeout,
+            // as in production (10 + 10 s of 30 s): the receipt handle
+            // must still be valid to delay the message. (1.5 s of 3 s
+            // each left no room: on a loaded machine the handle expired
+            // first, the message came back at once and was counted.)
+            attempt_timeout: Duration::from_secs(1),
             // One attempt per receive: the receive counts alone tell.
             budget: Duration::ZERO,
             ..StoreRetry::default()
@@ -415,8 +419,9 @@ async fn a_store_outage_longer_than_max_receive_count_visibility_timeouts_dead_l
         }
     })
     .await;
-    // Fault timing: longer than 3 receives x (3 s visibility + 1.5 s
-    // attempt), shorter than the 20 s the redelivery delays give.
+    // Fault timing: longer than 3 receives x 4 s visibility (without the
+    // delays, the fourth receive would redrive the messages), shorter
+    // than the 20 s the redelivery delays give.
     tokio::time::sleep(Duration::from_secs(14)).await;
     proxy.set_mode(Mode::Pass);
 
