@@ -469,10 +469,12 @@ impl Consumer {
             Ok(Ok(false)) => return batch,
             Ok(Err(e)) => {
                 debug!(error = %e, "the write of several events failed; they go one by one");
+                self.keep_invisible(&batch).await;
                 return batch;
             }
             Err(_) => {
                 debug!("the write of several events timed out; they go one by one");
+                self.keep_invisible(&batch).await;
                 return batch;
             }
         }
@@ -495,6 +497,26 @@ impl Consumer {
             }
         }
         left
+    }
+
+    /// After the write of several events failed (the store is likely
+    /// failing), keeps every message of the batch invisible for as long as
+    /// the ordinary path may take. That write took up to one attempt
+    /// timeout of the visibility timeout already, and a message's own
+    /// first attempt may take another before [`Consumer::retrying`]
+    /// extends its visibility: twice the attempt timeout, 20 s of SQS's
+    /// 30 s by default but up to 40 s (`OBT_STORE_TIMEOUT_SECS`), or a
+    /// loaded machine, would let the message come back while it is
+    /// handled, to be counted towards the dead-letter queue, and its
+    /// redelivery delay fail with an expired receipt handle.
+    async fn keep_invisible(&self, batch: &[Received]) {
+        let cover =
+            visibility_secs(self.retry.budget + self.retry.attempt_timeout + VISIBILITY_MARGIN);
+        for message in batch {
+            if let Err(e) = self.queue.extend(message, cover).await {
+                debug!(error = %e, message_id = %message.message_id, "could not keep a message invisible");
+            }
+        }
     }
 
     /// Deletes the messages collected in `done` (their fate is committed).

@@ -445,6 +445,66 @@ async fn a_store_outage_longer_than_max_receive_count_visibility_timeouts_dead_l
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_receive_whose_writes_hang_delays_its_messages_before_their_visibility_ends() {
+    let logs = Logs::capture();
+    let on = OnModel::create(3, 3).await;
+    let proxy = FaultProxy::start(on.stack.records_addr())
+        .await
+        .expect("proxy");
+    let ledger = on.stack.ledger_through(proxy.addr()).await;
+    let consumer = on
+        .consumer(ledger, 1)
+        .await
+        .with_retry(StoreRetry {
+            // The write of the batch's first messages together, then each
+            // message's own attempt: 4 s in all, past the 3 s visibility
+            // timeout (as 2 x 20 s would be past SQS's 30 s).
+            attempt_timeout: Duration::from_secs(2),
+            budget: Duration::ZERO,
+            ..StoreRetry::default()
+        })
+        .with_redelivery(Redelivery {
+            base: Duration::from_secs(60),
+        });
+    // Every store request hangs: each attempt takes its whole timeout.
+    proxy.set_mode(Mode::Blackhole);
+    let identities: Vec<Identity> = (0..3).map(|i| identity(&format!("hang{i}"))).collect();
+    for who in &identities {
+        on.send(&event(who, 1, "1.00")).await;
+    }
+    let running = Running::spawn(consumer);
+    let delayed = obt_testkit::eventually(
+        "each message delayed after its attempts",
+        Duration::from_secs(20),
+        || async {
+            let lines = logs.lines_with(&["the message comes back in 60 s"]);
+            if identities
+                .iter()
+                .all(|who| lines.iter().any(|line| line.contains(who.as_str())))
+            {
+                Ok(lines)
+            } else {
+                Err(format!("{} so far", lines.len()))
+            }
+        },
+    )
+    .await;
+    assert!(
+        delayed
+            .iter()
+            .all(|line| line.contains("receive_count=Some(1)")),
+        "each message was received once: {delayed:#?}"
+    );
+    let expired = logs.lines_with(&["could not delay the message"]);
+    assert!(
+        expired.is_empty(),
+        "the receipt handles were still valid: {expired:#?}"
+    );
+    running.stop().await;
+    proxy.set_mode(Mode::Pass);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_event_redriven_by_sqs_leaves_a_gap_that_the_retry_closes_and_other_dead_letters_stay() {
     let _logs = Logs::capture();
     let on = OnModel::create(2, 5).await;
