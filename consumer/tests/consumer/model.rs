@@ -458,7 +458,8 @@ async fn a_receive_whose_writes_hang_delays_its_messages_before_their_visibility
         .with_retry(StoreRetry {
             // The write of the batch's first messages together, then each
             // message's own attempt: 4 s in all, past the 3 s visibility
-            // timeout (as 2 x 20 s would be past SQS's 30 s).
+            // timeout (as 2 x 20 s would be past SQS's 30 s). (The MySQL
+            // records have no write together: there, 2 s of 3.)
             attempt_timeout: Duration::from_secs(2),
             budget: Duration::ZERO,
             ..StoreRetry::default()
