@@ -9,10 +9,11 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::Duration;
 
-use super::{DynamoDbLedger, HEAD_SEQ, attr, n, s};
-use crate::store::LedgerError;
 use aws_sdk_dynamodb::error::SdkError;
 use time::OffsetDateTime;
+
+use super::{DynamoDbLedger, HEAD_SEQ, attr, n, s};
+use crate::store::LedgerError;
 
 /// How often a consumer process refreshes the marker at most: the
 /// marker may be this much behind the last apply.
