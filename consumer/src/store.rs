@@ -205,8 +205,13 @@ async fn open_mysql(
     binary: &'static str,
 ) -> Result<Records, OpenError> {
     let url = args.backend.mysql_url(binary)?;
-    let ledger =
-        MySqlLedger::connect(url.expose(), max_connections, mysql::CONNECT_TIMEOUT).await?;
+    let ledger = MySqlLedger::connect(
+        url.expose(),
+        max_connections,
+        mysql::CONNECT_TIMEOUT,
+        obt_runtime::mysql::IDLE_SESSION_TIMEOUT,
+    )
+    .await?;
     Ok(Records::new(ledger))
 }
 

@@ -4,7 +4,8 @@
 //! the backoff of every retry ([`backoff`]), the one-line rendering of
 //! an error and its causes ([`error_chain`]), where the metrics go
 //! ([`metrics`]), and the W3C trace context of a unit of work, exported
-//! over OTLP when asked ([`trace`]).
+//! over OTLP when asked ([`trace`]), and with the `mysql` feature the
+//! settings every MySQL pool shares ([`mysql`]).
 
 use std::io::IsTerminal;
 
@@ -12,6 +13,8 @@ pub mod args;
 pub mod backoff;
 mod error;
 pub mod metrics;
+#[cfg(feature = "mysql")]
+pub mod mysql;
 pub mod trace;
 
 pub use error::error_chain;

@@ -14,7 +14,7 @@
 use std::time::Duration;
 
 use obt_contract::Envelope;
-use sqlx::mysql::{MySqlConnectOptions, MySqlConnection, MySqlPool, MySqlPoolOptions};
+use sqlx::mysql::{MySqlConnectOptions, MySqlConnection, MySqlPool};
 use sqlx::{ConnectOptions, Connection, Row};
 use tokio_util::sync::CancellationToken;
 
@@ -105,10 +105,16 @@ impl OutboxPoller {
         max_idle: Duration,
     ) -> Result<Self, PollerError> {
         let options: MySqlConnectOptions = database_url.parse().map_err(PollerError::Url)?;
-        let pool = MySqlPoolOptions::new()
-            .max_connections(2)
-            .acquire_timeout(Duration::from_secs(10))
-            .connect_lazy_with(options.clone());
+        // Its statements are single ones, each its own transaction: none
+        // holds a lock past its answer. The leader's lock is on a
+        // connection of its own (`lead`).
+        let pool = obt_runtime::mysql::pool_options(
+            2,
+            Duration::from_secs(10),
+            obt_runtime::mysql::IDLE_SESSION_TIMEOUT,
+            &[],
+        )
+        .connect_lazy_with(options.clone());
         let lock_name = format!(
             "{LOCK_PREFIX}{}",
             options.get_database().unwrap_or_default()

@@ -61,6 +61,8 @@ struct Shared {
     accepted: AtomicU64,
     reset: AtomicU64,
     throttled: AtomicU64,
+    /// Bytes from clients read and dropped: see [`FaultProxy::swallowed`].
+    swallowed: AtomicU64,
     open: AtomicUsize,
 }
 
@@ -111,6 +113,7 @@ impl FaultProxy {
             accepted: AtomicU64::new(0),
             reset: AtomicU64::new(0),
             throttled: AtomicU64::new(0),
+            swallowed: AtomicU64::new(0),
             open: AtomicUsize::new(0),
         });
         let accept = tokio::spawn(accept_loop(listener, shared.clone()));
@@ -171,6 +174,31 @@ impl FaultProxy {
     /// HTTP requests answered with the throttling error so far.
     pub fn throttled(&self) -> u64 {
         self.shared.throttled.load(Ordering::SeqCst)
+    }
+
+    /// Bytes that clients sent into a hang so far: read and dropped,
+    /// neither forwarded nor answered (`Blackhole`, and a connection that
+    /// was open when `Throttle` began). A test waits on it to know that
+    /// what a client sent during the hang (a `ROLLBACK`, say) is lost
+    /// before it heals the proxy.
+    pub fn swallowed(&self) -> u64 {
+        self.shared.swallowed.load(Ordering::SeqCst)
+    }
+
+    /// Waits (up to 10 s) until clients have sent more than `bytes` into
+    /// a hang ([`Self::swallowed`]).
+    pub async fn until_swallowed_more_than(&self, bytes: u64) {
+        crate::eventually(
+            "bytes sent into the hang",
+            Duration::from_secs(10),
+            || async move {
+                match self.swallowed() {
+                    n if n > bytes => Ok(()),
+                    n => Err(format!("{n} bytes so far")),
+                }
+            },
+        )
+        .await;
     }
 
     /// Connections open through the proxy now.
@@ -275,7 +303,7 @@ async fn connection(client: TcpStream, shared: Arc<Shared>) {
         }
     };
     let Some(upstream) = upstream else {
-        blackhole(client, state, cuts).await;
+        blackhole(client, state, cuts, &shared.swallowed).await;
         return;
     };
     let mut upstream = upstream;
@@ -285,8 +313,8 @@ async fn connection(client: TcpStream, shared: Arc<Shared>) {
         let (client_read, client_write) = client.split();
         let (upstream_read, upstream_write) = upstream.split();
         tokio::select! {
-            outcome = pump(client_read, upstream_write, state.clone()) => outcome,
-            outcome = pump(upstream_read, client_write, state.clone()) => outcome,
+            outcome = pump(client_read, upstream_write, state.clone(), Some(&shared.swallowed)) => outcome,
+            outcome = pump(upstream_read, client_write, state.clone(), None) => outcome,
             () = cut(&mut state, cuts) => Ended::Cut,
         }
     };
@@ -309,11 +337,13 @@ async fn cut(state: &mut watch::Receiver<State>, cuts: u64) {
 }
 
 /// Copies `from` to `to` chunk by chunk, applying the mode of the moment to
-/// each chunk. Returns when either side closes.
+/// each chunk, and counts what it drops in `swallowed` (given for the
+/// client's side). Returns when either side closes.
 async fn pump(
     mut from: impl AsyncRead + Unpin,
     mut to: impl AsyncWrite + Unpin,
     state: watch::Receiver<State>,
+    swallowed: Option<&AtomicU64>,
 ) -> Ended {
     let mut buffer = vec![0u8; 16 * 1024];
     loop {
@@ -327,7 +357,12 @@ async fn pump(
         let mode = state.borrow().mode;
         match mode {
             // Read and dropped: the other side waits for ever.
-            Mode::Blackhole | Mode::Throttle => continue,
+            Mode::Blackhole | Mode::Throttle => {
+                if let Some(swallowed) = swallowed {
+                    swallowed.fetch_add(n as u64, Ordering::SeqCst);
+                }
+                continue;
+            }
             Mode::Delay(delay) => tokio::time::sleep(delay).await,
             Mode::Pass | Mode::Refuse | Mode::Flaky { .. } => {}
         }
@@ -338,7 +373,12 @@ async fn pump(
 }
 
 /// Reads and drops everything until the client leaves or is cut.
-async fn blackhole(mut client: TcpStream, mut state: watch::Receiver<State>, cuts: u64) {
+async fn blackhole(
+    mut client: TcpStream,
+    mut state: watch::Receiver<State>,
+    cuts: u64,
+    swallowed: &AtomicU64,
+) {
     let was_cut = {
         let mut buffer = vec![0u8; 16 * 1024];
         let read = async {
@@ -346,6 +386,7 @@ async fn blackhole(mut client: TcpStream, mut state: watch::Receiver<State>, cut
                 if n == 0 {
                     break;
                 }
+                swallowed.fetch_add(n as u64, Ordering::SeqCst);
             }
         };
         tokio::select! {

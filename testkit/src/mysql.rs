@@ -3,10 +3,12 @@
 //! MariaDB server that `scripts/test.sh` starts, beside a fresh [`Stack`]
 //! for the queues.
 
+use std::time::Duration;
+
 use obt_migrate::mysql::{MySqlNames, MySqlReport, Passwords, setup};
 use sqlx::mysql::{MySqlPool, MySqlPoolOptions};
 
-use crate::Stack;
+use crate::{Stack, eventually};
 
 /// The admin URL of the test server, or a clear panic saying how to get one.
 pub fn admin_url() -> String {
@@ -106,6 +108,32 @@ impl MySqlStack {
     pub async fn consumer_admin(&self) -> MySqlPool {
         admin_pool(&self.names.consumer_database).await
     }
+}
+
+/// Waits (up to 10 s) until a transaction of `user` waits for a row lock,
+/// as `admin` (who may see every session) finds in `INNODB_TRX`.
+pub async fn waits_for_a_lock(admin: &MySqlPool, user: &str) {
+    eventually(
+        &format!("a transaction of {user} waiting for a lock"),
+        Duration::from_secs(10),
+        || async move {
+            let waiting: i64 = sqlx::query_scalar(
+                "SELECT COUNT(*) FROM information_schema.INNODB_TRX t \
+                 JOIN information_schema.PROCESSLIST p ON p.ID = t.trx_mysql_thread_id \
+                 WHERE t.trx_state = 'LOCK WAIT' AND p.USER = ?",
+            )
+            .bind(user)
+            .fetch_one(admin)
+            .await
+            .map_err(|e| e.to_string())?;
+            if waiting > 0 {
+                Ok(())
+            } else {
+                Err("no transaction waits".to_owned())
+            }
+        },
+    )
+    .await;
 }
 
 async fn admin_pool(database: &str) -> MySqlPool {

@@ -170,6 +170,10 @@ async fn blackhole_reads_and_never_answers_and_switching_back_mid_stream_resumes
         2,
         "both are held open, not closed"
     );
+    // What the clients sent into the hang is counted.
+    let sent = (b"lost".len() + b"new".len()) as u64;
+    proxy.until_swallowed_more_than(sent - 1).await;
+    assert_eq!(proxy.swallowed(), sent);
 
     proxy.set_mode(Mode::Pass);
     // What was sent during the hang is gone; what comes after passes.

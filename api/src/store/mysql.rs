@@ -79,12 +79,14 @@ pub enum ConnectError {
     },
 }
 
-/// The pool settings of the store: at most `max_connections`, and
-/// [`ACQUIRE_TIMEOUT`].
-pub fn pool_options(max_connections: u32) -> MySqlPoolOptions {
-    MySqlPoolOptions::new()
-        .max_connections(max_connections)
-        .acquire_timeout(ACQUIRE_TIMEOUT)
+/// The pool settings of the store: at most `max_connections`,
+/// [`ACQUIRE_TIMEOUT`], and sessions that the server ends after
+/// `idle_session` of silence (in production
+/// [`obt_runtime::mysql::IDLE_SESSION_TIMEOUT`]): so ends the transaction
+/// of a request cut off from the server, whose lock on the identity's row
+/// would otherwise hold every later write of that identity.
+pub fn pool_options(max_connections: u32, idle_session: Duration) -> MySqlPoolOptions {
+    obt_runtime::mysql::pool_options(max_connections, ACQUIRE_TIMEOUT, idle_session, &[])
 }
 
 /// The api's MySQL database, through a pool of connections as the api's
@@ -136,7 +138,7 @@ impl MySqlStore {
             .ok_or(ConnectError::NoDatabase)?
             .to_owned();
         let user = connect.get_username().to_owned();
-        let pool = pool_options(max_connections)
+        let pool = pool_options(max_connections, obt_runtime::mysql::IDLE_SESSION_TIMEOUT)
             .connect_with(connect.clone())
             .await
             .map_err(|source| ConnectError::Connect {

@@ -20,7 +20,8 @@ use time::{OffsetDateTime, PrimitiveDateTime};
 use tokio::task::JoinSet;
 
 use crate::helpers::{SpawnedApp, TestApp, TestResponse, get_request, retries, send, spending};
-use crate::mysql_backend::{MySqlBackend, api_waits_for_a_lock, utf8};
+use crate::mysql_backend::{MySqlBackend, utf8};
+use obt_testkit::mysql::waits_for_a_lock;
 
 /// Text columns are read as bytes: see `mysql_backend::utf8`.
 type Text = Vec<u8>;
@@ -312,7 +313,7 @@ async fn post_into_a_deadlock(
         )
         .await
     });
-    api_waits_for_a_lock(&db.admin, &db.stack.names.api_user).await;
+    waits_for_a_lock(&db.admin, &db.stack.names.api_user).await;
     sqlx::query("SELECT last_seq FROM obt_identity WHERE identity = 'AB1' FOR UPDATE")
         .fetch_one(&mut *admin)
         .await
@@ -370,7 +371,11 @@ async fn the_readiness_probe_and_posts_answer_503_while_the_database_is_unreacha
     let app = TestApp::mysql(StoreOptions::default()).await;
     let db = app.db();
     let proxy = db.proxy().await;
-    let router = obt_api::app(db.state_through(&proxy, Duration::from_secs(2)));
+    let router = obt_api::app(db.state_through(
+        &proxy,
+        Duration::from_secs(2),
+        obt_runtime::mysql::IDLE_SESSION_TIMEOUT,
+    ));
     let ready = || send(&router, get_request("/health/ready"));
 
     let response = ready().await;
@@ -397,6 +402,70 @@ async fn the_readiness_probe_and_posts_answer_503_while_the_database_is_unreacha
     proxy.set_mode(Mode::Pass);
     let response = ready().await;
     assert_eq!(response.status, StatusCode::OK, "{}", response.text);
+}
+
+/// A POST cut off from the server mid-transaction: the server answered its
+/// `SELECT ... FOR UPDATE` (so its transaction holds the identity's row),
+/// the answer was lost, and the request was given up. Its `ROLLBACK` is
+/// lost too, so only the server can end that transaction: it does once the
+/// session has been silent for the store's idle bound, and the identity's
+/// next POST is recorded. Without the bound the server kept the session for
+/// `wait_timeout` (8 hours by default), and every later POST of the
+/// identity waited on the row and failed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_post_cut_off_mid_transaction_holds_its_identity_only_until_the_server_ends_the_silent_session()
+ {
+    let app = TestApp::mysql(StoreOptions::default()).await;
+    let db = app.db();
+    let first = app.post_json(&spending("AB1", "Martin", "5")).await;
+    assert_eq!(first.status, StatusCode::CREATED, "{}", first.text);
+
+    // The admin holds the row, so that the POST through the proxy waits
+    // in its first statement.
+    let mut lock = db.lock_row("AB1").await;
+    let proxy = db.proxy().await;
+    let cut_off =
+        obt_api::app(db.state_through(&proxy, Duration::from_secs(10), Duration::from_secs(3)));
+    let post = tokio::spawn({
+        let cut_off = cut_off.clone();
+        let request =
+            crate::helpers::post_request(Some("application/json"), &spending("AB1", "Cut", "7"));
+        async move { send(&cut_off, request).await }
+    });
+    lock.waited_for().await;
+
+    // The row goes to the waiting POST, and the answer into the hang.
+    proxy.set_mode(Mode::Blackhole);
+    lock.release().await;
+    assert!(!post.is_finished(), "the POST waits for its answer");
+    // Given up, as the api's request timeout gives up: the transaction's
+    // ROLLBACK goes into the hang too.
+    post.abort();
+    assert!(
+        post.await.is_err_and(|e| e.is_cancelled()),
+        "the POST was given up"
+    );
+    proxy.until_swallowed_more_than(0).await;
+    proxy.set_mode(Mode::Pass);
+
+    // Without the bound the row stays locked, and this waits out the
+    // request timeout.
+    let started = std::time::Instant::now();
+    let second = app.post_json(&spending("AB1", "Martin", "6")).await;
+    assert_eq!(second.status, StatusCode::CREATED, "{}", second.text);
+    eprintln!("the row was free again after {:?}", started.elapsed());
+    // The cut-off store's connection was freed too: it records again.
+    let third = send(
+        &cut_off,
+        crate::helpers::post_request(Some("application/json"), &spending("AB1", "Martin", "1")),
+    )
+    .await;
+    assert_eq!(third.status, StatusCode::CREATED, "{}", third.text);
+    // Nothing of the given-up POST was kept.
+    assert_eq!(db.seqs("obt", "AB1").await, [1, 2, 3]);
+    assert_eq!(db.seqs("obt_spending", "AB1").await, [1, 2, 3]);
+    let (_, _, last_seq, total, count) = identity_row(db, "AB1").await.expect("the row");
+    assert_eq!((last_seq, total, count), (3, Decimal::new(1200, 2), 3));
 }
 
 #[tokio::test]

@@ -13,9 +13,8 @@ use obt_api::{AppState, MySqlStore, Settings, StoreOptions};
 use obt_contract::Envelope;
 use obt_runtime::Storage;
 use obt_runtime::args::StorageArgs;
-use obt_testkit::eventually;
 use obt_testkit::fault_proxy::FaultProxy;
-use obt_testkit::mysql::MySqlStack;
+use obt_testkit::mysql::{MySqlStack, waits_for_a_lock};
 use sqlx::mysql::{MySqlConnectOptions, MySqlPool};
 use sqlx::{MySql, Transaction};
 
@@ -62,13 +61,19 @@ impl MySqlBackend {
     }
 
     /// A state whose store reaches the server through `proxy`, giving up
-    /// on a connection after `acquire_timeout`.
-    pub fn state_through(&self, proxy: &FaultProxy, acquire_timeout: Duration) -> AppState {
+    /// on a connection after `acquire_timeout`, its sessions ended by the
+    /// server after `idle_session` of silence.
+    pub fn state_through(
+        &self,
+        proxy: &FaultProxy,
+        acquire_timeout: Duration,
+        idle_session: Duration,
+    ) -> AppState {
         let options = MySqlConnectOptions::from_str(self.url())
             .expect("the api's URL")
             .host("127.0.0.1")
             .port(proxy.addr().port());
-        let pool = pool_options(2)
+        let pool = pool_options(2, idle_session)
             .acquire_timeout(acquire_timeout)
             .connect_lazy_with(options);
         AppState::new(
@@ -229,7 +234,7 @@ pub struct RowLock {
 impl RowLock {
     /// Waits until a transaction of the api's user waits for a lock.
     pub async fn waited_for(&self) {
-        api_waits_for_a_lock(&self.admin, &self.api_user).await;
+        waits_for_a_lock(&self.admin, &self.api_user).await;
     }
 
     /// Rolls the holding transaction back.
@@ -238,31 +243,6 @@ impl RowLock {
             tx.rollback().await.expect("release the row lock");
         }
     }
-}
-
-/// Waits until a transaction of `api_user` waits for a lock.
-pub async fn api_waits_for_a_lock(admin: &MySqlPool, api_user: &str) {
-    eventually(
-        "a transaction of the api waiting for a lock",
-        Duration::from_secs(10),
-        || async move {
-            let waiting: i64 = sqlx::query_scalar(
-                "SELECT COUNT(*) FROM information_schema.INNODB_TRX t \
-                 JOIN information_schema.PROCESSLIST p ON p.ID = t.trx_mysql_thread_id \
-                 WHERE t.trx_state = 'LOCK WAIT' AND p.USER = ?",
-            )
-            .bind(api_user)
-            .fetch_one(admin)
-            .await
-            .map_err(|e| e.to_string())?;
-            if waiting > 0 {
-                Ok(())
-            } else {
-                Err("no transaction waits".to_owned())
-            }
-        },
-    )
-    .await;
 }
 
 /// A text column's bytes as a String. The schema's `utf8mb4_bin` columns

@@ -10,7 +10,7 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use obt_contract::Envelope;
-use sqlx::mysql::{MySqlConnectOptions, MySqlDatabaseError, MySqlPool, MySqlPoolOptions, MySqlRow};
+use sqlx::mysql::{MySqlConnectOptions, MySqlDatabaseError, MySqlPool, MySqlRow};
 use sqlx::{ConnectOptions, Connection, Executor, MySql, Row, Transaction};
 use tracing::{debug, instrument};
 
@@ -36,11 +36,11 @@ enum Mode {
 /// free connection of the pool.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// How long a statement waits for a row lock before giving up (the
-/// server's default is 50 s). Only a stuck transaction holds a head for
+/// A statement waits 10 s for a row lock before giving up (the server's
+/// default is 50 s). Only a stuck transaction holds a head for
 /// that long; failing sooner leaves the message for redelivery well
 /// within a typical visibility timeout.
-const LOCK_WAIT_TIMEOUT_SECS: u32 = 10;
+const LOCK_WAIT_TIMEOUT: &str = "SET SESSION innodb_lock_wait_timeout = 10";
 
 /// Transactions per apply when a concurrent one got in the way (the race
 /// for a new identity's head, a deadlock).
@@ -170,11 +170,16 @@ impl MySqlLedger {
     /// `max_connections`, and checks that the consumer's tables are there
     /// and readable, so that a wrong URL or a missing migration stops the
     /// consumer at start-up rather than sending every message to the
-    /// dead-letter queue.
+    /// dead-letter queue. The server ends a session silent for
+    /// `idle_session` (in production
+    /// [`obt_runtime::mysql::IDLE_SESSION_TIMEOUT`]), and with it the
+    /// transaction of an apply cut off from the consumer, whose lock on the
+    /// identity's head would otherwise hold every later apply of it.
     pub async fn connect(
         url: &str,
         max_connections: u32,
         connect_timeout: Duration,
+        idle_session: Duration,
     ) -> Result<Self, OpenError> {
         // sqlx's parse errors describe the problem, never the URL itself.
         let options = MySqlConnectOptions::from_str(url).map_err(|e| OpenError::DatabaseUrl {
@@ -187,24 +192,20 @@ impl MySqlLedger {
         };
         let server = format!("{}:{}", options.get_host(), options.get_port());
         let user = options.get_username().to_owned();
-        let pool = MySqlPoolOptions::new()
-            .max_connections(max_connections.max(1))
-            .acquire_timeout(connect_timeout)
-            .after_connect(|conn, _| {
-                Box::pin(async move {
-                    // At REPEATABLE READ, looking for a head that does not
-                    // exist yet locks the gap around it: the first events
-                    // of unrelated new identities would deadlock.
-                    conn.execute("SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED")
-                        .await?;
-                    let timeout =
-                        format!("SET SESSION innodb_lock_wait_timeout = {LOCK_WAIT_TIMEOUT_SECS}");
-                    conn.execute(timeout.as_str()).await?;
-                    Ok(())
-                })
-            })
-            .connect_with(options.clone())
-            .await;
+        let pool = obt_runtime::mysql::pool_options(
+            max_connections,
+            connect_timeout,
+            idle_session,
+            &[
+                // At REPEATABLE READ, looking for a head that does not
+                // exist yet locks the gap around it: the first events of
+                // unrelated new identities would deadlock.
+                "SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED",
+                LOCK_WAIT_TIMEOUT,
+            ],
+        )
+        .connect_with(options.clone())
+        .await;
         let pool = match pool {
             Ok(pool) => pool,
             Err(e) => {

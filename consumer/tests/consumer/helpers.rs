@@ -162,9 +162,14 @@ impl TestStack {
                 let url = &mysql.urls.consumer_url;
                 let url = url.replacen(host_port(url), &addr.to_string(), 1);
                 Arc::new(
-                    obt_consumer::MySqlLedger::connect(&url, 4, Duration::from_secs(2))
-                        .await
-                        .unwrap_or_else(|e| panic!("opening the records through {addr}: {e}")),
+                    obt_consumer::MySqlLedger::connect(
+                        &url,
+                        4,
+                        Duration::from_secs(2),
+                        obt_runtime::mysql::IDLE_SESSION_TIMEOUT,
+                    )
+                    .await
+                    .unwrap_or_else(|e| panic!("opening the records through {addr}: {e}")),
                 )
             }
             #[cfg(not(feature = "mysql"))]
@@ -192,7 +197,7 @@ impl TestStack {
 }
 
 /// `HOST:PORT` of a URL (`scheme://[user:password@]HOST:PORT[/path]`).
-fn host_port(url: &str) -> &str {
+pub fn host_port(url: &str) -> &str {
     let rest = url.split_once("://").map_or(url, |(_, rest)| rest);
     let rest = rest.rsplit_once('@').map_or(rest, |(_, rest)| rest);
     rest.split('/').next().unwrap_or(rest)

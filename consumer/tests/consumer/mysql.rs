@@ -8,7 +8,9 @@ use std::time::Duration;
 
 use obt_consumer::{Applied, ApplyError, MySqlLedger, OpenError};
 use obt_contract::{Envelope, Identity};
-use obt_testkit::mysql::MySqlStack;
+use obt_runtime::mysql::IDLE_SESSION_TIMEOUT;
+use obt_testkit::fault_proxy::{FaultProxy, Mode};
+use obt_testkit::mysql::{MySqlStack, waits_for_a_lock};
 use obt_testkit::{Service, bin_path};
 use rust_decimal::Decimal;
 use serde_json::Value;
@@ -16,12 +18,17 @@ use sqlx::MySqlPool;
 use sqlx::mysql::MySqlDatabaseError;
 use tokio::sync::Barrier;
 
-use crate::helpers::{event, identity, send};
+use crate::helpers::{event, host_port, identity, send};
 
 async fn ledger(mysql: &MySqlStack) -> MySqlLedger {
-    MySqlLedger::connect(&mysql.urls.consumer_url, 4, Duration::from_secs(10))
-        .await
-        .unwrap_or_else(|e| panic!("connecting as the consumer: {e}"))
+    MySqlLedger::connect(
+        &mysql.urls.consumer_url,
+        4,
+        Duration::from_secs(10),
+        IDLE_SESSION_TIMEOUT,
+    )
+    .await
+    .unwrap_or_else(|e| panic!("connecting as the consumer: {e}"))
 }
 
 /// An identity's head row as the admin sees it: (last_seq, total, count).
@@ -233,9 +240,14 @@ async fn the_first_events_of_many_new_identities_applied_at_once_all_succeed() {
     // between them and the inserts deadlock; the ledger's sessions run at
     // READ COMMITTED.
     let mysql = MySqlStack::create(5).await;
-    let ledger = MySqlLedger::connect(&mysql.urls.consumer_url, 16, Duration::from_secs(10))
-        .await
-        .expect("connects");
+    let ledger = MySqlLedger::connect(
+        &mysql.urls.consumer_url,
+        16,
+        Duration::from_secs(10),
+        IDLE_SESSION_TIMEOUT,
+    )
+    .await
+    .expect("connects");
     let barrier = std::sync::Arc::new(Barrier::new(16));
     let mut running = tokio::task::JoinSet::new();
     for i in 0..16 {
@@ -256,6 +268,90 @@ async fn the_first_events_of_many_new_identities_applied_at_once_all_succeed() {
     let heads = ledger.list_identities().await.expect("lists");
     assert_eq!(heads.len(), 16);
     assert!(heads.is_sorted_by(|a, b| a.identity < b.identity));
+}
+
+/// An apply cut off from the server mid-transaction: the server answered
+/// its `SELECT ... FOR UPDATE` (so its transaction holds the identity's
+/// head), the answer was lost, and the consumer gave up on the apply. Its
+/// `ROLLBACK` is lost too, so only the server can end that transaction: it
+/// does once the session has been silent for the ledger's idle bound, and
+/// the identity's next apply goes through. Without the bound the server
+/// kept the session for `wait_timeout` (8 hours by default), the head
+/// stayed locked, and every later apply of the identity failed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_apply_cut_off_mid_transaction_holds_its_identity_only_until_the_server_ends_the_silent_session()
+ {
+    let mysql = MySqlStack::create(5).await;
+    let direct = ledger(&mysql).await;
+    let admin = mysql.consumer_admin().await;
+    let identity = identity("cutoff");
+    let first = event(&identity, 1, "1.00");
+    assert_eq!(direct.apply(&first).await.expect("applied"), Applied::New);
+
+    // The admin holds the head, so that the apply through the proxy
+    // waits in its first statement.
+    let mut holder = admin.begin().await.expect("begin");
+    sqlx::query("SELECT last_seq FROM consumer_identity WHERE identity = ? FOR UPDATE")
+        .bind(identity.as_str())
+        .fetch_one(&mut *holder)
+        .await
+        .expect("the admin locks the head");
+    let url = &mysql.urls.consumer_url;
+    let server = host_port(url).parse().expect("the server's address");
+    let proxy = FaultProxy::start(server)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let through = url.replacen(host_port(url), &proxy.addr().to_string(), 1);
+    let idle = Duration::from_secs(3);
+    let cut_off = MySqlLedger::connect(&through, 1, Duration::from_secs(10), idle)
+        .await
+        .expect("connects through the proxy");
+    let second = event(&identity, 2, "2.00");
+    let attempt = tokio::spawn({
+        let (cut_off, second) = (cut_off.clone(), second.clone());
+        async move { cut_off.apply(&second).await }
+    });
+    waits_for_a_lock(&admin, &mysql.names.consumer_user).await;
+
+    // The head goes to the waiting apply, and the answer into the hang.
+    proxy.set_mode(Mode::Blackhole);
+    holder.rollback().await.expect("the admin lets go");
+    assert!(!attempt.is_finished(), "the apply waits for its answer");
+    // Given up, as the consumer gives up at OBT_STORE_TIMEOUT_SECS: the
+    // transaction's ROLLBACK goes into the hang too.
+    attempt.abort();
+    assert!(
+        attempt.await.is_err_and(|e| e.is_cancelled()),
+        "the apply was given up"
+    );
+    proxy.until_swallowed_more_than(0).await;
+    proxy.set_mode(Mode::Pass);
+
+    // Waits at most the ledger's lock wait (10 s); without the bound the
+    // orphaned transaction outlasts it and this is a lock wait timeout.
+    let started = std::time::Instant::now();
+    assert_eq!(
+        direct
+            .apply(&second)
+            .await
+            .expect("applied once the session ended"),
+        Applied::New
+    );
+    eprintln!("the head was free again after {:?}", started.elapsed());
+    // The cut-off ledger's one connection was freed as well: its pool
+    // hands out a new one.
+    let third = event(&identity, 3, "3.00");
+    assert_eq!(
+        cut_off
+            .apply(&third)
+            .await
+            .expect("the cut-off ledger applies again"),
+        Applied::New
+    );
+    assert_eq!(
+        head(&admin, &identity).await,
+        Some((3, "6.00".parse().expect("decimal"), 3))
+    );
 }
 
 async fn run(name: &str, env: &[(&'static str, String)], args: &[&str]) -> Output {
@@ -371,7 +467,7 @@ async fn an_unreachable_database_stops_the_start_and_the_error_says_what_to_fix_
         listener.local_addr().expect("its address").port()
     };
     let url = format!("mysql://obt_consumer:s3cret-pass-123@127.0.0.1:{closed_port}/consumed");
-    let error = MySqlLedger::connect(&url, 1, Duration::from_secs(1))
+    let error = MySqlLedger::connect(&url, 1, Duration::from_secs(1), IDLE_SESSION_TIMEOUT)
         .await
         .expect_err("nothing listens there");
     let text = error.to_string();
@@ -397,7 +493,7 @@ async fn a_wrong_password_or_a_database_without_the_tables_stops_the_start() {
         .next()
         .expect("a user");
     let wrong = format!("mysql://{user}:wrong-password-123@{server_and_database}");
-    let error = MySqlLedger::connect(&wrong, 1, Duration::from_secs(5))
+    let error = MySqlLedger::connect(&wrong, 1, Duration::from_secs(5), IDLE_SESSION_TIMEOUT)
         .await
         .expect_err("refused");
     let text = error.to_string();
@@ -408,7 +504,7 @@ async fn a_wrong_password_or_a_database_without_the_tables_stops_the_start() {
     // A database that exists but holds no consumer tables.
     let admin = obt_testkit::mysql::admin_url();
     let empty = format!("{}/information_schema", admin.trim_end_matches('/'));
-    let error = MySqlLedger::connect(&empty, 1, Duration::from_secs(5))
+    let error = MySqlLedger::connect(&empty, 1, Duration::from_secs(5), IDLE_SESSION_TIMEOUT)
         .await
         .expect_err("refused");
     assert!(matches!(error, OpenError::Schema { .. }), "{error}");
