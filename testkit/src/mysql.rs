@@ -8,6 +8,7 @@ use std::time::Duration;
 use obt_migrate::mysql::{MySqlNames, MySqlReport, Passwords, setup};
 use sqlx::mysql::{MySqlPool, MySqlPoolOptions};
 
+use crate::fault_proxy::{FaultProxy, Mode};
 use crate::{Stack, eventually};
 
 /// The admin URL of the test server, or a clear panic saying how to get one.
@@ -134,6 +135,32 @@ pub async fn waits_for_a_lock(admin: &MySqlPool, user: &str) {
         },
     )
     .await;
+}
+
+/// Cuts `write` off from the server mid-transaction. `write` is a task
+/// whose transaction, reaching the server through `proxy`, waits for a row
+/// lock that `release` lets go. With the proxy hanging, the server grants
+/// the lock and its answer is lost; the task is then given up, as a
+/// service's timeout gives it up, and what its connection sends next (the
+/// transaction's `ROLLBACK`, the pool's ping) is lost too. On return the
+/// proxy passes again, and the transaction is still open on the server,
+/// holding the row, with only the server left to end it.
+pub async fn cut_off_mid_transaction<T>(
+    proxy: &FaultProxy,
+    write: tokio::task::JoinHandle<T>,
+    release: impl Future<Output = ()>,
+) {
+    let swallowed = proxy.swallowed();
+    proxy.set_mode(Mode::Blackhole);
+    release.await;
+    assert!(!write.is_finished(), "the write waits for its answer");
+    write.abort();
+    assert!(
+        write.await.is_err_and(|e| e.is_cancelled()),
+        "the write was given up"
+    );
+    proxy.until_swallowed_more_than(swallowed).await;
+    proxy.set_mode(Mode::Pass);
 }
 
 async fn admin_pool(database: &str) -> MySqlPool {

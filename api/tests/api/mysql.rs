@@ -21,7 +21,7 @@ use tokio::task::JoinSet;
 
 use crate::helpers::{SpawnedApp, TestApp, TestResponse, get_request, retries, send, spending};
 use crate::mysql_backend::{MySqlBackend, utf8};
-use obt_testkit::mysql::waits_for_a_lock;
+use obt_testkit::mysql::{cut_off_mid_transaction, waits_for_a_lock};
 
 /// Text columns are read as bytes: see `mysql_backend::utf8`.
 type Text = Vec<u8>;
@@ -434,19 +434,7 @@ async fn a_post_cut_off_mid_transaction_holds_its_identity_only_until_the_server
     });
     lock.waited_for().await;
 
-    // The row goes to the waiting POST, and the answer into the hang.
-    proxy.set_mode(Mode::Blackhole);
-    lock.release().await;
-    assert!(!post.is_finished(), "the POST waits for its answer");
-    // Given up, as the api's request timeout gives up: the transaction's
-    // ROLLBACK goes into the hang too.
-    post.abort();
-    assert!(
-        post.await.is_err_and(|e| e.is_cancelled()),
-        "the POST was given up"
-    );
-    proxy.until_swallowed_more_than(0).await;
-    proxy.set_mode(Mode::Pass);
+    cut_off_mid_transaction(&proxy, post, lock.release()).await;
 
     // Without the bound the row stays locked, and this waits out the
     // request timeout.

@@ -9,8 +9,8 @@ use std::time::Duration;
 use obt_consumer::{Applied, ApplyError, MySqlLedger, OpenError};
 use obt_contract::{Envelope, Identity};
 use obt_runtime::mysql::IDLE_SESSION_TIMEOUT;
-use obt_testkit::fault_proxy::{FaultProxy, Mode};
-use obt_testkit::mysql::{MySqlStack, waits_for_a_lock};
+use obt_testkit::fault_proxy::FaultProxy;
+use obt_testkit::mysql::{MySqlStack, cut_off_mid_transaction, waits_for_a_lock};
 use obt_testkit::{Service, bin_path};
 use rust_decimal::Decimal;
 use serde_json::Value;
@@ -313,19 +313,10 @@ async fn an_apply_cut_off_mid_transaction_holds_its_identity_only_until_the_serv
     });
     waits_for_a_lock(&admin, &mysql.names.consumer_user).await;
 
-    // The head goes to the waiting apply, and the answer into the hang.
-    proxy.set_mode(Mode::Blackhole);
-    holder.rollback().await.expect("the admin lets go");
-    assert!(!attempt.is_finished(), "the apply waits for its answer");
-    // Given up, as the consumer gives up at OBT_STORE_TIMEOUT_SECS: the
-    // transaction's ROLLBACK goes into the hang too.
-    attempt.abort();
-    assert!(
-        attempt.await.is_err_and(|e| e.is_cancelled()),
-        "the apply was given up"
-    );
-    proxy.until_swallowed_more_than(0).await;
-    proxy.set_mode(Mode::Pass);
+    cut_off_mid_transaction(&proxy, attempt, async {
+        holder.rollback().await.expect("the admin lets go");
+    })
+    .await;
 
     // Waits at most the ledger's lock wait (10 s); without the bound the
     // orphaned transaction outlasts it and this is a lock wait timeout.
