@@ -63,6 +63,33 @@ impl OnModel {
         self.stack.ledger_through(self.stack.records_addr()).await
     }
 
+    /// A consumer of `pollers` whose records are behind a fault proxy
+    /// (passing for now): each store attempt gets `attempt_timeout`, none
+    /// is retried in process (the receive counts alone tell), and a
+    /// message whose attempt failed comes back after `redelivery`, longer
+    /// with each receive.
+    async fn consumer_behind_proxy(
+        &self,
+        pollers: u16,
+        attempt_timeout: Duration,
+        redelivery: Duration,
+    ) -> (FaultProxy, Consumer) {
+        let proxy = FaultProxy::start(self.stack.records_addr())
+            .await
+            .expect("proxy");
+        let ledger = self.stack.ledger_through(proxy.addr()).await;
+        let consumer = self
+            .consumer(ledger, pollers)
+            .await
+            .with_retry(StoreRetry {
+                attempt_timeout,
+                budget: Duration::ZERO,
+                ..StoreRetry::default()
+            })
+            .with_redelivery(Redelivery { base: redelivery });
+        (proxy, consumer)
+    }
+
     async fn send_raw(&self, group: &str, deduplication_id: &str, body: &str) {
         self.sqs
             .send_message()
@@ -378,29 +405,16 @@ async fn a_store_outage_longer_than_max_receive_count_visibility_timeouts_dead_l
     let logs = Logs::capture();
     // Three receives of 4 s before SQS's redrive: 12 s.
     let on = OnModel::create(3, 4).await;
-    let proxy = FaultProxy::start(on.stack.records_addr())
-        .await
-        .expect("proxy");
-    let ledger = on.stack.ledger_through(proxy.addr()).await;
-    let consumer = on
-        .consumer(ledger, 2)
-        .await
-        .with_retry(StoreRetry {
-            // The write of the batch's first messages together, then the
-            // message's own attempt, well within the visibility timeout,
-            // as in production (10 + 10 s of 30 s): the receipt handle
-            // must still be valid to delay the message. (1.5 s of 3 s
-            // each left no room: on a loaded machine the handle expired
-            // first, the message came back at once and was counted.)
-            attempt_timeout: Duration::from_secs(1),
-            // One attempt per receive: the receive counts alone tell.
-            budget: Duration::ZERO,
-            ..StoreRetry::default()
-        })
-        // 4 s, then 16 s: 20 s before the third receive.
-        .with_redelivery(Redelivery {
-            base: Duration::from_secs(4),
-        });
+    // The write of the batch's first messages together, then the message's
+    // own attempt, 1 s each, well within the visibility timeout, as in
+    // production (10 + 10 s of 30 s): the receipt handle must still be
+    // valid to delay the message. (1.5 s of 3 s each left no room: on a
+    // loaded machine the handle expired first, the message came back at
+    // once and was counted.) Redelivered after 4 s, then 16 s: 20 s
+    // before the third receive.
+    let (proxy, consumer) = on
+        .consumer_behind_proxy(2, Duration::from_secs(1), Duration::from_secs(4))
+        .await;
     proxy.set_mode(Mode::Refuse);
     let identities: Vec<Identity> = (0..3).map(|i| identity(&format!("outage{i}"))).collect();
     let mut sent = vec![Vec::new(); identities.len()];
@@ -448,25 +462,13 @@ async fn a_store_outage_longer_than_max_receive_count_visibility_timeouts_dead_l
 async fn a_receive_whose_writes_hang_delays_its_messages_before_their_visibility_ends() {
     let logs = Logs::capture();
     let on = OnModel::create(3, 3).await;
-    let proxy = FaultProxy::start(on.stack.records_addr())
-        .await
-        .expect("proxy");
-    let ledger = on.stack.ledger_through(proxy.addr()).await;
-    let consumer = on
-        .consumer(ledger, 1)
-        .await
-        .with_retry(StoreRetry {
-            // The write of the batch's first messages together, then each
-            // message's own attempt: 4 s in all, past the 3 s visibility
-            // timeout (as 2 x 20 s would be past SQS's 30 s). (The MySQL
-            // records have no write together: there, 2 s of 3.)
-            attempt_timeout: Duration::from_secs(2),
-            budget: Duration::ZERO,
-            ..StoreRetry::default()
-        })
-        .with_redelivery(Redelivery {
-            base: Duration::from_secs(60),
-        });
+    // The write of the batch's first messages together, then each
+    // message's own attempt, 2 s each: 4 s in all, past the 3 s visibility
+    // timeout (as 2 x 20 s would be past SQS's 30 s). (The MySQL records
+    // have no write together: there, 2 s of 3.)
+    let (proxy, consumer) = on
+        .consumer_behind_proxy(1, Duration::from_secs(2), Duration::from_secs(60))
+        .await;
     // Every store request hangs: each attempt takes its whole timeout.
     proxy.set_mode(Mode::Blackhole);
     let identities: Vec<Identity> = (0..3).map(|i| identity(&format!("hang{i}"))).collect();
